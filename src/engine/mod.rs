@@ -1,0 +1,455 @@
+//! The engine: one DataFusion session, the catalogs, the ledger and the coordinator, behind
+//! `sql()` and `run_pipeline()`. The CLI is a thin layer over it.
+//!
+//! Each statement is parsed by [`crate::parser`]. Extension statements are handled here;
+//! everything else is planned by DataFusion, and the plans that write into a catalog table
+//! (`INSERT`, `CREATE TABLE ... AS`) or change it (`CREATE SCHEMA`, `CREATE TABLE`, `DROP`) are
+//! routed to the catalog and the coordinator instead of DataFusion's in-memory tables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array, Int64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::{SchemaReference, TableReference};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use crate::catalog::{IcebergCatalog, TableName};
+use crate::coordinator::{Coordinator, RunReport, WriteJob};
+use crate::error::{Error, Result};
+use crate::ledger::{Ledger, PipelineRecord, RunRecord};
+use crate::parser::{self, CreatePipeline, Located, Statement};
+use crate::pipeline::{self, PipelineError, PipelineOptions};
+use crate::planner;
+
+/// Name of the embedded default catalog.
+pub const DEFAULT_CATALOG: &str = "lake";
+
+/// Builds an [`Engine`].
+#[derive(Debug, Clone, Default)]
+pub struct EngineBuilder {
+    home: Option<PathBuf>,
+    shards: Option<usize>,
+    memory_limit: Option<usize>,
+    catalogs: Vec<(String, String, String)>,
+}
+
+impl EngineBuilder {
+    /// The home folder (catalog, warehouse, ledger). Default: `.sluice` in the working directory.
+    pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
+        self
+    }
+
+    /// Default shard count for writes. Default: the available cores.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Memory limit in bytes for query execution; operators that can spill do so beyond it.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Adds an Iceberg SQL catalog (SQLite or PostgreSQL `uri`, `warehouse` location) under `name`.
+    pub fn iceberg_sql_catalog(mut self, name: impl Into<String>, uri: impl Into<String>, warehouse: impl Into<String>) -> Self {
+        self.catalogs.push((name.into(), uri.into(), warehouse.into()));
+        self
+    }
+
+    /// Opens the home folder (creating it), the catalogs and the ledger.
+    pub async fn build(self) -> Result<Engine> {
+        let home = self.home.unwrap_or_else(|| PathBuf::from(".sluice"));
+        let io_error = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&home).map_err(io_error(&home))?;
+        let home = home.canonicalize().map_err(io_error(&home))?;
+        let warehouse = home.join("warehouse");
+        std::fs::create_dir_all(&warehouse).map_err(io_error(&warehouse))?;
+
+        let shards = self.shards.unwrap_or_else(planner::default_shards);
+        if !(1..=pipeline::SHARDS_MAX).contains(&shards) {
+            return Err(Error::Config(format!("shards must be between 1 and {}, got {shards}", pipeline::SHARDS_MAX)));
+        }
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = self.memory_limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let config = SessionConfig::new().with_information_schema(true).with_target_partitions(shards);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc()?)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+
+        let mut catalogs = BTreeMap::new();
+        let default_uri = format!("sqlite:{}?mode=rwc", home.join("catalog.db").display());
+        let default_warehouse = format!("file://{}", warehouse.display());
+        let declared = std::iter::once((DEFAULT_CATALOG.to_string(), default_uri, default_warehouse)).chain(self.catalogs);
+        for (name, uri, warehouse) in declared {
+            let catalog = IcebergCatalog::open_sql(&name, &uri, &warehouse).await?;
+            ctx.register_catalog(name.clone(), catalog.clone());
+            catalogs.insert(name, catalog);
+        }
+        let ledger = Ledger::open(&home.join("ledger.db")).await?;
+        Ok(Engine { ctx, catalogs, coordinator: Coordinator::new(ledger.clone()), ledger, home, shards })
+    }
+}
+
+/// An embedded Sluice: SQL in, atomic table commits out.
+pub struct Engine {
+    ctx: SessionContext,
+    catalogs: BTreeMap<String, Arc<IcebergCatalog>>,
+    ledger: Ledger,
+    coordinator: Coordinator,
+    home: PathBuf,
+    shards: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("home", &self.home)
+            .field("catalogs", &self.catalogs.keys().collect::<Vec<_>>())
+            .field("shards", &self.shards)
+            .finish()
+    }
+}
+
+/// The result of one statement.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The result's schema (empty for statements that return nothing).
+    pub schema: SchemaRef,
+    /// The result rows.
+    pub batches: Vec<RecordBatch>,
+    /// The run report, for statements that ran a write.
+    pub run: Option<RunReport>,
+}
+
+impl Output {
+    fn empty() -> Self {
+        Self { schema: Arc::new(Schema::empty()), batches: vec![], run: None }
+    }
+
+    fn rows(batch: RecordBatch) -> Self {
+        Self { schema: batch.schema(), batches: vec![batch], run: None }
+    }
+
+    fn run(report: RunReport) -> Self {
+        let batch = report.to_batch();
+        Self { schema: batch.schema(), batches: vec![batch], run: Some(report) }
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The home folder.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The DataFusion session, for registering tables, functions and object stores.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The run ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The catalog called `name`.
+    pub fn catalog(&self, name: &str) -> Option<&Arc<IcebergCatalog>> {
+        self.catalogs.get(name)
+    }
+
+    /// Runs every statement in `sql` in order and returns the rows of the last one.
+    /// Stops at the first error; a syntax error anywhere runs nothing.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let mut last = Output::empty();
+        for statement in parser::parse(sql)? {
+            last = self.execute(&statement).await?;
+        }
+        Ok(last.batches)
+    }
+
+    /// Runs the pipeline called `name` and returns its run report.
+    pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
+        let record = self.ledger.pipeline(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
+        let create = pipeline::parse_definition(name, &record.definition)?;
+        let options = PipelineOptions::parse(name, &create.options)?;
+        let plan = self.plan_sql_statement(*create.body).await?;
+        let (table, input) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
+        self.write(table, input, options.shards.unwrap_or(self.shards), Some(name.to_string())).await
+    }
+
+    /// Runs one parsed statement; errors say on which line it starts.
+    pub async fn execute(&self, statement: &Located) -> Result<Output> {
+        self.execute_statement(&statement.statement)
+            .await
+            .map_err(|e| e.at(statement.line, statement.column))
+    }
+
+    async fn execute_statement(&self, statement: &Statement) -> Result<Output> {
+        for catalog in self.catalogs.values() {
+            catalog.refresh().await?;
+        }
+        match statement {
+            Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone()).await,
+            Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
+            Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
+            Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
+            Statement::DescribePipeline { name } => self.describe_pipeline(name).await,
+            Statement::DropPipeline { name, if_exists } => {
+                if !self.ledger.drop_pipeline(name).await? && !if_exists {
+                    return Err(PipelineError::NotFound(name.clone()).into());
+                }
+                Ok(Output::empty())
+            }
+            Statement::ShowRuns { pipeline } => {
+                if let Some(name) = pipeline
+                    && self.ledger.pipeline(name).await?.is_none()
+                    && self.ledger.runs(Some(name)).await?.is_empty()
+                {
+                    return Err(PipelineError::NotFound(name.clone()).into());
+                }
+                Ok(Output::rows(runs_batch(&self.ledger.runs(pipeline.as_deref()).await?)))
+            }
+        }
+    }
+
+    async fn plan_sql_statement(&self, statement: SqlStatement) -> Result<LogicalPlan> {
+        let statement = DFStatement::Statement(Box::new(statement));
+        Ok(self.ctx.state().statement_to_plan(statement).await?)
+    }
+
+    async fn execute_datafusion(&self, statement: DFStatement) -> Result<Output> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        if let Some(output) = self.execute_catalog_plan(&plan).await? {
+            return Ok(output);
+        }
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        Ok(Output { schema, batches, run: None })
+    }
+
+    /// The catalog an object reference points at, if it is one of ours.
+    fn catalog_of(&self, catalog: &str) -> Option<&Arc<IcebergCatalog>> {
+        self.catalogs.get(catalog)
+    }
+
+    fn resolve(&self, reference: &TableReference) -> TableName {
+        let state = self.ctx.state();
+        let defaults = &state.config_options().catalog;
+        let resolved = reference.clone().resolve(&defaults.default_catalog, &defaults.default_schema);
+        TableName::new(resolved.catalog.as_ref(), resolved.schema.as_ref(), resolved.table.as_ref())
+    }
+
+    /// The target table and input of an `INSERT INTO <catalog table>` plan.
+    fn insert_target(&self, plan: LogicalPlan) -> Result<Option<(TableName, LogicalPlan)>> {
+        let LogicalPlan::Dml(DmlStatement { table_name, op: WriteOp::Insert(op), input, .. }) = plan else {
+            return Ok(None);
+        };
+        let table = self.resolve(&table_name);
+        if self.catalog_of(&table.catalog).is_none() {
+            return Ok(None);
+        }
+        if op != InsertOp::Append {
+            return Err(Error::Unsupported(format!("{op} into `{table}`: only INSERT INTO (append) is supported")));
+        }
+        Ok(Some((table, input.as_ref().clone())))
+    }
+
+    /// Handles plans that touch our catalogs; `None` leaves the plan to DataFusion.
+    async fn execute_catalog_plan(&self, plan: &LogicalPlan) -> Result<Option<Output>> {
+        if let LogicalPlan::Dml(_) = plan
+            && let Some((table, input)) = self.insert_target(plan.clone())?
+        {
+            return Ok(Some(Output::run(self.write(table, input, self.shards, None).await?)));
+        }
+        let LogicalPlan::Ddl(ddl) = plan else { return Ok(None) };
+        match ddl {
+            DdlStatement::CreateCatalogSchema(create) => {
+                let Some((catalog, schema)) = create.schema_name.split_once('.') else { return Ok(None) };
+                let Some(catalog) = self.catalog_of(catalog) else { return Ok(None) };
+                catalog.create_schema(schema, create.if_not_exists).await?;
+            }
+            DdlStatement::DropCatalogSchema(drop) => {
+                let SchemaReference::Full { catalog, schema } = &drop.name else { return Ok(None) };
+                let Some(catalog) = self.catalog_of(catalog) else { return Ok(None) };
+                if drop.cascade {
+                    return Err(Error::Unsupported("DROP SCHEMA ... CASCADE: drop the tables first".to_string()));
+                }
+                catalog.drop_schema(schema, drop.if_exists).await?;
+            }
+            DdlStatement::CreateMemoryTable(create) => {
+                let table = self.resolve(&create.name);
+                let Some(catalog) = self.catalog_of(&table.catalog) else { return Ok(None) };
+                if create.or_replace || create.temporary {
+                    return Err(Error::Unsupported(format!("CREATE OR REPLACE / TEMPORARY TABLE `{table}`")));
+                }
+                let schema = create.input.schema().as_arrow().clone();
+                if catalog.create_table(&table, &schema, create.if_not_exists).await?.is_none() {
+                    return Ok(Some(Output::empty()));
+                }
+                if matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
+                    return Ok(Some(Output::empty()));
+                }
+                // CREATE TABLE ... AS SELECT: the table exists only if its data committed.
+                return match self.write(table.clone(), create.input.as_ref().clone(), self.shards, None).await {
+                    Ok(report) => Ok(Some(Output::run(report))),
+                    Err(error) => {
+                        catalog.drop_table(&table, true).await?;
+                        Err(error)
+                    }
+                };
+            }
+            DdlStatement::DropTable(drop) => {
+                let table = self.resolve(&drop.name);
+                let Some(catalog) = self.catalog_of(&table.catalog) else { return Ok(None) };
+                catalog.drop_table(&table, drop.if_exists).await?;
+            }
+            DdlStatement::CreateExternalTable(create) => {
+                let table = self.resolve(&create.name);
+                if self.catalog_of(&table.catalog).is_some() {
+                    return Err(Error::Unsupported(format!(
+                        "CREATE EXTERNAL TABLE `{table}`: external tables live in the session catalog, not in an Iceberg catalog"
+                    )));
+                }
+                return Ok(None);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(Output::empty()))
+    }
+
+    /// Plans `input` and hands it to the coordinator: one run, one snapshot.
+    async fn write(&self, table: TableName, input: LogicalPlan, shards: usize, pipeline: Option<String>) -> Result<RunReport> {
+        let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables").clone();
+        let state = self.ctx.state();
+        let input = state.create_physical_plan(&input).await?;
+        let job = WriteJob { catalog, table, input, shards, pipeline };
+        Ok(self.coordinator.run(job, state.task_ctx()).await?)
+    }
+
+    async fn create_pipeline(&self, create: &CreatePipeline, statement: &Statement) -> Result<Output> {
+        let options = PipelineOptions::parse(&create.name, &create.options)?;
+        // Plan the body now, so that unknown tables or columns are reported at CREATE time.
+        let plan = self.plan_sql_statement(create.body.as_ref().clone()).await?;
+        let (table, _) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
+        let record = PipelineRecord {
+            name: create.name.clone(),
+            definition: statement.to_string(),
+            target: table.to_string(),
+            shards: options.shards,
+            created_at_ms: crate::ledger::now_ms(),
+        };
+        match self.ledger.save_pipeline(&record, create.or_replace).await {
+            Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),
+            other => other.map(|_| Output::empty()).map_err(Into::into),
+        }
+    }
+
+    async fn describe_pipeline(&self, name: &str) -> Result<Output> {
+        let record = self.ledger.pipeline(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
+        let runs = self.ledger.runs(Some(name)).await?;
+        let last = runs.last();
+        let shards = record.shards.map_or_else(|| format!("default ({})", self.shards), |s| s.to_string());
+        let properties: Vec<(&str, String)> = vec![
+            ("name", record.name.clone()),
+            ("target", record.target.clone()),
+            ("shards", shards),
+            ("definition", record.definition.clone()),
+            ("runs", runs.len().to_string()),
+            ("last_run_id", last.map(|r| r.run_id.clone()).unwrap_or_default()),
+            ("last_status", last.map(|r| r.status.as_str().to_string()).unwrap_or_default()),
+        ];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("property", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(properties.iter().map(|(k, _)| *k))),
+            Arc::new(StringArray::from_iter_values(properties.iter().map(|(_, v)| v.as_str()))),
+        ];
+        Ok(Output::rows(RecordBatch::try_new(schema, columns)?))
+    }
+}
+
+fn not_a_catalog_insert(pipeline: &str) -> Error {
+    Error::Unsupported(format!("pipeline `{pipeline}`: the body must INSERT INTO a catalog table (catalog.schema.table)"))
+}
+
+fn timestamp_field(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), nullable)
+}
+
+fn pipelines_batch(pipelines: &[PipelineRecord]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("shards", DataType::UInt64, true),
+        timestamp_field("created_at", false),
+        Field::new("definition", DataType::Utf8, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.name.as_str()))),
+        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.target.as_str()))),
+        Arc::new(UInt64Array::from_iter(pipelines.iter().map(|p| p.shards.map(|s| s as u64)))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(pipelines.iter().map(|p| p.created_at_ms)).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.definition.as_str()))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("pipeline columns match their schema")
+}
+
+fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, true),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("shards", DataType::UInt64, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("files", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("snapshot_id", DataType::Int64, true),
+        timestamp_field("started_at", false),
+        Field::new("elapsed_ms", DataType::UInt64, true),
+        Field::new("error", DataType::Utf8, true),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.run_id.as_str()))),
+        Arc::new(StringArray::from_iter(runs.iter().map(|r| r.pipeline.as_deref()))),
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.target.as_str()))),
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.status.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.shards as u64))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.rows))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.files))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.bytes))),
+        Arc::new(Int64Array::from_iter(runs.iter().map(|r| r.snapshot_id))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(runs.iter().map(|r| r.started_at_ms)).with_timezone("UTC")),
+        Arc::new(UInt64Array::from_iter(runs.iter().map(|r| r.finished_at_ms.map(|f| (f - r.started_at_ms).max(0) as u64)))),
+        Arc::new(StringArray::from_iter(runs.iter().map(|r| r.error.as_deref()))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("run columns match their schema")
+}

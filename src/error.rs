@@ -1,0 +1,78 @@
+//! The crate's error: one variant per layer, each carrying that layer's typed error.
+
+use crate::catalog::CatalogError;
+use crate::coordinator::RunError;
+use crate::ledger::LedgerError;
+use crate::parser::ParseError;
+use crate::pipeline::PipelineError;
+
+/// Any Sluice error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The SQL text does not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// DataFusion rejected or failed a statement (planning or execution).
+    #[error("{}", .0.message())]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// A catalog operation failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The run ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A write run failed (and was rolled back).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A pipeline is missing or badly defined.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Building a result batch failed.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A file or folder could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An error while running a SQL file.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// The error.
+        source: Box<Error>,
+    },
+    /// Bad engine configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A statement Sluice does not support (yet).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// An error in the statement that starts at this line and column.
+    #[error("in the statement at line {line}, column {column}: {source}")]
+    Statement {
+        /// 1-based line where the statement starts.
+        line: u64,
+        /// 1-based column where the statement starts.
+        column: u64,
+        /// The error.
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// Adds the position of the failing statement, unless the error already has one.
+    pub fn at(self, line: u64, column: u64) -> Self {
+        match self {
+            Error::Parse(_) | Error::Statement { .. } => self,
+            other => Error::Statement { line, column, source: Box::new(other) },
+        }
+    }
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,21 @@
+//! Test-only failpoints, for proving the commit protocol under faults.
+//!
+//! Built on the `fail` crate; they are live only when `fail` is compiled with its `failpoints`
+//! feature, which the test suite turns on (a dev-dependency) and release builds never do. A
+//! failpoint is named `<point>/<table>` so that concurrent tests on different tables do not trip
+//! each other's faults, e.g. `fail::cfg("shard-write/lake.faults.t", "1*off->return")`.
+//!
+//! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
+//! catalog not yet called).
+
+/// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now.
+pub(crate) fn check(point: &str, scope: &str) -> Result<(), String> {
+    if !fail::has_failpoints() {
+        return Ok(());
+    }
+    let name = format!("{point}/{scope}");
+    match fail::eval(&name, |_| ()) {
+        Some(()) => Err(name),
+        None => Ok(()),
+    }
+}

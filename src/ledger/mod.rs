@@ -1,0 +1,462 @@
+//! The run ledger: a SQLite file (`<home>/ledger.db`) that remembers pipelines, runs, shard tasks
+//! and every staged file.
+//!
+//! The ledger is what makes a run recoverable. A staged file's path is written here *before* the
+//! file is opened, so after any failure the coordinator (or a later recovery) knows exactly which
+//! files a run may have left behind.
+//!
+//! ```text
+//!   runs.status:  staging ──► committing ──► succeeded
+//!                    │             │
+//!                    └─────────────┴──────► failed   (staged files deleted)
+//! ```
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::Row;
+
+/// Errors of the ledger layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The ledger file could not be opened or initialised.
+    #[error("cannot open the run ledger {path}: {source}")]
+    Open {
+        /// The ledger file.
+        path: String,
+        /// The SQLite error.
+        source: sqlx::Error,
+    },
+    /// A ledger statement failed.
+    #[error("run ledger: {context}: {source}")]
+    Query {
+        /// What the ledger was doing.
+        context: &'static str,
+        /// The SQLite error.
+        source: sqlx::Error,
+    },
+    /// `CREATE PIPELINE` of a name that is taken.
+    #[error("pipeline `{0}` already exists (use CREATE OR REPLACE PIPELINE, or DROP PIPELINE first)")]
+    PipelineExists(String),
+    /// A status string in the file that this version does not know.
+    #[error("run ledger: unknown run status `{0}`")]
+    UnknownStatus(String),
+}
+
+type Result<T> = std::result::Result<T, LedgerError>;
+
+fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
+    move |source| LedgerError::Query { context, source }
+}
+
+/// Milliseconds since the Unix epoch, the ledger's time unit.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Where a run is in the commit protocol (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Shards are writing files; nothing is visible.
+    Staging,
+    /// The catalog commit is in flight; its outcome may be unknown after a crash.
+    Committing,
+    /// Committed: the snapshot is visible.
+    Succeeded,
+    /// Aborted: nothing became visible and the staged files were deleted.
+    Failed,
+}
+
+impl RunStatus {
+    /// The status as stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Staging => "staging",
+            RunStatus::Committing => "committing",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = LedgerError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "staging" => RunStatus::Staging,
+            "committing" => RunStatus::Committing,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            other => return Err(LedgerError::UnknownStatus(other.to_string())),
+        })
+    }
+}
+
+/// A persisted pipeline definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineRecord {
+    /// Pipeline name.
+    pub name: String,
+    /// The full `CREATE PIPELINE` statement, as SQL text.
+    pub definition: String,
+    /// The table it writes, `catalog.schema.table`.
+    pub target: String,
+    /// Number of shards, when fixed by `WITH (shards = N)`.
+    pub shards: Option<usize>,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+}
+
+/// One run as the ledger records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// Run id (UUIDv7).
+    pub run_id: String,
+    /// The pipeline, or `None` for an ad-hoc `INSERT` / CTAS.
+    pub pipeline: Option<String>,
+    /// The table written, `catalog.schema.table`.
+    pub target: String,
+    /// Current status.
+    pub status: RunStatus,
+    /// Number of shards.
+    pub shards: usize,
+    /// Start time, ms since the epoch.
+    pub started_at_ms: i64,
+    /// End time, ms since the epoch.
+    pub finished_at_ms: Option<i64>,
+    /// Rows committed.
+    pub rows: u64,
+    /// Data files committed.
+    pub files: u64,
+    /// Bytes of data files committed.
+    pub bytes: u64,
+    /// The snapshot the run committed.
+    pub snapshot_id: Option<i64>,
+    /// Why the run failed.
+    pub error: Option<String>,
+}
+
+/// What a shard task did, as the ledger records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardTotals {
+    /// Rows written.
+    pub rows: u64,
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Handle on the ledger database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pool: SqlitePool,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS pipelines (
+    name          TEXT PRIMARY KEY,
+    definition    TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    shards        INTEGER,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id         TEXT PRIMARY KEY,
+    pipeline       TEXT,
+    target         TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    shards         INTEGER NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    rows           INTEGER NOT NULL DEFAULT 0,
+    files          INTEGER NOT NULL DEFAULT 0,
+    bytes          INTEGER NOT NULL DEFAULT 0,
+    snapshot_id    INTEGER,
+    error          TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at_ms);
+CREATE TABLE IF NOT EXISTS shard_tasks (
+    run_id         TEXT NOT NULL,
+    shard          INTEGER NOT NULL,
+    status         TEXT NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    rows           INTEGER NOT NULL DEFAULT 0,
+    files          INTEGER NOT NULL DEFAULT 0,
+    bytes          INTEGER NOT NULL DEFAULT 0,
+    error          TEXT,
+    PRIMARY KEY (run_id, shard)
+);
+CREATE TABLE IF NOT EXISTS staged_files (
+    path    TEXT PRIMARY KEY,
+    run_id  TEXT NOT NULL,
+    shard   INTEGER NOT NULL,
+    state   TEXT NOT NULL DEFAULT 'staged'
+);
+CREATE INDEX IF NOT EXISTS staged_files_by_run ON staged_files (run_id);
+"#;
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let open_error = |source| LedgerError::Open { path: path.display().to_string(), source };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
+        Ok(Self { pool })
+    }
+
+    /// Saves a pipeline; with `replace`, an existing one of that name is overwritten.
+    pub async fn save_pipeline(&self, pipeline: &PipelineRecord, replace: bool) -> Result<()> {
+        let verb = if replace { "INSERT OR REPLACE" } else { "INSERT" };
+        let result = sqlx::query(&format!(
+            "{verb} INTO pipelines (name, definition, target, shards, created_at_ms) VALUES (?, ?, ?, ?, ?)"
+        ))
+        .bind(&pipeline.name)
+        .bind(&pipeline.definition)
+        .bind(&pipeline.target)
+        .bind(pipeline.shards.map(|s| s as i64))
+        .bind(pipeline.created_at_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(LedgerError::PipelineExists(pipeline.name.clone()))
+            }
+            other => other.map(|_| ()).map_err(query_error("saving a pipeline")),
+        }
+    }
+
+    /// The pipeline called `name`, if any.
+    pub async fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>> {
+        let row = sqlx::query("SELECT * FROM pipelines WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a pipeline"))?;
+        Ok(row.map(|r| pipeline_from_row(&r)))
+    }
+
+    /// All pipelines, by name.
+    pub async fn pipelines(&self) -> Result<Vec<PipelineRecord>> {
+        let rows = sqlx::query("SELECT * FROM pipelines ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing pipelines"))?;
+        Ok(rows.iter().map(pipeline_from_row).collect())
+    }
+
+    /// Removes a pipeline (its runs stay in the history); false when there was none.
+    pub async fn drop_pipeline(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM pipelines WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("dropping a pipeline"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Step 1 of the protocol: records a new run in `staging`.
+    pub async fn open_run(&self, run_id: &str, pipeline: Option<&str>, target: &str, shards: usize) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO runs (run_id, pipeline, target, status, shards, started_at_ms) VALUES (?, ?, ?, 'staging', ?, ?)",
+        )
+        .bind(run_id)
+        .bind(pipeline)
+        .bind(target)
+        .bind(shards as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("opening a run"))?;
+        Ok(())
+    }
+
+    /// Records that a shard task started.
+    pub async fn shard_started(&self, run_id: &str, shard: usize) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO shard_tasks (run_id, shard, status, started_at_ms) VALUES (?, ?, 'running', ?)")
+            .bind(run_id)
+            .bind(shard as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording a shard start"))?;
+        Ok(())
+    }
+
+    /// Records how a shard task ended: its totals, or its error.
+    pub async fn shard_finished(&self, run_id: &str, shard: usize, outcome: std::result::Result<ShardTotals, &str>) -> Result<()> {
+        let (status, totals, error) = match outcome {
+            Ok(totals) => ("succeeded", totals, None),
+            Err(e) => ("failed", ShardTotals::default(), Some(e)),
+        };
+        sqlx::query(
+            "UPDATE shard_tasks SET status = ?, finished_at_ms = ?, rows = ?, files = ?, bytes = ?, error = ?
+             WHERE run_id = ? AND shard = ?",
+        )
+        .bind(status)
+        .bind(now_ms())
+        .bind(totals.rows as i64)
+        .bind(totals.files as i64)
+        .bind(totals.bytes as i64)
+        .bind(error)
+        .bind(run_id)
+        .bind(shard as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording a shard end"))?;
+        Ok(())
+    }
+
+    /// Step 2: records a staged file's path before the file is opened.
+    pub async fn stage_file(&self, run_id: &str, shard: usize, path: &str) -> Result<()> {
+        sqlx::query("INSERT INTO staged_files (path, run_id, shard) VALUES (?, ?, ?)")
+            .bind(path)
+            .bind(run_id)
+            .bind(shard as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording a staged file"))?;
+        Ok(())
+    }
+
+    /// Every file the run staged that has not been deleted yet.
+    pub async fn staged_files(&self, run_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT path FROM staged_files WHERE run_id = ? AND state = 'staged' ORDER BY path")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing staged files"))?;
+        Ok(rows.iter().map(|r| r.get::<String, _>("path")).collect())
+    }
+
+    /// Marks the run's staged files as deleted (after the coordinator removed them).
+    pub async fn mark_staged_files_deleted(&self, run_id: &str) -> Result<()> {
+        sqlx::query("UPDATE staged_files SET state = 'deleted' WHERE run_id = ? AND state = 'staged'")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("marking staged files deleted"))?;
+        Ok(())
+    }
+
+    /// Step 4: the run enters `committing`.
+    pub async fn set_committing(&self, run_id: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET status = 'committing' WHERE run_id = ?")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("marking a run committing"))?;
+        Ok(())
+    }
+
+    /// Step 6: the run succeeded with this snapshot; its staged files are now table files.
+    pub async fn run_succeeded(&self, run_id: &str, snapshot_id: Option<i64>, totals: ShardTotals) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(query_error("closing a run"))?;
+        sqlx::query(
+            "UPDATE runs SET status = 'succeeded', finished_at_ms = ?, rows = ?, files = ?, bytes = ?, snapshot_id = ?
+             WHERE run_id = ?",
+        )
+        .bind(now_ms())
+        .bind(totals.rows as i64)
+        .bind(totals.files as i64)
+        .bind(totals.bytes as i64)
+        .bind(snapshot_id)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("closing a run"))?;
+        sqlx::query("UPDATE staged_files SET state = 'committed' WHERE run_id = ? AND state = 'staged'")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("closing a run"))?;
+        tx.commit().await.map_err(query_error("closing a run"))
+    }
+
+    /// The run failed; `error` says why.
+    pub async fn run_failed(&self, run_id: &str, error: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET status = 'failed', finished_at_ms = ?, error = ? WHERE run_id = ?")
+            .bind(now_ms())
+            .bind(error)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("marking a run failed"))?;
+        Ok(())
+    }
+
+    /// One run.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query("SELECT * FROM runs WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a run"))?;
+        row.map(|r| run_from_row(&r)).transpose()
+    }
+
+    /// Runs, oldest first; only those of `pipeline` when given.
+    pub async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query("SELECT * FROM runs WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY started_at_ms, run_id")
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Shard tasks of a run as (shard, status, totals), by shard.
+    pub async fn shard_tasks(&self, run_id: &str) -> Result<Vec<(usize, String, ShardTotals)>> {
+        let rows = sqlx::query("SELECT shard, status, rows, files, bytes FROM shard_tasks WHERE run_id = ? ORDER BY shard")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing shard tasks"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let totals = ShardTotals {
+                    rows: r.get::<i64, _>("rows") as u64,
+                    files: r.get::<i64, _>("files") as u64,
+                    bytes: r.get::<i64, _>("bytes") as u64,
+                };
+                (r.get::<i64, _>("shard") as usize, r.get::<String, _>("status"), totals)
+            })
+            .collect())
+    }
+}
+
+fn pipeline_from_row(r: &SqliteRow) -> PipelineRecord {
+    PipelineRecord {
+        name: r.get("name"),
+        definition: r.get("definition"),
+        target: r.get("target"),
+        shards: r.get::<Option<i64>, _>("shards").map(|s| s as usize),
+        created_at_ms: r.get("created_at_ms"),
+    }
+}
+
+fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        run_id: r.get("run_id"),
+        pipeline: r.get("pipeline"),
+        target: r.get("target"),
+        status: r.get::<String, _>("status").parse()?,
+        shards: r.get::<i64, _>("shards") as usize,
+        started_at_ms: r.get("started_at_ms"),
+        finished_at_ms: r.get("finished_at_ms"),
+        rows: r.get::<i64, _>("rows") as u64,
+        files: r.get::<i64, _>("files") as u64,
+        bytes: r.get::<i64, _>("bytes") as u64,
+        snapshot_id: r.get("snapshot_id"),
+        error: r.get("error"),
+    })
+}

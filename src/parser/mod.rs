@@ -1,0 +1,375 @@
+//! The SQL front end: DataFusion's parser, wrapped, plus Sluice's extension statements.
+//!
+//! Sluice never forks DataFusion's grammar. [`SluiceParser`] peeks at the first tokens of each
+//! statement; when they start an extension (`CREATE PIPELINE`, `RUN PIPELINE`, ...) it parses it
+//! here, otherwise it delegates the statement to [`DFParser`]. Every statement keeps the position
+//! where it starts, so errors raised later (planning, execution) can still point at a line.
+//! Statements round-trip through `Display`, which is how pipeline bodies are persisted.
+
+use std::fmt;
+
+use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{Expr, ObjectName, SqlOption, Statement as SqlStatement, Value};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::ParserError;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+
+/// A syntax error, with the line and column (1-based) where the parser gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("syntax error at line {line}, column {column}: {message}")]
+pub struct ParseError {
+    /// What the parser expected and what it found.
+    pub message: String,
+    /// 1-based line of the offending token.
+    pub line: u64,
+    /// 1-based column of the offending token.
+    pub column: u64,
+}
+
+impl ParseError {
+    fn at(location: Location, message: impl Into<String>) -> Self {
+        Self { message: message.into(), line: location.line, column: location.column }
+    }
+
+    /// sqlparser puts the position inside the message (`... at Line: 3, Column: 7`);
+    /// lift it out so every syntax error has the same shape.
+    fn from_parser(err: ParserError, fallback: Location) -> Self {
+        let text = match err {
+            ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+            ParserError::RecursionLimitExceeded => "statement nested too deeply".to_string(),
+        };
+        match text.rsplit_once(" at Line: ") {
+            Some((message, position)) => {
+                let mut numbers = position.split(", Column: ").map(|n| n.trim().parse::<u64>());
+                match (numbers.next(), numbers.next()) {
+                    (Some(Ok(line)), Some(Ok(column))) => Self { message: message.to_string(), line, column },
+                    _ => Self::at(fallback, text),
+                }
+            }
+            None => Self::at(fallback, text),
+        }
+    }
+}
+
+/// One parsed statement: DataFusion's, or a Sluice extension.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    /// Anything DataFusion parses: queries, DDL, `INSERT`, `CREATE EXTERNAL TABLE`, `COPY`, ...
+    DataFusion(Box<DFStatement>),
+    /// Extension: `CREATE [OR REPLACE] PIPELINE [IF NOT EXISTS] name [WITH (key = value, ...)] AS INSERT ...`
+    CreatePipeline(CreatePipeline),
+    /// Extension: `RUN PIPELINE name`
+    RunPipeline {
+        /// The pipeline to run.
+        name: String,
+    },
+    /// Extension: `SHOW PIPELINES`
+    ShowPipelines,
+    /// Extension: `DESCRIBE PIPELINE name`
+    DescribePipeline {
+        /// The pipeline to describe.
+        name: String,
+    },
+    /// Extension: `DROP PIPELINE [IF EXISTS] name`
+    DropPipeline {
+        /// The pipeline to drop.
+        name: String,
+        /// Do not fail when it does not exist.
+        if_exists: bool,
+    },
+    /// Extension: `SHOW RUNS [FOR pipeline]`
+    ShowRuns {
+        /// Only the runs of this pipeline.
+        pipeline: Option<String>,
+    },
+}
+
+/// `CREATE PIPELINE`: a named, persisted write statement with options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatePipeline {
+    /// Pipeline name (a single identifier).
+    pub name: String,
+    /// Replace an existing pipeline of that name.
+    pub or_replace: bool,
+    /// Succeed quietly when the pipeline exists.
+    pub if_not_exists: bool,
+    /// `WITH (key = value)` options, keys lower-cased, values as written.
+    pub options: Vec<(String, String)>,
+    /// The body: an `INSERT INTO <table> <query>` statement.
+    pub body: Box<SqlStatement>,
+}
+
+/// A statement with the position of its first token in the source text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// The statement.
+    pub statement: Statement,
+    /// 1-based line where the statement starts.
+    pub line: u64,
+    /// 1-based column where the statement starts.
+    pub column: u64,
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::DataFusion(s) => write!(f, "{s}"),
+            Statement::CreatePipeline(c) => {
+                write!(f, "CREATE ")?;
+                if c.or_replace {
+                    write!(f, "OR REPLACE ")?;
+                }
+                write!(f, "PIPELINE ")?;
+                if c.if_not_exists {
+                    write!(f, "IF NOT EXISTS ")?;
+                }
+                write!(f, "{}", c.name)?;
+                if !c.options.is_empty() {
+                    let options: Vec<String> = c.options.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    write!(f, " WITH ({})", options.join(", "))?;
+                }
+                write!(f, " AS {}", c.body)
+            }
+            Statement::RunPipeline { name } => write!(f, "RUN PIPELINE {name}"),
+            Statement::ShowPipelines => write!(f, "SHOW PIPELINES"),
+            Statement::DescribePipeline { name } => write!(f, "DESCRIBE PIPELINE {name}"),
+            Statement::DropPipeline { name, if_exists } => {
+                write!(f, "DROP PIPELINE {}{name}", if *if_exists { "IF EXISTS " } else { "" })
+            }
+            Statement::ShowRuns { pipeline: None } => write!(f, "SHOW RUNS"),
+            Statement::ShowRuns { pipeline: Some(p) } => write!(f, "SHOW RUNS FOR {p}"),
+        }
+    }
+}
+
+/// Parses SQL text into [`Located`] statements.
+pub struct SluiceParser<'a> {
+    df: DFParser<'a>,
+}
+
+static DIALECT: GenericDialect = GenericDialect {};
+
+fn is_word(token: &Token, word: &str) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+fn is_keyword(token: &Token, keyword: Keyword) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.keyword == keyword)
+}
+
+/// Parses every statement in `sql` (separated by `;`).
+pub fn parse(sql: &str) -> Result<Vec<Located>, ParseError> {
+    SluiceParser::new(sql)?.parse_statements()
+}
+
+/// True when `sql` holds at least one complete statement and nothing after its last `;`
+/// but whitespace and comments: what the REPL uses to decide whether to read another line.
+pub fn is_complete(sql: &str) -> bool {
+    use datafusion::sql::sqlparser::tokenizer::{Tokenizer, Whitespace};
+    let Ok(tokens) = Tokenizer::new(&DIALECT, sql).tokenize() else {
+        // An unterminated string or comment: keep reading.
+        return false;
+    };
+    let significant = tokens.iter().rev().find(|t| {
+        !matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+            | Token::Whitespace(Whitespace::SingleLineComment { .. })
+            | Token::Whitespace(Whitespace::MultiLineComment(_)))
+    });
+    matches!(significant, Some(Token::SemiColon))
+}
+
+impl<'a> SluiceParser<'a> {
+    /// A parser over `sql` with DataFusion's default (generic) dialect.
+    pub fn new(sql: &'a str) -> Result<Self, ParseError> {
+        let df = DFParserBuilder::new(sql)
+            .with_dialect(&DIALECT)
+            .build()
+            .map_err(|e| ParseError::at(Location { line: 1, column: 1 }, e.to_string()))?;
+        Ok(Self { df })
+    }
+
+    /// Parses all statements; empty statements (`;;`) are skipped.
+    pub fn parse_statements(&mut self) -> Result<Vec<Located>, ParseError> {
+        let mut statements = Vec::new();
+        loop {
+            while self.df.parser.consume_token(&Token::SemiColon) {}
+            let start = self.df.parser.peek_token_ref().clone();
+            if start.token == Token::EOF {
+                return Ok(statements);
+            }
+            let statement = self.parse_statement()?;
+            statements.push(Located { statement, line: start.span.start.line, column: start.span.start.column });
+            let next = self.df.parser.peek_token_ref().clone();
+            if next.token != Token::EOF && next.token != Token::SemiColon {
+                return Err(ParseError::at(next.span.start, format!("expected end of statement, found: {}", next.token)));
+            }
+        }
+    }
+
+    fn here(&self) -> Location {
+        self.df.parser.peek_token_ref().span.start
+    }
+
+    fn wrap<T>(&self, result: Result<T, ParserError>) -> Result<T, ParseError> {
+        let here = self.here();
+        result.map_err(|e| ParseError::from_parser(e, here))
+    }
+
+    /// Parses one statement at the current position.
+    pub fn parse_statement(&mut self) -> Result<Statement, ParseError> {
+        let p = &self.df.parser;
+        let t0 = p.peek_nth_token_ref(0).token.clone();
+        let t1 = p.peek_nth_token_ref(1).token.clone();
+        let t2 = p.peek_nth_token_ref(2).token.clone();
+        let t3 = p.peek_nth_token_ref(3).token.clone();
+
+        if is_keyword(&t0, Keyword::CREATE)
+            && (is_word(&t1, "PIPELINE")
+                || (is_keyword(&t1, Keyword::OR) && is_keyword(&t2, Keyword::REPLACE) && is_word(&t3, "PIPELINE")))
+        {
+            return self.parse_create_pipeline();
+        }
+        if is_word(&t0, "RUN") && is_word(&t1, "PIPELINE") {
+            self.skip(2);
+            return Ok(Statement::RunPipeline { name: self.parse_name()? });
+        }
+        if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "PIPELINES") {
+            self.skip(2);
+            return Ok(Statement::ShowPipelines);
+        }
+        if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "RUNS") {
+            self.skip(2);
+            let pipeline = if self.df.parser.parse_keyword(Keyword::FOR) { Some(self.parse_name()?) } else { None };
+            return Ok(Statement::ShowRuns { pipeline });
+        }
+        if (is_keyword(&t0, Keyword::DESCRIBE) || is_keyword(&t0, Keyword::DESC)) && is_word(&t1, "PIPELINE") {
+            self.skip(2);
+            return Ok(Statement::DescribePipeline { name: self.parse_name()? });
+        }
+        if is_keyword(&t0, Keyword::DROP) && is_word(&t1, "PIPELINE") {
+            self.skip(2);
+            let if_exists = self.df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            return Ok(Statement::DropPipeline { name: self.parse_name()?, if_exists });
+        }
+        let here = self.here();
+        let statement = self.df.parse_statement().map_err(|e| match e {
+            datafusion::error::DataFusionError::SQL(e, _) => ParseError::from_parser(*e, here),
+            other => ParseError::at(here, other.to_string()),
+        })?;
+        Ok(Statement::DataFusion(Box::new(statement)))
+    }
+
+    fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.df.parser.next_token();
+        }
+    }
+
+    /// A pipeline name: one identifier, case-folded like DataFusion folds unquoted names.
+    fn parse_name(&mut self) -> Result<String, ParseError> {
+        let here = self.here();
+        let parsed = self.df.parser.parse_object_name(false);
+        let name: ObjectName = self.wrap(parsed)?;
+        match name.0.as_slice() {
+            [part] => {
+                let ident = part.as_ident().expect("object name parts are identifiers");
+                Ok(if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() })
+            }
+            _ => Err(ParseError::at(here, format!("a pipeline name is a single identifier, found: {name}"))),
+        }
+    }
+
+    fn parse_create_pipeline(&mut self) -> Result<Statement, ParseError> {
+        self.skip(1); // CREATE
+        let or_replace = self.df.parser.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+        self.skip(1); // PIPELINE
+        let if_not_exists = self.df.parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = self.parse_name()?;
+        let options_at = self.here();
+        let parsed = self.df.parser.parse_options(Keyword::WITH);
+        let options = self.wrap(parsed)?;
+        let options = options
+            .into_iter()
+            .map(|option| match option {
+                SqlOption::KeyValue { key, value } => Ok((key.value.to_lowercase(), option_value(&value))),
+                other => Err(ParseError::at(options_at, format!("expected `key = value` in WITH (...), found: {other}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let parsed = self.df.parser.expect_keyword(Keyword::AS);
+        self.wrap(parsed)?;
+        let body_at = self.here();
+        let parsed = self.df.parser.parse_statement();
+        let body = self.wrap(parsed)?;
+        if !matches!(body, SqlStatement::Insert(_)) {
+            return Err(ParseError::at(
+                body_at,
+                format!("the body of a pipeline must be INSERT INTO <table> SELECT ..., found: {body}"),
+            ));
+        }
+        Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, body: Box::new(body) }))
+    }
+}
+
+/// An option value as text: string literals unquoted, anything else as written.
+fn option_value(value: &Expr) -> String {
+    match value {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_round_trip_through_display() {
+        for sql in [
+            "CREATE PIPELINE p WITH (shards = 4) AS INSERT INTO lake.s.t SELECT 1",
+            "CREATE OR REPLACE PIPELINE IF NOT EXISTS p AS INSERT INTO lake.s.t SELECT a FROM b",
+            "RUN PIPELINE p",
+            "SHOW PIPELINES",
+            "DESCRIBE PIPELINE p",
+            "DROP PIPELINE IF EXISTS p",
+            "SHOW RUNS",
+            "SHOW RUNS FOR p",
+        ] {
+            let parsed = parse(sql).unwrap();
+            assert_eq!(parsed.len(), 1, "{sql}");
+            let printed = parsed[0].statement.to_string();
+            assert_eq!(printed, sql);
+            assert_eq!(parse(&printed).unwrap()[0].statement, parsed[0].statement);
+        }
+    }
+
+    #[test]
+    fn statements_keep_their_start_position() {
+        let parsed = parse("SELECT 1;\n\n  SHOW PIPELINES;\nSELECT 2").unwrap();
+        let positions: Vec<_> = parsed.iter().map(|s| (s.line, s.column)).collect();
+        assert_eq!(positions, vec![(1, 1), (3, 3), (4, 1)]);
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let err = parse("SELECT 1;\nSELEC 2;").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 1), "{err}");
+        let err = parse("CREATE PIPELINE p AS SELECT 1").unwrap_err();
+        assert_eq!((err.line, err.column), (1, 22), "{err}");
+        assert!(err.message.contains("INSERT INTO"), "{err}");
+        let err = parse("RUN PIPELINE a.b").unwrap_err();
+        assert!(err.message.contains("single identifier"), "{err}");
+    }
+
+    #[test]
+    fn completeness_for_the_repl() {
+        assert!(is_complete("SELECT 1;"));
+        assert!(is_complete("SELECT 1; -- done\n"));
+        assert!(!is_complete("SELECT 1"));
+        assert!(!is_complete("SELECT ';"));
+        assert!(!is_complete(""));
+    }
+}

@@ -1,0 +1,115 @@
+//! The runtime: runs each output partition of a physical plan as its own task (a shard).
+//!
+//! All shards run concurrently; DataFusion's repartitioning feeds them through bounded channels,
+//! so they must be driven together. When one shard fails, the others are cancelled and the runtime
+//! waits until every task has stopped before reporting, so the caller can clean up knowing that
+//! no shard is still writing.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use tokio::task::JoinSet;
+
+use crate::ledger::LedgerError;
+
+/// Boxed error from a table-format writer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a shard failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The shard's input (the query) failed, or a row did not fit the table.
+    #[error("shard {shard}: {source}")]
+    Input {
+        /// Shard index.
+        shard: usize,
+        /// The DataFusion error.
+        source: DataFusionError,
+    },
+    /// Writing a data file failed.
+    #[error("shard {shard}: writing {path} failed: {source}")]
+    Write {
+        /// Shard index.
+        shard: usize,
+        /// The file being written.
+        path: String,
+        /// The writer's error.
+        source: BoxError,
+    },
+    /// The ledger could not record the shard's progress.
+    #[error("shard {shard}: {source}")]
+    Ledger {
+        /// Shard index.
+        shard: usize,
+        /// The ledger error.
+        source: LedgerError,
+    },
+    /// A test failpoint fired.
+    #[error("shard {shard}: injected failure at failpoint `{failpoint}`")]
+    Injected {
+        /// Shard index.
+        shard: usize,
+        /// Failpoint name.
+        failpoint: String,
+    },
+    /// The shard's task panicked.
+    #[error("shard {shard}: task panicked: {message}")]
+    Panicked {
+        /// Shard index.
+        shard: usize,
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// Runs partition `i` of `plan` as shard `i`, each in its own tokio task, with `write_shard`
+/// consuming the partition's stream. Returns every shard's output in shard order, or the first
+/// failure once all tasks have stopped.
+pub async fn run_shards<T, F, Fut>(
+    plan: Arc<dyn ExecutionPlan>,
+    task_ctx: Arc<TaskContext>,
+    write_shard: F,
+) -> Result<Vec<T>, ShardError>
+where
+    T: Send + 'static,
+    F: Fn(usize, SendableRecordBatchStream) -> Fut,
+    Fut: Future<Output = Result<T, ShardError>> + Send + 'static,
+{
+    let shards = plan.output_partitioning().partition_count();
+    // Open every stream before starting any task: a plan that fails to start leaves nothing running.
+    let streams = (0..shards)
+        .map(|shard| plan.execute(shard, task_ctx.clone()).map_err(|source| ShardError::Input { shard, source }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tasks = JoinSet::new();
+    let mut task_shards = std::collections::HashMap::new();
+    for (shard, stream) in streams.into_iter().enumerate() {
+        let task = write_shard(shard, stream);
+        let handle = tasks.spawn(async move { (shard, task.await) });
+        task_shards.insert(handle.id(), shard);
+    }
+    let mut outputs: Vec<Option<T>> = (0..shards).map(|_| None).collect();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = match joined {
+            Ok((shard, result)) => result.map(|output| (shard, output)),
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => Err(ShardError::Panicked { shard: task_shards[&e.id()], message: e.to_string() }),
+        };
+        match result {
+            Ok((shard, output)) => outputs[shard] = Some(output),
+            Err(error) => {
+                if failure.is_none() {
+                    failure = Some(error);
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(outputs.into_iter().map(|o| o.expect("every shard reported")).collect()),
+    }
+}
