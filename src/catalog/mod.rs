@@ -25,7 +25,9 @@ use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type}
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder};
+use iceberg_catalog_sql::{
+    SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder,
+};
 use iceberg_datafusion::IcebergStaticTableProvider;
 
 /// Errors of the catalog layer. Every variant names the catalog object it is about.
@@ -209,7 +211,12 @@ impl IcebergCatalog {
 
     /// Creates a table whose columns are those of `schema` (a DataFusion/Arrow schema).
     /// Returns `None` when it exists and `if_not_exists` is set.
-    pub async fn create_table(&self, name: &TableName, schema: &ArrowSchema, if_not_exists: bool) -> Result<Option<Table>> {
+    pub async fn create_table(
+        &self,
+        name: &TableName,
+        schema: &ArrowSchema,
+        if_not_exists: bool,
+    ) -> Result<Option<Table>> {
         self.require_schema(&name.schema).await?;
         if self.inner.table_exists(&name.ident()).await.map_err(self.error("looking up a table"))? {
             if if_not_exists {
@@ -364,7 +371,9 @@ impl SchemaProvider for IcebergSchema {
         let qualified = TableName::new(&self.catalog, &self.schema, base);
         let provider: Arc<dyn TableProvider> = match request {
             TableRequest::Current(_) => Arc::new(
-                IcebergStaticTableProvider::try_new_from_table(table).await.map_err(|e| DataFusionError::External(Box::new(e)))?,
+                IcebergStaticTableProvider::try_new_from_table(table)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
             ),
             TableRequest::AsOf(_, snapshot_id) => {
                 if table.metadata().snapshot_by_id(snapshot_id).is_none() {

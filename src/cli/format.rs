@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::json::ArrayWriter;
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -29,25 +30,24 @@ pub fn print_output(out: &mut impl Write, output: &Output, format: Format) -> io
         return Ok(());
     }
     let rows: usize = output.batches.iter().map(|b| b.num_rows()).sum();
+    // An empty result still prints its header.
+    let empty = [RecordBatch::new_empty(output.schema.clone())];
+    let batches = if output.batches.is_empty() { &empty[..] } else { &output.batches[..] };
     match format {
         Format::Table => {
-            if output.batches.is_empty() {
-                writeln!(out, "{}", pretty_format_batches(&[datafusion::arrow::array::RecordBatch::new_empty(output.schema.clone())]).map_err(to_io)?)?;
-            } else {
-                writeln!(out, "{}", pretty_format_batches(&output.batches).map_err(to_io)?)?;
-            }
+            writeln!(out, "{}", pretty_format_batches(batches).map_err(to_io)?)?;
             writeln!(out, "{rows} row{}", if rows == 1 { "" } else { "s" })
         }
         Format::Csv => {
             let mut writer = CsvWriterBuilder::new().with_header(true).build(&mut *out);
-            for batch in &output.batches {
+            for batch in batches {
                 writer.write(batch).map_err(to_io)?;
             }
             Ok(())
         }
         Format::Json => {
             let mut writer = ArrayWriter::new(&mut *out);
-            for batch in &output.batches {
+            for batch in batches {
                 writer.write(batch).map_err(to_io)?;
             }
             writer.finish().map_err(to_io)?;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-use crate::error::{Error, Result};
 use crate::Engine;
+use crate::error::{Error, Result};
 
 pub use format::{Format, print_output};
 
@@ -105,7 +105,8 @@ pub async fn run(args: Args) -> Result<()> {
         run_script(&engine, sql, format).await?;
     }
     for file in &args.files {
-        let sql = std::fs::read_to_string(file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
+        let sql =
+            std::fs::read_to_string(file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
         run_script(&engine, &sql, format)
             .await
             .map_err(|source| Error::InFile { path: file.display().to_string(), source: Box::new(source) })?;

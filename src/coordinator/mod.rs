@@ -134,7 +134,7 @@ impl RunReport {
         let schema = Schema::new(vec![
             Field::new("run_id", DataType::Utf8, false),
             Field::new("pipeline", DataType::Utf8, true),
-            Field::new("table", DataType::Utf8, false),
+            Field::new("target", DataType::Utf8, false),
             Field::new("shards", DataType::UInt64, false),
             Field::new("rows", DataType::UInt64, false),
             Field::new("files", DataType::UInt64, false),
@@ -183,9 +183,8 @@ impl Coordinator {
         let started = Instant::now();
         let table = job.catalog.load_table(&job.table).await?;
         let run_id = uuid::Uuid::now_v7().to_string();
-        let sink = IcebergShardSink::new(&table, &job.table, &run_id, self.ledger.clone()).map_err(|source| {
-            RunError::Commit { run_id: run_id.clone(), table: job.table.clone(), source }
-        })?;
+        let sink = IcebergShardSink::new(&table, &job.table, &run_id, self.ledger.clone())
+            .map_err(|source| RunError::Commit { run_id: run_id.clone(), table: job.table.clone(), source })?;
         check_fits(&job.table, &job.input.schema(), sink.schema())?;
         let plan = planner::shard_plan(job.input, job.shards)?;
         let shards = job.shards;
@@ -209,7 +208,8 @@ impl Coordinator {
         });
 
         if let Err(failpoint) = crate::failpoint::check("before-commit", &target) {
-            self.roll_back(&table, &job.table, &run_id, &format!("injected failure at failpoint `{failpoint}`")).await?;
+            self.roll_back(&table, &job.table, &run_id, &format!("injected failure at failpoint `{failpoint}`"))
+                .await?;
             return Err(RunError::Injected { run_id, table: job.table, failpoint });
         }
         self.ledger.set_committing(&run_id).await?;
@@ -267,7 +267,11 @@ impl Coordinator {
 fn check_fits(table: &TableName, input: &Schema, target: &Schema) -> Result<(), RunError> {
     let mismatch = |message: String| Err(RunError::Schema { table: table.clone(), message });
     if input.fields().len() != target.fields().len() {
-        return mismatch(format!("the input has {} columns but the table has {}", input.fields().len(), target.fields().len()));
+        return mismatch(format!(
+            "the input has {} columns but the table has {}",
+            input.fields().len(),
+            target.fields().len()
+        ));
     }
     for (have, want) in input.fields().iter().zip(target.fields()) {
         if !datafusion::arrow::compute::can_cast_types(have.data_type(), want.data_type()) {
@@ -299,6 +303,9 @@ async fn commit(
     let transaction = append.apply(transaction)?;
     let committed = transaction.commit(catalog.iceberg()).await?;
     snapshot_of_run(&committed, run_id).ok_or_else(|| {
-        iceberg::Error::new(iceberg::ErrorKind::Unexpected, format!("committed, but no snapshot carries run id {run_id}"))
+        iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            format!("committed, but no snapshot carries run id {run_id}"),
+        )
     })
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array, Int64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{SchemaReference, TableReference};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -25,7 +25,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use crate::catalog::{IcebergCatalog, TableName};
 use crate::coordinator::{Coordinator, RunReport, WriteJob};
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, PipelineRecord, RunRecord};
+use crate::ledger::{Ledger, PipelineRecord, SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
 use crate::parser::{self, CreatePipeline, Located, Statement};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::planner;
@@ -62,7 +62,12 @@ impl EngineBuilder {
     }
 
     /// Adds an Iceberg SQL catalog (SQLite or PostgreSQL `uri`, `warehouse` location) under `name`.
-    pub fn iceberg_sql_catalog(mut self, name: impl Into<String>, uri: impl Into<String>, warehouse: impl Into<String>) -> Self {
+    pub fn iceberg_sql_catalog(
+        mut self,
+        name: impl Into<String>,
+        uri: impl Into<String>,
+        warehouse: impl Into<String>,
+    ) -> Self {
         self.catalogs.push((name.into(), uri.into(), warehouse.into()));
         self
     }
@@ -98,13 +103,17 @@ impl EngineBuilder {
         let mut catalogs = BTreeMap::new();
         let default_uri = format!("sqlite:{}?mode=rwc", home.join("catalog.db").display());
         let default_warehouse = format!("file://{}", warehouse.display());
-        let declared = std::iter::once((DEFAULT_CATALOG.to_string(), default_uri, default_warehouse)).chain(self.catalogs);
+        let declared =
+            std::iter::once((DEFAULT_CATALOG.to_string(), default_uri, default_warehouse)).chain(self.catalogs);
         for (name, uri, warehouse) in declared {
             let catalog = IcebergCatalog::open_sql(&name, &uri, &warehouse).await?;
             ctx.register_catalog(name.clone(), catalog.clone());
             catalogs.insert(name, catalog);
         }
         let ledger = Ledger::open(&home.join("ledger.db")).await?;
+        let default_catalog =
+            ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
+        default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
         Ok(Engine { ctx, catalogs, coordinator: Coordinator::new(ledger.clone()), ledger, home, shards })
     }
 }
@@ -203,9 +212,7 @@ impl Engine {
 
     /// Runs one parsed statement; errors say on which line it starts.
     pub async fn execute(&self, statement: &Located) -> Result<Output> {
-        self.execute_statement(&statement.statement)
-            .await
-            .map_err(|e| e.at(statement.line, statement.column))
+        self.execute_statement(&statement.statement).await.map_err(|e| e.at(statement.line, statement.column))
     }
 
     async fn execute_statement(&self, statement: &Statement) -> Result<Output> {
@@ -344,7 +351,13 @@ impl Engine {
     }
 
     /// Plans `input` and hands it to the coordinator: one run, one snapshot.
-    async fn write(&self, table: TableName, input: LogicalPlan, shards: usize, pipeline: Option<String>) -> Result<RunReport> {
+    async fn write(
+        &self,
+        table: TableName,
+        input: LogicalPlan,
+        shards: usize,
+        pipeline: Option<String>,
+    ) -> Result<RunReport> {
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables").clone();
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
@@ -397,59 +410,7 @@ impl Engine {
 }
 
 fn not_a_catalog_insert(pipeline: &str) -> Error {
-    Error::Unsupported(format!("pipeline `{pipeline}`: the body must INSERT INTO a catalog table (catalog.schema.table)"))
-}
-
-fn timestamp_field(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), nullable)
-}
-
-fn pipelines_batch(pipelines: &[PipelineRecord]) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("target", DataType::Utf8, false),
-        Field::new("shards", DataType::UInt64, true),
-        timestamp_field("created_at", false),
-        Field::new("definition", DataType::Utf8, false),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.name.as_str()))),
-        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.target.as_str()))),
-        Arc::new(UInt64Array::from_iter(pipelines.iter().map(|p| p.shards.map(|s| s as u64)))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(pipelines.iter().map(|p| p.created_at_ms)).with_timezone("UTC")),
-        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.definition.as_str()))),
-    ];
-    RecordBatch::try_new(Arc::new(schema), columns).expect("pipeline columns match their schema")
-}
-
-fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("pipeline", DataType::Utf8, true),
-        Field::new("target", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("shards", DataType::UInt64, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("files", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("snapshot_id", DataType::Int64, true),
-        timestamp_field("started_at", false),
-        Field::new("elapsed_ms", DataType::UInt64, true),
-        Field::new("error", DataType::Utf8, true),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.run_id.as_str()))),
-        Arc::new(StringArray::from_iter(runs.iter().map(|r| r.pipeline.as_deref()))),
-        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.target.as_str()))),
-        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.status.as_str()))),
-        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.shards as u64))),
-        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.rows))),
-        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.files))),
-        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.bytes))),
-        Arc::new(Int64Array::from_iter(runs.iter().map(|r| r.snapshot_id))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(runs.iter().map(|r| r.started_at_ms)).with_timezone("UTC")),
-        Arc::new(UInt64Array::from_iter(runs.iter().map(|r| r.finished_at_ms.map(|f| (f - r.started_at_ms).max(0) as u64)))),
-        Arc::new(StringArray::from_iter(runs.iter().map(|r| r.error.as_deref()))),
-    ];
-    RecordBatch::try_new(Arc::new(schema), columns).expect("run columns match their schema")
+    Error::Unsupported(format!(
+        "pipeline `{pipeline}`: the body must INSERT INTO a catalog table (catalog.schema.table)"
+    ))
 }

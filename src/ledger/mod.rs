@@ -11,12 +11,16 @@
 //!                    └─────────────┴──────► failed   (staged files deleted)
 //! ```
 
+mod system;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+
+pub use system::{SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
 
 /// Errors of the ledger layer.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +151,25 @@ pub struct ShardTotals {
     pub files: u64,
     /// Bytes written.
     pub bytes: u64,
+}
+
+/// One shard task of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardTaskRecord {
+    /// The run.
+    pub run_id: String,
+    /// Shard index.
+    pub shard: usize,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    /// Start time, ms since the epoch.
+    pub started_at_ms: i64,
+    /// End time, ms since the epoch.
+    pub finished_at_ms: Option<i64>,
+    /// What the shard wrote.
+    pub totals: ShardTotals,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// Handle on the ledger database; cheap to clone.
@@ -281,18 +304,25 @@ impl Ledger {
 
     /// Records that a shard task started.
     pub async fn shard_started(&self, run_id: &str, shard: usize) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO shard_tasks (run_id, shard, status, started_at_ms) VALUES (?, ?, 'running', ?)")
-            .bind(run_id)
-            .bind(shard as i64)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("recording a shard start"))?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO shard_tasks (run_id, shard, status, started_at_ms) VALUES (?, ?, 'running', ?)",
+        )
+        .bind(run_id)
+        .bind(shard as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording a shard start"))?;
         Ok(())
     }
 
     /// Records how a shard task ended: its totals, or its error.
-    pub async fn shard_finished(&self, run_id: &str, shard: usize, outcome: std::result::Result<ShardTotals, &str>) -> Result<()> {
+    pub async fn shard_finished(
+        &self,
+        run_id: &str,
+        shard: usize,
+        outcome: std::result::Result<ShardTotals, &str>,
+    ) -> Result<()> {
         let (status, totals, error) = match outcome {
             Ok(totals) => ("succeeded", totals, None),
             Err(e) => ("failed", ShardTotals::default(), Some(e)),
@@ -413,22 +443,27 @@ impl Ledger {
         rows.iter().map(run_from_row).collect()
     }
 
-    /// Shard tasks of a run as (shard, status, totals), by shard.
-    pub async fn shard_tasks(&self, run_id: &str) -> Result<Vec<(usize, String, ShardTotals)>> {
-        let rows = sqlx::query("SELECT shard, status, rows, files, bytes FROM shard_tasks WHERE run_id = ? ORDER BY shard")
+    /// Shard tasks, by run and shard; only those of `run_id` when given.
+    pub async fn shard_tasks(&self, run_id: Option<&str>) -> Result<Vec<ShardTaskRecord>> {
+        let rows = sqlx::query("SELECT * FROM shard_tasks WHERE ?1 IS NULL OR run_id = ?1 ORDER BY run_id, shard")
             .bind(run_id)
             .fetch_all(&self.pool)
             .await
             .map_err(query_error("listing shard tasks"))?;
         Ok(rows
             .iter()
-            .map(|r| {
-                let totals = ShardTotals {
+            .map(|r| ShardTaskRecord {
+                run_id: r.get("run_id"),
+                shard: r.get::<i64, _>("shard") as usize,
+                status: r.get("status"),
+                started_at_ms: r.get("started_at_ms"),
+                finished_at_ms: r.get("finished_at_ms"),
+                totals: ShardTotals {
                     rows: r.get::<i64, _>("rows") as u64,
                     files: r.get::<i64, _>("files") as u64,
                     bytes: r.get::<i64, _>("bytes") as u64,
-                };
-                (r.get::<i64, _>("shard") as usize, r.get::<String, _>("status"), totals)
+                },
+                error: r.get("error"),
             })
             .collect())
     }

@@ -146,6 +146,8 @@ impl fmt::Display for Statement {
 /// Parses SQL text into [`Located`] statements.
 pub struct SluiceParser<'a> {
     df: DFParser<'a>,
+    /// Just past the last character: where "found: EOF" errors point.
+    end: Location,
 }
 
 static DIALECT: GenericDialect = GenericDialect {};
@@ -172,9 +174,12 @@ pub fn is_complete(sql: &str) -> bool {
         return false;
     };
     let significant = tokens.iter().rev().find(|t| {
-        !matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
-            | Token::Whitespace(Whitespace::SingleLineComment { .. })
-            | Token::Whitespace(Whitespace::MultiLineComment(_)))
+        !matches!(
+            t,
+            Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+                | Token::Whitespace(Whitespace::SingleLineComment { .. })
+                | Token::Whitespace(Whitespace::MultiLineComment(_))
+        )
     });
     matches!(significant, Some(Token::SemiColon))
 }
@@ -186,11 +191,24 @@ impl<'a> SluiceParser<'a> {
             .with_dialect(&DIALECT)
             .build()
             .map_err(|e| ParseError::at(Location { line: 1, column: 1 }, e.to_string()))?;
-        Ok(Self { df })
+        let line = sql.lines().count().max(1);
+        let column = if sql.ends_with('\n') { 1 } else { sql.lines().last().map_or(1, |l| l.chars().count() + 1) };
+        let end = Location { line: (line + usize::from(sql.ends_with('\n'))) as u64, column: column as u64 };
+        Ok(Self { df, end })
     }
 
     /// Parses all statements; empty statements (`;;`) are skipped.
     pub fn parse_statements(&mut self) -> Result<Vec<Located>, ParseError> {
+        self.parse_all().map_err(|mut e| {
+            // The end-of-input token has no position of its own.
+            if e.line == 0 {
+                (e.line, e.column) = (self.end.line, self.end.column);
+            }
+            e
+        })
+    }
+
+    fn parse_all(&mut self) -> Result<Vec<Located>, ParseError> {
         let mut statements = Vec::new();
         loop {
             while self.df.parser.consume_token(&Token::SemiColon) {}
@@ -202,7 +220,10 @@ impl<'a> SluiceParser<'a> {
             statements.push(Located { statement, line: start.span.start.line, column: start.span.start.column });
             let next = self.df.parser.peek_token_ref().clone();
             if next.token != Token::EOF && next.token != Token::SemiColon {
-                return Err(ParseError::at(next.span.start, format!("expected end of statement, found: {}", next.token)));
+                return Err(ParseError::at(
+                    next.span.start,
+                    format!("expected end of statement, found: {}", next.token),
+                ));
             }
         }
     }
@@ -293,7 +314,9 @@ impl<'a> SluiceParser<'a> {
             .into_iter()
             .map(|option| match option {
                 SqlOption::KeyValue { key, value } => Ok((key.value.to_lowercase(), option_value(&value))),
-                other => Err(ParseError::at(options_at, format!("expected `key = value` in WITH (...), found: {other}"))),
+                other => {
+                    Err(ParseError::at(options_at, format!("expected `key = value` in WITH (...), found: {other}")))
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         let parsed = self.df.parser.expect_keyword(Keyword::AS);
@@ -360,6 +383,8 @@ mod tests {
         let err = parse("CREATE PIPELINE p AS SELECT 1").unwrap_err();
         assert_eq!((err.line, err.column), (1, 22), "{err}");
         assert!(err.message.contains("INSERT INTO"), "{err}");
+        let err = parse("SELECT 1;\nRUN PIPELINE").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 13), "{err}");
         let err = parse("RUN PIPELINE a.b").unwrap_err();
         assert!(err.message.contains("single identifier"), "{err}");
     }

@@ -67,7 +67,10 @@ impl PipelineOptions {
                     })?);
                 }
                 _ => {
-                    return Err(PipelineError::UnknownOption { pipeline: pipeline.to_string(), option: option.clone() });
+                    return Err(PipelineError::UnknownOption {
+                        pipeline: pipeline.to_string(),
+                        option: option.clone(),
+                    });
                 }
             }
         }

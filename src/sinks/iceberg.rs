@@ -24,7 +24,9 @@ use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultLocationGenerator, FileNameGenerator, LocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
 
@@ -76,7 +78,10 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
         (codec, _) => codec.to_string(),
     };
     let compression: Compression = spec.parse().map_err(|e| {
-        iceberg::Error::new(iceberg::ErrorKind::DataInvalid, format!("table property write.parquet.compression-codec: {e}"))
+        iceberg::Error::new(
+            iceberg::ErrorKind::DataInvalid,
+            format!("table property write.parquet.compression-codec: {e}"),
+        )
     })?;
     Ok(WriterProperties::builder().set_compression(compression).build())
 }
@@ -104,20 +109,29 @@ impl IcebergShardSink {
     }
 
     /// Streams `input` into data files; the shard's task body.
-    pub async fn write_shard(self, shard: usize, mut input: SendableRecordBatchStream) -> Result<StagedShard, ShardError> {
+    pub async fn write_shard(
+        self,
+        shard: usize,
+        mut input: SendableRecordBatchStream,
+    ) -> Result<StagedShard, ShardError> {
         self.ledger.shard_started(&self.run_id, shard).await.map_err(|source| ShardError::Ledger { shard, source })?;
         let result = self.write_files(shard, &mut input).await;
         let outcome = match &result {
             Ok(staged) => Ok(staged.totals),
             Err(e) => Err(e.to_string()),
         };
-        let recorded = self.ledger.shard_finished(&self.run_id, shard, outcome.as_ref().map(|t| *t).map_err(String::as_str)).await;
+        let recorded =
+            self.ledger.shard_finished(&self.run_id, shard, outcome.as_ref().map(|t| *t).map_err(String::as_str)).await;
         let staged = result?;
         recorded.map_err(|source| ShardError::Ledger { shard, source })?;
         Ok(staged)
     }
 
-    async fn write_files(&self, shard: usize, input: &mut SendableRecordBatchStream) -> Result<StagedShard, ShardError> {
+    async fn write_files(
+        &self,
+        shard: usize,
+        input: &mut SendableRecordBatchStream,
+    ) -> Result<StagedShard, ShardError> {
         let mut staged = StagedShard::default();
         let mut sequence = 0usize;
         let mut current = None;
@@ -144,7 +158,12 @@ impl IcebergShardSink {
                     self.location.clone(),
                     ChosenName(name),
                 );
-                current = Some(DataFileWriterBuilder::new(files).build(None).await.map_err(|e| self.write_error(shard, &current_path, e))?);
+                current = Some(
+                    DataFileWriterBuilder::new(files)
+                        .build(None)
+                        .await
+                        .map_err(|e| self.write_error(shard, &current_path, e))?,
+                );
             }
             let writer = current.as_mut().expect("a writer is open");
             writer.write(batch).await.map_err(|e| self.write_error(shard, &current_path, e))?;
@@ -192,7 +211,12 @@ pub fn conform(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Da
                 return Ok(column.clone());
             }
             cast_with_options(column, field.data_type(), &options).map_err(|e| {
-                DataFusionError::Execution(format!("column `{}`: cannot store {} as {}: {e}", field.name(), column.data_type(), field.data_type()))
+                DataFusionError::Execution(format!(
+                    "column `{}`: cannot store {} as {}: {e}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

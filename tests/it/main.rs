@@ -1,1 +1,9 @@
+//! Sluice's integration tests: one binary (fast to link), one module per concern.
 
+mod cli;
+mod faults;
+mod interop;
+mod shards;
+mod slt;
+mod support;
+mod time_travel;

@@ -1,0 +1,151 @@
+//! The ledger as system tables: `sluice.pipelines`, `sluice.runs`, `sluice.shard_tasks`.
+//! Each query reads the ledger afresh, so runs by other processes show up at once.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result};
+
+use super::{Ledger, PipelineRecord, RunRecord, ShardTaskRecord};
+
+/// The schema holding the system tables.
+pub const SYSTEM_SCHEMA: &str = "sluice";
+const TABLES: [&str; 3] = ["pipelines", "runs", "shard_tasks"];
+
+/// A DataFusion schema whose tables are views of the ledger.
+#[derive(Debug)]
+pub struct SystemSchema {
+    ledger: Ledger,
+}
+
+impl SystemSchema {
+    /// System tables over `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger }
+    }
+}
+
+fn ledger_error(e: super::LedgerError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|t| t.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let batch = match name {
+            "pipelines" => pipelines_batch(&self.ledger.pipelines().await.map_err(ledger_error)?),
+            "runs" => runs_batch(&self.ledger.runs(None).await.map_err(ledger_error)?),
+            "shard_tasks" => shard_tasks_batch(&self.ledger.shard_tasks(None).await.map_err(ledger_error)?),
+            _ => return Ok(None),
+        };
+        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}
+
+fn timestamp_field(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), nullable)
+}
+
+fn timestamps(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from_iter(values).with_timezone("UTC"))
+}
+
+fn elapsed_ms(started: i64, finished: Option<i64>) -> Option<u64> {
+    finished.map(|f| (f - started).max(0) as u64)
+}
+
+/// Pipelines as rows (what `SHOW PIPELINES` prints).
+pub fn pipelines_batch(pipelines: &[PipelineRecord]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("shards", DataType::UInt64, true),
+        timestamp_field("created_at", false),
+        Field::new("definition", DataType::Utf8, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.name.as_str()))),
+        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.target.as_str()))),
+        Arc::new(UInt64Array::from_iter(pipelines.iter().map(|p| p.shards.map(|s| s as u64)))),
+        timestamps(pipelines.iter().map(|p| Some(p.created_at_ms))),
+        Arc::new(StringArray::from_iter_values(pipelines.iter().map(|p| p.definition.as_str()))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("pipeline columns match their schema")
+}
+
+/// Runs as rows (what `SHOW RUNS` prints).
+pub fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, true),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("shards", DataType::UInt64, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("files", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("snapshot_id", DataType::Int64, true),
+        timestamp_field("started_at", false),
+        Field::new("elapsed_ms", DataType::UInt64, true),
+        Field::new("error", DataType::Utf8, true),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.run_id.as_str()))),
+        Arc::new(StringArray::from_iter(runs.iter().map(|r| r.pipeline.as_deref()))),
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.target.as_str()))),
+        Arc::new(StringArray::from_iter_values(runs.iter().map(|r| r.status.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.shards as u64))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.rows))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.files))),
+        Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.bytes))),
+        Arc::new(Int64Array::from_iter(runs.iter().map(|r| r.snapshot_id))),
+        timestamps(runs.iter().map(|r| Some(r.started_at_ms))),
+        Arc::new(UInt64Array::from_iter(runs.iter().map(|r| elapsed_ms(r.started_at_ms, r.finished_at_ms)))),
+        Arc::new(StringArray::from_iter(runs.iter().map(|r| r.error.as_deref()))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("run columns match their schema")
+}
+
+fn shard_tasks_batch(tasks: &[ShardTaskRecord]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("shard", DataType::UInt64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("files", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        timestamp_field("started_at", false),
+        Field::new("elapsed_ms", DataType::UInt64, true),
+        Field::new("error", DataType::Utf8, true),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(tasks.iter().map(|t| t.run_id.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(tasks.iter().map(|t| t.shard as u64))),
+        Arc::new(StringArray::from_iter_values(tasks.iter().map(|t| t.status.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.rows))),
+        Arc::new(UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.files))),
+        Arc::new(UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.bytes))),
+        timestamps(tasks.iter().map(|t| Some(t.started_at_ms))),
+        Arc::new(UInt64Array::from_iter(tasks.iter().map(|t| elapsed_ms(t.started_at_ms, t.finished_at_ms)))),
+        Arc::new(StringArray::from_iter(tasks.iter().map(|t| t.error.as_deref()))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("shard task columns match their schema")
+}

@@ -1,0 +1,122 @@
+//! Runs every `sql/*.slt` file (sqllogictest) against a fresh engine home.
+
+use std::path::PathBuf;
+
+use datafusion::arrow::datatypes::DataType;
+use sluice::Engine;
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
+
+struct SluiceDb {
+    engine: Engine,
+}
+
+#[derive(Debug)]
+struct SltError(String);
+
+impl std::fmt::Display for SltError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for SltError {}
+
+fn column_type(data_type: &DataType) -> DefaultColumnType {
+    if data_type.is_integer() {
+        DefaultColumnType::Integer
+    } else if data_type.is_floating() || matches!(data_type, DataType::Decimal128(..) | DataType::Decimal256(..)) {
+        DefaultColumnType::FloatingPoint
+    } else {
+        DefaultColumnType::Text
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncDB for SluiceDb {
+    type Error = SltError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
+        let statements = sluice::parser::parse(sql).map_err(|e| SltError(e.to_string()))?;
+        let mut last = None;
+        for statement in &statements {
+            last = Some(self.engine.execute(statement).await.map_err(|e| SltError(e.to_string()))?);
+        }
+        let Some(output) = last else { return Ok(DBOutput::StatementComplete(0)) };
+        if output.schema.fields().is_empty() {
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        Ok(DBOutput::Rows {
+            types: output.schema.fields().iter().map(|f| column_type(f.data_type())).collect(),
+            rows: crate::support::cells(&output.batches)
+                .into_iter()
+                .map(|row| {
+                    row.into_iter()
+                        .map(|c| match c.as_deref() {
+                            None => "NULL".to_string(),
+                            Some("") => "(empty)".to_string(),
+                            Some(v) => v.to_string(),
+                        })
+                        .collect()
+                })
+                .collect(),
+        })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "sluice"
+    }
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await
+    }
+}
+
+fn slt_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("sql/ exists")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Each file gets its own home (fixed at 2 shards so plans are stable); all files run, and every
+/// failure is reported before the test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqllogictests() {
+    let files = slt_files();
+    assert!(files.len() >= 4, "expected the .slt suite under sql/, found {files:?}");
+    let mut failures = Vec::new();
+    for file in &files {
+        let home = tempfile::tempdir().unwrap();
+        let home_path = home.path().to_path_buf();
+        let mut runner = Runner::new(move || {
+            let home = home_path.clone();
+            async move {
+                Ok(SluiceDb {
+                    engine: Engine::builder()
+                        .home(home)
+                        .shards(2)
+                        .build()
+                        .await
+                        .map_err(|e| SltError(e.to_string()))?,
+                })
+            }
+        });
+        if let Err(e) = runner.run_file_async(file).await {
+            failures.push(format!("{}:\n{e}", file.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} .slt files failed:\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n\n")
+    );
+}

@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use iceberg::table::Table;
+use sluice::Engine;
+use sluice::catalog::TableName;
+
+/// An engine on `home` with a fixed shard count.
+pub async fn engine(home: &Path, shards: usize) -> Engine {
+    Engine::builder().home(home).shards(shards).build().await.expect("engine opens")
+}
+
+/// `lake.<schema>.<table>` loaded fresh from the catalog.
+pub async fn table(engine: &Engine, schema: &str, name: &str) -> Table {
+    let catalog = engine.catalog("lake").expect("the default catalog");
+    catalog.load_table(&TableName::new("lake", schema, name)).await.expect("table loads")
+}
+
+/// Number of snapshots in the table's history.
+pub fn snapshot_count(table: &Table) -> usize {
+    table.metadata().snapshots().count()
+}
+
+/// Every cell of `batches` as Arrow displays it; `None` for NULL.
+pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<Option<String>>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(column, f)| (!column.is_null(row)).then(|| f.value(row).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// Runs `sql` and returns its rows, NULL shown as `NULL`.
+pub async fn rows(engine: &Engine, sql: &str) -> Vec<Vec<String>> {
+    let batches = engine.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    cells(&batches).into_iter().map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| "NULL".into())).collect()).collect()
+}
+
+/// Runs `sql`, which returns one value.
+pub async fn value(engine: &Engine, sql: &str) -> String {
+    let rows = rows(engine, sql).await;
+    assert!(rows.len() == 1 && rows[0].len() == 1, "{sql} returned {rows:?}");
+    rows[0][0].clone()
+}
+
+/// Every file under `dir`, recursively, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() { pending.push(path) } else { files.push(path) }
+        }
+    }
+    files.sort();
+    files
+}
