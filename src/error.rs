@@ -46,6 +46,14 @@ pub enum Error {
         /// The error.
         source: Box<Error>,
     },
+    /// A statement names a catalog that does not exist.
+    #[error("catalog `{catalog}` does not exist (catalogs: {known})")]
+    UnknownCatalog {
+        /// The name used.
+        catalog: String,
+        /// The catalogs there are.
+        known: String,
+    },
     /// Bad engine configuration.
     #[error("configuration: {0}")]
     Config(String),

@@ -58,7 +58,11 @@ fn backslash_command(line: &str) -> Command {
     match (words.next(), words.next()) {
         (Some("\\q"), None) => Command::Quit,
         (Some("\\?"), None) => Command::Help,
-        (Some("\\d"), None) => Command::Sql("SHOW TABLES".to_string()),
+        (Some("\\d"), None) => Command::Sql(
+            "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables \
+             WHERE table_schema <> 'information_schema' ORDER BY 1, 2, 3"
+                .to_string(),
+        ),
         (Some("\\d"), Some(table)) => Command::Sql(format!("DESCRIBE {table}")),
         _ => Command::Unknown(line.trim().to_string()),
     }

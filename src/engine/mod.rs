@@ -295,6 +295,7 @@ impl Engine {
             return Ok(Some(Output::run(self.write(table, input, self.shards, None).await?)));
         }
         let LogicalPlan::Ddl(ddl) = plan else { return Ok(None) };
+        self.require_catalog(ddl)?;
         match ddl {
             DdlStatement::CreateCatalogSchema(create) => {
                 let Some((catalog, schema)) = create.schema_name.split_once('.') else { return Ok(None) };
@@ -348,6 +349,27 @@ impl Engine {
             _ => return Ok(None),
         }
         Ok(Some(Output::empty()))
+    }
+
+    /// DataFusion's own message for DDL on a catalog that does not exist does not name it well.
+    fn require_catalog(&self, ddl: &DdlStatement) -> Result<()> {
+        let catalog = match ddl {
+            DdlStatement::CreateCatalogSchema(create) => create.schema_name.split_once('.').map(|(c, _)| c.to_string()),
+            DdlStatement::DropCatalogSchema(drop) => match &drop.name {
+                SchemaReference::Full { catalog, .. } => Some(catalog.to_string()),
+                SchemaReference::Bare { .. } => None,
+            },
+            DdlStatement::CreateMemoryTable(create) => Some(self.resolve(&create.name).catalog),
+            DdlStatement::DropTable(drop) => Some(self.resolve(&drop.name).catalog),
+            _ => None,
+        };
+        let known = self.ctx.catalog_names();
+        match catalog {
+            Some(catalog) if !known.contains(&catalog) => {
+                Err(Error::UnknownCatalog { catalog, known: known.join(", ") })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Plans `input` and hands it to the coordinator: one run, one snapshot.

@@ -49,3 +49,36 @@ async fn shard_count_changes_nothing_but_the_files() {
     assert!(contents[0] == contents[1], "1 and 2 shards wrote different rows");
     assert!(contents[0] == contents[2], "1 and 8 shards wrote different rows");
 }
+
+/// A shard rolls to a new file once the current one passes the table's target file size, and
+/// every rolled file is committed in the run's one snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_rolls_to_a_new_file_at_the_target_size() {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 1).await;
+    engine.sql("CREATE SCHEMA lake.s; CREATE TABLE lake.s.rolled (id BIGINT, label VARCHAR)").await.unwrap();
+    let target_bytes = 256 * 1024;
+    let t = table(&engine, "s", "rolled").await;
+    let transaction = Transaction::new(&t);
+    let transaction = transaction
+        .update_table_properties()
+        .set("write.target-file-size-bytes".to_string(), target_bytes.to_string())
+        .apply(transaction)
+        .unwrap();
+    transaction.commit(engine.catalog("lake").unwrap().iceberg()).await.unwrap();
+
+    engine
+        .sql("INSERT INTO lake.s.rolled SELECT value, 'label number ' || value FROM generate_series(1, 300000)")
+        .await
+        .unwrap();
+    let report = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!((report.shards, report.rows), (1, 300_000));
+    assert!(report.files >= 3, "one shard wrote {} files at a {target_bytes}-byte target", report.files);
+    let t = table(&engine, "s", "rolled").await;
+    assert_eq!(snapshot_count(&t), 1, "all rolled files in one snapshot");
+    let summary = &t.metadata().current_snapshot().unwrap().summary().additional_properties;
+    assert_eq!(summary["added-data-files"], report.files.to_string());
+    assert_eq!(rows(&engine, "SELECT count(*), count(DISTINCT id) FROM lake.s.rolled").await, [["300000", "300000"]]);
+}
