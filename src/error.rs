@@ -18,6 +18,9 @@ pub enum Error {
     /// A catalog operation failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// A catalog file is broken.
+    #[error(transparent)]
+    CatalogConfig(#[from] crate::catalog::CatalogConfigError),
     /// The run ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),

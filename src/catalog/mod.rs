@@ -11,6 +11,10 @@
 //! `lake.ns."t@<snapshot_id>"` reads the table as of that snapshot (time travel), and
 //! `lake.ns."t$snapshots"` lists its snapshots.
 
+mod config;
+
+pub use config::{CatalogConfig, CatalogConfigError, IcebergSqlConfig, load_catalogs, parse_catalog};
+
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -129,12 +133,39 @@ pub struct IcebergCatalog {
 }
 
 impl IcebergCatalog {
-    /// Opens an Iceberg SQL catalog (SQLite or PostgreSQL URI) with a local warehouse folder.
-    pub async fn open_sql(name: &str, uri: &str, warehouse: &str) -> Result<Arc<Self>> {
+    /// Opens an Iceberg SQL catalog. A SQLite database and a local warehouse folder are created
+    /// when missing.
+    pub async fn open_sql(name: &str, config: &IcebergSqlConfig) -> Result<Arc<Self>> {
+        let io_error = |path: &str, e: std::io::Error| CatalogError::Open {
+            catalog: name.to_string(),
+            uri: config.uri.clone(),
+            source: iceberg::Error::new(ErrorKind::Unexpected, format!("{path}: {e}")),
+        };
+        let mut uri = config.uri.clone();
+        if let Some(path) = uri.strip_prefix("sqlite:") {
+            let file = path.split('?').next().unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| io_error(file, e))?;
+            }
+            if !uri.contains("mode=") {
+                uri.push_str(if uri.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+        }
+        let warehouse = match config.warehouse.strip_prefix("file://") {
+            Some(path) => path.to_string(),
+            None if config.warehouse.contains("://") => String::new(),
+            None => config.warehouse.clone(),
+        };
+        if !warehouse.is_empty() {
+            std::fs::create_dir_all(&warehouse).map_err(|e| io_error(&warehouse, e))?;
+        }
+        let warehouse =
+            if config.warehouse.contains("://") { config.warehouse.clone() } else { format!("file://{warehouse}") };
+        let uri = uri.as_str();
         let bind_style = if uri.starts_with("sqlite:") { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
         let props = HashMap::from([
             (SQL_CATALOG_PROP_URI.to_string(), uri.to_string()),
-            (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.to_string()),
+            (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse),
             (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
         ]);
         let catalog = SqlCatalogBuilder::default()
@@ -144,7 +175,7 @@ impl IcebergCatalog {
             .map_err(|source| CatalogError::Open { catalog: name.to_string(), uri: uri.to_string(), source })?;
         let catalog = Arc::new(Self {
             name: name.to_string(),
-            location: uri.to_string(),
+            location: format!("{} (warehouse {})", config.uri, config.warehouse),
             inner: Arc::new(catalog),
             listing: RwLock::default(),
         });
@@ -157,7 +188,12 @@ impl IcebergCatalog {
         &self.name
     }
 
-    /// Where the catalog lives (its database URI).
+    /// The catalog type, as declared in catalog files.
+    pub fn kind(&self) -> &'static str {
+        "iceberg-sql"
+    }
+
+    /// Where the catalog lives (database URI and warehouse).
     pub fn location(&self) -> &str {
         &self.location
     }

@@ -23,6 +23,9 @@ pub struct Args {
     /// Home folder holding the catalog, warehouse and run ledger.
     #[arg(long, env = "SLUICE_HOME", default_value = ".sluice")]
     pub home: PathBuf,
+    /// Also read catalog files (NAME.toml) from this folder, besides <home>/catalogs (repeatable).
+    #[arg(long = "catalogs", value_name = "DIR")]
+    pub catalog_dirs: Vec<PathBuf>,
     /// Run these statements and exit (repeatable; runs before any -f).
     #[arg(short = 'c', long = "command", value_name = "SQL")]
     pub commands: Vec<String>,
@@ -90,6 +93,9 @@ pub fn init_tracing() {
 /// Runs the command line.
 pub async fn run(args: Args) -> Result<()> {
     let mut builder = Engine::builder().home(&args.home);
+    for dir in &args.catalog_dirs {
+        builder = builder.catalogs_dir(dir);
+    }
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);
     }

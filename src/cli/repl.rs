@@ -20,7 +20,7 @@ const HELP: &str = r"Statements end with `;` and may span lines.
   \q            quit
 Extensions: CREATE PIPELINE name [WITH (shards = N)] AS INSERT INTO ... SELECT ...;
             RUN PIPELINE name;  SHOW PIPELINES;  DESCRIBE PIPELINE name;
-            DROP PIPELINE name;  SHOW RUNS [FOR name];";
+            DROP PIPELINE name;  SHOW RUNS [FOR name];  SHOW CATALOGS;";
 
 /// Asks the parser whether the buffer holds a finished statement.
 struct SqlHelper;

@@ -22,7 +22,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
-use crate::catalog::{IcebergCatalog, TableName};
+use crate::catalog::{CatalogConfig, IcebergCatalog, IcebergSqlConfig, TableName, load_catalogs};
 use crate::coordinator::{Coordinator, RunReport, WriteJob};
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, PipelineRecord, SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
@@ -39,7 +39,8 @@ pub struct EngineBuilder {
     home: Option<PathBuf>,
     shards: Option<usize>,
     memory_limit: Option<usize>,
-    catalogs: Vec<(String, String, String)>,
+    catalog_dirs: Vec<PathBuf>,
+    catalogs: Vec<(String, CatalogConfig)>,
 }
 
 impl EngineBuilder {
@@ -61,14 +62,15 @@ impl EngineBuilder {
         self
     }
 
-    /// Adds an Iceberg SQL catalog (SQLite or PostgreSQL `uri`, `warehouse` location) under `name`.
-    pub fn iceberg_sql_catalog(
-        mut self,
-        name: impl Into<String>,
-        uri: impl Into<String>,
-        warehouse: impl Into<String>,
-    ) -> Self {
-        self.catalogs.push((name.into(), uri.into(), warehouse.into()));
+    /// Also reads catalog files (`<name>.toml`) from `dir`, besides `<home>/catalogs/`.
+    pub fn catalogs_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.catalog_dirs.push(dir.into());
+        self
+    }
+
+    /// Adds a catalog under `name`; it wins over a catalog file of the same name.
+    pub fn catalog(mut self, name: impl Into<String>, config: CatalogConfig) -> Self {
+        self.catalogs.push((name.into(), config));
         self
     }
 
@@ -82,7 +84,6 @@ impl EngineBuilder {
         std::fs::create_dir_all(&home).map_err(io_error(&home))?;
         let home = home.canonicalize().map_err(io_error(&home))?;
         let warehouse = home.join("warehouse");
-        std::fs::create_dir_all(&warehouse).map_err(io_error(&warehouse))?;
 
         let shards = self.shards.unwrap_or_else(planner::default_shards);
         if !(1..=pipeline::SHARDS_MAX).contains(&shards) {
@@ -100,13 +101,21 @@ impl EngineBuilder {
             .build();
         let ctx = SessionContext::new_with_state(state);
 
+        let dirs: Vec<PathBuf> = std::iter::once(home.join("catalogs")).chain(self.catalog_dirs).collect();
+        let mut configs: BTreeMap<String, CatalogConfig> =
+            load_catalogs(&dirs)?.into_iter().map(|(name, (_, config))| (name, config)).collect();
+        configs.extend(self.catalogs);
+        configs.entry(DEFAULT_CATALOG.to_string()).or_insert_with(|| {
+            CatalogConfig::IcebergSql(IcebergSqlConfig {
+                uri: format!("sqlite:{}", home.join("catalog.db").display()),
+                warehouse: warehouse.display().to_string(),
+            })
+        });
         let mut catalogs = BTreeMap::new();
-        let default_uri = format!("sqlite:{}?mode=rwc", home.join("catalog.db").display());
-        let default_warehouse = format!("file://{}", warehouse.display());
-        let declared =
-            std::iter::once((DEFAULT_CATALOG.to_string(), default_uri, default_warehouse)).chain(self.catalogs);
-        for (name, uri, warehouse) in declared {
-            let catalog = IcebergCatalog::open_sql(&name, &uri, &warehouse).await?;
+        for (name, config) in configs {
+            let catalog = match &config {
+                CatalogConfig::IcebergSql(sql) => IcebergCatalog::open_sql(&name, sql).await?,
+            };
             ctx.register_catalog(name.clone(), catalog.clone());
             catalogs.insert(name, catalog);
         }
@@ -223,6 +232,7 @@ impl Engine {
             Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone()).await,
             Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
             Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
+            Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch()?)),
             Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
             Statement::DescribePipeline { name } => self.describe_pipeline(name).await,
             Statement::DropPipeline { name, if_exists } => {
@@ -403,6 +413,29 @@ impl Engine {
             Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),
             other => other.map(|_| Output::empty()).map_err(Into::into),
         }
+    }
+
+    /// Every catalog: ours with type and location, and DataFusion's in-memory session catalog.
+    fn catalogs_batch(&self) -> Result<RecordBatch> {
+        let mut rows: Vec<(String, &str, String)> =
+            self.catalogs.iter().map(|(name, c)| (name.clone(), c.kind(), c.location().to_string())).collect();
+        for name in self.ctx.catalog_names() {
+            if !self.catalogs.contains_key(&name) {
+                rows.push((name, "memory", "session (tables live until the process ends)".to_string()));
+            }
+        }
+        rows.sort();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("location", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     async fn describe_pipeline(&self, name: &str) -> Result<Output> {

@@ -64,6 +64,8 @@ pub enum Statement {
         /// The pipeline to run.
         name: String,
     },
+    /// Extension: `SHOW CATALOGS`
+    ShowCatalogs,
     /// Extension: `SHOW PIPELINES`
     ShowPipelines,
     /// Extension: `DESCRIBE PIPELINE name`
@@ -132,6 +134,7 @@ impl fmt::Display for Statement {
                 write!(f, " AS {}", c.body)
             }
             Statement::RunPipeline { name } => write!(f, "RUN PIPELINE {name}"),
+            Statement::ShowCatalogs => write!(f, "SHOW CATALOGS"),
             Statement::ShowPipelines => write!(f, "SHOW PIPELINES"),
             Statement::DescribePipeline { name } => write!(f, "DESCRIBE PIPELINE {name}"),
             Statement::DropPipeline { name, if_exists } => {
@@ -259,6 +262,10 @@ impl<'a> SluiceParser<'a> {
             self.skip(2);
             return Ok(Statement::ShowPipelines);
         }
+        if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "CATALOGS") {
+            self.skip(2);
+            return Ok(Statement::ShowCatalogs);
+        }
         if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "RUNS") {
             self.skip(2);
             let pipeline = if self.df.parser.parse_keyword(Keyword::FOR) { Some(self.parse_name()?) } else { None };
@@ -356,6 +363,7 @@ mod tests {
             "CREATE OR REPLACE PIPELINE IF NOT EXISTS p AS INSERT INTO lake.s.t SELECT a FROM b",
             "RUN PIPELINE p",
             "SHOW PIPELINES",
+            "SHOW CATALOGS",
             "DESCRIBE PIPELINE p",
             "DROP PIPELINE IF EXISTS p",
             "SHOW RUNS",

@@ -1,0 +1,142 @@
+//! Declared catalogs: one TOML file per catalog, the file name being the catalog's name.
+//!
+//! ```toml
+//! # <home>/catalogs/analytics.toml  →  tables are analytics.<schema>.<table>
+//! type = "iceberg-sql"
+//! uri = "sqlite:analytics/catalog.db"   # relative paths are relative to this file's folder
+//! warehouse = "analytics/warehouse"
+//! ```
+//!
+//! Files are read from `<home>/catalogs/` and from any folder given with `--catalogs DIR`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A catalog file that cannot be used, with the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("catalog file {path}: {message}")]
+pub struct CatalogConfigError {
+    /// The file (or folder) at fault.
+    pub path: PathBuf,
+    /// What is wrong, naming the key when one is.
+    pub message: String,
+}
+
+/// How to reach one catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum CatalogConfig {
+    /// An Iceberg catalog in a SQL database (the JDBC `iceberg_tables` layout).
+    IcebergSql(IcebergSqlConfig),
+}
+
+/// `type = "iceberg-sql"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergSqlConfig {
+    /// Database URI: `sqlite:PATH` (created if missing).
+    pub uri: String,
+    /// Warehouse folder (or `file://` URL) where new tables are placed.
+    pub warehouse: String,
+}
+
+impl CatalogConfig {
+    /// Resolves relative paths against `base`, the folder holding the file.
+    fn anchored(self, base: &Path) -> Self {
+        match self {
+            CatalogConfig::IcebergSql(c) => CatalogConfig::IcebergSql(IcebergSqlConfig {
+                uri: match c.uri.strip_prefix("sqlite:") {
+                    Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
+                        format!("sqlite:{}", base.join(path).display())
+                    }
+                    _ => c.uri,
+                },
+                warehouse: if c.warehouse.contains("://") || c.warehouse.starts_with('/') {
+                    c.warehouse
+                } else {
+                    base.join(&c.warehouse).display().to_string()
+                },
+            }),
+        }
+    }
+}
+
+/// Parses one catalog file's text; `path` is only used in errors and to anchor relative paths.
+pub fn parse_catalog(path: &Path, text: &str) -> Result<CatalogConfig, CatalogConfigError> {
+    let error = |message: String| CatalogConfigError { path: path.to_path_buf(), message };
+    let config: CatalogConfig = toml::from_str(text).map_err(|e| {
+        // toml's message already names the key and quotes the line; keep it on one line.
+        error(e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(config.anchored(base))
+}
+
+/// Reads every `*.toml` in `dirs` (missing folders are skipped), keyed by catalog name.
+pub fn load_catalogs(dirs: &[PathBuf]) -> Result<BTreeMap<String, (PathBuf, CatalogConfig)>, CatalogConfigError> {
+    let mut catalogs: BTreeMap<String, (PathBuf, CatalogConfig)> = BTreeMap::new();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(CatalogConfigError { path: dir.clone(), message: e.to_string() }),
+        };
+        let mut files: Vec<PathBuf> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        files.sort();
+        for path in files {
+            let error = |message: String| CatalogConfigError { path: path.clone(), message };
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return Err(error(format!(
+                    "`{name}` is not a valid catalog name (lower-case letters, digits and _, not starting with a digit)"
+                )));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+            let config = parse_catalog(&path, &text)?;
+            if let Some((first, _)) = catalogs.get(&name) {
+                return Err(error(format!("catalog `{name}` is also declared in {}", first.display())));
+            }
+            catalogs.insert(name, (path, config));
+        }
+    }
+    Ok(catalogs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_file() {
+        let config = parse_catalog(
+            Path::new("/etc/sluice/a.toml"),
+            "type = \"iceberg-sql\"\nuri = \"sqlite:a.db\"\nwarehouse = \"wh\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            CatalogConfig::IcebergSql(IcebergSqlConfig {
+                uri: "sqlite:/etc/sluice/a.db".into(),
+                warehouse: "/etc/sluice/wh".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_keys_and_types_are_named() {
+        let path = Path::new("c.toml");
+        let unknown =
+            parse_catalog(path, "type = \"iceberg-sql\"\nuri = \"sqlite:a.db\"\nwarehous = \"wh\"\n").unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `warehous`"), "{unknown}");
+        let missing = parse_catalog(path, "type = \"iceberg-sql\"\nuri = \"sqlite:a.db\"\n").unwrap_err();
+        assert!(missing.to_string().contains("missing field `warehouse`"), "{missing}");
+        let kind = parse_catalog(path, "type = \"hive\"\n").unwrap_err();
+        assert!(kind.to_string().contains("unknown variant `hive`"), "{kind}");
+        assert!(kind.to_string().starts_with("catalog file c.toml: "), "{kind}");
+    }
+}
