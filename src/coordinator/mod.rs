@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::TaskContext;
@@ -216,7 +217,7 @@ impl Coordinator {
         let snapshot_id = if files.is_empty() {
             None
         } else {
-            match commit(&job.catalog, &table, files, &run_id, job.pipeline.as_deref()).await {
+            match commit_with_retries(&job.catalog, &job.table, files, &run_id, job.pipeline.as_deref()).await {
                 Ok(snapshot_id) => Some(snapshot_id),
                 Err(source) => {
                     // Outcome unknown: the catalog may have taken the commit before failing.
@@ -284,6 +285,38 @@ fn check_fits(table: &TableName, input: &Schema, target: &Schema) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Most commit attempts of an append that keeps losing to concurrent writers.
+pub const COMMIT_ATTEMPTS_MAX: usize = 12;
+
+/// Commits, re-reading the table and retrying (bounded, with jittered exponential backoff) when a
+/// concurrent writer won the race. Before every attempt the table's history is checked for the
+/// run, so an attempt whose response was lost is never applied twice.
+async fn commit_with_retries(
+    catalog: &IcebergCatalog,
+    name: &TableName,
+    files: Vec<DataFile>,
+    run_id: &str,
+    pipeline: Option<&str>,
+) -> Result<i64, iceberg::Error> {
+    let attempt = || async {
+        let table = catalog.iceberg().load_table(&name.ident()).await?;
+        if let Some(snapshot_id) = snapshot_of_run(&table, run_id) {
+            return Ok(snapshot_id);
+        }
+        commit(catalog, &table, files.clone(), run_id, pipeline).await
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(COMMIT_ATTEMPTS_MAX - 1);
+    attempt
+        .retry(backoff)
+        .when(|e: &iceberg::Error| e.kind() == iceberg::ErrorKind::CatalogCommitConflicts)
+        .notify(|e, delay| tracing::info!(%run_id, table = %name, ?delay, "commit conflict, retrying: {e}"))
+        .await
 }
 
 /// One fast-append snapshot with every staged file; returns its id.

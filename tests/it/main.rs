@@ -2,6 +2,7 @@
 
 mod catalogs;
 mod cli;
+mod concurrency;
 mod faults;
 mod interop;
 mod shards;
