@@ -3,7 +3,8 @@
 //! An embedded, SQL-fronted dataflow engine. Pipelines are declared in SQL; Apache DataFusion
 //! plans them; the output partitions of the physical plan are the **shards**, each writing its
 //! part of the result as Parquet files; a **coordinator** publishes every shard's files in one
-//! atomic Apache Iceberg snapshot, or, on any failure, deletes them so nothing becomes visible.
+//! atomic Apache Iceberg snapshot or Delta Lake version, or, on any failure, deletes them so
+//! nothing becomes visible.
 //!
 //! ```text
 //!  SQL ─► parser ─► planner (N shards) ─► runtime (a task per shard) ─► sinks (staged files)

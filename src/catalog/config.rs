@@ -7,6 +7,12 @@
 //! warehouse = "analytics/warehouse"
 //! ```
 //!
+//! ```toml
+//! # <home>/catalogs/delta.toml  →  tables are delta.<schema>.<table>, at <root>/<schema>/<table>
+//! type = "delta"
+//! root = "/data/delta"
+//! ```
+//!
 //! Files are read from `<home>/catalogs/` and from any folder given with `--catalogs DIR`.
 
 use std::collections::BTreeMap;
@@ -30,6 +36,16 @@ pub struct CatalogConfigError {
 pub enum CatalogConfig {
     /// An Iceberg catalog in a SQL database (the JDBC `iceberg_tables` layout).
     IcebergSql(IcebergSqlConfig),
+    /// A folder of Delta tables: table `<schema>.<table>` is `<root>/<schema>/<table>`.
+    Delta(DeltaConfig),
+}
+
+/// `type = "delta"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// The folder (or `file://` URL) holding one sub-folder per schema.
+    pub root: String,
 }
 
 /// `type = "iceberg-sql"`.
@@ -53,13 +69,19 @@ impl CatalogConfig {
                     }
                     _ => c.uri,
                 },
-                warehouse: if c.warehouse.contains("://") || c.warehouse.starts_with('/') {
-                    c.warehouse
-                } else {
-                    base.join(&c.warehouse).display().to_string()
-                },
+                warehouse: anchor(base, c.warehouse),
             }),
+            CatalogConfig::Delta(c) => CatalogConfig::Delta(DeltaConfig { root: anchor(base, c.root) }),
         }
+    }
+}
+
+/// A folder relative to `base`, unless it is absolute or a URL.
+fn anchor(base: &Path, location: String) -> String {
+    if location.contains("://") || location.starts_with('/') {
+        location
+    } else {
+        base.join(location).display().to_string()
     }
 }
 

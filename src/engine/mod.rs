@@ -22,7 +22,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
-use crate::catalog::{CatalogConfig, IcebergCatalog, IcebergSqlConfig, TableName, load_catalogs};
+use crate::catalog::{
+    CatalogConfig, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, TableName, load_catalogs,
+};
 use crate::coordinator::{Coordinator, RunReport, WriteJob};
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, PipelineRecord, SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
@@ -113,10 +115,11 @@ impl EngineBuilder {
         });
         let mut catalogs = BTreeMap::new();
         for (name, config) in configs {
-            let catalog = match &config {
+            let catalog: Arc<dyn LakeCatalog> = match &config {
                 CatalogConfig::IcebergSql(sql) => IcebergCatalog::open_sql(&name, sql).await?,
+                CatalogConfig::Delta(delta) => DeltaCatalog::open(&name, delta).await?,
             };
-            ctx.register_catalog(name.clone(), catalog.clone());
+            ctx.register_catalog(name.clone(), catalog.clone() as Arc<dyn datafusion::catalog::CatalogProvider>);
             catalogs.insert(name, catalog);
         }
         let ledger = Ledger::open(&home.join("ledger.db")).await?;
@@ -130,7 +133,7 @@ impl EngineBuilder {
 /// An embedded Sluice: SQL in, atomic table commits out.
 pub struct Engine {
     ctx: SessionContext,
-    catalogs: BTreeMap<String, Arc<IcebergCatalog>>,
+    catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
     ledger: Ledger,
     coordinator: Coordinator,
     home: PathBuf,
@@ -195,7 +198,7 @@ impl Engine {
     }
 
     /// The catalog called `name`.
-    pub fn catalog(&self, name: &str) -> Option<&Arc<IcebergCatalog>> {
+    pub fn catalog(&self, name: &str) -> Option<&Arc<dyn LakeCatalog>> {
         self.catalogs.get(name)
     }
 
@@ -271,7 +274,7 @@ impl Engine {
     }
 
     /// The catalog an object reference points at, if it is one of ours.
-    fn catalog_of(&self, catalog: &str) -> Option<&Arc<IcebergCatalog>> {
+    fn catalog_of(&self, catalog: &str) -> Option<&Arc<dyn LakeCatalog>> {
         self.catalogs.get(catalog)
     }
 
@@ -327,7 +330,7 @@ impl Engine {
                     return Err(Error::Unsupported(format!("CREATE OR REPLACE / TEMPORARY TABLE `{table}`")));
                 }
                 let schema = create.input.schema().as_arrow().clone();
-                if catalog.create_table(&table, &schema, create.if_not_exists).await?.is_none() {
+                if !catalog.create_table(&table, &schema, create.if_not_exists).await? {
                     return Ok(Some(Output::empty()));
                 }
                 if matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
@@ -390,10 +393,11 @@ impl Engine {
         shards: usize,
         pipeline: Option<String>,
     ) -> Result<RunReport> {
-        let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables").clone();
+        let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
+        let writer = catalog.writer(&table).await?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
-        let job = WriteJob { catalog, table, input, shards, pipeline };
+        let job = WriteJob { table, writer, input, shards, pipeline };
         Ok(self.coordinator.run(job, state.task_ctx()).await?)
     }
 

@@ -198,7 +198,8 @@ CREATE TABLE IF NOT EXISTS runs (
     files          INTEGER NOT NULL DEFAULT 0,
     bytes          INTEGER NOT NULL DEFAULT 0,
     snapshot_id    INTEGER,
-    error          TEXT
+    error          TEXT,
+    sequence       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at_ms);
 CREATE TABLE IF NOT EXISTS shard_tasks (
@@ -286,20 +287,24 @@ impl Ledger {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Step 1 of the protocol: records a new run in `staging`.
-    pub async fn open_run(&self, run_id: &str, pipeline: Option<&str>, target: &str, shards: usize) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO runs (run_id, pipeline, target, status, shards, started_at_ms) VALUES (?, ?, ?, 'staging', ?, ?)",
+    /// Step 1 of the protocol: records a new run in `staging` and returns its sequence number
+    /// within its pipeline (1, 2, ...; ad-hoc runs count among themselves).
+    pub async fn open_run(&self, run_id: &str, pipeline: Option<&str>, target: &str, shards: usize) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO runs (run_id, pipeline, target, status, shards, started_at_ms, sequence)
+             VALUES (?1, ?2, ?3, 'staging', ?4, ?5,
+                     (SELECT COALESCE(MAX(sequence), 0) + 1 FROM runs WHERE pipeline IS ?2))
+             RETURNING sequence",
         )
         .bind(run_id)
         .bind(pipeline)
         .bind(target)
         .bind(shards as i64)
         .bind(now_ms())
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(query_error("opening a run"))?;
-        Ok(())
+        Ok(row.get("sequence"))
     }
 
     /// Records that a shard task started.

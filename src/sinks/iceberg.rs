@@ -1,69 +1,63 @@
-//! The Iceberg shard sink: streams one shard's batches into Parquet data files under the table's
-//! data location, with the per-file metrics (row counts, sizes, bounds, null counts) that the
-//! commit needs.
+//! Iceberg: data files through iceberg-rust's writers (so every file carries the metrics Iceberg
+//! needs: row counts, sizes, bounds, null counts), committed as one fast-append snapshot whose
+//! summary holds `sluice.run-id` and `sluice.pipeline`.
 //!
-//! Files are named `<run id>-<shard>-<sequence>.parquet`, deterministic per (run, shard, n), so a
-//! replayed commit is rejected by Iceberg's duplicate-file check. Each path is recorded in the
-//! ledger before the file is opened; the shard rolls to a new file once the current one passes
-//! the table's target file size (`write.target-file-size-bytes`).
+//! File names are deterministic per (run, shard, n), so a replayed commit is also rejected by
+//! Iceberg's duplicate-file check.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::util::display::FormatOptions;
-use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
-use futures::StreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::FileIO;
-use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::spec::DataFile;
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
     DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, TableIdent};
 
-use crate::catalog::TableName;
-use crate::ledger::{Ledger, ShardTotals};
-use crate::runtime::ShardError;
+use super::{CommitError, FileWriter, RunIdentity, StagedFile, TableWriter};
+use crate::runtime::BoxError;
 
-/// What one shard staged: its data files (not yet referenced by any snapshot) and totals.
-#[derive(Debug, Default)]
-pub struct StagedShard {
-    /// The data files, with their metrics.
-    pub files: Vec<DataFile>,
-    /// Rows, files and bytes written.
-    pub totals: ShardTotals,
+/// Snapshot summary key holding the run id.
+pub const RUN_ID_PROPERTY: &str = "sluice.run-id";
+/// Snapshot summary key holding the pipeline name.
+pub const PIPELINE_PROPERTY: &str = "sluice.pipeline";
+/// Most commit attempts of an append that keeps losing to concurrent writers.
+pub const COMMIT_ATTEMPTS_MAX: usize = 12;
+
+/// The snapshot of `table` whose summary carries `run_id`, if it is in the table's history.
+pub fn snapshot_of_run(table: &Table, run_id: &str) -> Option<i64> {
+    table
+        .metadata()
+        .snapshots()
+        .find(|s| s.summary().additional_properties.get(RUN_ID_PROPERTY).map(String::as_str) == Some(run_id))
+        .map(|s| s.snapshot_id())
 }
 
-/// Writes shards of one run into one Iceberg table.
-#[derive(Debug, Clone)]
-pub struct IcebergShardSink {
-    run_id: String,
-    table: TableName,
+/// Writes and commits one run into one Iceberg table.
+#[derive(Debug)]
+pub struct IcebergTableWriter {
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
     file_io: FileIO,
     schema: SchemaRef,
     location: DefaultLocationGenerator,
     parquet: ParquetWriterBuilder,
     target_file_size: usize,
-    ledger: Ledger,
-}
-
-/// A file-name generator that always answers the one name the shard chose (and recorded).
-#[derive(Debug, Clone)]
-struct ChosenName(String);
-
-impl FileNameGenerator for ChosenName {
-    fn generate_file_name(&self) -> String {
-        self.0.clone()
-    }
 }
 
 /// The table's Parquet codec (`write.parquet.compression-codec`, default zstd, as in Iceberg 1.4+).
@@ -86,139 +80,137 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
     Ok(WriterProperties::builder().set_compression(compression).build())
 }
 
-impl IcebergShardSink {
-    /// A sink for `run_id` writing into the current schema of `table`.
-    pub fn new(table: &Table, name: &TableName, run_id: &str, ledger: Ledger) -> Result<Self, iceberg::Error> {
+impl IcebergTableWriter {
+    /// A writer into the current schema of `table`, committing through `catalog`.
+    pub fn new(catalog: Arc<dyn Catalog>, table: &Table) -> Result<Self, iceberg::Error> {
         let metadata = table.metadata();
         let iceberg_schema = metadata.current_schema().clone();
         Ok(Self {
-            run_id: run_id.to_string(),
-            table: name.clone(),
+            catalog,
+            ident: table.identifier().clone(),
             file_io: table.file_io().clone(),
             schema: Arc::new(schema_to_arrow_schema(&iceberg_schema)?),
             location: DefaultLocationGenerator::new(metadata)?,
             parquet: ParquetWriterBuilder::new(writer_properties(table)?, iceberg_schema),
             target_file_size: metadata.table_properties()?.write_target_file_size_bytes,
-            ledger,
         })
     }
 
-    /// The Arrow schema batches are written with (the table's current schema).
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    /// Streams `input` into data files; the shard's task body.
-    pub async fn write_shard(
-        self,
-        shard: usize,
-        mut input: SendableRecordBatchStream,
-    ) -> Result<StagedShard, ShardError> {
-        self.ledger.shard_started(&self.run_id, shard).await.map_err(|source| ShardError::Ledger { shard, source })?;
-        let result = self.write_files(shard, &mut input).await;
-        let outcome = match &result {
-            Ok(staged) => Ok(staged.totals),
-            Err(e) => Err(e.to_string()),
-        };
-        let recorded =
-            self.ledger.shard_finished(&self.run_id, shard, outcome.as_ref().map(|t| *t).map_err(String::as_str)).await;
-        let staged = result?;
-        recorded.map_err(|source| ShardError::Ledger { shard, source })?;
-        Ok(staged)
-    }
-
-    async fn write_files(
-        &self,
-        shard: usize,
-        input: &mut SendableRecordBatchStream,
-    ) -> Result<StagedShard, ShardError> {
-        let mut staged = StagedShard::default();
-        let mut sequence = 0usize;
-        let mut current = None;
-        let mut current_path = String::new();
-        while let Some(batch) = input.next().await {
-            let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let batch = conform(batch, &self.schema).map_err(|source| ShardError::Input { shard, source })?;
-            if current.is_none() {
-                let name = format!("{}-{shard:05}-{sequence:05}.parquet", self.run_id);
-                sequence += 1;
-                current_path = self.location.generate_location(None, &name);
-                // DESIGN §4 step 2: the path is in the ledger before the file exists.
-                self.ledger
-                    .stage_file(&self.run_id, shard, &current_path)
-                    .await
-                    .map_err(|source| ShardError::Ledger { shard, source })?;
-                let files = RollingFileWriterBuilder::new(
-                    self.parquet.clone(),
-                    usize::MAX, // rolling is decided here, so that each new path is recorded first
-                    self.file_io.clone(),
-                    self.location.clone(),
-                    ChosenName(name),
-                );
-                current = Some(
-                    DataFileWriterBuilder::new(files)
-                        .build(None)
-                        .await
-                        .map_err(|e| self.write_error(shard, &current_path, e))?,
-                );
-            }
-            let writer = current.as_mut().expect("a writer is open");
-            writer.write(batch).await.map_err(|e| self.write_error(shard, &current_path, e))?;
-            crate::failpoint::check("shard-write", &self.table.to_string())
-                .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
-            if writer.current_written_size() >= self.target_file_size {
-                let mut full = current.take().expect("a writer is open");
-                staged.files.extend(full.close().await.map_err(|e| self.write_error(shard, &current_path, e))?);
-            }
+    /// One fast-append snapshot with every staged file; returns its id.
+    async fn append(&self, table: &Table, files: Vec<DataFile>, run: &RunIdentity) -> Result<i64, iceberg::Error> {
+        let mut properties = HashMap::from([(RUN_ID_PROPERTY.to_string(), run.run_id.clone())]);
+        if let Some(pipeline) = &run.pipeline {
+            properties.insert(PIPELINE_PROPERTY.to_string(), pipeline.clone());
         }
-        if let Some(mut last) = current {
-            staged.files.extend(last.close().await.map_err(|e| self.write_error(shard, &current_path, e))?);
-        }
-        staged.totals = ShardTotals {
-            rows: staged.files.iter().map(|f| f.record_count()).sum(),
-            files: staged.files.len() as u64,
-            bytes: staged.files.iter().map(|f| f.file_size_in_bytes()).sum(),
-        };
-        debug_assert!(staged.files.iter().all(|f| f.file_format() == DataFileFormat::Parquet));
-        Ok(staged)
-    }
-
-    fn write_error(&self, shard: usize, path: &str, error: iceberg::Error) -> ShardError {
-        ShardError::Write { shard, path: path.to_string(), source: Box::new(error) }
+        let transaction = Transaction::new(table);
+        let append = transaction.fast_append().add_data_files(files).set_snapshot_properties(properties);
+        let transaction = append.apply(transaction)?;
+        let committed = transaction.commit(self.catalog.as_ref()).await?;
+        snapshot_of_run(&committed, &run.run_id).ok_or_else(|| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                format!("committed, but no snapshot carries run {}", run.run_id),
+            )
+        })
     }
 }
 
-/// Casts a batch to the table's Arrow schema, column by column, failing (instead of writing
-/// NULL) when a value does not fit, and naming the column.
-pub fn conform(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
-    if batch.num_columns() != target.fields().len() {
-        return Err(DataFusionError::Plan(format!(
-            "the input has {} columns but the table has {}",
-            batch.num_columns(),
-            target.fields().len()
-        )));
+/// A file-name generator that always answers the one name the shard chose (and recorded).
+#[derive(Debug, Clone)]
+struct ChosenName(String);
+
+impl FileNameGenerator for ChosenName {
+    fn generate_file_name(&self) -> String {
+        self.0.clone()
     }
-    let options = CastOptions { safe: false, format_options: FormatOptions::default() };
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(target.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                return Ok(column.clone());
-            }
-            cast_with_options(column, field.data_type(), &options).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "column `{}`: cannot store {} as {}: {e}",
-                    field.name(),
-                    column.data_type(),
-                    field.data_type()
-                ))
+}
+
+struct IcebergFile {
+    writer: DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, ChosenName>,
+}
+
+#[async_trait]
+impl FileWriter for IcebergFile {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), BoxError> {
+        Ok(self.writer.write(batch).await?)
+    }
+
+    fn written_bytes(&self) -> usize {
+        self.writer.current_written_size()
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<StagedFile, BoxError> {
+        let mut files = self.writer.close().await?;
+        match (files.pop(), files.is_empty()) {
+            (Some(file), true) => Ok(StagedFile::Iceberg(file)),
+            _ => Err("the Iceberg writer did not produce exactly one data file".into()),
+        }
+    }
+}
+
+#[async_trait]
+impl TableWriter for IcebergTableWriter {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn target_file_size(&self) -> usize {
+        self.target_file_size
+    }
+
+    fn file_location(&self, name: &str) -> String {
+        self.location.generate_location(None, name)
+    }
+
+    async fn open_file(&self, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
+        let name = location.rsplit('/').next().unwrap_or(location).to_string();
+        let files = RollingFileWriterBuilder::new(
+            self.parquet.clone(),
+            usize::MAX, // the shard loop decides when to roll, so that each new file is recorded first
+            self.file_io.clone(),
+            self.location.clone(),
+            ChosenName(name),
+        );
+        Ok(Box::new(IcebergFile { writer: DataFileWriterBuilder::new(files).build(None).await? }))
+    }
+
+    async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
+        Ok(self.file_io.delete(location).await?)
+    }
+
+    /// Retries (bounded, jittered exponential backoff) when a concurrent writer won the race.
+    /// Before every attempt the table's history is checked for the run, so an attempt whose
+    /// response was lost is never applied twice.
+    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity) -> Result<i64, CommitError> {
+        let files: Vec<DataFile> = files
+            .into_iter()
+            .map(|file| match file {
+                StagedFile::Iceberg(file) => Ok(file),
+                StagedFile::Delta(_) => Err(CommitError::new("a Delta file cannot be committed to an Iceberg table")),
             })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(target.clone(), columns).map_err(|e| DataFusionError::Execution(e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let attempt = || async {
+            let table = self.catalog.load_table(&self.ident).await?;
+            if let Some(snapshot_id) = snapshot_of_run(&table, &run.run_id) {
+                return Ok(snapshot_id);
+            }
+            self.append(&table, files.clone(), run).await
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(COMMIT_ATTEMPTS_MAX - 1);
+        attempt
+            .retry(backoff)
+            .when(|e: &iceberg::Error| e.kind() == iceberg::ErrorKind::CatalogCommitConflicts)
+            .notify(|e, delay| tracing::info!(run_id = %run.run_id, table = %self.ident, ?delay, "commit conflict, retrying: {e}"))
+            .await
+            .map_err(CommitError::new)
+    }
+
+    async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
+        let table = self.catalog.load_table(&self.ident).await.map_err(CommitError::new)?;
+        Ok(snapshot_of_run(&table, &run.run_id))
+    }
 }

@@ -1,5 +1,235 @@
 //! Sinks: per-shard writers that stage data files in a table format, without committing them.
 //!
-//! A sink only stages; making the files visible is the coordinator's job.
+//! The shard loop is the same for every format ([`ShardSink::write_shard`]): cast each batch to
+//! the table's schema, and when no file is open, choose the next file name
+//! (`<run id>-<shard>-<n>.parquet`), record it in the ledger, and only then open it; roll to a
+//! new file past the table's target file size. What differs per format — how a file is written
+//! and described, how the run is committed — is a [`TableWriter`]. A sink only stages; making the
+//! files visible is the coordinator's job.
 
+pub mod delta;
 pub mod iceberg;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::FormatOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+
+use crate::catalog::TableName;
+use crate::ledger::{Ledger, ShardTotals};
+use crate::runtime::{BoxError, ShardError};
+
+/// One staged data file, described as its table format needs it to be referenced.
+#[derive(Debug, Clone)]
+pub enum StagedFile {
+    /// An Iceberg data file with its metrics.
+    Iceberg(::iceberg::spec::DataFile),
+    /// A Delta `add` action with its statistics.
+    Delta(deltalake::kernel::Add),
+}
+
+impl StagedFile {
+    /// Rows in the file.
+    pub fn rows(&self) -> u64 {
+        match self {
+            StagedFile::Iceberg(file) => file.record_count(),
+            StagedFile::Delta(add) => {
+                add.get_stats().ok().flatten().map(|s| s.num_records.max(0) as u64).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Size of the file in bytes.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            StagedFile::Iceberg(file) => file.file_size_in_bytes(),
+            StagedFile::Delta(add) => add.size.max(0) as u64,
+        }
+    }
+}
+
+/// What one shard staged: its files (not yet referenced by any snapshot) and totals.
+#[derive(Debug, Default)]
+pub struct StagedShard {
+    /// The staged files.
+    pub files: Vec<StagedFile>,
+    /// Rows, files and bytes written.
+    pub totals: ShardTotals,
+}
+
+/// Who a commit is for: what the coordinator tells the table format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunIdentity {
+    /// The run id (UUIDv7).
+    pub run_id: String,
+    /// The pipeline, `None` for an ad-hoc write.
+    pub pipeline: Option<String>,
+    /// The run's number within its pipeline (1, 2, ...), for Delta's `txn` action.
+    pub sequence: i64,
+}
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct CommitError {
+    /// The table format's error.
+    pub source: BoxError,
+}
+
+impl CommitError {
+    /// Wraps a table format's error.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self { source: source.into() }
+    }
+}
+
+/// Writes one data file.
+#[async_trait]
+pub trait FileWriter: Send {
+    /// Appends a batch (already cast to the table's schema).
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), BoxError>;
+    /// Bytes written so far, including what is still buffered.
+    fn written_bytes(&self) -> usize;
+    /// Finishes the file and describes it for the commit.
+    async fn finish(self: Box<Self>) -> Result<StagedFile, BoxError>;
+}
+
+/// A table format as the coordinator drives it: stage files, commit them once, find a commit.
+#[async_trait]
+pub trait TableWriter: Send + Sync + std::fmt::Debug {
+    /// The Arrow schema batches are written with (the table's current schema).
+    fn schema(&self) -> &SchemaRef;
+    /// Roll to a new file once the current one is this large.
+    fn target_file_size(&self) -> usize;
+    /// The full location of a new data file called `name` (what the ledger records).
+    fn file_location(&self, name: &str) -> String;
+    /// Opens a data file at a location from [`TableWriter::file_location`].
+    async fn open_file(&self, location: &str) -> Result<Box<dyn FileWriter>, BoxError>;
+    /// Deletes a staged file; a file that is not there is not an error.
+    async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
+    /// Publishes all `files` in one snapshot / version tagged with `run`; returns its id.
+    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity) -> Result<i64, CommitError>;
+    /// The snapshot / version that `run` committed, if the table's history has one.
+    async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError>;
+}
+
+/// Writes the shards of one run through a [`TableWriter`].
+#[derive(Debug, Clone)]
+pub struct ShardSink {
+    run_id: String,
+    table: TableName,
+    writer: Arc<dyn TableWriter>,
+    ledger: Ledger,
+}
+
+impl ShardSink {
+    /// A sink for `run_id` into `table`.
+    pub fn new(run_id: &str, table: &TableName, writer: Arc<dyn TableWriter>, ledger: Ledger) -> Self {
+        Self { run_id: run_id.to_string(), table: table.clone(), writer, ledger }
+    }
+
+    /// Streams `input` into data files; the shard's task body. The ledger learns how it ended.
+    pub async fn write_shard(
+        self,
+        shard: usize,
+        mut input: SendableRecordBatchStream,
+    ) -> Result<StagedShard, ShardError> {
+        self.ledger.shard_started(&self.run_id, shard).await.map_err(|source| ShardError::Ledger { shard, source })?;
+        let result = self.write_files(shard, &mut input).await;
+        let outcome = match &result {
+            Ok(staged) => Ok(staged.totals),
+            Err(e) => Err(e.to_string()),
+        };
+        let recorded =
+            self.ledger.shard_finished(&self.run_id, shard, outcome.as_ref().map(|t| *t).map_err(String::as_str)).await;
+        let staged = result?;
+        recorded.map_err(|source| ShardError::Ledger { shard, source })?;
+        Ok(staged)
+    }
+
+    async fn write_files(
+        &self,
+        shard: usize,
+        input: &mut SendableRecordBatchStream,
+    ) -> Result<StagedShard, ShardError> {
+        let schema = self.writer.schema().clone();
+        let write_error =
+            |location: &str, source: BoxError| ShardError::Write { shard, path: location.to_string(), source };
+        let mut staged = StagedShard::default();
+        let mut sequence = 0usize;
+        let mut current: Option<(String, Box<dyn FileWriter>)> = None;
+        while let Some(batch) = input.next().await {
+            let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let batch = conform(batch, &schema).map_err(|source| ShardError::Input { shard, source })?;
+            if current.is_none() {
+                let location = self.writer.file_location(&format!("{}-{shard:05}-{sequence:05}.parquet", self.run_id));
+                sequence += 1;
+                // DESIGN §4 step 2: the location is in the ledger before the file exists.
+                self.ledger
+                    .stage_file(&self.run_id, shard, &location)
+                    .await
+                    .map_err(|source| ShardError::Ledger { shard, source })?;
+                let file = self.writer.open_file(&location).await.map_err(|e| write_error(&location, e))?;
+                current = Some((location, file));
+            }
+            let (location, file) = current.as_mut().expect("a file is open");
+            file.write(batch).await.map_err(|e| write_error(location, e))?;
+            crate::failpoint::check("shard-write", &self.table.to_string())
+                .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
+            if file.written_bytes() >= self.writer.target_file_size() {
+                let (location, file) = current.take().expect("a file is open");
+                staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+            }
+        }
+        if let Some((location, file)) = current {
+            staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+        }
+        staged.totals = ShardTotals {
+            rows: staged.files.iter().map(StagedFile::rows).sum(),
+            files: staged.files.len() as u64,
+            bytes: staged.files.iter().map(StagedFile::bytes).sum(),
+        };
+        Ok(staged)
+    }
+}
+
+/// Casts a batch to the table's Arrow schema, column by column, failing (instead of writing
+/// NULL) when a value does not fit, and naming the column.
+pub fn conform(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
+    if batch.num_columns() != target.fields().len() {
+        return Err(DataFusionError::Plan(format!(
+            "the input has {} columns but the table has {}",
+            batch.num_columns(),
+            target.fields().len()
+        )));
+    }
+    let options = CastOptions { safe: false, format_options: FormatOptions::default() };
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                return Ok(column.clone());
+            }
+            cast_with_options(column, field.data_type(), &options).map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "column `{}`: cannot store {} as {}: {e}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(target.clone(), columns).map_err(|e| DataFusionError::Execution(e.to_string()))
+}

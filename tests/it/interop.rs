@@ -1,5 +1,6 @@
 //! Tables written by Sluice, read by readers nobody here wrote: pyiceberg (through the same SQLite
-//! catalog) and DuckDB's `iceberg_scan`. Values are compared, not just counts.
+//! catalog) and DuckDB's `iceberg_scan` for Iceberg; delta-rs (Python) and DuckDB's `delta_scan`
+//! for Delta. Values are compared, not just counts.
 //!
 //! The readers live in a Python venv (`tests/interop/requirements.txt`), which `scripts/test.sh`
 //! creates; `SLUICE_PYTHON` points at its interpreter (default: `.venv/bin/python`).
@@ -27,50 +28,106 @@ async fn expected_json(engine: &sluice::Engine, query: &str) -> serde_json::Valu
     serde_json::json!({ "columns": columns, "rows": cells(&batches) })
 }
 
+/// Runs tests/interop/check_table.py with `args`; returns its output once every reader agreed.
+fn check_table(args: &[&std::ffi::OsStr]) -> String {
+    let output = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_table.py"))
+        .args(args)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the readers disagree with Sluice:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Writes Sluice's own answer to `query` where the checker reads it.
+async fn write_expected(engine: &sluice::Engine, query: &str, path: &std::path::Path, rows: usize) {
+    let expected = expected_json(engine, query).await;
+    assert_eq!(expected["rows"].as_array().unwrap().len(), rows);
+    std::fs::write(path, serde_json::to_vec(&expected).unwrap()).unwrap();
+}
+
+/// Columns of every common type, NULLs included, generated for rows 1..=n.
+fn typed_rows(n: usize) -> String {
+    format!(
+        "SELECT value,
+                CAST(value % 1000 AS INT),
+                CASE WHEN value % 11 = 0 THEN NULL ELSE 'event ' || value END,
+                value / 8.0,
+                CAST(value % 10000 AS DECIMAL(10, 2)) / 100,
+                value % 2 = 0,
+                CAST(to_timestamp_seconds(1767225600 + value * 3600) AS DATE),
+                to_timestamp_seconds(1767225600 + value * 61)
+         FROM generate_series(1, {n})"
+    )
+}
+
+const TYPED_COLUMNS: &str = "id BIGINT NOT NULL, small INT, name VARCHAR, score DOUBLE, price DECIMAL(10, 2),
+                             flag BOOLEAN, day DATE, at TIMESTAMP";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pyiceberg_and_duckdb_read_exactly_what_sluice_wrote() {
-    let python = python();
     let home = tempfile::tempdir().unwrap();
     let engine = engine(home.path(), 4).await;
     engine
-        .sql(
+        .sql(&format!(
             "CREATE SCHEMA lake.interop;
-             CREATE TABLE lake.interop.events (
-                 id BIGINT NOT NULL, small INT, name VARCHAR, score DOUBLE, price DECIMAL(10, 2),
-                 flag BOOLEAN, day DATE, at TIMESTAMP);
-             CREATE PIPELINE events WITH (shards = 3) AS
-             INSERT INTO lake.interop.events
-             SELECT value,
-                    CAST(value % 1000 AS INT),
-                    CASE WHEN value % 11 = 0 THEN NULL ELSE 'event ' || value END,
-                    value / 8.0,
-                    CAST(value % 10000 AS DECIMAL(10, 2)) / 100,
-                    value % 2 = 0,
-                    CAST(to_timestamp_seconds(1767225600 + value * 3600) AS DATE),
-                    to_timestamp_seconds(1767225600 + value * 61)
-             FROM generate_series(1, 30000);",
-        )
+             CREATE TABLE lake.interop.events ({TYPED_COLUMNS});
+             CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO lake.interop.events {};",
+            typed_rows(30_000)
+        ))
         .await
         .unwrap();
     let first = engine.run_pipeline("events").await.unwrap();
     let second = engine.run_pipeline("events").await.unwrap();
     assert_eq!(first.rows + second.rows, 60_000);
 
-    let expected = expected_json(&engine, "SELECT * FROM lake.interop.events").await;
-    assert_eq!(expected["rows"].as_array().unwrap().len(), 60_000);
     let expected_path = home.path().join("expected.json");
-    std::fs::write(&expected_path, serde_json::to_vec(&expected).unwrap()).unwrap();
+    write_expected(&engine, "SELECT * FROM lake.interop.events", &expected_path, 60_000).await;
 
-    let output = Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_iceberg.py"))
-        .arg(engine.home())
-        .args(["interop", "events"])
-        .arg(&expected_path)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the readers disagree with Sluice:\n{stdout}\n{stderr}");
+    let stdout = check_table(&[
+        "iceberg".as_ref(),
+        engine.home().as_os_str(),
+        "interop".as_ref(),
+        "events".as_ref(),
+        expected_path.as_os_str(),
+    ]);
     assert!(stdout.contains("pyiceberg: 60000 rows x 8 columns match"), "{stdout}");
+    assert!(stdout.contains("duckdb: 60000 rows x 8 columns match"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("delta-root");
+    let engine = sluice::Engine::builder()
+        .home(home.path())
+        .catalog(
+            "delta",
+            sluice::catalog::CatalogConfig::Delta(sluice::catalog::DeltaConfig { root: root.display().to_string() }),
+        )
+        .shards(4)
+        .build()
+        .await
+        .unwrap();
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA delta.interop;
+             CREATE TABLE delta.interop.events ({TYPED_COLUMNS});
+             CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO delta.interop.events {};",
+            typed_rows(30_000)
+        ))
+        .await
+        .unwrap();
+    let first = engine.run_pipeline("events").await.unwrap();
+    let second = engine.run_pipeline("events").await.unwrap();
+    assert_eq!((first.snapshot_id, second.snapshot_id), (Some(1), Some(2)), "one Delta version per run");
+
+    let expected_path = home.path().join("expected.json");
+    write_expected(&engine, "SELECT * FROM delta.interop.events", &expected_path, 60_000).await;
+    let table_dir = root.join("interop/events");
+    let stdout = check_table(&["delta".as_ref(), table_dir.as_os_str(), expected_path.as_os_str()]);
+    assert!(stdout.contains("delta-rs: 60000 rows x 8 columns match"), "{stdout}");
     assert!(stdout.contains("duckdb: 60000 rows x 8 columns match"), "{stdout}");
 }

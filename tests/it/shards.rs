@@ -1,7 +1,7 @@
 //! The same pipeline at 1, 2 and 8 shards: identical table contents, and exactly one snapshot
 //! per run whatever the shard count (the shard funnel is never optimized away).
 
-use crate::support::{engine, rows, snapshot_count, table};
+use crate::support::{engine, lake, rows, snapshot_count, table};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shard_count_changes_nothing_but_the_files() {
@@ -67,7 +67,7 @@ async fn a_shard_rolls_to_a_new_file_at_the_target_size() {
         .set("write.target-file-size-bytes".to_string(), target_bytes.to_string())
         .apply(transaction)
         .unwrap();
-    transaction.commit(engine.catalog("lake").unwrap().iceberg()).await.unwrap();
+    transaction.commit(lake(&engine).iceberg().as_ref()).await.unwrap();
 
     engine
         .sql("INSERT INTO lake.s.rolled SELECT value, 'label number ' || value FROM generate_series(1, 300000)")

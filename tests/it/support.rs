@@ -6,17 +6,22 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use iceberg::table::Table;
 use sluice::Engine;
-use sluice::catalog::TableName;
+use sluice::catalog::{IcebergCatalog, TableName};
 
 /// An engine on `home` with a fixed shard count.
 pub async fn engine(home: &Path, shards: usize) -> Engine {
     Engine::builder().home(home).shards(shards).build().await.expect("engine opens")
 }
 
+/// The embedded Iceberg catalog `lake`.
+pub fn lake(engine: &Engine) -> &IcebergCatalog {
+    let catalog = engine.catalog("lake").expect("the default catalog");
+    catalog.as_any().downcast_ref::<IcebergCatalog>().expect("lake is an Iceberg catalog")
+}
+
 /// `lake.<schema>.<table>` loaded fresh from the catalog.
 pub async fn table(engine: &Engine, schema: &str, name: &str) -> Table {
-    let catalog = engine.catalog("lake").expect("the default catalog");
-    catalog.load_table(&TableName::new("lake", schema, name)).await.expect("table loads")
+    lake(engine).load_table(&TableName::new("lake", schema, name)).await.expect("table loads")
 }
 
 /// Number of snapshots in the table's history.

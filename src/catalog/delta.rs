@@ -1,0 +1,289 @@
+//! A folder of Delta tables as a DataFusion catalog: schema `s` is the folder `<root>/s`, table
+//! `s.t` the Delta table at `<root>/s/t` (a folder with a `_delta_log`).
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
+
+use super::{CatalogError, DeltaConfig, LakeCatalog, Result, TableName, TableRequest, check_columns};
+use crate::sinks::TableWriter;
+use crate::sinks::delta::DeltaTableWriter;
+
+/// A Delta catalog, usable from DataFusion SQL as `<name>.<schema>.<table>`.
+#[derive(Debug)]
+pub struct DeltaCatalog {
+    name: String,
+    root: PathBuf,
+    location: String,
+    /// schema name → table names, as of the last refresh.
+    listing: RwLock<BTreeMap<String, BTreeSet<String>>>,
+}
+
+fn is_delta_table(dir: &Path) -> bool {
+    dir.join("_delta_log").is_dir()
+}
+
+fn subfolders(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut folders = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir()
+            && let Some(name) = entry.file_name().to_str()
+        {
+            folders.push((name.to_string(), entry.path()));
+        }
+    }
+    folders.sort();
+    Ok(folders)
+}
+
+/// Delta stores timestamps in microseconds; DataFusion's default `TIMESTAMP` is nanoseconds.
+fn delta_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Timestamp(TimeUnit::Nanosecond, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        other => other.clone(),
+    }
+}
+
+fn delta_schema(schema: &ArrowSchema) -> std::result::Result<StructType, datafusion::arrow::error::ArrowError> {
+    let fields: Vec<Field> =
+        schema.fields().iter().map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect();
+    (&ArrowSchema::new(fields)).try_into_kernel()
+}
+
+impl DeltaCatalog {
+    /// Opens (creating the root folder if needed) a Delta catalog.
+    pub async fn open(name: &str, config: &DeltaConfig) -> Result<Arc<Self>> {
+        let root = PathBuf::from(config.root.strip_prefix("file://").unwrap_or(&config.root));
+        let open_error =
+            |message: String| CatalogError::Open { catalog: name.to_string(), location: config.root.clone(), message };
+        if config.root.contains("://") && !config.root.starts_with("file://") {
+            return Err(open_error("only local folders (or file:// URLs) are supported as a Delta root".into()));
+        }
+        std::fs::create_dir_all(&root).map_err(|e| open_error(e.to_string()))?;
+        let catalog = Arc::new(Self {
+            name: name.to_string(),
+            location: root.display().to_string(),
+            root,
+            listing: RwLock::default(),
+        });
+        catalog.refresh().await?;
+        Ok(catalog)
+    }
+
+    fn error(&self, context: impl Into<String>) -> impl FnOnce(DeltaTableError) -> CatalogError + '_ {
+        let context = context.into();
+        move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
+    }
+
+    fn io_error(&self, context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+        let context = context.into();
+        move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
+    }
+
+    fn table_dir(&self, name: &TableName) -> PathBuf {
+        self.root.join(&name.schema).join(&name.table)
+    }
+
+    /// Loads the table at its latest version.
+    pub async fn load_table(&self, name: &TableName) -> Result<DeltaTable> {
+        let dir = self.table_dir(name);
+        if !is_delta_table(&dir) {
+            return Err(CatalogError::TableNotFound(name.clone()));
+        }
+        let url = ensure_table_uri(dir.display().to_string()).map_err(self.error(format!("locating `{name}`")))?;
+        deltalake::open_table(url).await.map_err(self.error(format!("loading table `{name}`")))
+    }
+}
+
+#[async_trait]
+impl LakeCatalog for DeltaCatalog {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "delta"
+    }
+
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn refresh(&self) -> Result<()> {
+        let mut listing = BTreeMap::new();
+        for (schema, dir) in subfolders(&self.root).map_err(self.io_error("listing schemas"))? {
+            let tables = subfolders(&dir)
+                .map_err(self.io_error("listing tables"))?
+                .into_iter()
+                .filter(|(_, dir)| is_delta_table(dir))
+                .map(|(table, _)| table)
+                .collect();
+            listing.insert(schema, tables);
+        }
+        *self.listing.write().expect("catalog listing lock") = listing;
+        Ok(())
+    }
+
+    async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
+        let dir = self.root.join(schema);
+        if dir.is_dir() {
+            if if_not_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::SchemaExists { catalog: self.name.clone(), schema: schema.to_string() });
+        }
+        std::fs::create_dir(&dir).map_err(self.io_error(format!("creating schema `{schema}`")))?;
+        self.refresh().await
+    }
+
+    async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
+        let dir = self.root.join(schema);
+        if !dir.is_dir() {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: schema.to_string() });
+        }
+        let tables = subfolders(&dir).map_err(self.io_error("listing tables"))?;
+        if tables.iter().any(|(_, dir)| is_delta_table(dir)) {
+            return Err(CatalogError::SchemaNotEmpty { catalog: self.name.clone(), schema: schema.to_string() });
+        }
+        std::fs::remove_dir_all(&dir).map_err(self.io_error(format!("dropping schema `{schema}`")))?;
+        self.refresh().await
+    }
+
+    async fn create_table(&self, name: &TableName, schema: &ArrowSchema, if_not_exists: bool) -> Result<bool> {
+        if !self.root.join(&name.schema).is_dir() {
+            return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
+        }
+        let dir = self.table_dir(name);
+        if is_delta_table(&dir) {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(CatalogError::TableExists(name.clone()));
+        }
+        check_columns(name, schema, "Delta", |t| {
+            delta_schema(&ArrowSchema::new(vec![Field::new("c", t.clone(), true)])).is_ok()
+        })?;
+        let columns = delta_schema(schema)
+            .map_err(|e| self.error(format!("converting the schema of `{name}`"))(DeltaTableError::from(e)))?;
+        let url = ensure_table_uri(dir.display().to_string()).map_err(self.error(format!("locating `{name}`")))?;
+        DeltaTable::try_from_url(url)
+            .await
+            .map_err(self.error(format!("creating table `{name}`")))?
+            .create()
+            .with_table_name(name.table.clone())
+            .with_columns(columns.fields().cloned())
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await
+            .map_err(self.error(format!("creating table `{name}`")))?;
+        self.refresh().await?;
+        Ok(true)
+    }
+
+    async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()> {
+        let dir = self.table_dir(name);
+        if !is_delta_table(&dir) {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::TableNotFound(name.clone()));
+        }
+        std::fs::remove_dir_all(&dir).map_err(self.io_error(format!("dropping table `{name}`")))?;
+        self.refresh().await
+    }
+
+    async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>> {
+        let table = self.load_table(name).await?;
+        let writer = DeltaTableWriter::new(table).map_err(self.error(format!("preparing a write into `{name}`")))?;
+        Ok(Arc::new(writer))
+    }
+}
+
+impl CatalogProvider for DeltaCatalog {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        self.listing.read().expect("catalog listing lock").keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        let tables = self.listing.read().expect("catalog listing lock").get(name)?.clone();
+        Some(Arc::new(DeltaSchema {
+            catalog: self.name.clone(),
+            schema: name.to_string(),
+            dir: self.root.join(name),
+            tables,
+        }))
+    }
+}
+
+/// One folder of Delta tables seen as a DataFusion schema.
+#[derive(Debug)]
+struct DeltaSchema {
+    catalog: String,
+    schema: String,
+    dir: PathBuf,
+    tables: BTreeSet<String>,
+}
+
+fn external(e: DeltaTableError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[async_trait]
+impl SchemaProvider for DeltaSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.tables.iter().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        let request = TableRequest::parse(name);
+        let base = request.base();
+        let dir = self.dir.join(base);
+        if !is_delta_table(&dir) {
+            return Ok(None);
+        }
+        let url = ensure_table_uri(dir.display().to_string()).map_err(external)?;
+        let table = match request {
+            TableRequest::Current(_) => deltalake::open_table(url).await.map_err(external)?,
+            TableRequest::AsOf(_, version) => {
+                let builder = DeltaTableBuilder::from_url(url).map_err(external)?;
+                let loaded = match u64::try_from(version) {
+                    Ok(version) => builder.with_version(version).load().await,
+                    Err(e) => Err(DeltaTableError::Generic(e.to_string())),
+                };
+                loaded.map_err(|e| {
+                    DataFusionError::Plan(format!(
+                        "table `{}.{}.{base}` has no version {version}: {e}",
+                        self.catalog, self.schema
+                    ))
+                })?
+            }
+            TableRequest::Snapshots(_) => return Ok(None),
+        };
+        Ok(Some(table.table_provider().await?))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains(name)
+    }
+}

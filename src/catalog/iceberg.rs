@@ -1,0 +1,314 @@
+//! Iceberg SQL catalogs as DataFusion catalogs whose schemas are Iceberg namespaces.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use futures::TryStreamExt;
+use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type};
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{
+    SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder,
+};
+use iceberg_datafusion::IcebergStaticTableProvider;
+
+use super::{CatalogError, IcebergSqlConfig, LakeCatalog, Result, TableName, TableRequest, check_columns};
+use crate::sinks::TableWriter;
+use crate::sinks::iceberg::IcebergTableWriter;
+
+fn ident(name: &TableName) -> TableIdent {
+    TableIdent::new(NamespaceIdent::new(name.schema.clone()), name.table.clone())
+}
+
+/// An Iceberg catalog, usable from DataFusion SQL as `<name>.<schema>.<table>`.
+#[derive(Debug)]
+pub struct IcebergCatalog {
+    name: String,
+    location: String,
+    inner: Arc<dyn Catalog>,
+    /// schema name → table names, as of the last refresh.
+    listing: RwLock<BTreeMap<String, BTreeSet<String>>>,
+}
+
+impl IcebergCatalog {
+    /// Opens an Iceberg SQL catalog. A SQLite database and a local warehouse folder are created
+    /// when missing.
+    pub async fn open_sql(name: &str, config: &IcebergSqlConfig) -> Result<Arc<Self>> {
+        let open_error =
+            |message: String| CatalogError::Open { catalog: name.to_string(), location: config.uri.clone(), message };
+        let mut uri = config.uri.clone();
+        if let Some(path) = uri.strip_prefix("sqlite:") {
+            let file = path.split('?').next().unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| open_error(format!("{}: {e}", parent.display())))?;
+            }
+            if !uri.contains("mode=") {
+                uri.push_str(if uri.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+        }
+        let warehouse = match config.warehouse.strip_prefix("file://") {
+            Some(path) => path.to_string(),
+            None if config.warehouse.contains("://") => String::new(),
+            None => config.warehouse.clone(),
+        };
+        if !warehouse.is_empty() {
+            std::fs::create_dir_all(&warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
+        }
+        let warehouse =
+            if config.warehouse.contains("://") { config.warehouse.clone() } else { format!("file://{warehouse}") };
+        let bind_style = if uri.starts_with("sqlite:") { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
+        let props = HashMap::from([
+            (SQL_CATALOG_PROP_URI.to_string(), uri),
+            (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse),
+            (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
+        ]);
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(name, props)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let catalog = Arc::new(Self {
+            name: name.to_string(),
+            location: format!("{} (warehouse {})", config.uri, config.warehouse),
+            inner: Arc::new(catalog),
+            listing: RwLock::default(),
+        });
+        catalog.refresh().await?;
+        Ok(catalog)
+    }
+
+    /// The underlying Iceberg catalog.
+    pub fn iceberg(&self) -> &Arc<dyn Catalog> {
+        &self.inner
+    }
+
+    fn error(&self, context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> CatalogError + '_ {
+        let context = context.into();
+        move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
+    }
+
+    /// Loads the table's current metadata.
+    pub async fn load_table(&self, name: &TableName) -> Result<Table> {
+        match self.inner.load_table(&ident(name)).await {
+            Ok(table) => Ok(table),
+            Err(e) if matches!(e.kind(), ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound) => {
+                Err(CatalogError::TableNotFound(name.clone()))
+            }
+            Err(e) => Err(self.error(format!("loading table `{name}`"))(e)),
+        }
+    }
+
+    async fn schema_exists(&self, schema: &str) -> Result<bool> {
+        self.inner
+            .namespace_exists(&NamespaceIdent::new(schema.to_string()))
+            .await
+            .map_err(self.error("looking up a schema"))
+    }
+}
+
+/// Iceberg stores DataFusion's types except unsigned 64-bit integers and a few exotic ones.
+/// Nanosecond timestamps are stored as microseconds (the Iceberg v2 precision).
+fn iceberg_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Timestamp(TimeUnit::Nanosecond, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        other => other.clone(),
+    }
+}
+
+#[async_trait]
+impl LakeCatalog for IcebergCatalog {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "iceberg-sql"
+    }
+
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn refresh(&self) -> Result<()> {
+        let mut listing = BTreeMap::new();
+        for namespace in self.inner.list_namespaces(None).await.map_err(self.error("listing schemas"))? {
+            let tables = self.inner.list_tables(&namespace).await.map_err(self.error("listing tables"))?;
+            listing.insert(namespace.join("."), tables.into_iter().map(|t| t.name().to_string()).collect());
+        }
+        *self.listing.write().expect("catalog listing lock") = listing;
+        Ok(())
+    }
+
+    async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
+        if self.schema_exists(schema).await? {
+            if if_not_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::SchemaExists { catalog: self.name.clone(), schema: schema.to_string() });
+        }
+        let namespace = NamespaceIdent::new(schema.to_string());
+        self.inner.create_namespace(&namespace, HashMap::new()).await.map_err(self.error("creating a schema"))?;
+        self.refresh().await
+    }
+
+    async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
+        if !self.schema_exists(schema).await? {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: schema.to_string() });
+        }
+        let namespace = NamespaceIdent::new(schema.to_string());
+        if !self.inner.list_tables(&namespace).await.map_err(self.error("listing tables"))?.is_empty() {
+            return Err(CatalogError::SchemaNotEmpty { catalog: self.name.clone(), schema: schema.to_string() });
+        }
+        self.inner.drop_namespace(&namespace).await.map_err(self.error(format!("dropping schema `{schema}`")))?;
+        self.refresh().await
+    }
+
+    async fn create_table(&self, name: &TableName, schema: &ArrowSchema, if_not_exists: bool) -> Result<bool> {
+        if !self.schema_exists(&name.schema).await? {
+            return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
+        }
+        if self.inner.table_exists(&ident(name)).await.map_err(self.error("looking up a table"))? {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(CatalogError::TableExists(name.clone()));
+        }
+        check_columns(name, schema, "Iceberg", |t| arrow_type_to_type(&iceberg_type(t)).is_ok())?;
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), iceberg_type(f.data_type()), f.is_nullable()))
+            .collect();
+        let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields))
+            .map_err(self.error(format!("converting the schema of `{name}`")))?;
+        let creation = TableCreation::builder().name(name.table.clone()).schema(schema).build();
+        self.inner
+            .create_table(&NamespaceIdent::new(name.schema.clone()), creation)
+            .await
+            .map_err(self.error(format!("creating table `{name}`")))?;
+        self.refresh().await?;
+        Ok(true)
+    }
+
+    async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()> {
+        if !self.inner.table_exists(&ident(name)).await.map_err(self.error("looking up a table"))? {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(CatalogError::TableNotFound(name.clone()));
+        }
+        self.inner.purge_table(&ident(name)).await.map_err(self.error(format!("dropping table `{name}`")))?;
+        self.refresh().await
+    }
+
+    async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>> {
+        let table = self.load_table(name).await?;
+        let writer = IcebergTableWriter::new(self.inner.clone(), &table)
+            .map_err(self.error(format!("preparing a write into `{name}`")))?;
+        Ok(Arc::new(writer))
+    }
+}
+
+impl CatalogProvider for IcebergCatalog {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        self.listing.read().expect("catalog listing lock").keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        let tables = self.listing.read().expect("catalog listing lock").get(name)?.clone();
+        Some(Arc::new(IcebergSchema {
+            catalog: self.name.clone(),
+            schema: name.to_string(),
+            tables,
+            inner: self.inner.clone(),
+        }))
+    }
+}
+
+/// One Iceberg namespace seen as a DataFusion schema.
+#[derive(Debug)]
+struct IcebergSchema {
+    catalog: String,
+    schema: String,
+    tables: BTreeSet<String>,
+    inner: Arc<dyn Catalog>,
+}
+
+fn external(e: iceberg::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[async_trait]
+impl SchemaProvider for IcebergSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.tables.iter().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        let request = TableRequest::parse(name);
+        let base = request.base();
+        let table = match self
+            .inner
+            .load_table(&TableIdent::new(NamespaceIdent::new(self.schema.clone()), base.into()))
+            .await
+        {
+            Ok(table) => table,
+            Err(e) if matches!(e.kind(), ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound) => return Ok(None),
+            Err(e) => return Err(external(e)),
+        };
+        let provider: Arc<dyn TableProvider> = match request {
+            TableRequest::Current(_) => {
+                Arc::new(IcebergStaticTableProvider::try_new_from_table(table).await.map_err(external)?)
+            }
+            TableRequest::AsOf(_, snapshot_id) => {
+                if table.metadata().snapshot_by_id(snapshot_id).is_none() {
+                    let (catalog, schema) = (&self.catalog, &self.schema);
+                    return Err(DataFusionError::Plan(format!(
+                        "table `{catalog}.{schema}.{base}` has no snapshot {snapshot_id} \
+                         (list them with SELECT * FROM {catalog}.{schema}.\"{base}$snapshots\")"
+                    )));
+                }
+                Arc::new(
+                    IcebergStaticTableProvider::try_new_from_table_snapshot(table, snapshot_id)
+                        .await
+                        .map_err(external)?,
+                )
+            }
+            TableRequest::Snapshots(_) => snapshots_table(&table).await?,
+        };
+        Ok(Some(provider))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains(name)
+    }
+}
+
+/// The table's snapshots (id, parent, time, operation, summary) as an in-memory table.
+async fn snapshots_table(table: &Table) -> DFResult<Arc<dyn TableProvider>> {
+    let inspect = table.inspect();
+    let snapshots = inspect.snapshots();
+    let batches: Vec<_> = snapshots.scan().await.map_err(external)?.try_collect().await.map_err(external)?;
+    let schema: SchemaRef = match batches.first() {
+        Some(batch) => batch.schema(),
+        None => Arc::new(iceberg::arrow::schema_to_arrow_schema(&snapshots.schema()).map_err(external)?),
+    };
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}

@@ -1,0 +1,314 @@
+//! Delta Lake: Parquet files written straight into the table folder, each described by an `add`
+//! action with Delta statistics (record count, per-column min / max / null count), committed as
+//! ONE log version that also holds a `txn` action (`appId = sluice/<pipeline>`, `version` = the
+//! run's sequence number) and, in `commitInfo`, `sluice.run-id` and `sluice.pipeline`.
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::temporal_conversions::date32_to_datetime;
+use datafusion::common::ScalarValue;
+use datafusion::object_store::ObjectStoreExt;
+use datafusion::object_store::path::Path;
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use datafusion::parquet::arrow::async_writer::ParquetObjectWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::properties::WriterProperties;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction as DeltaTxn};
+use deltalake::logstore::ObjectStoreRef;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use serde_json::{Map, Value, json};
+
+use super::{CommitError, FileWriter, RunIdentity, StagedFile, TableWriter};
+use crate::runtime::BoxError;
+
+/// `commitInfo` key holding the run id.
+pub const RUN_ID_KEY: &str = "sluice.run-id";
+/// `commitInfo` key holding the pipeline name.
+pub const PIPELINE_KEY: &str = "sluice.pipeline";
+/// Delta's default target file size (`delta.targetFileSize`), 128 MiB.
+const TARGET_FILE_SIZE: usize = 128 << 20;
+/// Longest string kept as a min / max statistic (longer ones are left out, never truncated wrong).
+const STRING_STAT_CHARS_MAX: usize = 32;
+
+/// The `txn` application id of a pipeline.
+pub fn app_id(pipeline: &str) -> String {
+    format!("sluice/{pipeline}")
+}
+
+/// Writes and commits one run into one Delta table.
+#[derive(Debug)]
+pub struct DeltaTableWriter {
+    table: DeltaTable,
+    store: ObjectStoreRef,
+    root: String,
+    schema: SchemaRef,
+    /// The table's version when the run started (`None`: no version yet).
+    base_version: Option<u64>,
+}
+
+impl DeltaTableWriter {
+    /// A writer into `table` as loaded now (its version is where history searches start).
+    pub fn new(table: DeltaTable) -> Result<Self, deltalake::DeltaTableError> {
+        let schema = table.snapshot()?.snapshot().arrow_schema();
+        let root = table.table_url().as_str().trim_end_matches('/').to_string();
+        let base_version = table.version();
+        Ok(Self { store: table.object_store(), table, root, schema, base_version })
+    }
+
+    /// The path of a location relative to the table root (how Delta actions name files).
+    fn relative<'a>(&self, location: &'a str) -> Result<&'a str, BoxError> {
+        location
+            .strip_prefix(&self.root)
+            .map(|rest| rest.trim_start_matches('/'))
+            .ok_or_else(|| format!("{location} is not inside the table at {}", self.root).into())
+    }
+
+    async fn latest(&self) -> Result<DeltaTable, deltalake::DeltaTableError> {
+        let mut table = self.table.clone();
+        table.update_state().await?;
+        Ok(table)
+    }
+}
+
+struct DeltaFile {
+    path: String,
+    schema: SchemaRef,
+    writer: AsyncArrowWriter<ParquetObjectWriter>,
+}
+
+#[async_trait]
+impl FileWriter for DeltaFile {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), BoxError> {
+        Ok(self.writer.write(&batch).await?)
+    }
+
+    fn written_bytes(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<StagedFile, BoxError> {
+        let metadata = self.writer.finish().await?;
+        let add = Add {
+            path: self.path.clone(),
+            size: self.writer.bytes_written() as i64,
+            modification_time: crate::ledger::now_ms(),
+            data_change: true,
+            stats: Some(file_stats(&metadata, &self.schema)?),
+            ..Default::default()
+        };
+        Ok(StagedFile::Delta(add))
+    }
+}
+
+#[async_trait]
+impl TableWriter for DeltaTableWriter {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn target_file_size(&self) -> usize {
+        TARGET_FILE_SIZE
+    }
+
+    fn file_location(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    async fn open_file(&self, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
+        let path = self.relative(location)?.to_string();
+        let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?)).build();
+        let output = ParquetObjectWriter::new(self.store.clone(), Path::from(path.as_str()));
+        let writer = AsyncArrowWriter::try_new(output, self.schema.clone(), Some(properties))?;
+        Ok(Box::new(DeltaFile { path, schema: self.schema.clone(), writer }))
+    }
+
+    async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
+        match self.store.delete(&Path::from(self.relative(location)?)).await {
+            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity) -> Result<i64, CommitError> {
+        if let Some(version) = self.find_run(run).await? {
+            return Ok(version);
+        }
+        let actions = files
+            .into_iter()
+            .map(|file| match file {
+                StagedFile::Delta(add) => Ok(Action::Add(add)),
+                StagedFile::Iceberg(_) => Err(CommitError::new("an Iceberg file cannot be committed to a Delta table")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut metadata = vec![(RUN_ID_KEY.to_string(), json!(run.run_id))];
+        let mut properties = CommitProperties::default();
+        if let Some(pipeline) = &run.pipeline {
+            metadata.push((PIPELINE_KEY.to_string(), json!(pipeline)));
+            properties = properties.with_application_transaction(DeltaTxn::new(app_id(pipeline), run.sequence));
+        }
+        let table = self.latest().await.map_err(CommitError::new)?;
+        let snapshot = table.snapshot().map_err(CommitError::new)?;
+        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let committed = CommitBuilder::from(properties.with_metadata(metadata))
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(CommitError::new)?;
+        Ok(committed.version() as i64)
+    }
+
+    /// A pipeline's `txn` says whether its run landed at all, and only then is the whole history
+    /// searched; an ad-hoc run is searched for in the versions committed since it started.
+    async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
+        let table = self.latest().await.map_err(CommitError::new)?;
+        let Some(latest) = table.version() else { return Ok(None) };
+        let log = table.log_store();
+        let oldest = match &run.pipeline {
+            Some(pipeline) => {
+                let snapshot = table.snapshot().map_err(CommitError::new)?;
+                let landed =
+                    snapshot.transaction_version(log.as_ref(), app_id(pipeline)).await.map_err(CommitError::new)?;
+                if landed.is_none_or(|version| version < run.sequence) {
+                    return Ok(None);
+                }
+                0
+            }
+            None => self.base_version.map_or(0, |base| base + 1),
+        };
+        for version in (oldest..=latest).rev() {
+            let Some(entry) = log.read_commit_entry(version).await.map_err(CommitError::new)? else { continue };
+            if String::from_utf8_lossy(&entry).contains(&run.run_id) {
+                return Ok(Some(version as i64));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Delta statistics JSON for one file from its Parquet footer. Columns whose statistics are
+/// missing in any row group get none (a reader then simply cannot skip the file on them).
+fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> Result<String, BoxError> {
+    let (mut min_values, mut max_values, mut null_count) = (Map::new(), Map::new(), Map::new());
+    let row_groups = metadata.row_groups();
+    for field in schema.fields() {
+        if field.data_type().is_nested() {
+            continue;
+        }
+        let converter = StatisticsConverter::try_new(field.name(), schema, metadata.file_metadata().schema_descr())?;
+        let nulls = converter.row_group_null_counts(row_groups.iter())?;
+        if nulls.null_count() == 0 {
+            null_count.insert(field.name().clone(), json!(nulls.values().iter().sum::<u64>()));
+        }
+        // A row group of nothing but NULLs has no min / max and does not need one.
+        let all_null: Vec<bool> = row_groups
+            .iter()
+            .enumerate()
+            .map(|(i, group)| nulls.is_valid(i) && nulls.value(i) == group.num_rows() as u64)
+            .collect();
+        let mins = converter.row_group_mins(row_groups.iter())?;
+        let maxes = converter.row_group_maxes(row_groups.iter())?;
+        if let (Some(min), Some(max)) =
+            (fold(&mins, &all_null, std::cmp::Ordering::Less)?, fold(&maxes, &all_null, std::cmp::Ordering::Greater)?)
+            && let (Some(min), Some(max)) = (stat_value(&min), stat_value(&max))
+        {
+            min_values.insert(field.name().clone(), min);
+            max_values.insert(field.name().clone(), max);
+        }
+    }
+    let stats = json!({
+        "numRecords": metadata.file_metadata().num_rows(),
+        "minValues": min_values,
+        "maxValues": max_values,
+        "nullCount": null_count,
+    });
+    Ok(stats.to_string())
+}
+
+/// The least (or greatest) of the row groups' values, skipping all-NULL row groups; `None`
+/// when another row group has no statistic (then nothing can be said about the file).
+fn fold(values: &ArrayRef, all_null: &[bool], keep: std::cmp::Ordering) -> Result<Option<ScalarValue>, BoxError> {
+    let mut best: Option<ScalarValue> = None;
+    for (index, all_null) in all_null.iter().enumerate().take(values.len()) {
+        if *all_null {
+            continue;
+        }
+        if values.is_null(index) {
+            return Ok(None);
+        }
+        let value = ScalarValue::try_from_array(values, index)?;
+        if best.as_ref().is_none_or(|b| value.partial_cmp(b) == Some(keep)) {
+            best = Some(value);
+        }
+    }
+    Ok(best)
+}
+
+/// A statistic as Delta writes it in JSON; `None` for types whose statistics Sluice leaves out
+/// (timestamps and decimals, whose JSON forms lose precision, and long strings).
+fn stat_value(value: &ScalarValue) -> Option<Value> {
+    Some(match value {
+        ScalarValue::Int8(Some(v)) => json!(v),
+        ScalarValue::Int16(Some(v)) => json!(v),
+        ScalarValue::Int32(Some(v)) => json!(v),
+        ScalarValue::Int64(Some(v)) => json!(v),
+        ScalarValue::UInt8(Some(v)) => json!(v),
+        ScalarValue::UInt16(Some(v)) => json!(v),
+        ScalarValue::UInt32(Some(v)) => json!(v),
+        ScalarValue::UInt64(Some(v)) => json!(v),
+        ScalarValue::Float32(Some(v)) if v.is_finite() => json!(v),
+        ScalarValue::Float64(Some(v)) if v.is_finite() => json!(v),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))
+            if s.chars().count() <= STRING_STAT_CHARS_MAX =>
+        {
+            json!(s)
+        }
+        ScalarValue::Date32(Some(days)) => json!(date32_to_datetime(*days)?.date().to_string()),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    #[test]
+    fn statistics_span_row_groups_and_count_nulls() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let properties = WriterProperties::builder().set_max_row_group_row_count(Some(2)).build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties)).unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![5, 3, 9, 7])),
+                Arc::new(StringArray::from(vec![Some("b"), None, Some("a"), Some(&"z".repeat(40)[..])])),
+                Arc::new(Float64Array::from(vec![None, None, Some(1.5), Some(-2.0)])),
+            ],
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        let metadata = writer.close().unwrap();
+        let stats: Value = serde_json::from_str(&file_stats(&metadata, &schema).unwrap()).unwrap();
+        assert_eq!(stats["numRecords"], 4);
+        assert_eq!(stats["minValues"]["id"], 3);
+        assert_eq!(stats["maxValues"]["id"], 9);
+        assert_eq!(stats["nullCount"], json!({"id": 0, "name": 1, "x": 2}));
+        // The 40-character maximum is left out rather than written truncated (and wrong).
+        assert!(stats["minValues"].get("name").is_none(), "{stats}");
+        assert_eq!(stats["minValues"]["x"], -2.0);
+    }
+}

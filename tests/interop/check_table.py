@@ -1,0 +1,135 @@
+"""Reads a table written by Sluice with two independent readers and compares every value with
+what Sluice itself returned.
+
+usage: check_table.py iceberg HOME NAMESPACE TABLE EXPECTED_JSON
+       check_table.py delta TABLE_DIR EXPECTED_JSON
+
+EXPECTED_JSON holds {"columns": [...], "rows": [[str|null, ...], ...]}: Sluice's own SELECT, each
+value rendered as Arrow displays it. The readers:
+  iceberg: pyiceberg's SqlCatalog on HOME/catalog.db (the catalog Sluice commits to), and DuckDB's
+           iceberg_scan on the metadata file the catalog points at (found with sqlite3, not with
+           pyiceberg, so the two readers share nothing);
+  delta:   delta-rs (the `deltalake` package) and DuckDB's delta_scan.
+Each also checks that the latest commit carries Sluice's run id. Exits non-zero, printing the
+first differences, when a reader disagrees.
+"""
+
+import datetime
+import decimal
+import glob
+import json
+import os
+import sqlite3
+import sys
+
+
+def render(value):
+    """Renders a Python value the way Arrow displays it (what Sluice wrote into EXPECTED_JSON)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.datetime):
+        # Arrow shows a UTC timestamp with its offset, a naive one without.
+        text = value.replace(tzinfo=None).isoformat()
+        return text + "Z" if value.tzinfo is not None else text
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def sort_key(row):
+    return [(v is None, v or "") for v in row]
+
+
+def compare(reader, columns, rows, expected):
+    got = sorted(([render(v) for v in row] for row in rows), key=sort_key)
+    if got != expected:
+        print(f"{reader}: MISMATCH ({len(got)} rows read, {len(expected)} expected)")
+        shown = 0
+        for index, (a, b) in enumerate(zip(got, expected)):
+            if a != b and shown < 5:
+                print(f"  row {index}: read     {a}\n          expected {b}")
+                shown += 1
+        return False
+    print(f"{reader}: {len(got)} rows x {len(columns)} columns match")
+    return True
+
+
+def duckdb_with(*names):
+    """A DuckDB connection with the named extensions loaded from their pinned wheels (no network)."""
+    import duckdb
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"})
+    for name in names:
+        module = __import__(f"duckdb_extension_{name}")
+        folder = os.path.dirname(module.__file__)
+        path = glob.glob(os.path.join(folder, "extensions", "*", f"{name}.duckdb_extension"))[0]
+        con.execute(f"LOAD '{path}'")
+    return con
+
+
+def check_iceberg(home, namespace, table, columns, rows):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    ok = True
+    catalog = SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    iceberg_table = catalog.load_table(f"{namespace}.{table}")
+    arrow = iceberg_table.scan(selected_fields=tuple(columns)).to_arrow()
+    ok &= compare("pyiceberg", columns, [[r[c] for c in columns] for r in arrow.to_pylist()], rows)
+    summary = iceberg_table.current_snapshot().summary
+    if "sluice.run-id" not in summary.additional_properties:
+        print(f"pyiceberg: the current snapshot has no sluice.run-id: {summary}")
+        ok = False
+
+    with sqlite3.connect(os.path.join(home, "catalog.db")) as db:
+        (metadata,) = db.execute(
+            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'lake' "
+            "AND table_namespace = ? AND table_name = ?",
+            (namespace, table),
+        ).fetchone()
+    con = duckdb_with("avro", "iceberg")
+    selected = ", ".join(f'"{c}"' for c in columns)
+    ok &= compare("duckdb", columns, con.execute(f"SELECT {selected} FROM iceberg_scan('{metadata}')").fetchall(), rows)
+    return ok
+
+
+def check_delta(table_dir, columns, rows):
+    from deltalake import DeltaTable
+
+    ok = True
+    delta_table = DeltaTable(table_dir)
+    arrow = delta_table.to_pyarrow_table(columns=columns)
+    ok &= compare("delta-rs", columns, [[r[c] for c in columns] for r in arrow.to_pylist()], rows)
+    latest = delta_table.history(1)[0]
+    if "sluice.run-id" not in latest:
+        print(f"delta-rs: the latest commit has no sluice.run-id: {latest}")
+        ok = False
+
+    con = duckdb_with("delta")
+    selected = ", ".join(f'"{c}"' for c in columns)
+    ok &= compare("duckdb", columns, con.execute(f"SELECT {selected} FROM delta_scan('{table_dir}')").fetchall(), rows)
+    return ok
+
+
+def main():
+    mode, *args = sys.argv[1:]
+    with open(args[-1]) as f:
+        expected = json.load(f)
+    columns, rows = expected["columns"], sorted(expected["rows"], key=sort_key)
+    if mode == "iceberg":
+        home, namespace, table = args[:3]
+        ok = check_iceberg(home, namespace, table, columns, rows)
+    elif mode == "delta":
+        ok = check_delta(args[0], columns, rows)
+    else:
+        sys.exit(f"unknown mode {mode!r}: expected iceberg or delta")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
