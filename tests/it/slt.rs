@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use datafusion::arrow::datatypes::DataType;
 use sluice::Engine;
+use sluice::catalog::{CatalogConfig, DeltaConfig};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 
 struct SluiceDb {
@@ -85,8 +86,9 @@ fn slt_files() -> Vec<PathBuf> {
     files
 }
 
-/// Each file gets its own home (fixed at 2 shards so plans are stable); all files run, and every
-/// failure is reported before the test fails.
+/// Each file gets its own home (fixed at 2 shards so plans are stable) with the embedded Iceberg
+/// catalog `lake` and a Delta catalog `delta`; all files run, and every failure is reported
+/// before the test fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqllogictests() {
     let files = slt_files();
@@ -98,14 +100,15 @@ async fn sqllogictests() {
         let mut runner = Runner::new(move || {
             let home = home_path.clone();
             async move {
-                Ok(SluiceDb {
-                    engine: Engine::builder()
-                        .home(home)
-                        .shards(2)
-                        .build()
-                        .await
-                        .map_err(|e| SltError(e.to_string()))?,
-                })
+                let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+                let engine = Engine::builder()
+                    .home(home)
+                    .catalog("delta", CatalogConfig::Delta(delta))
+                    .shards(2)
+                    .build()
+                    .await
+                    .map_err(|e| SltError(e.to_string()))?;
+                Ok(SluiceDb { engine })
             }
         });
         if let Err(e) = runner.run_file_async(file).await {
