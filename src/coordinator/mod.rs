@@ -73,8 +73,11 @@ pub enum RunError {
         /// The error.
         source: BoxError,
     },
-    /// A test failpoint fired between staging and commit; the run was rolled back.
-    #[error("run {run_id} into `{table}` was rolled back: injected failure at failpoint `{failpoint}`")]
+    /// A test failpoint stopped the run (rolled back, or left as a crash would leave it).
+    #[error(
+        "run {run_id} into `{table}` stopped by failpoint `{failpoint}`{}",
+        if *.rolled_back { " and was rolled back" } else { "" }
+    )]
     Injected {
         /// The run.
         run_id: String,
@@ -82,6 +85,8 @@ pub enum RunError {
         table: TableName,
         /// The failpoint.
         failpoint: String,
+        /// Whether the staged files were deleted.
+        rolled_back: bool,
     },
     /// Preparing the write failed.
     #[error(transparent)]
@@ -204,7 +209,7 @@ impl Coordinator {
         if let Err(failpoint) = crate::failpoint::check("before-commit", &target) {
             let error = format!("injected failure at failpoint `{failpoint}`");
             self.roll_back(writer.as_ref(), &table, &run.run_id, &error).await?;
-            return Err(RunError::Injected { run_id: run.run_id, table, failpoint });
+            return Err(RunError::Injected { run_id: run.run_id, table, failpoint, rolled_back: true });
         }
         self.ledger.set_committing(&run.run_id).await?;
         let snapshot_id = if files.is_empty() {
@@ -223,6 +228,11 @@ impl Coordinator {
                 },
             }
         };
+        if let Err(failpoint) = crate::failpoint::check("after-commit", &target) {
+            // As if the process died between the commit and the ledger update: the run stays
+            // `committing` and its files, now part of the table, stay.
+            return Err(RunError::Injected { run_id: run.run_id, table, failpoint, rolled_back: false });
+        }
         self.ledger.run_succeeded(&run.run_id, snapshot_id, totals).await?;
         tracing::info!(run_id = %run.run_id, table = %target, rows = totals.rows, files = totals.files, ?snapshot_id, "run committed");
         Ok(RunReport {

@@ -6,7 +6,7 @@
 //! each other's faults, e.g. `fail::cfg("shard-write/lake.faults.t", "1*off->return")`.
 //!
 //! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
-//! catalog not yet called).
+//! catalog not yet called), `after-commit` (committed, the ledger not yet told: a crash there).
 
 /// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now.
 pub(crate) fn check(point: &str, scope: &str) -> Result<(), String> {

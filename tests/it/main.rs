@@ -3,6 +3,7 @@
 mod catalogs;
 mod cli;
 mod concurrency;
+mod delta;
 mod faults;
 mod interop;
 mod shards;

@@ -1,0 +1,120 @@
+//! Delta commits: what each version holds (`txn`, `commitInfo`), and exactly-once when a run's
+//! commit landed but the process died before the ledger heard of it.
+
+use std::path::Path;
+
+use deltalake::DeltaTableBuilder;
+use sluice::Engine;
+use sluice::catalog::{CatalogConfig, DeltaConfig, TableName};
+use sluice::ledger::RunStatus;
+use sluice::sinks::delta::DeltaTableWriter;
+use sluice::sinks::{RunIdentity, ShardSink, TableWriter};
+
+use crate::support::{files_under, rows, value};
+
+async fn delta_engine(home: &Path) -> Engine {
+    let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+    Engine::builder().home(home).catalog("delta", CatalogConfig::Delta(delta)).shards(2).build().await.unwrap()
+}
+
+/// The actions of one Delta log version, read straight from its JSON file.
+fn log_entry(table_dir: &Path, version: u64) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(table_dir.join(format!("_delta_log/{version:020}.json"))).unwrap();
+    text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_run_is_one_version_with_its_txn_and_run_id() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = delta_engine(home.path()).await;
+    engine
+        .sql(
+            "CREATE SCHEMA delta.s; CREATE TABLE delta.s.t (id BIGINT);
+             CREATE PIPELINE fill WITH (shards = 4) AS INSERT INTO delta.s.t SELECT value FROM generate_series(1, 50000);",
+        )
+        .await
+        .unwrap();
+    for sequence in 1..=2u64 {
+        let report = engine.run_pipeline("fill").await.unwrap();
+        assert_eq!(report.snapshot_id, Some(sequence as i64));
+        let actions = log_entry(&home.path().join("delta/s/t"), sequence);
+        let adds = actions.iter().filter(|a| a.get("add").is_some()).count();
+        assert_eq!(adds as u64, report.files, "all of the run's files in its one version");
+        let txn = actions.iter().find_map(|a| a.get("txn")).expect("a txn action");
+        assert_eq!((txn["appId"].as_str(), txn["version"].as_u64()), (Some("sluice/fill"), Some(sequence)));
+        let info = actions.iter().find_map(|a| a.get("commitInfo")).expect("commitInfo");
+        assert_eq!(info["sluice.run-id"], report.run_id.as_str());
+        assert_eq!(info["sluice.pipeline"], "fill");
+        for add in actions.iter().filter_map(|a| a.get("add")) {
+            let stats: serde_json::Value = serde_json::from_str(add["stats"].as_str().unwrap()).unwrap();
+            assert!(stats["numRecords"].as_u64().unwrap() > 0 && stats["minValues"]["id"].is_number(), "{stats}");
+        }
+    }
+    assert_eq!(value(&engine, "SELECT count(*) FROM delta.s.t").await, "100000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_after_commit_leaves_the_run_committing_with_its_version_landed() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = delta_engine(home.path()).await;
+    engine
+        .sql(
+            "CREATE SCHEMA delta.s; CREATE TABLE delta.s.crash (id BIGINT);
+             CREATE PIPELINE crash AS INSERT INTO delta.s.crash SELECT value FROM generate_series(1, 1000);",
+        )
+        .await
+        .unwrap();
+    let failpoint = "after-commit/delta.s.crash";
+    fail::cfg(failpoint, "return").unwrap();
+    let error = engine.run_pipeline("crash").await.unwrap_err().to_string();
+    fail::remove(failpoint);
+    assert!(error.contains(failpoint) && !error.contains("rolled back"), "{error}");
+    let run = engine.ledger().runs(Some("crash")).await.unwrap().pop().unwrap();
+    assert_eq!(run.status, RunStatus::Committing, "the ledger never heard of the commit");
+    assert_eq!(value(&engine, "SELECT count(*) FROM delta.s.crash").await, "1000", "the version landed");
+    // Its files are part of the table now and must not have been deleted.
+    let staged = engine.ledger().staged_files(&run.run_id).await.unwrap();
+    assert!(!staged.is_empty());
+    let on_disk = files_under(&home.path().join("delta/s/crash"));
+    for location in &staged {
+        let name = location.rsplit('/').next().unwrap();
+        assert!(on_disk.iter().any(|f| f.ends_with(name)), "{name} is missing");
+    }
+}
+
+/// A retry of a run whose commit landed, from a process that knows only what the ledger knew
+/// (the run, its pipeline and sequence, the table version it started from), adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retrying_a_commit_that_already_landed_adds_no_version() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = delta_engine(home.path()).await;
+    engine.sql("CREATE SCHEMA delta.r; CREATE TABLE delta.r.t (id BIGINT NOT NULL)").await.unwrap();
+    let name = TableName::new("delta", "r", "t");
+    let table_url = deltalake::ensure_table_uri(home.path().join("delta/r/t").display().to_string()).unwrap();
+    let catalog = engine.catalog("delta").unwrap();
+
+    // A pipeline run (found again through its txn) and an ad-hoc run (found in the history).
+    for (round, pipeline) in [(1u64, Some("p".to_string())), (2, None)] {
+        let writer = catalog.writer(&name).await.unwrap();
+        let base = round - 1;
+        let run = RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline, sequence: 1 };
+        let input = engine.session().sql("SELECT value AS id FROM generate_series(1, 1000)").await.unwrap();
+        let stream = input.execute_stream().await.unwrap();
+        let sink = ShardSink::new(&run.run_id, &name, writer.clone(), engine.ledger().clone());
+        let staged = sink.write_shard(0, stream).await.unwrap();
+        let version = writer.commit(staged.files.clone(), &run).await.unwrap();
+        assert_eq!(version as u64, base + 1);
+
+        // The retry: a new writer on the table as of the run's start, the same files, the same run.
+        let as_of_start =
+            DeltaTableBuilder::from_url(table_url.clone()).unwrap().with_version(base).load().await.unwrap();
+        let retry = DeltaTableWriter::new(as_of_start).unwrap();
+        assert_eq!(retry.find_run(&run).await.unwrap(), Some(version));
+        assert_eq!(retry.commit(staged.files, &run).await.unwrap(), version, "the same version, not a new one");
+        let latest = deltalake::open_table(table_url.clone()).await.unwrap();
+        assert_eq!(latest.version(), Some(base + 1), "no second version");
+        let counts = rows(&engine, "SELECT count(*), count(DISTINCT id) FROM delta.r.t").await;
+        let total = (1000 * round).to_string();
+        assert_eq!(counts, [[total.clone(), "1000".to_string()]], "no duplicate rows beyond this round's");
+    }
+}
