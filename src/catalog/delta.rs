@@ -15,7 +15,9 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
 
-use super::{CatalogError, DeltaConfig, LakeCatalog, Result, TableName, TableRequest, check_columns};
+use super::{
+    CatalogError, DeltaConfig, LakeCatalog, PartitionField, Result, TableName, TableRequest, Transform, check_columns,
+};
 use crate::sinks::TableWriter;
 use crate::sinks::delta::DeltaTableWriter;
 
@@ -59,6 +61,34 @@ fn delta_schema(schema: &ArrowSchema) -> std::result::Result<StructType, datafus
     let fields: Vec<Field> =
         schema.fields().iter().map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect();
     (&ArrowSchema::new(fields)).try_into_kernel()
+}
+
+/// Delta partitions by plain columns of simple types; their values are written in the log (and
+/// the folder names), not in the data files.
+fn partition_columns(name: &TableName, schema: &ArrowSchema, partitioning: &[PartitionField]) -> Result<Vec<String>> {
+    partitioning
+        .iter()
+        .map(|field| {
+            let bad = |reason: &str| CatalogError::BadPartition {
+                table: name.clone(),
+                field: field.to_string(),
+                reason: reason.to_string(),
+            };
+            if field.transform != Transform::Identity {
+                return Err(bad("Delta tables partition by columns, not transforms (write the column)"));
+            }
+            let column = schema.field_with_name(&field.column).map_err(|_| bad("no such column"))?;
+            let simple = column.data_type().is_integer()
+                || matches!(
+                    column.data_type(),
+                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Date32 | DataType::Boolean
+                );
+            if !simple {
+                return Err(bad("Delta partition columns here must be integers, strings, dates or booleans"));
+            }
+            Ok(field.column.clone())
+        })
+        .collect()
 }
 
 impl DeltaCatalog {
@@ -163,7 +193,13 @@ impl LakeCatalog for DeltaCatalog {
         self.refresh().await
     }
 
-    async fn create_table(&self, name: &TableName, schema: &ArrowSchema, if_not_exists: bool) -> Result<bool> {
+    async fn create_table(
+        &self,
+        name: &TableName,
+        schema: &ArrowSchema,
+        partitioning: &[PartitionField],
+        if_not_exists: bool,
+    ) -> Result<bool> {
         if !self.root.join(&name.schema).is_dir() {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
@@ -177,6 +213,7 @@ impl LakeCatalog for DeltaCatalog {
         check_columns(name, schema, "Delta", |t| {
             delta_schema(&ArrowSchema::new(vec![Field::new("c", t.clone(), true)])).is_ok()
         })?;
+        let partition_columns = partition_columns(name, schema, partitioning)?;
         let columns = delta_schema(schema)
             .map_err(|e| self.error(format!("converting the schema of `{name}`"))(DeltaTableError::from(e)))?;
         let url = ensure_table_uri(dir.display().to_string()).map_err(self.error(format!("locating `{name}`")))?;
@@ -186,6 +223,7 @@ impl LakeCatalog for DeltaCatalog {
             .create()
             .with_table_name(name.table.clone())
             .with_columns(columns.fields().cloned())
+            .with_partition_columns(partition_columns)
             .with_save_mode(SaveMode::ErrorIfExists)
             .await
             .map_err(self.error(format!("creating table `{name}`")))?;

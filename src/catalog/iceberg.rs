@@ -11,6 +11,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use futures::TryStreamExt;
 use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type};
 use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{PartitionSpec, Schema as TableSchema, Transform as IcebergTransform};
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{
@@ -18,7 +19,10 @@ use iceberg_catalog_sql::{
 };
 use iceberg_datafusion::IcebergStaticTableProvider;
 
-use super::{CatalogError, IcebergSqlConfig, LakeCatalog, Result, TableName, TableRequest, check_columns};
+use super::{
+    CatalogError, IcebergSqlConfig, LakeCatalog, PartitionField, Result, TableName, TableRequest, Transform,
+    check_columns,
+};
 use crate::sinks::TableWriter;
 use crate::sinks::iceberg::IcebergTableWriter;
 
@@ -112,6 +116,36 @@ impl IcebergCatalog {
     }
 }
 
+/// The Iceberg partition spec of `partitioning` over `schema`; each field is checked against its
+/// column's type (e.g. `day` needs a date or timestamp).
+fn partition_spec(name: &TableName, schema: &TableSchema, partitioning: &[PartitionField]) -> Result<PartitionSpec> {
+    let bad = |field: &PartitionField, e: iceberg::Error| CatalogError::BadPartition {
+        table: name.clone(),
+        field: field.to_string(),
+        reason: e.message().to_string(),
+    };
+    let mut spec = PartitionSpec::builder(Arc::new(schema.clone()));
+    for field in partitioning {
+        let (transform, suffix) = match field.transform {
+            Transform::Identity => (IcebergTransform::Identity, ""),
+            Transform::Year => (IcebergTransform::Year, "_year"),
+            Transform::Month => (IcebergTransform::Month, "_month"),
+            Transform::Day => (IcebergTransform::Day, "_day"),
+            Transform::Hour => (IcebergTransform::Hour, "_hour"),
+            Transform::Bucket(n) => (IcebergTransform::Bucket(n), "_bucket"),
+            Transform::Truncate(w) => (IcebergTransform::Truncate(w), "_trunc"),
+        };
+        spec = spec
+            .add_partition_field(&field.column, format!("{}{suffix}", field.column), transform)
+            .map_err(|e| bad(field, e))?;
+    }
+    spec.build().map_err(|e| CatalogError::BadPartition {
+        table: name.clone(),
+        field: partitioning.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        reason: e.message().to_string(),
+    })
+}
+
 /// Iceberg stores DataFusion's types except unsigned 64-bit integers and a few exotic ones.
 /// Nanosecond timestamps are stored as microseconds (the Iceberg v2 precision).
 fn iceberg_type(data_type: &DataType) -> DataType {
@@ -172,7 +206,13 @@ impl LakeCatalog for IcebergCatalog {
         self.refresh().await
     }
 
-    async fn create_table(&self, name: &TableName, schema: &ArrowSchema, if_not_exists: bool) -> Result<bool> {
+    async fn create_table(
+        &self,
+        name: &TableName,
+        schema: &ArrowSchema,
+        partitioning: &[PartitionField],
+        if_not_exists: bool,
+    ) -> Result<bool> {
         if !self.schema_exists(&name.schema).await? {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
@@ -190,7 +230,8 @@ impl LakeCatalog for IcebergCatalog {
             .collect();
         let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields))
             .map_err(self.error(format!("converting the schema of `{name}`")))?;
-        let creation = TableCreation::builder().name(name.table.clone()).schema(schema).build();
+        let spec = partition_spec(name, &schema, partitioning)?;
+        let creation = TableCreation::builder().name(name.table.clone()).schema(schema).partition_spec(spec).build();
         self.inner
             .create_table(&NamespaceIdent::new(name.schema.clone()), creation)
             .await

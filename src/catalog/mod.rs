@@ -75,6 +75,16 @@ pub enum CatalogError {
     /// The table exists already.
     #[error("table `{0}` already exists")]
     TableExists(TableName),
+    /// A partition field the table cannot have.
+    #[error("table `{table}`: cannot partition by `{field}`: {reason}")]
+    BadPartition {
+        /// The table being created.
+        table: TableName,
+        /// The partition field as written.
+        field: String,
+        /// Why not.
+        reason: String,
+    },
     /// A column whose type the table format cannot store.
     #[error("table `{table}`: column `{column}` has type {data_type}, which {format} cannot store")]
     UnsupportedType {
@@ -126,6 +136,50 @@ impl fmt::Display for TableName {
     }
 }
 
+/// How a partition value is derived from its source column (Iceberg's transforms; Delta tables
+/// partition by plain columns, i.e. [`Transform::Identity`] only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// The column's value.
+    Identity,
+    /// Years since 1970 of a date or timestamp.
+    Year,
+    /// Months since 1970-01.
+    Month,
+    /// The date.
+    Day,
+    /// Hours since the epoch.
+    Hour,
+    /// A hash of the value modulo N.
+    Bucket(u32),
+    /// The value truncated to width W (strings: the first W characters).
+    Truncate(u32),
+}
+
+/// One partition field of a table: a source column and its transform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionField {
+    /// The source column.
+    pub column: String,
+    /// How the partition value is derived from it.
+    pub transform: Transform,
+}
+
+impl fmt::Display for PartitionField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let column = &self.column;
+        match self.transform {
+            Transform::Identity => write!(f, "{column}"),
+            Transform::Year => write!(f, "year({column})"),
+            Transform::Month => write!(f, "month({column})"),
+            Transform::Day => write!(f, "day({column})"),
+            Transform::Hour => write!(f, "hour({column})"),
+            Transform::Bucket(n) => write!(f, "bucket({n}, {column})"),
+            Transform::Truncate(w) => write!(f, "truncate({w}, {column})"),
+        }
+    }
+}
+
 /// A catalog of tables Sluice can create, read and write.
 #[async_trait]
 pub trait LakeCatalog: CatalogProvider + fmt::Debug {
@@ -141,8 +195,15 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()>;
     /// `DROP SCHEMA <catalog>.<schema>`; the schema must be empty.
     async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()>;
-    /// Creates a table with the columns of `schema`; false when it existed and `if_not_exists`.
-    async fn create_table(&self, name: &TableName, schema: &ArrowSchema, if_not_exists: bool) -> Result<bool>;
+    /// Creates a table with the columns of `schema`, partitioned by `partitioning` (empty: not
+    /// partitioned); false when it existed and `if_not_exists`.
+    async fn create_table(
+        &self,
+        name: &TableName,
+        schema: &ArrowSchema,
+        partitioning: &[PartitionField],
+        if_not_exists: bool,
+    ) -> Result<bool>;
     /// Drops a table and deletes its files.
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()>;
     /// A writer for one run into the table as it is now.

@@ -83,10 +83,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     value.checked_shl(shift).filter(|v| *v > 0).ok_or_else(|| format!("`{text}`: size out of range"))
 }
 
-/// Logs go to stderr, filtered by `SLUICE_LOG` (default `warn`).
+/// Logs go to stderr, filtered by `SLUICE_LOG` (default `warn`; delta-kernel's own error logs,
+/// e.g. on probing a table that does not exist yet, are off: its errors reach us as results).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

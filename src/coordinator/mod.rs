@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use crate::catalog::{CatalogError, TableName};
 use crate::ledger::{Ledger, LedgerError, ShardTotals};
@@ -108,6 +108,8 @@ pub struct WriteJob {
     pub writer: Arc<dyn TableWriter>,
     /// The rows to append, columns in table order (a DataFusion physical plan).
     pub input: Arc<dyn ExecutionPlan>,
+    /// Expressions over `input` that split rows into shards by table partition (empty: none).
+    pub partition_key: Vec<Arc<dyn PhysicalExpr>>,
     /// Number of shards (output partitions) to write with.
     pub shards: usize,
     /// The pipeline this run belongs to, `None` for an ad-hoc write.
@@ -181,9 +183,9 @@ impl Coordinator {
     /// Runs `job`: stage on every shard, then commit one snapshot, or roll back.
     pub async fn run(&self, job: WriteJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let WriteJob { table, writer, input, shards, pipeline } = job;
+        let WriteJob { table, writer, input, partition_key, shards, pipeline } = job;
         check_fits(&table, &input.schema(), writer.schema())?;
-        let plan = planner::shard_plan(input, shards)?;
+        let plan = planner::shard_plan(input, shards, partition_key)?;
         let run_id = uuid::Uuid::now_v7().to_string();
         let target = table.to_string();
         let sequence = self.ledger.open_run(&run_id, pipeline.as_deref(), &target, shards).await?;

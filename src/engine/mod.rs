@@ -23,7 +23,8 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::catalog::{
-    CatalogConfig, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, TableName, load_catalogs,
+    CatalogConfig, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, PartitionField, TableName,
+    load_catalogs,
 };
 use crate::coordinator::{Coordinator, RunReport, WriteJob};
 use crate::error::{Error, Result};
@@ -232,7 +233,10 @@ impl Engine {
             catalog.refresh().await?;
         }
         match statement {
-            Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone()).await,
+            Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone(), &[]).await,
+            Statement::CreatePartitionedTable { create, partition_by } => {
+                self.execute_datafusion(DFStatement::Statement(create.clone()), partition_by).await
+            }
             Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
             Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch()?)),
@@ -261,11 +265,18 @@ impl Engine {
         Ok(self.ctx.state().statement_to_plan(statement).await?)
     }
 
-    async fn execute_datafusion(&self, statement: DFStatement) -> Result<Output> {
+    /// Plans a DataFusion statement; runs it through a catalog when it touches one. `partition_by`
+    /// comes with `CREATE TABLE ... PARTITIONED BY`, which only catalog tables can have.
+    async fn execute_datafusion(&self, statement: DFStatement, partition_by: &[PartitionField]) -> Result<Output> {
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
-        if let Some(output) = self.execute_catalog_plan(&plan).await? {
+        if let Some(output) = self.execute_catalog_plan(&plan, partition_by).await? {
             return Ok(output);
+        }
+        if !partition_by.is_empty() {
+            return Err(Error::Unsupported(
+                "PARTITIONED BY on a table outside a catalog (name it catalog.schema.table)".to_string(),
+            ));
         }
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
@@ -301,7 +312,11 @@ impl Engine {
     }
 
     /// Handles plans that touch our catalogs; `None` leaves the plan to DataFusion.
-    async fn execute_catalog_plan(&self, plan: &LogicalPlan) -> Result<Option<Output>> {
+    async fn execute_catalog_plan(
+        &self,
+        plan: &LogicalPlan,
+        partition_by: &[PartitionField],
+    ) -> Result<Option<Output>> {
         if let LogicalPlan::Dml(_) = plan
             && let Some((table, input)) = self.insert_target(plan.clone())?
         {
@@ -330,7 +345,7 @@ impl Engine {
                     return Err(Error::Unsupported(format!("CREATE OR REPLACE / TEMPORARY TABLE `{table}`")));
                 }
                 let schema = create.input.schema().as_arrow().clone();
-                if !catalog.create_table(&table, &schema, create.if_not_exists).await? {
+                if !catalog.create_table(&table, &schema, partition_by, create.if_not_exists).await? {
                     return Ok(Some(Output::empty()));
                 }
                 if matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
@@ -397,7 +412,8 @@ impl Engine {
         let writer = catalog.writer(&table).await?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
-        let job = WriteJob { table, writer, input, shards, pipeline };
+        let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
+        let job = WriteJob { table, writer, input, partition_key, shards, pipeline };
         Ok(self.coordinator.run(job, state.task_ctx()).await?)
     }
 

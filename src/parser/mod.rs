@@ -9,11 +9,13 @@
 use std::fmt;
 
 use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{Expr, ObjectName, SqlOption, Statement as SqlStatement, Value};
+use datafusion::sql::sqlparser::ast::{CreateTable, Expr, ObjectName, SqlOption, Statement as SqlStatement, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::ParserError;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
+
+use crate::catalog::{PartitionField, Transform};
 
 /// A syntax error, with the line and column (1-based) where the parser gave up.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,15 @@ pub enum Statement {
     RunPipeline {
         /// The pipeline to run.
         name: String,
+    },
+    /// Extension: `CREATE TABLE ... PARTITIONED BY (field, ...)` where a field is a column or an
+    /// Iceberg transform of one: `year(c)`, `month(c)`, `day(c)`, `hour(c)`, `bucket(N, c)`,
+    /// `truncate(W, c)`. `create` is the statement without the clause.
+    CreatePartitionedTable {
+        /// The `CREATE TABLE` statement, clause removed.
+        create: Box<SqlStatement>,
+        /// The partition fields, in order.
+        partition_by: Vec<PartitionField>,
     },
     /// Extension: `SHOW CATALOGS`
     ShowCatalogs,
@@ -134,6 +145,19 @@ impl fmt::Display for Statement {
                 write!(f, " AS {}", c.body)
             }
             Statement::RunPipeline { name } => write!(f, "RUN PIPELINE {name}"),
+            Statement::CreatePartitionedTable { create, partition_by } => {
+                let fields: Vec<String> = partition_by.iter().map(ToString::to_string).collect();
+                let clause = format!("PARTITIONED BY ({})", fields.join(", "));
+                let statement = create.to_string();
+                let query = match create.as_ref() {
+                    SqlStatement::CreateTable(CreateTable { query: Some(query), .. }) => format!(" AS {query}"),
+                    _ => String::new(),
+                };
+                match statement.strip_suffix(&query).filter(|_| !query.is_empty()) {
+                    Some(head) => write!(f, "{head} {clause}{query}"),
+                    None => write!(f, "{statement} {clause}"),
+                }
+            }
             Statement::ShowCatalogs => write!(f, "SHOW CATALOGS"),
             Statement::ShowPipelines => write!(f, "SHOW PIPELINES"),
             Statement::DescribePipeline { name } => write!(f, "DESCRIBE PIPELINE {name}"),
@@ -254,6 +278,15 @@ impl<'a> SluiceParser<'a> {
         {
             return self.parse_create_pipeline();
         }
+        if is_keyword(&t0, Keyword::CREATE)
+            && (is_keyword(&t1, Keyword::TABLE)
+                || (is_keyword(&t1, Keyword::OR)
+                    && is_keyword(&t2, Keyword::REPLACE)
+                    && is_keyword(&t3, Keyword::TABLE)))
+            && let Some(statement) = self.parse_partitioned_table()?
+        {
+            return Ok(statement);
+        }
         if is_word(&t0, "RUN") && is_word(&t1, "PIPELINE") {
             self.skip(2);
             return Ok(Statement::RunPipeline { name: self.parse_name()? });
@@ -341,6 +374,168 @@ impl<'a> SluiceParser<'a> {
     }
 }
 
+impl SluiceParser<'_> {
+    /// A `CREATE TABLE` with a `PARTITIONED BY (...)` clause at its top level: the clause is lifted
+    /// out of the statement's tokens, the rest parsed by sqlparser. `None` when there is no clause.
+    fn parse_partitioned_table(&mut self) -> Result<Option<Statement>, ParseError> {
+        let p = &self.df.parser;
+        let mut tokens: Vec<TokenWithSpan> = Vec::new();
+        let (mut depth, mut clause) = (0usize, None);
+        loop {
+            let token = p.peek_nth_token_ref(tokens.len()).clone();
+            match token.token {
+                Token::EOF => break,
+                Token::SemiColon if depth == 0 => break,
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth == 0 && clause.is_none() && is_word(&token.token, "PARTITIONED") {
+                if matches!(&p.peek_nth_token_ref(tokens.len() + 1).token, Token::Word(w) if w.keyword == Keyword::BY) {
+                    clause = Some(tokens.len());
+                }
+            }
+            tokens.push(token);
+        }
+        let Some(start) = clause else { return Ok(None) };
+        // PARTITIONED BY ( fields ): find the closing parenthesis of the field list.
+        let open = start + 2;
+        if !matches!(tokens.get(open).map(|t| &t.token), Some(Token::LParen)) {
+            let at = tokens.get(open).map_or(self.here(), |t| t.span.start);
+            return Err(ParseError::at(at, "expected ( after PARTITIONED BY"));
+        }
+        let mut depth = 0usize;
+        let close = (open..tokens.len())
+            .find(|&i| {
+                match tokens[i].token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( after PARTITIONED BY"))?;
+        let partition_by = parse_partition_fields(&tokens[open + 1..close], tokens[open].span.start)?;
+
+        let eof = TokenWithSpan::wrap(Token::EOF);
+        let rest: Vec<TokenWithSpan> =
+            tokens[..start].iter().chain(&tokens[close + 1..]).cloned().chain(std::iter::once(eof)).collect();
+        let here = self.here();
+        let create = Parser::new(&DIALECT)
+            .with_tokens_with_locations(rest)
+            .parse_statement()
+            .map_err(|e| ParseError::from_parser(e, here))?;
+        self.skip(tokens.len());
+        Ok(Some(Statement::CreatePartitionedTable { create: Box::new(create), partition_by }))
+    }
+}
+
+/// `field, ...` where a field is `column` or `transform(args)`; bucket and truncate take their
+/// number before or after the column (`bucket(16, id)` as in Spark, `bucket(id, 16)` as in Trino).
+fn parse_partition_fields(tokens: &[TokenWithSpan], at: Location) -> Result<Vec<PartitionField>, ParseError> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    let word = |t: &TokenWithSpan| match &t.token {
+        Token::Word(w) => Some(if w.quote_style.is_some() { w.value.clone() } else { w.value.to_lowercase() }),
+        _ => None,
+    };
+    while i < tokens.len() {
+        let start = tokens[i].span.start;
+        let name = word(&tokens[i]).ok_or_else(|| {
+            ParseError::at(start, format!("expected a column or a transform, found: {}", tokens[i].token))
+        })?;
+        i += 1;
+        let mut args: Vec<(Option<String>, Option<u32>)> = Vec::new();
+        if matches!(tokens.get(i).map(|t| &t.token), Some(Token::LParen)) {
+            i += 1;
+            loop {
+                let token = tokens.get(i).ok_or_else(|| ParseError::at(start, "unclosed ( in a partition field"))?;
+                args.push(match &token.token {
+                    Token::Number(n, _) => (
+                        None,
+                        Some(n.parse().map_err(|_| {
+                            ParseError::at(token.span.start, format!("expected a positive integer, found: {n}"))
+                        })?),
+                    ),
+                    _ => (
+                        Some(word(token).ok_or_else(|| {
+                            ParseError::at(
+                                token.span.start,
+                                format!("expected a column or a number, found: {}", token.token),
+                            )
+                        })?),
+                        None,
+                    ),
+                });
+                i += 1;
+                match tokens.get(i).map(|t| &t.token) {
+                    Some(Token::Comma) => i += 1,
+                    Some(Token::RParen) => {
+                        i += 1;
+                        break;
+                    }
+                    _ => {
+                        return Err(ParseError::at(
+                            tokens.get(i).map_or(start, |t| t.span.start),
+                            "expected , or ) in a partition field",
+                        ));
+                    }
+                }
+            }
+        }
+        let column = args.iter().find_map(|(c, _)| c.clone());
+        let number = args.iter().find_map(|(_, n)| *n);
+        let field = match (name.as_str(), args.len(), column, number) {
+            (_, 0, _, _) => PartitionField { column: name.clone(), transform: Transform::Identity },
+            (transform, 1, Some(column), None) if !matches!(transform, "bucket" | "truncate") => {
+                let transform = match transform {
+                    "identity" => Transform::Identity,
+                    "year" | "years" => Transform::Year,
+                    "month" | "months" => Transform::Month,
+                    "day" | "days" => Transform::Day,
+                    "hour" | "hours" => Transform::Hour,
+                    other => {
+                        return Err(ParseError::at(
+                            start,
+                            format!(
+                                "unknown partition transform `{other}` (identity, year, month, day, hour, bucket, truncate)"
+                            ),
+                        ));
+                    }
+                };
+                PartitionField { column, transform }
+            }
+            ("bucket", 2, Some(column), Some(n)) if n > 0 => PartitionField { column, transform: Transform::Bucket(n) },
+            ("truncate", 2, Some(column), Some(w)) if w > 0 => {
+                PartitionField { column, transform: Transform::Truncate(w) }
+            }
+            (transform, _, _, _) => {
+                return Err(ParseError::at(
+                    start,
+                    format!(
+                        "bad arguments to partition transform `{transform}`: year/month/day/hour take a column, bucket(N, column) and truncate(W, column) a positive number and a column"
+                    ),
+                ));
+            }
+        };
+        fields.push(field);
+        match tokens.get(i).map(|t| &t.token) {
+            None => break,
+            Some(Token::Comma) => i += 1,
+            Some(other) => {
+                return Err(ParseError::at(
+                    tokens[i].span.start,
+                    format!("expected , between partition fields, found: {other}"),
+                ));
+            }
+        }
+    }
+    if fields.is_empty() {
+        return Err(ParseError::at(at, "PARTITIONED BY needs at least one field"));
+    }
+    Ok(fields)
+}
+
 /// An option value as text: string literals unquoted, anything else as written.
 fn option_value(value: &Expr) -> String {
     match value {
@@ -364,6 +559,8 @@ mod tests {
             "RUN PIPELINE p",
             "SHOW PIPELINES",
             "SHOW CATALOGS",
+            "CREATE TABLE lake.s.t (id BIGINT, ts TIMESTAMP) PARTITIONED BY (day(ts), bucket(16, id), id)",
+            "CREATE TABLE lake.s.t PARTITIONED BY (truncate(4, name)) AS SELECT 'abcdef' AS name",
             "DESCRIBE PIPELINE p",
             "DROP PIPELINE IF EXISTS p",
             "SHOW RUNS",
@@ -395,6 +592,25 @@ mod tests {
         assert_eq!((err.line, err.column), (2, 13), "{err}");
         let err = parse("RUN PIPELINE a.b").unwrap_err();
         assert!(err.message.contains("single identifier"), "{err}");
+    }
+
+    #[test]
+    fn partition_clauses() {
+        let fields = |sql: &str| match parse(sql).unwrap().remove(0).statement {
+            Statement::CreatePartitionedTable { partition_by, .. } => partition_by,
+            other => panic!("{other:?}"),
+        };
+        let parsed = fields("CREATE TABLE t (a INT, b DATE) PARTITIONED BY (a, days(b), bucket(b, 8), truncate(3, a))");
+        assert_eq!(
+            parsed.iter().map(|f| f.transform).collect::<Vec<_>>(),
+            [Transform::Identity, Transform::Day, Transform::Bucket(8), Transform::Truncate(3)]
+        );
+        assert!(matches!(parse("CREATE TABLE t (a INT)").unwrap()[0].statement, Statement::DataFusion(_)));
+        let err = parse("CREATE TABLE t (a INT) PARTITIONED BY (week(a))").unwrap_err();
+        assert_eq!((err.line, err.column), (1, 40), "{err}");
+        assert!(err.message.contains("unknown partition transform `week`"), "{err}");
+        let err = parse("CREATE TABLE t (a INT) PARTITIONED BY (bucket(a))").unwrap_err();
+        assert!(err.message.contains("bad arguments to partition transform `bucket`"), "{err}");
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //! ONE log version that also holds a `txn` action (`appId = sluice/<pipeline>`, `version` = the
 //! run's sequence number) and, in `commitInfo`, `sluice.run-id` and `sluice.pipeline`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::temporal_conversions::date32_to_datetime;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
 use datafusion::object_store::ObjectStoreExt;
 use datafusion::object_store::path::Path;
@@ -23,7 +28,8 @@ use deltalake::logstore::ObjectStoreRef;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use serde_json::{Map, Value, json};
 
-use super::{CommitError, FileWriter, RunIdentity, StagedFile, TableWriter};
+use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter};
+use crate::catalog::{PartitionField, Transform};
 use crate::runtime::BoxError;
 
 /// `commitInfo` key holding the run id.
@@ -47,6 +53,9 @@ pub struct DeltaTableWriter {
     store: ObjectStoreRef,
     root: String,
     schema: SchemaRef,
+    /// The columns written into data files: the table's minus its partition columns.
+    file_schema: SchemaRef,
+    partitioning: Vec<PartitionField>,
     /// The table's version when the run started (`None`: no version yet).
     base_version: Option<u64>,
 }
@@ -54,10 +63,26 @@ pub struct DeltaTableWriter {
 impl DeltaTableWriter {
     /// A writer into `table` as loaded now (its version is where history searches start).
     pub fn new(table: DeltaTable) -> Result<Self, deltalake::DeltaTableError> {
-        let schema = table.snapshot()?.snapshot().arrow_schema();
+        let snapshot = table.snapshot()?.snapshot();
+        let schema = snapshot.arrow_schema();
+        let partition_columns = snapshot.metadata().partition_columns().to_vec();
+        let file_fields: Vec<_> =
+            schema.fields().iter().filter(|f| !partition_columns.contains(f.name())).cloned().collect();
+        let partitioning = partition_columns
+            .into_iter()
+            .map(|column| PartitionField { column: column.to_string(), transform: Transform::Identity })
+            .collect();
         let root = table.table_url().as_str().trim_end_matches('/').to_string();
         let base_version = table.version();
-        Ok(Self { store: table.object_store(), table, root, schema, base_version })
+        Ok(Self {
+            store: table.object_store(),
+            table,
+            root,
+            file_schema: Arc::new(Schema::new(file_fields)),
+            schema,
+            partitioning,
+            base_version,
+        })
     }
 
     /// The path of a location relative to the table root (how Delta actions name files).
@@ -78,6 +103,7 @@ impl DeltaTableWriter {
 struct DeltaFile {
     path: String,
     schema: SchemaRef,
+    partition_values: HashMap<String, Option<String>>,
     writer: AsyncArrowWriter<ParquetObjectWriter>,
 }
 
@@ -98,6 +124,7 @@ impl FileWriter for DeltaFile {
             size: self.writer.bytes_written() as i64,
             modification_time: crate::ledger::now_ms(),
             data_change: true,
+            partition_values: std::mem::take(&mut self.partition_values),
             stats: Some(file_stats(&metadata, &self.schema)?),
             ..Default::default()
         };
@@ -111,20 +138,74 @@ impl TableWriter for DeltaTableWriter {
         &self.schema
     }
 
+    fn partitioning(&self) -> &[PartitionField] {
+        &self.partitioning
+    }
+
     fn target_file_size(&self) -> usize {
         TARGET_FILE_SIZE
     }
 
-    fn file_location(&self, name: &str) -> String {
-        format!("{}/{name}", self.root)
+    /// Groups rows by their partition columns' values and drops those columns (Delta keeps
+    /// partition values in the log, not in the data files).
+    fn split(&self, batch: RecordBatch) -> Result<Vec<(Partition, RecordBatch)>, BoxError> {
+        if self.partitioning.is_empty() {
+            return Ok(vec![(Partition::Unpartitioned, batch)]);
+        }
+        let schema = batch.schema();
+        let key_columns: Vec<usize> =
+            self.partitioning.iter().map(|p| schema.index_of(&p.column)).collect::<Result<_, _>>()?;
+        let options = FormatOptions::default();
+        let formatters: Vec<_> = key_columns
+            .iter()
+            .map(|&i| ArrayFormatter::try_new(batch.column(i).as_ref(), &options))
+            .collect::<Result<_, _>>()?;
+        let mut groups: Vec<(Vec<Option<String>>, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<Vec<Option<String>>, usize> = HashMap::new();
+        for row in 0..batch.num_rows() {
+            let key: Vec<Option<String>> = key_columns
+                .iter()
+                .zip(&formatters)
+                .map(|(&i, f)| batch.column(i).is_valid(row).then(|| f.value(row).to_string()))
+                .collect();
+            let group = *index.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].1.push(row as u32);
+        }
+        let data_columns: Vec<usize> = (0..batch.num_columns()).filter(|i| !key_columns.contains(i)).collect();
+        groups
+            .into_iter()
+            .map(|(key, rows)| {
+                let rows = UInt32Array::from(rows);
+                let columns = data_columns
+                    .iter()
+                    .map(|&i| take(batch.column(i).as_ref(), &rows, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let values = self.partitioning.iter().map(|p| p.column.clone()).zip(key).collect();
+                Ok((Partition::Delta(values), RecordBatch::try_new(self.file_schema.clone(), columns)?))
+            })
+            .collect()
     }
 
-    async fn open_file(&self, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
+    fn file_location(&self, partition: &Partition, name: &str) -> String {
+        match partition.path() {
+            path if path.is_empty() => format!("{}/{name}", self.root),
+            path => format!("{}/{path}/{name}", self.root),
+        }
+    }
+
+    async fn open_file(&self, partition: &Partition, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
         let path = self.relative(location)?.to_string();
+        let partition_values = match partition {
+            Partition::Delta(values) => values.iter().cloned().collect(),
+            _ => HashMap::new(),
+        };
         let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?)).build();
         let output = ParquetObjectWriter::new(self.store.clone(), Path::from(path.as_str()));
-        let writer = AsyncArrowWriter::try_new(output, self.schema.clone(), Some(properties))?;
-        Ok(Box::new(DeltaFile { path, schema: self.schema.clone(), writer }))
+        let writer = AsyncArrowWriter::try_new(output, self.file_schema.clone(), Some(properties))?;
+        Ok(Box::new(DeltaFile { path, schema: self.file_schema.clone(), partition_values, writer }))
     }
 
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {

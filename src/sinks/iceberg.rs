@@ -15,9 +15,10 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
+use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::FileIO;
-use iceberg::spec::DataFile;
+use iceberg::spec::{DataFile, PartitionKey, Transform as IcebergTransform};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
@@ -29,7 +30,8 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, TableIdent};
 
-use super::{CommitError, FileWriter, RunIdentity, StagedFile, TableWriter};
+use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter};
+use crate::catalog::{PartitionField, Transform};
 use crate::runtime::BoxError;
 
 /// Snapshot summary key holding the run id.
@@ -49,7 +51,6 @@ pub fn snapshot_of_run(table: &Table, run_id: &str) -> Option<i64> {
 }
 
 /// Writes and commits one run into one Iceberg table.
-#[derive(Debug)]
 pub struct IcebergTableWriter {
     catalog: Arc<dyn Catalog>,
     ident: TableIdent,
@@ -58,6 +59,19 @@ pub struct IcebergTableWriter {
     location: DefaultLocationGenerator,
     parquet: ParquetWriterBuilder,
     target_file_size: usize,
+    partitioning: Vec<PartitionField>,
+    /// Splits batches by the table's partition spec (`None`: unpartitioned).
+    splitter: Option<Arc<RecordBatchPartitionSplitter>>,
+}
+
+impl std::fmt::Debug for IcebergTableWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IcebergTableWriter")
+            .field("table", &self.ident)
+            .field("partitioning", &self.partitioning)
+            .field("target_file_size", &self.target_file_size)
+            .finish()
+    }
 }
 
 /// The table's Parquet codec (`write.parquet.compression-codec`, default zstd, as in Iceberg 1.4+).
@@ -85,6 +99,33 @@ impl IcebergTableWriter {
     pub fn new(catalog: Arc<dyn Catalog>, table: &Table) -> Result<Self, iceberg::Error> {
         let metadata = table.metadata();
         let iceberg_schema = metadata.current_schema().clone();
+        let spec = metadata.default_partition_spec().clone();
+        let splitter = if spec.is_unpartitioned() {
+            None
+        } else {
+            Some(Arc::new(RecordBatchPartitionSplitter::try_new_with_computed_values(
+                iceberg_schema.clone(),
+                spec.clone(),
+            )?))
+        };
+        let partitioning = spec
+            .fields()
+            .iter()
+            .filter_map(|field| {
+                let column = iceberg_schema.field_by_id(field.source_id)?.name.clone();
+                let transform = match field.transform {
+                    IcebergTransform::Identity => Transform::Identity,
+                    IcebergTransform::Year => Transform::Year,
+                    IcebergTransform::Month => Transform::Month,
+                    IcebergTransform::Day => Transform::Day,
+                    IcebergTransform::Hour => Transform::Hour,
+                    IcebergTransform::Bucket(n) => Transform::Bucket(n),
+                    IcebergTransform::Truncate(w) => Transform::Truncate(w),
+                    IcebergTransform::Void | IcebergTransform::Unknown => return None,
+                };
+                Some(PartitionField { column, transform })
+            })
+            .collect();
         Ok(Self {
             catalog,
             ident: table.identifier().clone(),
@@ -93,6 +134,8 @@ impl IcebergTableWriter {
             location: DefaultLocationGenerator::new(metadata)?,
             parquet: ParquetWriterBuilder::new(writer_properties(table)?, iceberg_schema),
             target_file_size: metadata.table_properties()?.write_target_file_size_bytes,
+            partitioning,
+            splitter,
         })
     }
 
@@ -112,6 +155,13 @@ impl IcebergTableWriter {
                 format!("committed, but no snapshot carries run {}", run.run_id),
             )
         })
+    }
+}
+
+fn partition_key(partition: &Partition) -> Option<&PartitionKey> {
+    match partition {
+        Partition::Iceberg(key) => Some(key),
+        _ => None,
     }
 }
 
@@ -154,15 +204,28 @@ impl TableWriter for IcebergTableWriter {
         &self.schema
     }
 
+    fn partitioning(&self) -> &[PartitionField] {
+        &self.partitioning
+    }
+
     fn target_file_size(&self) -> usize {
         self.target_file_size
     }
 
-    fn file_location(&self, name: &str) -> String {
-        self.location.generate_location(None, name)
+    fn split(&self, batch: RecordBatch) -> Result<Vec<(Partition, RecordBatch)>, BoxError> {
+        match &self.splitter {
+            None => Ok(vec![(Partition::Unpartitioned, batch)]),
+            Some(splitter) => {
+                Ok(splitter.split(&batch)?.into_iter().map(|(key, rows)| (Partition::Iceberg(key), rows)).collect())
+            }
+        }
     }
 
-    async fn open_file(&self, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
+    fn file_location(&self, partition: &Partition, name: &str) -> String {
+        self.location.generate_location(partition_key(partition), name)
+    }
+
+    async fn open_file(&self, partition: &Partition, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
         let name = location.rsplit('/').next().unwrap_or(location).to_string();
         let files = RollingFileWriterBuilder::new(
             self.parquet.clone(),
@@ -171,7 +234,8 @@ impl TableWriter for IcebergTableWriter {
             self.location.clone(),
             ChosenName(name),
         );
-        Ok(Box::new(IcebergFile { writer: DataFileWriterBuilder::new(files).build(None).await? }))
+        let writer = DataFileWriterBuilder::new(files).build(partition_key(partition).cloned()).await?;
+        Ok(Box::new(IcebergFile { writer }))
     }
 
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {

@@ -1,15 +1,16 @@
 //! Sinks: per-shard writers that stage data files in a table format, without committing them.
 //!
 //! The shard loop is the same for every format ([`ShardSink::write_shard`]): cast each batch to
-//! the table's schema, and when no file is open, choose the next file name
-//! (`<run id>-<shard>-<n>.parquet`), record it in the ledger, and only then open it; roll to a
-//! new file past the table's target file size. What differs per format — how a file is written
+//! the table's schema and split it by partition; when the partition has no open file, choose the
+//! next file name (`<run id>-<shard>-<n>.parquet`, under the partition's folder), record it in
+//! the ledger, and only then open it; roll to a new file past the table's target file size. What differs per format — how a file is written
 //! and described, how the run is committed — is a [`TableWriter`]. A sink only stages; making the
 //! files visible is the coordinator's job.
 
 pub mod delta;
 pub mod iceberg;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
-use crate::catalog::TableName;
+use crate::catalog::{PartitionField, TableName};
 use crate::ledger::{Ledger, ShardTotals};
 use crate::runtime::{BoxError, ShardError};
 
@@ -52,6 +53,48 @@ impl StagedFile {
             StagedFile::Delta(add) => add.size.max(0) as u64,
         }
     }
+}
+
+/// The partition a batch of rows belongs to.
+#[derive(Debug, Clone)]
+pub enum Partition {
+    /// The table is not partitioned.
+    Unpartitioned,
+    /// An Iceberg partition (its values under the table's partition spec).
+    Iceberg(::iceberg::spec::PartitionKey),
+    /// A Delta partition: each partition column with its value as the log writes it (NULL: `None`).
+    Delta(Vec<(String, Option<String>)>),
+}
+
+impl Partition {
+    /// The partition's folder under the table's data location (empty when unpartitioned).
+    pub fn path(&self) -> String {
+        match self {
+            Partition::Unpartitioned => String::new(),
+            Partition::Iceberg(key) => key.to_path(),
+            Partition::Delta(values) => values
+                .iter()
+                .map(|(column, value)| match value {
+                    Some(value) => format!("{column}={}", escape_path_value(value)),
+                    None => format!("{column}=__HIVE_DEFAULT_PARTITION__"),
+                })
+                .collect::<Vec<_>>()
+                .join("/"),
+        }
+    }
+}
+
+/// Hive-style folder-name escaping: `%XX` for anything but letters, digits, `-`, `_` and `.`.
+fn escape_path_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
+            escaped.push(byte as char);
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    escaped
 }
 
 /// What one shard staged: its files (not yet referenced by any snapshot) and totals.
@@ -105,12 +148,16 @@ pub trait FileWriter: Send {
 pub trait TableWriter: Send + Sync + std::fmt::Debug {
     /// The Arrow schema batches are written with (the table's current schema).
     fn schema(&self) -> &SchemaRef;
+    /// The table's partition fields (empty when unpartitioned); shards are split by them.
+    fn partitioning(&self) -> &[PartitionField];
     /// Roll to a new file once the current one is this large.
     fn target_file_size(&self) -> usize;
-    /// The full location of a new data file called `name` (what the ledger records).
-    fn file_location(&self, name: &str) -> String;
-    /// Opens a data file at a location from [`TableWriter::file_location`].
-    async fn open_file(&self, location: &str) -> Result<Box<dyn FileWriter>, BoxError>;
+    /// Splits a batch (in [`TableWriter::schema`]) by partition.
+    fn split(&self, batch: RecordBatch) -> Result<Vec<(Partition, RecordBatch)>, BoxError>;
+    /// The full location of a new data file called `name` in `partition` (what the ledger records).
+    fn file_location(&self, partition: &Partition, name: &str) -> String;
+    /// Opens a data file of `partition` at a location from [`TableWriter::file_location`].
+    async fn open_file(&self, partition: &Partition, location: &str) -> Result<Box<dyn FileWriter>, BoxError>;
     /// Deletes a staged file; a file that is not there is not an error.
     async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
     /// Publishes all `files` in one snapshot / version tagged with `run`; returns its id.
@@ -163,34 +210,44 @@ impl ShardSink {
             |location: &str, source: BoxError| ShardError::Write { shard, path: location.to_string(), source };
         let mut staged = StagedShard::default();
         let mut sequence = 0usize;
-        let mut current: Option<(String, Box<dyn FileWriter>)> = None;
+        // One open file per partition this shard has rows for, keyed by the partition's path.
+        let mut open: HashMap<String, (String, Box<dyn FileWriter>)> = HashMap::new();
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
             if batch.num_rows() == 0 {
                 continue;
             }
             let batch = conform(batch, &schema).map_err(|source| ShardError::Input { shard, source })?;
-            if current.is_none() {
-                let location = self.writer.file_location(&format!("{}-{shard:05}-{sequence:05}.parquet", self.run_id));
-                sequence += 1;
-                // DESIGN §4 step 2: the location is in the ledger before the file exists.
-                self.ledger
-                    .stage_file(&self.run_id, shard, &location)
-                    .await
-                    .map_err(|source| ShardError::Ledger { shard, source })?;
-                let file = self.writer.open_file(&location).await.map_err(|e| write_error(&location, e))?;
-                current = Some((location, file));
+            let parts = self
+                .writer
+                .split(batch)
+                .map_err(|e| ShardError::Input { shard, source: DataFusionError::External(e) })?;
+            for (partition, rows) in parts {
+                let key = partition.path();
+                if !open.contains_key(&key) {
+                    let name = format!("{}-{shard:05}-{sequence:05}.parquet", self.run_id);
+                    let location = self.writer.file_location(&partition, &name);
+                    sequence += 1;
+                    // DESIGN §4 step 2: the location is in the ledger before the file exists.
+                    self.ledger
+                        .stage_file(&self.run_id, shard, &location)
+                        .await
+                        .map_err(|source| ShardError::Ledger { shard, source })?;
+                    let file =
+                        self.writer.open_file(&partition, &location).await.map_err(|e| write_error(&location, e))?;
+                    open.insert(key.clone(), (location, file));
+                }
+                let (location, file) = open.get_mut(&key).expect("a file is open for the partition");
+                file.write(rows).await.map_err(|e| write_error(location, e))?;
+                if file.written_bytes() >= self.writer.target_file_size() {
+                    let (location, file) = open.remove(&key).expect("a file is open for the partition");
+                    staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+                }
             }
-            let (location, file) = current.as_mut().expect("a file is open");
-            file.write(batch).await.map_err(|e| write_error(location, e))?;
             crate::failpoint::check("shard-write", &self.table.to_string())
                 .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
-            if file.written_bytes() >= self.writer.target_file_size() {
-                let (location, file) = current.take().expect("a file is open");
-                staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
-            }
         }
-        if let Some((location, file)) = current {
+        for (_, (location, file)) in open {
             staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
         }
         staged.totals = ShardTotals {
