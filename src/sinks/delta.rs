@@ -3,6 +3,7 @@
 //! ONE log version that also holds a `txn` action (`appId = sluice/<pipeline>`, `version` = the
 //! run's sequence number) and, in `commitInfo`, `sluice.run-id` and `sluice.pipeline`.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -271,8 +272,9 @@ impl TableWriter for DeltaTableWriter {
     }
 }
 
-/// Delta statistics JSON for one file from its Parquet footer. Columns whose statistics are
-/// missing in any row group get none (a reader then simply cannot skip the file on them).
+/// Delta statistics JSON for one file from its Parquet footer. A column gets its null count, min
+/// and max together or not at all: some readers (delta-rs) turn a null count without min / max
+/// into a guarantee that no row matches, and would skip the file.
 fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> Result<String, BoxError> {
     let (mut min_values, mut max_values, mut null_count) = (Map::new(), Map::new(), Map::new());
     let row_groups = metadata.row_groups();
@@ -282,23 +284,21 @@ fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> Result<String, Box
         }
         let converter = StatisticsConverter::try_new(field.name(), schema, metadata.file_metadata().schema_descr())?;
         let nulls = converter.row_group_null_counts(row_groups.iter())?;
-        if nulls.null_count() == 0 {
-            null_count.insert(field.name().clone(), json!(nulls.values().iter().sum::<u64>()));
+        if nulls.null_count() > 0 {
+            continue;
         }
         // A row group of nothing but NULLs has no min / max and does not need one.
-        let all_null: Vec<bool> = row_groups
-            .iter()
-            .enumerate()
-            .map(|(i, group)| nulls.is_valid(i) && nulls.value(i) == group.num_rows() as u64)
-            .collect();
+        let all_null: Vec<bool> =
+            row_groups.iter().enumerate().map(|(i, group)| nulls.value(i) == group.num_rows() as u64).collect();
         let mins = converter.row_group_mins(row_groups.iter())?;
         let maxes = converter.row_group_maxes(row_groups.iter())?;
-        if let (Some(min), Some(max)) =
-            (fold(&mins, &all_null, std::cmp::Ordering::Less)?, fold(&maxes, &all_null, std::cmp::Ordering::Greater)?)
+        let extremes = (fold(&mins, &all_null, Ordering::Less)?, fold(&maxes, &all_null, Ordering::Greater)?);
+        if let (Some(min), Some(max)) = extremes
             && let (Some(min), Some(max)) = (stat_value(&min), stat_value(&max))
         {
             min_values.insert(field.name().clone(), min);
             max_values.insert(field.name().clone(), max);
+            null_count.insert(field.name().clone(), json!(nulls.values().iter().sum::<u64>()));
         }
     }
     let stats = json!({
@@ -312,7 +312,7 @@ fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> Result<String, Box
 
 /// The least (or greatest) of the row groups' values, skipping all-NULL row groups; `None`
 /// when another row group has no statistic (then nothing can be said about the file).
-fn fold(values: &ArrayRef, all_null: &[bool], keep: std::cmp::Ordering) -> Result<Option<ScalarValue>, BoxError> {
+fn fold(values: &ArrayRef, all_null: &[bool], keep: Ordering) -> Result<Option<ScalarValue>, BoxError> {
     let mut best: Option<ScalarValue> = None;
     for (index, all_null) in all_null.iter().enumerate().take(values.len()) {
         if *all_null {
@@ -333,6 +333,7 @@ fn fold(values: &ArrayRef, all_null: &[bool], keep: std::cmp::Ordering) -> Resul
 /// (timestamps and decimals, whose JSON forms lose precision, and long strings).
 fn stat_value(value: &ScalarValue) -> Option<Value> {
     Some(match value {
+        ScalarValue::Boolean(Some(v)) => json!(v),
         ScalarValue::Int8(Some(v)) => json!(v),
         ScalarValue::Int16(Some(v)) => json!(v),
         ScalarValue::Int32(Some(v)) => json!(v),
@@ -387,9 +388,10 @@ mod tests {
         assert_eq!(stats["numRecords"], 4);
         assert_eq!(stats["minValues"]["id"], 3);
         assert_eq!(stats["maxValues"]["id"], 9);
-        assert_eq!(stats["nullCount"], json!({"id": 0, "name": 1, "x": 2}));
-        // The 40-character maximum is left out rather than written truncated (and wrong).
-        assert!(stats["minValues"].get("name").is_none(), "{stats}");
+        assert_eq!(stats["nullCount"], json!({"id": 0, "x": 2}));
+        // The 40-character maximum is left out rather than written truncated (and wrong), and
+        // with it the column's other statistics.
+        assert!(stats["minValues"].get("name").is_none() && stats["nullCount"].get("name").is_none(), "{stats}");
         assert_eq!(stats["minValues"]["x"], -2.0);
     }
 }

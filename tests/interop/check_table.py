@@ -5,7 +5,9 @@ usage: check_table.py iceberg HOME NAMESPACE TABLE EXPECTED_JSON
        check_table.py delta TABLE_DIR EXPECTED_JSON
 
 EXPECTED_JSON holds {"columns": [...], "rows": [[str|null, ...], ...]}: Sluice's own SELECT, each
-value rendered as Arrow displays it. The readers:
+value rendered as Arrow displays it, and optionally "filters": [{"column", "value", "count"}]: row
+counts Sluice found for `column = value`, which each reader must find too (for a partitioned table
+that exercises its partition pruning, i.e. the partition values in the metadata). The readers:
   iceberg: pyiceberg's SqlCatalog on HOME/catalog.db (the catalog Sluice commits to), and DuckDB's
            iceberg_scan on the metadata file the catalog points at (found with sqlite3, not with
            pyiceberg, so the two readers share nothing);
@@ -73,8 +75,17 @@ def duckdb_with(*names):
     return con
 
 
-def check_iceberg(home, namespace, table, columns, rows):
+def check_count(reader, where, count, expected):
+    if count != expected:
+        print(f"{reader}: MISMATCH: {count} rows where {where}, expected {expected}")
+        return False
+    print(f"{reader}: {count} rows where {where}, as expected")
+    return True
+
+
+def check_iceberg(home, namespace, table, columns, rows, filters):
     from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.expressions import EqualTo
 
     ok = True
     catalog = SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
@@ -85,6 +96,21 @@ def check_iceberg(home, namespace, table, columns, rows):
     if "sluice.run-id" not in summary.additional_properties:
         print(f"pyiceberg: the current snapshot has no sluice.run-id: {summary}")
         ok = False
+    for f in filters:
+        count = iceberg_table.scan(row_filter=EqualTo(f["column"], f["value"])).to_arrow().num_rows
+        ok &= check_count("pyiceberg", f"{f['column']} = {f['value']}", count, f["count"])
+    # Each data file lies under the folders of its identity partition values.
+    spec = iceberg_table.spec()
+    identity = [p.name for p in spec.fields if str(p.transform) == "identity"]
+    misplaced = [
+        entry["file_path"]
+        for entry in iceberg_table.inspect.files().to_pylist()
+        for name in identity
+        if f"/{name}={render(entry['partition'][name])}/" not in entry["file_path"]
+    ]
+    if misplaced:
+        print(f"pyiceberg: files outside their partition folder: {misplaced[:3]}")
+        ok = False
 
     with sqlite3.connect(os.path.join(home, "catalog.db")) as db:
         (metadata,) = db.execute(
@@ -93,12 +119,20 @@ def check_iceberg(home, namespace, table, columns, rows):
             (namespace, table),
         ).fetchone()
     con = duckdb_with("avro", "iceberg")
-    selected = ", ".join(f'"{c}"' for c in columns)
-    ok &= compare("duckdb", columns, con.execute(f"SELECT {selected} FROM iceberg_scan('{metadata}')").fetchall(), rows)
+    ok &= check_duckdb(con, f"iceberg_scan('{metadata}')", columns, rows, filters)
     return ok
 
 
-def check_delta(table_dir, columns, rows):
+def check_duckdb(con, source, columns, rows, filters):
+    selected = ", ".join(f'"{c}"' for c in columns)
+    ok = compare("duckdb", columns, con.execute(f"SELECT {selected} FROM {source}").fetchall(), rows)
+    for f in filters:
+        (count,) = con.execute(f'SELECT count(*) FROM {source} WHERE "{f["column"]}" = ?', [f["value"]]).fetchone()
+        ok &= check_count("duckdb", f"{f['column']} = {f['value']}", count, f["count"])
+    return ok
+
+
+def check_delta(table_dir, columns, rows, filters):
     from deltalake import DeltaTable
 
     ok = True
@@ -109,10 +143,16 @@ def check_delta(table_dir, columns, rows):
     if "sluice.run-id" not in latest:
         print(f"delta-rs: the latest commit has no sluice.run-id: {latest}")
         ok = False
+    # delta-rs's dataset gives each file its partition values from the log, and prunes with them.
+    import pyarrow.dataset as ds
+
+    dataset = delta_table.to_pyarrow_dataset()
+    for f in filters:
+        count = dataset.to_table(filter=ds.field(f["column"]) == f["value"]).num_rows
+        ok &= check_count("delta-rs", f"{f['column']} = {f['value']}", count, f["count"])
 
     con = duckdb_with("delta")
-    selected = ", ".join(f'"{c}"' for c in columns)
-    ok &= compare("duckdb", columns, con.execute(f"SELECT {selected} FROM delta_scan('{table_dir}')").fetchall(), rows)
+    ok &= check_duckdb(con, f"delta_scan('{table_dir}')", columns, rows, filters)
     return ok
 
 
@@ -121,11 +161,12 @@ def main():
     with open(args[-1]) as f:
         expected = json.load(f)
     columns, rows = expected["columns"], sorted(expected["rows"], key=sort_key)
+    filters = expected.get("filters", [])
     if mode == "iceberg":
         home, namespace, table = args[:3]
-        ok = check_iceberg(home, namespace, table, columns, rows)
+        ok = check_iceberg(home, namespace, table, columns, rows, filters)
     elif mode == "delta":
-        ok = check_delta(args[0], columns, rows)
+        ok = check_delta(args[0], columns, rows, filters)
     else:
         sys.exit(f"unknown mode {mode!r}: expected iceberg or delta")
     sys.exit(0 if ok else 1)

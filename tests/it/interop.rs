@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::support::{cells, engine};
+use crate::support::{cells, engine, value};
 
 fn python() -> PathBuf {
     let python = std::env::var_os("SLUICE_PYTHON")
@@ -41,10 +41,14 @@ fn check_table(args: &[&std::ffi::OsStr]) -> String {
     stdout
 }
 
-/// Writes Sluice's own answer to `query` where the checker reads it.
-async fn write_expected(engine: &sluice::Engine, query: &str, path: &std::path::Path, rows: usize) {
-    let expected = expected_json(engine, query).await;
+/// Writes Sluice's own view of `table` where the checker reads it, with the row count of
+/// `flag = true` (a partition column in the partitioned tables) for the readers to match.
+async fn write_expected(engine: &sluice::Engine, table: &str, path: &std::path::Path, rows: usize) {
+    let mut expected = expected_json(engine, &format!("SELECT * FROM {table}")).await;
     assert_eq!(expected["rows"].as_array().unwrap().len(), rows);
+    let flagged = value(engine, &format!("SELECT count(*) FROM {table} WHERE flag = true")).await;
+    expected["filters"] =
+        serde_json::json!([{ "column": "flag", "value": true, "count": flagged.parse::<u64>().unwrap() }]);
     std::fs::write(path, serde_json::to_vec(&expected).unwrap()).unwrap();
 }
 
@@ -74,8 +78,11 @@ async fn pyiceberg_and_duckdb_read_exactly_what_sluice_wrote() {
         .sql(&format!(
             "CREATE SCHEMA lake.interop;
              CREATE TABLE lake.interop.events ({TYPED_COLUMNS});
-             CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO lake.interop.events {};",
-            typed_rows(30_000)
+             CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO lake.interop.events {rows};
+             CREATE TABLE lake.interop.partitioned ({TYPED_COLUMNS})
+               PARTITIONED BY (flag, day(at), bucket(4, id), truncate(3, name));
+             CREATE PIPELINE partitioned WITH (shards = 3) AS INSERT INTO lake.interop.partitioned {rows};",
+            rows = typed_rows(30_000)
         ))
         .await
         .unwrap();
@@ -84,7 +91,7 @@ async fn pyiceberg_and_duckdb_read_exactly_what_sluice_wrote() {
     assert_eq!(first.rows + second.rows, 60_000);
 
     let expected_path = home.path().join("expected.json");
-    write_expected(&engine, "SELECT * FROM lake.interop.events", &expected_path, 60_000).await;
+    write_expected(&engine, "lake.interop.events", &expected_path, 60_000).await;
 
     let stdout = check_table(&[
         "iceberg".as_ref(),
@@ -95,6 +102,21 @@ async fn pyiceberg_and_duckdb_read_exactly_what_sluice_wrote() {
     ]);
     assert!(stdout.contains("pyiceberg: 60000 rows x 8 columns match"), "{stdout}");
     assert!(stdout.contains("duckdb: 60000 rows x 8 columns match"), "{stdout}");
+
+    let report = engine.run_pipeline("partitioned").await.unwrap();
+    assert!(report.files > 3, "{} files for a table partitioned 4 ways", report.files);
+    let partitioned_path = home.path().join("partitioned.json");
+    write_expected(&engine, "lake.interop.partitioned", &partitioned_path, 30_000).await;
+    let stdout = check_table(&[
+        "iceberg".as_ref(),
+        engine.home().as_os_str(),
+        "interop".as_ref(),
+        "partitioned".as_ref(),
+        partitioned_path.as_os_str(),
+    ]);
+    assert!(stdout.contains("pyiceberg: 30000 rows x 8 columns match"), "{stdout}");
+    assert!(stdout.contains("pyiceberg: 15000 rows where flag = True, as expected"), "{stdout}");
+    assert!(stdout.contains("duckdb: 15000 rows where flag = True, as expected"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -115,8 +137,10 @@ async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
         .sql(&format!(
             "CREATE SCHEMA delta.interop;
              CREATE TABLE delta.interop.events ({TYPED_COLUMNS});
-             CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO delta.interop.events {};",
-            typed_rows(30_000)
+             CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO delta.interop.events {rows};
+             CREATE TABLE delta.interop.partitioned ({TYPED_COLUMNS}) PARTITIONED BY (flag, day);
+             CREATE PIPELINE partitioned WITH (shards = 3) AS INSERT INTO delta.interop.partitioned {rows};",
+            rows = typed_rows(30_000)
         ))
         .await
         .unwrap();
@@ -125,9 +149,19 @@ async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
     assert_eq!((first.snapshot_id, second.snapshot_id), (Some(1), Some(2)), "one Delta version per run");
 
     let expected_path = home.path().join("expected.json");
-    write_expected(&engine, "SELECT * FROM delta.interop.events", &expected_path, 60_000).await;
+    write_expected(&engine, "delta.interop.events", &expected_path, 60_000).await;
     let table_dir = root.join("interop/events");
     let stdout = check_table(&["delta".as_ref(), table_dir.as_os_str(), expected_path.as_os_str()]);
     assert!(stdout.contains("delta-rs: 60000 rows x 8 columns match"), "{stdout}");
     assert!(stdout.contains("duckdb: 60000 rows x 8 columns match"), "{stdout}");
+
+    engine.run_pipeline("partitioned").await.unwrap();
+    let partitioned_path = home.path().join("partitioned.json");
+    write_expected(&engine, "delta.interop.partitioned", &partitioned_path, 30_000).await;
+    let table_dir = root.join("interop/partitioned");
+    let stdout = check_table(&["delta".as_ref(), table_dir.as_os_str(), partitioned_path.as_os_str()]);
+    assert!(stdout.contains("delta-rs: 30000 rows x 8 columns match"), "{stdout}");
+    assert!(stdout.contains("delta-rs: 15000 rows where flag = True, as expected"), "{stdout}");
+    assert!(stdout.contains("duckdb: 15000 rows where flag = True, as expected"), "{stdout}");
+    assert!(table_dir.join("flag=true").is_dir() && table_dir.join("flag=false").is_dir());
 }
