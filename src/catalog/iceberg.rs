@@ -4,6 +4,8 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
@@ -18,6 +20,7 @@ use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder,
 };
 use iceberg_datafusion::IcebergStaticTableProvider;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 use super::{
     CatalogError, IcebergSqlConfig, LakeCatalog, PartitionField, Result, TableName, TableRequest, Transform,
@@ -30,12 +33,41 @@ fn ident(name: &TableName) -> TableIdent {
     TableIdent::new(NamespaceIdent::new(name.schema.clone()), name.table.clone())
 }
 
+/// The compare-and-swap of a table's metadata pointer in a SQLite catalog, the same statement
+/// iceberg-rust's own commit runs, for the commits its transactions cannot express (overwrites).
+#[derive(Debug, Clone)]
+pub struct MetadataPointer {
+    pool: SqlitePool,
+    catalog: String,
+}
+
+impl MetadataPointer {
+    /// Points `table` at `to` if it still points at `from`; false when another commit moved it.
+    pub async fn swap(&self, table: &TableIdent, from: &str, to: &str) -> std::result::Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ?
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
+        )
+        .bind(to)
+        .bind(from)
+        .bind(&self.catalog)
+        .bind(table.namespace().join("."))
+        .bind(table.name())
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
 /// An Iceberg catalog, usable from DataFusion SQL as `<name>.<schema>.<table>`.
 #[derive(Debug)]
 pub struct IcebergCatalog {
     name: String,
     location: String,
     inner: Arc<dyn Catalog>,
+    /// For overwrites; `None` for catalogs that are not on SQLite.
+    pointer: Option<MetadataPointer>,
     /// schema name → table names, as of the last refresh.
     listing: RwLock<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -47,8 +79,10 @@ impl IcebergCatalog {
         let open_error =
             |message: String| CatalogError::Open { catalog: name.to_string(), location: config.uri.clone(), message };
         let mut uri = config.uri.clone();
+        let mut sqlite_file = None;
         if let Some(path) = uri.strip_prefix("sqlite:") {
             let file = path.split('?').next().unwrap_or_default();
+            sqlite_file = Some(file.to_string());
             if let Some(parent) = std::path::Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| open_error(format!("{}: {e}", parent.display())))?;
             }
@@ -77,10 +111,23 @@ impl IcebergCatalog {
             .load(name, props)
             .await
             .map_err(|e| open_error(e.to_string()))?;
+        let pointer = match sqlite_file {
+            Some(file) => {
+                let options = SqliteConnectOptions::new().filename(file).busy_timeout(Duration::from_secs(30));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| open_error(e.to_string()))?;
+                Some(MetadataPointer { pool, catalog: name.to_string() })
+            }
+            None => None,
+        };
         let catalog = Arc::new(Self {
             name: name.to_string(),
             location: format!("{} (warehouse {})", config.uri, config.warehouse),
             inner: Arc::new(catalog),
+            pointer,
             listing: RwLock::default(),
         });
         catalog.refresh().await?;
@@ -253,7 +300,7 @@ impl LakeCatalog for IcebergCatalog {
 
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>> {
         let table = self.load_table(name).await?;
-        let writer = IcebergTableWriter::new(self.inner.clone(), &table)
+        let writer = IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &table)
             .map_err(self.error(format!("preparing a write into `{name}`")))?;
         Ok(Arc::new(writer))
     }

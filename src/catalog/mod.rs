@@ -29,7 +29,7 @@ pub use self::config::{
     CatalogConfig, CatalogConfigError, DeltaConfig, IcebergSqlConfig, load_catalogs, parse_catalog,
 };
 pub use self::delta::DeltaCatalog;
-pub use self::iceberg::IcebergCatalog;
+pub use self::iceberg::{IcebergCatalog, MetadataPointer};
 use crate::sinks::TableWriter;
 
 /// Errors of the catalog layer. Every variant names the catalog object it is about.

@@ -28,7 +28,7 @@ use crate::catalog::{CatalogError, TableName};
 use crate::ledger::{Ledger, LedgerError, ShardTotals};
 use crate::planner;
 use crate::runtime::{self, BoxError, ShardError};
-use crate::sinks::{CommitError, RunIdentity, ShardSink, StagedFile, TableWriter};
+use crate::sinks::{CommitError, RunIdentity, ShardSink, StagedFile, TableWriter, WriteMode};
 
 /// Errors of a run. Each names the run and the table.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,8 @@ pub struct WriteJob {
     pub shards: usize,
     /// The pipeline this run belongs to, `None` for an ad-hoc write.
     pub pipeline: Option<String>,
+    /// Append, or replace the table or the partitions written.
+    pub mode: WriteMode,
 }
 
 /// The typed outcome of a successful run.
@@ -183,7 +185,7 @@ impl Coordinator {
     /// Runs `job`: stage on every shard, then commit one snapshot, or roll back.
     pub async fn run(&self, job: WriteJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let WriteJob { table, writer, input, partition_key, shards, pipeline } = job;
+        let WriteJob { table, writer, input, partition_key, shards, pipeline, mode } = job;
         check_fits(&table, &input.schema(), writer.schema())?;
         let plan = planner::shard_plan(input, shards, partition_key)?;
         let run_id = uuid::Uuid::now_v7().to_string();
@@ -214,10 +216,12 @@ impl Coordinator {
             return Err(RunError::Injected { run_id: run.run_id, table, failpoint, rolled_back: true });
         }
         self.ledger.set_committing(&run.run_id).await?;
-        let snapshot_id = if files.is_empty() {
+        // Appending nothing, or replacing the partitions of no rows, changes nothing; replacing the
+        // whole table with no rows empties it.
+        let snapshot_id = if files.is_empty() && mode != WriteMode::Overwrite {
             None
         } else {
-            match writer.commit(files, &run).await {
+            match writer.commit(files, &run, mode).await {
                 Ok(id) => Some(id),
                 // Outcome unknown: the table may have taken the commit before the error. Look for
                 // the run in the table's history instead of retrying blindly.

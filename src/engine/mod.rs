@@ -32,6 +32,7 @@ use crate::ledger::{Ledger, PipelineRecord, SYSTEM_SCHEMA, SystemSchema, pipelin
 use crate::parser::{self, CreatePipeline, Located, Statement};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::planner;
+use crate::sinks::WriteMode;
 
 /// Name of the embedded default catalog.
 pub const DEFAULT_CATALOG: &str = "lake";
@@ -219,8 +220,9 @@ impl Engine {
         let create = pipeline::parse_definition(name, &record.definition)?;
         let options = PipelineOptions::parse(name, &create.options)?;
         let plan = self.plan_sql_statement(*create.body).await?;
-        let (table, input) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
-        self.write(table, input, options.shards.unwrap_or(self.shards), Some(name.to_string())).await
+        let (table, input, body_mode) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
+        let mode = options.write_mode(name, body_mode)?;
+        self.write(table, input, mode, options.shards.unwrap_or(self.shards), Some(name.to_string())).await
     }
 
     /// Runs one parsed statement; errors say on which line it starts.
@@ -297,7 +299,8 @@ impl Engine {
     }
 
     /// The target table and input of an `INSERT INTO <catalog table>` plan.
-    fn insert_target(&self, plan: LogicalPlan) -> Result<Option<(TableName, LogicalPlan)>> {
+    /// The target table, input and mode of an `INSERT [OVERWRITE] INTO <catalog table>` plan.
+    fn insert_target(&self, plan: LogicalPlan) -> Result<Option<(TableName, LogicalPlan, WriteMode)>> {
         let LogicalPlan::Dml(DmlStatement { table_name, op: WriteOp::Insert(op), input, .. }) = plan else {
             return Ok(None);
         };
@@ -305,10 +308,14 @@ impl Engine {
         if self.catalog_of(&table.catalog).is_none() {
             return Ok(None);
         }
-        if op != InsertOp::Append {
-            return Err(Error::Unsupported(format!("{op} into `{table}`: only INSERT INTO (append) is supported")));
-        }
-        Ok(Some((table, input.as_ref().clone())))
+        let mode = match op {
+            InsertOp::Append => WriteMode::Append,
+            InsertOp::Overwrite => WriteMode::Overwrite,
+            InsertOp::Replace => {
+                return Err(Error::Unsupported(format!("REPLACE INTO `{table}` (use INSERT OVERWRITE)")));
+            }
+        };
+        Ok(Some((table, input.as_ref().clone(), mode)))
     }
 
     /// Handles plans that touch our catalogs; `None` leaves the plan to DataFusion.
@@ -318,9 +325,9 @@ impl Engine {
         partition_by: &[PartitionField],
     ) -> Result<Option<Output>> {
         if let LogicalPlan::Dml(_) = plan
-            && let Some((table, input)) = self.insert_target(plan.clone())?
+            && let Some((table, input, mode)) = self.insert_target(plan.clone())?
         {
-            return Ok(Some(Output::run(self.write(table, input, self.shards, None).await?)));
+            return Ok(Some(Output::run(self.write(table, input, mode, self.shards, None).await?)));
         }
         let LogicalPlan::Ddl(ddl) = plan else { return Ok(None) };
         self.require_catalog(ddl)?;
@@ -352,7 +359,8 @@ impl Engine {
                     return Ok(Some(Output::empty()));
                 }
                 // CREATE TABLE ... AS SELECT: the table exists only if its data committed.
-                return match self.write(table.clone(), create.input.as_ref().clone(), self.shards, None).await {
+                let input = create.input.as_ref().clone();
+                return match self.write(table.clone(), input, WriteMode::Append, self.shards, None).await {
                     Ok(report) => Ok(Some(Output::run(report))),
                     Err(error) => {
                         catalog.drop_table(&table, true).await?;
@@ -405,6 +413,7 @@ impl Engine {
         &self,
         table: TableName,
         input: LogicalPlan,
+        mode: WriteMode,
         shards: usize,
         pipeline: Option<String>,
     ) -> Result<RunReport> {
@@ -413,7 +422,7 @@ impl Engine {
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
         let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
-        let job = WriteJob { table, writer, input, partition_key, shards, pipeline };
+        let job = WriteJob { table, writer, input, partition_key, shards, pipeline, mode };
         Ok(self.coordinator.run(job, state.task_ctx()).await?)
     }
 
@@ -421,7 +430,8 @@ impl Engine {
         let options = PipelineOptions::parse(&create.name, &create.options)?;
         // Plan the body now, so that unknown tables or columns are reported at CREATE time.
         let plan = self.plan_sql_statement(create.body.as_ref().clone()).await?;
-        let (table, _) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
+        let (table, _, body_mode) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
+        options.write_mode(&create.name, body_mode)?;
         let record = PipelineRecord {
             name: create.name.clone(),
             definition: statement.to_string(),

@@ -4,6 +4,7 @@
 //! so it always reads the latest state of its sources.
 
 use crate::parser::{self, CreatePipeline, Statement};
+use crate::sinks::WriteMode;
 
 /// Errors about pipeline definitions.
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +13,7 @@ pub enum PipelineError {
     #[error("pipeline `{0}` does not exist (SHOW PIPELINES lists them)")]
     NotFound(String),
     /// An option this version does not know.
-    #[error("pipeline `{pipeline}`: unknown option `{option}` (known: shards)")]
+    #[error("pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode)")]
     UnknownOption {
         /// The pipeline.
         pipeline: String,
@@ -49,6 +50,8 @@ pub const SHARDS_MAX: usize = 1024;
 pub struct PipelineOptions {
     /// Fixed shard count; `None` means the engine's default.
     pub shards: Option<usize>,
+    /// How runs change the table; `None` means what the body says (INSERT INTO or OVERWRITE).
+    pub mode: Option<WriteMode>,
 }
 
 impl PipelineOptions {
@@ -66,6 +69,22 @@ impl PipelineOptions {
                         expected: "an integer from 1 to 1024",
                     })?);
                 }
+                "mode" => {
+                    let mode = match value.to_lowercase().as_str() {
+                        "append" => WriteMode::Append,
+                        "overwrite" => WriteMode::Overwrite,
+                        "overwrite_partitions" => WriteMode::OverwritePartitions,
+                        _ => {
+                            return Err(PipelineError::BadValue {
+                                pipeline: pipeline.to_string(),
+                                option: option.clone(),
+                                value: value.clone(),
+                                expected: "'append', 'overwrite' or 'overwrite_partitions'",
+                            });
+                        }
+                    };
+                    parsed.mode = Some(mode);
+                }
                 _ => {
                     return Err(PipelineError::UnknownOption {
                         pipeline: pipeline.to_string(),
@@ -75,6 +94,23 @@ impl PipelineOptions {
             }
         }
         Ok(parsed)
+    }
+}
+
+impl PipelineOptions {
+    /// The mode a run uses: the option, else what the body says. `mode = 'append'` on an
+    /// `INSERT OVERWRITE` body is a contradiction.
+    pub fn write_mode(&self, pipeline: &str, body: WriteMode) -> Result<WriteMode, PipelineError> {
+        match (self.mode, body) {
+            (Some(WriteMode::Append), WriteMode::Overwrite) => Err(PipelineError::BadValue {
+                pipeline: pipeline.to_string(),
+                option: "mode".to_string(),
+                value: "append".to_string(),
+                expected: "'overwrite' or 'overwrite_partitions' for an INSERT OVERWRITE body",
+            }),
+            (Some(mode), _) => Ok(mode),
+            (None, body) => Ok(body),
+        }
     }
 }
 

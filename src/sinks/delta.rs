@@ -1,10 +1,11 @@
 //! Delta Lake: Parquet files written straight into the table folder, each described by an `add`
 //! action with Delta statistics (record count, per-column min / max / null count), committed as
 //! ONE log version that also holds a `txn` action (`appId = sluice/<pipeline>`, `version` = the
-//! run's sequence number) and, in `commitInfo`, `sluice.run-id` and `sluice.pipeline`.
+//! run's sequence number) and, in `commitInfo`, `sluice.run-id` and `sluice.pipeline`. An
+//! overwrite adds `remove` actions for the files it replaces, in the same version.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,12 +25,13 @@ use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, Transaction as DeltaTxn};
+use deltalake::kernel::{Action, Add, Remove, Transaction as DeltaTxn};
 use deltalake::logstore::ObjectStoreRef;
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 
-use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter};
+use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter, WriteMode};
 use crate::catalog::{PartitionField, Transform};
 use crate::runtime::BoxError;
 
@@ -92,6 +94,50 @@ impl DeltaTableWriter {
             .strip_prefix(&self.root)
             .map(|rest| rest.trim_start_matches('/'))
             .ok_or_else(|| format!("{location} is not inside the table at {}", self.root).into())
+    }
+
+    fn conflict(&self, detail: String) -> CommitError {
+        CommitError::new(format!(
+            "conflict: the Delta table at {} changed while this overwrite ran: {detail}; nothing was replaced",
+            self.root
+        ))
+    }
+
+    /// `remove` actions for the live files an overwrite replaces: all of them, or (dynamic
+    /// partition overwrite of a partitioned table) those in the partitions `adds` write.
+    async fn replaced_files(
+        &self,
+        table: &DeltaTable,
+        adds: &[Add],
+        mode: WriteMode,
+    ) -> Result<Vec<Remove>, CommitError> {
+        if table.version() != self.base_version {
+            return Err(self.conflict(format!(
+                "version {} is not the version {} the run started on",
+                table.version().map_or(-1, |v| v as i64),
+                self.base_version.map_or(-1, |v| v as i64)
+            )));
+        }
+        let partition_of = |values: &HashMap<String, Option<String>>| -> BTreeMap<String, Option<String>> {
+            values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let replaced: Option<HashSet<BTreeMap<String, Option<String>>>> = (mode == WriteMode::OverwritePartitions
+            && !self.partitioning.is_empty())
+        .then(|| adds.iter().map(|add| partition_of(&add.partition_values)).collect());
+        let snapshot = table.snapshot().map_err(CommitError::new)?;
+        let log_store = table.log_store();
+        let files: Vec<_> =
+            snapshot.snapshot().file_views(log_store.as_ref(), None).try_collect().await.map_err(CommitError::new)?;
+        Ok(files
+            .iter()
+            .map(|file| file.remove_action(true))
+            .filter(|remove| match &replaced {
+                None => true,
+                Some(partitions) => {
+                    partitions.contains(&partition_of(&remove.partition_values.clone().unwrap_or_default()))
+                }
+            })
+            .collect())
     }
 
     async fn latest(&self) -> Result<DeltaTable, deltalake::DeltaTableError> {
@@ -216,14 +262,14 @@ impl TableWriter for DeltaTableWriter {
         }
     }
 
-    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity) -> Result<i64, CommitError> {
+    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity, mode: WriteMode) -> Result<i64, CommitError> {
         if let Some(version) = self.find_run(run).await? {
             return Ok(version);
         }
-        let actions = files
+        let adds = files
             .into_iter()
             .map(|file| match file {
-                StagedFile::Delta(add) => Ok(Action::Add(add)),
+                StagedFile::Delta(add) => Ok(add),
                 StagedFile::Iceberg(_) => Err(CommitError::new("an Iceberg file cannot be committed to a Delta table")),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -235,12 +281,27 @@ impl TableWriter for DeltaTableWriter {
         }
         let table = self.latest().await.map_err(CommitError::new)?;
         let snapshot = table.snapshot().map_err(CommitError::new)?;
-        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let removes =
+            if mode == WriteMode::Append { Vec::new() } else { self.replaced_files(&table, &adds, mode).await? };
+        let save_mode = if mode == WriteMode::Append {
+            SaveMode::Append
+        } else {
+            // One attempt: another commit since the run started is a conflict, not something to rebase on.
+            properties = properties.with_max_retries(0);
+            SaveMode::Overwrite
+        };
+        let partition_by =
+            (!self.partitioning.is_empty()).then(|| self.partitioning.iter().map(|p| p.column.clone()).collect());
+        let operation = DeltaOperation::Write { mode: save_mode, partition_by, predicate: None };
+        let actions = adds.into_iter().map(Action::Add).chain(removes.into_iter().map(Action::Remove)).collect();
         let committed = CommitBuilder::from(properties.with_metadata(metadata))
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
             .await
-            .map_err(CommitError::new)?;
+            .map_err(|e| match mode {
+                WriteMode::Append => CommitError::new(e),
+                _ => self.conflict(format!("another commit landed first ({e})")),
+            })?;
         Ok(committed.version() as i64)
     }
 

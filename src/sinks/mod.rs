@@ -106,6 +106,30 @@ pub struct StagedShard {
     pub totals: ShardTotals,
 }
 
+/// How a run's files change the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Add the files (`INSERT INTO`).
+    #[default]
+    Append,
+    /// Replace everything in the table with the files (`INSERT OVERWRITE`).
+    Overwrite,
+    /// Replace the partitions that the files have rows for, keep the others (dynamic partition
+    /// overwrite; on an unpartitioned table the same as [`WriteMode::Overwrite`]).
+    OverwritePartitions,
+}
+
+impl WriteMode {
+    /// The mode as written in `WITH (mode = '...')`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Append => "append",
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::OverwritePartitions => "overwrite_partitions",
+        }
+    }
+}
+
 /// Who a commit is for: what the coordinator tells the table format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunIdentity {
@@ -160,8 +184,10 @@ pub trait TableWriter: Send + Sync + std::fmt::Debug {
     async fn open_file(&self, partition: &Partition, location: &str) -> Result<Box<dyn FileWriter>, BoxError>;
     /// Deletes a staged file; a file that is not there is not an error.
     async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
-    /// Publishes all `files` in one snapshot / version tagged with `run`; returns its id.
-    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity) -> Result<i64, CommitError>;
+    /// Publishes all `files` in one snapshot / version tagged with `run`; returns its id. An
+    /// append retries (bounded) when concurrent writers win the race; an overwrite is one attempt
+    /// and fails with a conflict when any other commit landed since the run started.
+    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity, mode: WriteMode) -> Result<i64, CommitError>;
     /// The snapshot / version that `run` committed, if the table's history has one.
     async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError>;
 }

@@ -8,7 +8,7 @@ use sluice::Engine;
 use sluice::catalog::{CatalogConfig, DeltaConfig, TableName};
 use sluice::ledger::RunStatus;
 use sluice::sinks::delta::DeltaTableWriter;
-use sluice::sinks::{RunIdentity, ShardSink, TableWriter};
+use sluice::sinks::{RunIdentity, ShardSink, TableWriter, WriteMode};
 
 use crate::support::{files_under, rows, value};
 
@@ -102,7 +102,7 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
         let stream = input.execute_stream().await.unwrap();
         let sink = ShardSink::new(&run.run_id, &name, writer.clone(), engine.ledger().clone());
         let staged = sink.write_shard(0, stream).await.unwrap();
-        let version = writer.commit(staged.files.clone(), &run).await.unwrap();
+        let version = writer.commit(staged.files.clone(), &run, WriteMode::Append).await.unwrap();
         assert_eq!(version as u64, base + 1);
 
         // The retry: a new writer on the table as of the run's start, the same files, the same run.
@@ -110,7 +110,11 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
             DeltaTableBuilder::from_url(table_url.clone()).unwrap().with_version(base).load().await.unwrap();
         let retry = DeltaTableWriter::new(as_of_start).unwrap();
         assert_eq!(retry.find_run(&run).await.unwrap(), Some(version));
-        assert_eq!(retry.commit(staged.files, &run).await.unwrap(), version, "the same version, not a new one");
+        assert_eq!(
+            retry.commit(staged.files, &run, WriteMode::Append).await.unwrap(),
+            version,
+            "the same version, not a new one"
+        );
         let latest = deltalake::open_table(table_url.clone()).await.unwrap();
         assert_eq!(latest.version(), Some(base + 1), "no second version");
         let counts = rows(&engine, "SELECT count(*), count(DISTINCT id) FROM delta.r.t").await;

@@ -6,6 +6,7 @@ mod concurrency;
 mod delta;
 mod faults;
 mod interop;
+mod overwrite;
 mod shards;
 mod slt;
 mod support;

@@ -1,6 +1,7 @@
 //! Iceberg: data files through iceberg-rust's writers (so every file carries the metrics Iceberg
-//! needs: row counts, sizes, bounds, null counts), committed as one fast-append snapshot whose
-//! summary holds `sluice.run-id` and `sluice.pipeline`.
+//! needs: row counts, sizes, bounds, null counts), committed as one snapshot whose summary holds
+//! `sluice.run-id` and `sluice.pipeline`: a fast append through iceberg-rust's transaction, or an
+//! overwrite built by hand ([`overwrite`]).
 //!
 //! File names are deterministic per (run, shard, n), so a replayed commit is also rejected by
 //! Iceberg's duplicate-file check.
@@ -30,8 +31,10 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, TableIdent};
 
-use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter};
-use crate::catalog::{PartitionField, Transform};
+mod overwrite;
+
+use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter, WriteMode};
+use crate::catalog::{MetadataPointer, PartitionField, Transform};
 use crate::runtime::BoxError;
 
 /// Snapshot summary key holding the run id.
@@ -53,6 +56,9 @@ pub fn snapshot_of_run(table: &Table, run_id: &str) -> Option<i64> {
 /// Writes and commits one run into one Iceberg table.
 pub struct IcebergTableWriter {
     catalog: Arc<dyn Catalog>,
+    pointer: Option<MetadataPointer>,
+    /// The table as loaded when the run started (what an overwrite replaces from).
+    base: Table,
     ident: TableIdent,
     file_io: FileIO,
     schema: SchemaRef,
@@ -95,8 +101,13 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
 }
 
 impl IcebergTableWriter {
-    /// A writer into the current schema of `table`, committing through `catalog`.
-    pub fn new(catalog: Arc<dyn Catalog>, table: &Table) -> Result<Self, iceberg::Error> {
+    /// A writer into the current schema of `table`, committing through `catalog` (appends) or
+    /// `pointer` (overwrites; `None` where the catalog offers no such swap).
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        pointer: Option<MetadataPointer>,
+        table: &Table,
+    ) -> Result<Self, iceberg::Error> {
         let metadata = table.metadata();
         let iceberg_schema = metadata.current_schema().clone();
         let spec = metadata.default_partition_spec().clone();
@@ -128,6 +139,8 @@ impl IcebergTableWriter {
             .collect();
         Ok(Self {
             catalog,
+            pointer,
+            base: table.clone(),
             ident: table.identifier().clone(),
             file_io: table.file_io().clone(),
             schema: Arc::new(schema_to_arrow_schema(&iceberg_schema)?),
@@ -245,7 +258,7 @@ impl TableWriter for IcebergTableWriter {
     /// Retries (bounded, jittered exponential backoff) when a concurrent writer won the race.
     /// Before every attempt the table's history is checked for the run, so an attempt whose
     /// response was lost is never applied twice.
-    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity) -> Result<i64, CommitError> {
+    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity, mode: WriteMode) -> Result<i64, CommitError> {
         let files: Vec<DataFile> = files
             .into_iter()
             .map(|file| match file {
@@ -253,6 +266,9 @@ impl TableWriter for IcebergTableWriter {
                 StagedFile::Delta(_) => Err(CommitError::new("a Delta file cannot be committed to an Iceberg table")),
             })
             .collect::<Result<_, _>>()?;
+        if mode != WriteMode::Append {
+            return self.overwrite(files, run, mode).await;
+        }
         let attempt = || async {
             let table = self.catalog.load_table(&self.ident).await?;
             if let Some(snapshot_id) = snapshot_of_run(&table, &run.run_id) {
@@ -276,5 +292,18 @@ impl TableWriter for IcebergTableWriter {
     async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
         let table = self.catalog.load_table(&self.ident).await.map_err(CommitError::new)?;
         Ok(snapshot_of_run(&table, &run.run_id))
+    }
+}
+
+impl IcebergTableWriter {
+    /// One attempt: the table must still be as the run found it, or the overwrite is a conflict.
+    async fn overwrite(&self, files: Vec<DataFile>, run: &RunIdentity, mode: WriteMode) -> Result<i64, CommitError> {
+        if let Some(snapshot_id) = self.find_run(run).await? {
+            return Ok(snapshot_id);
+        }
+        let pointer = self.pointer.as_ref().ok_or_else(|| {
+            CommitError::new(format!("{} into `{}` needs an Iceberg SQL catalog on SQLite", mode.as_str(), self.ident))
+        })?;
+        overwrite::overwrite(&self.base, &self.ident, pointer, files, run, mode).await
     }
 }
