@@ -5,6 +5,7 @@
 //! The readers live in a Python venv (`tests/interop/requirements.txt`), which `scripts/test.sh`
 //! creates; `SLUICE_PYTHON` points at its interpreter (default: `.venv/bin/python`).
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -29,7 +30,7 @@ async fn expected_json(engine: &sluice::Engine, query: &str) -> serde_json::Valu
 }
 
 /// Runs tests/interop/check_table.py with `args`; returns its output once every reader agreed.
-fn check_table(args: &[&std::ffi::OsStr]) -> String {
+fn check_table(args: &[&OsStr]) -> String {
     let output = Command::new(python())
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_table.py"))
         .args(args)
@@ -41,15 +42,26 @@ fn check_table(args: &[&std::ffi::OsStr]) -> String {
     stdout
 }
 
-/// Writes Sluice's own view of `table` where the checker reads it, with the row count of
-/// `flag = true` (a partition column in the partitioned tables) for the readers to match.
-async fn write_expected(engine: &sluice::Engine, table: &str, path: &std::path::Path, rows: usize) {
+/// Asks the checker whether every reader sees exactly what Sluice sees in `table` now: all
+/// rows, and the count of `flag = true` (a partition column in the partitioned tables, so the
+/// readers prune with the partition metadata). `reader_args` name the table for the checker.
+/// Returns the checker's report, after checking that it read `rows` rows.
+async fn readers_agree(engine: &sluice::Engine, table: &str, reader_args: &[&OsStr], rows: usize) -> String {
     let mut expected = expected_json(engine, &format!("SELECT * FROM {table}")).await;
-    assert_eq!(expected["rows"].as_array().unwrap().len(), rows);
-    let flagged = value(engine, &format!("SELECT count(*) FROM {table} WHERE flag = true")).await;
-    expected["filters"] =
-        serde_json::json!([{ "column": "flag", "value": true, "count": flagged.parse::<u64>().unwrap() }]);
-    std::fs::write(path, serde_json::to_vec(&expected).unwrap()).unwrap();
+    assert_eq!(expected["rows"].as_array().unwrap().len(), rows, "Sluice itself reads {table}");
+    let flagged: u64 = value(engine, &format!("SELECT count(*) FROM {table} WHERE flag = true")).await.parse().unwrap();
+    expected["filters"] = serde_json::json!([{ "column": "flag", "value": true, "count": flagged }]);
+    let path = engine.home().join(format!("{table}.json"));
+    std::fs::write(&path, serde_json::to_vec(&expected).unwrap()).unwrap();
+    let mut args = reader_args.to_vec();
+    args.push(path.as_os_str());
+    let report = check_table(&args);
+    let readers: &[&str] = if reader_args[0] == "iceberg" { &["pyiceberg", "duckdb"] } else { &["delta-rs", "duckdb"] };
+    for reader in readers {
+        assert!(report.contains(&format!("{reader}: {rows} rows x 8 columns match")), "{report}");
+        assert!(report.contains(&format!("{reader}: {flagged} rows where flag = True, as expected")), "{report}");
+    }
+    report
 }
 
 /// Columns of every common type, NULLs included, generated for rows 1..=n.
@@ -81,54 +93,47 @@ async fn pyiceberg_and_duckdb_read_exactly_what_sluice_wrote() {
              CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO lake.interop.events {rows};
              CREATE TABLE lake.interop.partitioned ({TYPED_COLUMNS})
                PARTITIONED BY (flag, day(at), bucket(4, id), truncate(3, name));
-             CREATE PIPELINE partitioned WITH (shards = 3) AS INSERT INTO lake.interop.partitioned {rows};",
-            rows = typed_rows(30_000)
+             CREATE PIPELINE partitioned WITH (shards = 3) AS INSERT INTO lake.interop.partitioned {rows};
+             CREATE PIPELINE fix WITH (shards = 2, mode = 'overwrite_partitions')
+               AS INSERT INTO lake.interop.partitioned {fix};",
+            rows = typed_rows(30_000),
+            fix = typed_rows(2_000),
         ))
         .await
         .unwrap();
+    let home_dir = engine.home().as_os_str().to_owned();
+    let iceberg = |table: &'static str| -> Vec<&OsStr> {
+        vec!["iceberg".as_ref(), home_dir.as_os_str(), "interop".as_ref(), table.as_ref()]
+    };
+
     let first = engine.run_pipeline("events").await.unwrap();
     let second = engine.run_pipeline("events").await.unwrap();
     assert_eq!(first.rows + second.rows, 60_000);
-
-    let expected_path = home.path().join("expected.json");
-    write_expected(&engine, "lake.interop.events", &expected_path, 60_000).await;
-
-    let stdout = check_table(&[
-        "iceberg".as_ref(),
-        engine.home().as_os_str(),
-        "interop".as_ref(),
-        "events".as_ref(),
-        expected_path.as_os_str(),
-    ]);
-    assert!(stdout.contains("pyiceberg: 60000 rows x 8 columns match"), "{stdout}");
-    assert!(stdout.contains("duckdb: 60000 rows x 8 columns match"), "{stdout}");
+    readers_agree(&engine, "lake.interop.events", &iceberg("events"), 60_000).await;
 
     let report = engine.run_pipeline("partitioned").await.unwrap();
     assert!(report.files > 3, "{} files for a table partitioned 4 ways", report.files);
-    let partitioned_path = home.path().join("partitioned.json");
-    write_expected(&engine, "lake.interop.partitioned", &partitioned_path, 30_000).await;
-    let stdout = check_table(&[
-        "iceberg".as_ref(),
-        engine.home().as_os_str(),
-        "interop".as_ref(),
-        "partitioned".as_ref(),
-        partitioned_path.as_os_str(),
-    ]);
-    assert!(stdout.contains("pyiceberg: 30000 rows x 8 columns match"), "{stdout}");
-    assert!(stdout.contains("pyiceberg: 15000 rows where flag = True, as expected"), "{stdout}");
-    assert!(stdout.contains("duckdb: 15000 rows where flag = True, as expected"), "{stdout}");
+    readers_agree(&engine, "lake.interop.partitioned", &iceberg("partitioned"), 30_000).await;
+
+    // The hand-built overwrite snapshots read the same everywhere: dynamic partition overwrite
+    // (the partitions of the first 2,000 rows replaced by 2,000 rows) ...
+    engine.run_pipeline("fix").await.unwrap();
+    let kept: usize = value(&engine, "SELECT count(*) FROM lake.interop.partitioned").await.parse().unwrap();
+    assert!(kept > 2_000 && kept < 30_000, "{kept} rows after replacing some partitions");
+    readers_agree(&engine, "lake.interop.partitioned", &iceberg("partitioned"), kept).await;
+    // ... and INSERT OVERWRITE of the whole table.
+    engine.sql(&format!("INSERT OVERWRITE lake.interop.events {}", typed_rows(1_000))).await.unwrap();
+    readers_agree(&engine, "lake.interop.events", &iceberg("events"), 1_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
     let home = tempfile::tempdir().unwrap();
     let root = home.path().join("delta-root");
+    let delta = sluice::catalog::DeltaConfig { root: root.display().to_string() };
     let engine = sluice::Engine::builder()
         .home(home.path())
-        .catalog(
-            "delta",
-            sluice::catalog::CatalogConfig::Delta(sluice::catalog::DeltaConfig { root: root.display().to_string() }),
-        )
+        .catalog("delta", sluice::catalog::CatalogConfig::Delta(delta))
         .shards(4)
         .build()
         .await
@@ -139,29 +144,32 @@ async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
              CREATE TABLE delta.interop.events ({TYPED_COLUMNS});
              CREATE PIPELINE events WITH (shards = 3) AS INSERT INTO delta.interop.events {rows};
              CREATE TABLE delta.interop.partitioned ({TYPED_COLUMNS}) PARTITIONED BY (flag, day);
-             CREATE PIPELINE partitioned WITH (shards = 3) AS INSERT INTO delta.interop.partitioned {rows};",
-            rows = typed_rows(30_000)
+             CREATE PIPELINE partitioned WITH (shards = 3) AS INSERT INTO delta.interop.partitioned {rows};
+             CREATE PIPELINE fix WITH (shards = 2, mode = 'overwrite_partitions')
+               AS INSERT INTO delta.interop.partitioned {fix};",
+            rows = typed_rows(30_000),
+            fix = typed_rows(2_000),
         ))
         .await
         .unwrap();
+    let events_dir = root.join("interop/events");
+    let partitioned_dir = root.join("interop/partitioned");
+    let events: Vec<&OsStr> = vec!["delta".as_ref(), events_dir.as_os_str()];
+    let partitioned: Vec<&OsStr> = vec!["delta".as_ref(), partitioned_dir.as_os_str()];
+
     let first = engine.run_pipeline("events").await.unwrap();
     let second = engine.run_pipeline("events").await.unwrap();
     assert_eq!((first.snapshot_id, second.snapshot_id), (Some(1), Some(2)), "one Delta version per run");
-
-    let expected_path = home.path().join("expected.json");
-    write_expected(&engine, "delta.interop.events", &expected_path, 60_000).await;
-    let table_dir = root.join("interop/events");
-    let stdout = check_table(&["delta".as_ref(), table_dir.as_os_str(), expected_path.as_os_str()]);
-    assert!(stdout.contains("delta-rs: 60000 rows x 8 columns match"), "{stdout}");
-    assert!(stdout.contains("duckdb: 60000 rows x 8 columns match"), "{stdout}");
+    readers_agree(&engine, "delta.interop.events", &events, 60_000).await;
 
     engine.run_pipeline("partitioned").await.unwrap();
-    let partitioned_path = home.path().join("partitioned.json");
-    write_expected(&engine, "delta.interop.partitioned", &partitioned_path, 30_000).await;
-    let table_dir = root.join("interop/partitioned");
-    let stdout = check_table(&["delta".as_ref(), table_dir.as_os_str(), partitioned_path.as_os_str()]);
-    assert!(stdout.contains("delta-rs: 30000 rows x 8 columns match"), "{stdout}");
-    assert!(stdout.contains("delta-rs: 15000 rows where flag = True, as expected"), "{stdout}");
-    assert!(stdout.contains("duckdb: 15000 rows where flag = True, as expected"), "{stdout}");
-    assert!(table_dir.join("flag=true").is_dir() && table_dir.join("flag=false").is_dir());
+    readers_agree(&engine, "delta.interop.partitioned", &partitioned, 30_000).await;
+    assert!(partitioned_dir.join("flag=true").is_dir() && partitioned_dir.join("flag=false").is_dir());
+
+    engine.run_pipeline("fix").await.unwrap();
+    let kept: usize = value(&engine, "SELECT count(*) FROM delta.interop.partitioned").await.parse().unwrap();
+    assert!(kept > 2_000 && kept < 30_000, "{kept} rows after replacing some partitions");
+    readers_agree(&engine, "delta.interop.partitioned", &partitioned, kept).await;
+    engine.sql(&format!("INSERT OVERWRITE delta.interop.events {}", typed_rows(1_000))).await.unwrap();
+    readers_agree(&engine, "delta.interop.events", &events, 1_000).await;
 }
