@@ -27,7 +27,10 @@ async fn the_example_catalog_files_declare_working_catalogs() {
 
     let catalogs = rows(&engine, "SHOW CATALOGS").await;
     let kinds: Vec<(&str, &str)> = catalogs.iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
-    assert_eq!(kinds, [("analytics", "iceberg-sql"), ("datafusion", "memory"), ("lake", "iceberg-sql")]);
+    assert_eq!(
+        kinds,
+        [("analytics", "iceberg-sql"), ("datafusion", "memory"), ("delta", "delta"), ("lake", "iceberg-sql")]
+    );
     let analytics_db = declared.path().join("analytics/catalog.db");
     assert!(catalogs[0][2].contains(&analytics_db.display().to_string()), "{catalogs:?}");
 
@@ -44,6 +47,12 @@ async fn the_example_catalog_files_declare_working_catalogs() {
     assert_eq!(rows(&engine, "SELECT count(*) FROM analytics.web.hits").await, [["1000"]]);
     assert!(analytics_db.exists());
     assert!(declared.path().join("analytics/warehouse/web/hits/data").is_dir());
+    engine
+        .sql("CREATE SCHEMA delta.web; CREATE TABLE delta.web.hits AS SELECT * FROM analytics.web.hits")
+        .await
+        .unwrap();
+    assert_eq!(rows(&engine, "SELECT count(*) FROM delta.web.hits").await, [["1000"]]);
+    assert!(declared.path().join("delta/web/hits/_delta_log").is_dir());
     // A declared catalog is a separate catalog: `lake` has no such schema.
     assert!(engine.sql("SELECT * FROM lake.web.hits").await.is_err());
 }
