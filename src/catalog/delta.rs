@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
@@ -16,7 +16,8 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
 
 use super::{
-    CatalogError, DeltaConfig, LakeCatalog, PartitionField, Result, TableName, TableRequest, Transform, check_columns,
+    CatalogError, DeltaConfig, LakeCatalog, Listing, PartitionField, Result, TableName, TableRequest, Transform,
+    check_columns,
 };
 use crate::sinks::TableWriter;
 use crate::sinks::delta::DeltaTableWriter;
@@ -27,8 +28,7 @@ pub struct DeltaCatalog {
     name: String,
     root: PathBuf,
     location: String,
-    /// schema name → table names, as of the last refresh.
-    listing: RwLock<BTreeMap<String, BTreeSet<String>>>,
+    listing: Listing,
 }
 
 fn is_delta_table(dir: &Path) -> bool {
@@ -105,7 +105,7 @@ impl DeltaCatalog {
             name: name.to_string(),
             location: root.display().to_string(),
             root,
-            listing: RwLock::default(),
+            listing: Listing::default(),
         });
         catalog.refresh().await?;
         Ok(catalog)
@@ -161,7 +161,7 @@ impl LakeCatalog for DeltaCatalog {
                 .collect();
             listing.insert(schema, tables);
         }
-        *self.listing.write().expect("catalog listing lock") = listing;
+        self.listing.replace(listing);
         Ok(())
     }
 
@@ -256,11 +256,11 @@ impl CatalogProvider for DeltaCatalog {
     }
 
     fn schema_names(&self) -> Vec<String> {
-        self.listing.read().expect("catalog listing lock").keys().cloned().collect()
+        self.listing.schema_names()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        let tables = self.listing.read().expect("catalog listing lock").get(name)?.clone();
+        let tables = self.listing.tables(name)?;
         Some(Arc::new(DeltaSchema {
             catalog: self.name.clone(),
             schema: name.to_string(),

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 use super::{
-    CatalogError, IcebergSqlConfig, LakeCatalog, PartitionField, Result, TableName, TableRequest, Transform,
+    CatalogError, IcebergSqlConfig, LakeCatalog, Listing, PartitionField, Result, TableName, TableRequest, Transform,
     check_columns,
 };
 use crate::sinks::TableWriter;
@@ -68,8 +68,7 @@ pub struct IcebergCatalog {
     inner: Arc<dyn Catalog>,
     /// For overwrites; `None` for catalogs that are not on SQLite.
     pointer: Option<MetadataPointer>,
-    /// schema name → table names, as of the last refresh.
-    listing: RwLock<BTreeMap<String, BTreeSet<String>>>,
+    listing: Listing,
 }
 
 impl IcebergCatalog {
@@ -128,7 +127,7 @@ impl IcebergCatalog {
             location: format!("{} (warehouse {})", config.uri, config.warehouse),
             inner: Arc::new(catalog),
             pointer,
-            listing: RwLock::default(),
+            listing: Listing::default(),
         });
         catalog.refresh().await?;
         Ok(catalog)
@@ -222,7 +221,7 @@ impl LakeCatalog for IcebergCatalog {
             let tables = self.inner.list_tables(&namespace).await.map_err(self.error("listing tables"))?;
             listing.insert(namespace.join("."), tables.into_iter().map(|t| t.name().to_string()).collect());
         }
-        *self.listing.write().expect("catalog listing lock") = listing;
+        self.listing.replace(listing);
         Ok(())
     }
 
@@ -312,11 +311,11 @@ impl CatalogProvider for IcebergCatalog {
     }
 
     fn schema_names(&self) -> Vec<String> {
-        self.listing.read().expect("catalog listing lock").keys().cloned().collect()
+        self.listing.schema_names()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        let tables = self.listing.read().expect("catalog listing lock").get(name)?.clone();
+        let tables = self.listing.tables(name)?;
         Some(Arc::new(IcebergSchema {
             catalog: self.name.clone(),
             schema: name.to_string(),

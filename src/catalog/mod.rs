@@ -18,8 +18,9 @@ mod config;
 mod delta;
 mod iceberg;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema};
@@ -235,6 +236,25 @@ impl<'a> TableRequest<'a> {
         match self {
             TableRequest::Current(base) | TableRequest::AsOf(base, _) | TableRequest::Snapshots(base) => base,
         }
+    }
+}
+
+/// Schema and table names as of the last refresh: what `SHOW TABLES` and `information_schema`
+/// list (DataFusion asks for names synchronously; tables themselves are always loaded live).
+#[derive(Debug, Default)]
+struct Listing(RwLock<BTreeMap<String, BTreeSet<String>>>);
+
+impl Listing {
+    fn replace(&self, listing: BTreeMap<String, BTreeSet<String>>) {
+        *self.0.write().expect("catalog listing lock") = listing;
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        self.0.read().expect("catalog listing lock").keys().cloned().collect()
+    }
+
+    fn tables(&self, schema: &str) -> Option<BTreeSet<String>> {
+        self.0.read().expect("catalog listing lock").get(schema).cloned()
     }
 }
 
