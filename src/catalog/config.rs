@@ -52,7 +52,7 @@ pub struct DeltaConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergSqlConfig {
-    /// Database URI: `sqlite:PATH` (created if missing).
+    /// Database URI: `sqlite:PATH` (created if missing) or `postgres://user@host:port/database`.
     pub uri: String,
     /// Warehouse folder (or `file://` URL) where new tables are placed.
     pub warehouse: String,

@@ -20,7 +20,8 @@ use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder,
 };
 use iceberg_datafusion::IcebergStaticTableProvider;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 
 use super::{
     CatalogError, IcebergSqlConfig, LakeCatalog, Listing, PartitionField, Result, TableName, TableRequest, Transform,
@@ -33,11 +34,12 @@ fn ident(name: &TableName) -> TableIdent {
     TableIdent::new(NamespaceIdent::new(name.schema.clone()), name.table.clone())
 }
 
-/// The compare-and-swap of a table's metadata pointer in a SQLite catalog, the same statement
-/// iceberg-rust's own commit runs, for the commits its transactions cannot express (overwrites).
+/// The compare-and-swap of a table's metadata pointer in the catalog database (SQLite or
+/// PostgreSQL), the statement iceberg-rust's own commit runs, for the commits its transactions
+/// cannot express (overwrites).
 #[derive(Debug, Clone)]
 pub struct MetadataPointer {
-    pool: SqlitePool,
+    pool: AnyPool,
     catalog: String,
 }
 
@@ -45,8 +47,8 @@ impl MetadataPointer {
     /// Points `table` at `to` if it still points at `from`; false when another commit moved it.
     pub async fn swap(&self, table: &TableIdent, from: &str, to: &str) -> std::result::Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ?
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
+            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2
+             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6",
         )
         .bind(to)
         .bind(from)
@@ -66,8 +68,8 @@ pub struct IcebergCatalog {
     name: String,
     location: String,
     inner: Arc<dyn Catalog>,
-    /// For overwrites; `None` for catalogs that are not on SQLite.
-    pointer: Option<MetadataPointer>,
+    /// For overwrites.
+    pointer: MetadataPointer,
     listing: Listing,
 }
 
@@ -78,10 +80,8 @@ impl IcebergCatalog {
         let open_error =
             |message: String| CatalogError::Open { catalog: name.to_string(), location: config.uri.clone(), message };
         let mut uri = config.uri.clone();
-        let mut sqlite_file = None;
         if let Some(path) = uri.strip_prefix("sqlite:") {
             let file = path.split('?').next().unwrap_or_default();
-            sqlite_file = Some(file.to_string());
             if let Some(parent) = std::path::Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| open_error(format!("{}: {e}", parent.display())))?;
             }
@@ -99,9 +99,13 @@ impl IcebergCatalog {
         }
         let warehouse =
             if config.warehouse.contains("://") { config.warehouse.clone() } else { format!("file://{warehouse}") };
+        // `?` for SQLite, `$1` for PostgreSQL, as the JDBC catalog does.
         let bind_style = if uri.starts_with("sqlite:") { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
+        if !uri.starts_with("sqlite:") && !uri.starts_with("postgres://") && !uri.starts_with("postgresql://") {
+            return Err(open_error("the uri must start with sqlite: or postgres://".to_string()));
+        }
         let props = HashMap::from([
-            (SQL_CATALOG_PROP_URI.to_string(), uri),
+            (SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
             (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse),
             (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
         ]);
@@ -110,18 +114,15 @@ impl IcebergCatalog {
             .load(name, props)
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        let pointer = match sqlite_file {
-            Some(file) => {
-                let options = SqliteConnectOptions::new().filename(file).busy_timeout(Duration::from_secs(30));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .connect_with(options)
-                    .await
-                    .map_err(|e| open_error(e.to_string()))?;
-                Some(MetadataPointer { pool, catalog: name.to_string() })
-            }
-            None => None,
-        };
+        // The catalog has created its tables by now; the pointer shares its database.
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .idle_timeout(Duration::from_secs(10))
+            .connect(&uri)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let pointer = MetadataPointer { pool, catalog: name.to_string() };
         let catalog = Arc::new(Self {
             name: name.to_string(),
             location: format!("{} (warehouse {})", config.uri, config.warehouse),

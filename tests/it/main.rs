@@ -7,6 +7,7 @@ mod delta;
 mod faults;
 mod interop;
 mod overwrite;
+mod postgres;
 mod shards;
 mod slt;
 mod support;
