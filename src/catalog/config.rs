@@ -13,6 +13,14 @@
 //! root = "/data/delta"
 //! ```
 //!
+//! ```toml
+//! # <home>/catalogs/shared.toml  →  an Iceberg REST catalog; secrets come from the environment
+//! type = "iceberg-rest"
+//! uri = "https://catalog.example.com/api/catalog"
+//! warehouse = "analytics"
+//! token_env = "SHARED_CATALOG_TOKEN"
+//! ```
+//!
 //! Files are read from `<home>/catalogs/` and from any folder given with `--catalogs DIR`.
 
 use std::collections::BTreeMap;
@@ -36,8 +44,25 @@ pub struct CatalogConfigError {
 pub enum CatalogConfig {
     /// An Iceberg catalog in a SQL database (the JDBC `iceberg_tables` layout).
     IcebergSql(IcebergSqlConfig),
+    /// An Iceberg REST catalog.
+    IcebergRest(IcebergRestConfig),
     /// A folder of Delta tables: table `<schema>.<table>` is `<root>/<schema>/<table>`.
     Delta(DeltaConfig),
+}
+
+/// `type = "iceberg-rest"`. Secrets are never written in the file: it names the environment
+/// variables that hold them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergRestConfig {
+    /// The catalog's base URL, e.g. `https://catalog.example.com/api/catalog`.
+    pub uri: String,
+    /// The warehouse to ask the catalog for, when it serves several.
+    pub warehouse: Option<String>,
+    /// Environment variable holding a bearer token.
+    pub token_env: Option<String>,
+    /// Environment variable holding an OAuth2 client credential, `client_id:client_secret`.
+    pub credential_env: Option<String>,
 }
 
 /// `type = "delta"`.
@@ -72,6 +97,7 @@ impl CatalogConfig {
                 warehouse: anchor(base, c.warehouse),
             }),
             CatalogConfig::Delta(c) => CatalogConfig::Delta(DeltaConfig { root: anchor(base, c.root) }),
+            rest @ CatalogConfig::IcebergRest(_) => rest,
         }
     }
 }

@@ -16,6 +16,7 @@ use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{PartitionSpec, Schema as TableSchema, Transform as IcebergTransform};
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_rest::{REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE, RestCatalogBuilder};
 use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder,
 };
@@ -24,8 +25,8 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 use super::{
-    CatalogError, IcebergSqlConfig, LakeCatalog, Listing, PartitionField, Result, TableName, TableRequest, Transform,
-    check_columns,
+    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, PartitionField, Result, TableName,
+    TableRequest, Transform, check_columns,
 };
 use crate::sinks::TableWriter;
 use crate::sinks::iceberg::IcebergTableWriter;
@@ -68,8 +69,9 @@ pub struct IcebergCatalog {
     name: String,
     location: String,
     inner: Arc<dyn Catalog>,
-    /// For overwrites.
-    pointer: MetadataPointer,
+    kind: &'static str,
+    /// For overwrites (SQL catalogs only).
+    pointer: Option<MetadataPointer>,
     listing: Listing,
 }
 
@@ -123,14 +125,59 @@ impl IcebergCatalog {
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let pointer = MetadataPointer { pool, catalog: name.to_string() };
+        let location = format!("{} (warehouse {})", config.uri, config.warehouse);
+        Self::open(name, "iceberg-sql", location, Arc::new(catalog), Some(pointer)).await
+    }
+
+    /// Opens an Iceberg REST catalog; the token or client credential comes from the environment
+    /// variables the configuration names, and is never shown.
+    pub async fn open_rest(name: &str, config: &IcebergRestConfig) -> Result<Arc<Self>> {
+        let open_error =
+            |message: String| CatalogError::Open { catalog: name.to_string(), location: config.uri.clone(), message };
+        let mut props = HashMap::from([(REST_CATALOG_PROP_URI.to_string(), config.uri.clone())]);
+        if let Some(warehouse) = &config.warehouse {
+            props.insert(REST_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone());
+        }
+        for (key, variable) in [("token", &config.token_env), ("credential", &config.credential_env)] {
+            if let Some(variable) = variable {
+                let secret = std::env::var(variable)
+                    .map_err(|_| open_error(format!("environment variable `{variable}` ({key}) is not set")))?;
+                props.insert(key.to_string(), secret);
+            }
+        }
+        let catalog = RestCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(name, props)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let location = match &config.warehouse {
+            Some(warehouse) => format!("{} (warehouse {warehouse})", config.uri),
+            None => config.uri.clone(),
+        };
+        Self::open(name, "iceberg-rest", location, Arc::new(catalog), None).await
+    }
+
+    async fn open(
+        name: &str,
+        kind: &'static str,
+        location: String,
+        inner: Arc<dyn Catalog>,
+        pointer: Option<MetadataPointer>,
+    ) -> Result<Arc<Self>> {
         let catalog = Arc::new(Self {
             name: name.to_string(),
-            location: format!("{} (warehouse {})", config.uri, config.warehouse),
-            inner: Arc::new(catalog),
+            kind,
+            location: location.clone(),
+            inner,
             pointer,
             listing: Listing::default(),
         });
-        catalog.refresh().await?;
+        // The first request to the catalog: an unreachable or refusing catalog fails here.
+        catalog.refresh().await.map_err(|e| CatalogError::Open {
+            catalog: name.to_string(),
+            location,
+            message: e.to_string(),
+        })?;
         Ok(catalog)
     }
 
@@ -209,7 +256,7 @@ impl LakeCatalog for IcebergCatalog {
     }
 
     fn kind(&self) -> &'static str {
-        "iceberg-sql"
+        self.kind
     }
 
     fn location(&self) -> &str {

@@ -4,9 +4,9 @@
 //! and drops schemas and tables and hands the coordinator a [`TableWriter`] for a table. Two
 //! kinds exist:
 //!
-//! - [`IcebergCatalog`]: an Iceberg SQL catalog. The embedded default `lake` is one, on SQLite
-//!   (`<home>/catalog.db`, the JDBC `iceberg_tables` layout that pyiceberg's `SqlCatalog` also
-//!   reads) with a local warehouse folder.
+//! - [`IcebergCatalog`]: an Iceberg SQL catalog (SQLite or PostgreSQL) or REST catalog. The
+//!   embedded default `lake` is one, on SQLite (`<home>/catalog.db`, the JDBC `iceberg_tables`
+//!   layout that pyiceberg's `SqlCatalog` also reads) with a local warehouse folder.
 //! - [`DeltaCatalog`]: a folder of Delta tables, `<root>/<schema>/<table>`.
 //!
 //! Table lookups are live (every statement sees the latest commit, including other processes');
@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema};
 use datafusion::catalog::CatalogProvider;
 
 pub use self::config::{
-    CatalogConfig, CatalogConfigError, DeltaConfig, IcebergSqlConfig, load_catalogs, parse_catalog,
+    CatalogConfig, CatalogConfigError, DeltaConfig, IcebergRestConfig, IcebergSqlConfig, load_catalogs, parse_catalog,
 };
 pub use self::delta::DeltaCatalog;
 pub use self::iceberg::{IcebergCatalog, MetadataPointer};

@@ -119,6 +119,7 @@ impl EngineBuilder {
         for (name, config) in configs {
             let catalog: Arc<dyn LakeCatalog> = match &config {
                 CatalogConfig::IcebergSql(sql) => IcebergCatalog::open_sql(&name, sql).await?,
+                CatalogConfig::IcebergRest(rest) => IcebergCatalog::open_rest(&name, rest).await?,
                 CatalogConfig::Delta(delta) => DeltaCatalog::open(&name, delta).await?,
             };
             ctx.register_catalog(name.clone(), catalog.clone() as Arc<dyn datafusion::catalog::CatalogProvider>);

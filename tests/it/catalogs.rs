@@ -57,6 +57,15 @@ async fn the_example_catalog_files_declare_working_catalogs() {
     assert!(engine.sql("SELECT * FROM lake.web.hits").await.is_err());
 }
 
+#[test]
+fn the_rest_example_declares_a_rest_catalog_with_its_token_from_the_environment() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalogs/rest/shared.toml");
+    let config = sluice::catalog::parse_catalog(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    let sluice::catalog::CatalogConfig::IcebergRest(rest) = config else { panic!("{config:?}") };
+    assert_eq!(rest.token_env.as_deref(), Some("SHARED_CATALOG_TOKEN"));
+    assert!(rest.uri.starts_with("http"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_catalog_file_is_named_with_its_bad_key() {
     let home = tempfile::tempdir().unwrap();

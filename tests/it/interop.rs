@@ -9,18 +9,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::support::{cells, engine, value};
-
-fn python() -> PathBuf {
-    let python = std::env::var_os("SLUICE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "the interop readers are missing: run scripts/test.sh (it creates .venv), or set SLUICE_PYTHON to a Python with tests/interop/requirements.txt installed"
-    );
-    python
-}
+use crate::support::{cells, engine, python, value};
 
 /// Sluice's own view of the table, every value as Arrow displays it, as the JSON the checker reads.
 async fn expected_json(engine: &sluice::Engine, query: &str) -> serde_json::Value {

@@ -79,3 +79,16 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// The Python with the pinned independent readers (`tests/interop/requirements.txt`), which
+/// `scripts/test.sh` installs into `.venv`; `SLUICE_PYTHON` overrides it.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("SLUICE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "the interop readers are missing: run scripts/test.sh (it creates .venv), or set SLUICE_PYTHON to a Python with tests/interop/requirements.txt installed"
+    );
+    python
+}

@@ -56,7 +56,7 @@ pub fn snapshot_of_run(table: &Table, run_id: &str) -> Option<i64> {
 /// Writes and commits one run into one Iceberg table.
 pub struct IcebergTableWriter {
     catalog: Arc<dyn Catalog>,
-    pointer: MetadataPointer,
+    pointer: Option<MetadataPointer>,
     /// The table as loaded when the run started (what an overwrite replaces from).
     base: Table,
     ident: TableIdent,
@@ -102,8 +102,12 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
 
 impl IcebergTableWriter {
     /// A writer into the current schema of `table`, committing through `catalog` (appends) or
-    /// `pointer` (overwrites).
-    pub fn new(catalog: Arc<dyn Catalog>, pointer: MetadataPointer, table: &Table) -> Result<Self, iceberg::Error> {
+    /// `pointer` (overwrites; catalogs without one refuse overwrites).
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        pointer: Option<MetadataPointer>,
+        table: &Table,
+    ) -> Result<Self, iceberg::Error> {
         let metadata = table.metadata();
         let iceberg_schema = metadata.current_schema().clone();
         let spec = metadata.default_partition_spec().clone();
@@ -297,6 +301,13 @@ impl IcebergTableWriter {
         if let Some(snapshot_id) = self.find_run(run).await? {
             return Ok(snapshot_id);
         }
-        overwrite::overwrite(&self.base, &self.ident, &self.pointer, files, run, mode).await
+        let pointer = self.pointer.as_ref().ok_or_else(|| {
+            CommitError::new(format!(
+                "{} into `{}` needs an Iceberg SQL catalog: iceberg-rust 0.10 cannot send an overwrite to a REST catalog",
+                mode.as_str(),
+                self.ident
+            ))
+        })?;
+        overwrite::overwrite(&self.base, &self.ident, pointer, files, run, mode).await
     }
 }
