@@ -49,6 +49,14 @@ pub enum Error {
         /// The error.
         source: Box<Error>,
     },
+    /// `RETRY RUN` of a run that cannot be retried.
+    #[error("cannot retry run {run_id}: {reason}")]
+    CannotRetry {
+        /// The run.
+        run_id: String,
+        /// Why not.
+        reason: String,
+    },
     /// A statement names a catalog that does not exist.
     #[error("catalog `{catalog}` does not exist (catalogs: {known})")]
     UnknownCatalog {

@@ -53,7 +53,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod engine;
 pub mod error;
-mod failpoint;
+pub mod failpoint;
 pub mod ledger;
 pub mod parser;
 pub mod pipeline;

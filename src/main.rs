@@ -7,6 +7,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = sluice::cli::Args::parse();
     sluice::cli::init_tracing();
+    let _failpoints = sluice::failpoint::from_environment();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

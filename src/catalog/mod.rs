@@ -129,6 +129,15 @@ impl TableName {
     pub fn new(catalog: impl Into<String>, schema: impl Into<String>, table: impl Into<String>) -> Self {
         Self { catalog: catalog.into(), schema: schema.into(), table: table.into() }
     }
+
+    /// Reads back a name written by `Display` (`catalog.schema.table`).
+    pub fn parse(name: &str) -> Option<Self> {
+        let mut parts = name.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(catalog), Some(schema), Some(table)) => Some(Self::new(catalog, schema, table)),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for TableName {

@@ -9,7 +9,11 @@ mod repl;
 use std::io::Write;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use clap::{Parser, ValueEnum};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use crate::Engine;
 use crate::error::{Error, Result};
@@ -18,8 +22,11 @@ pub use format::{Format, print_output};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "SQL pipelines committed atomically to Iceberg tables")]
+#[command(name = "sluice", version, about = "SQL pipelines committed atomically to Iceberg and Delta tables")]
 pub struct Args {
+    /// What to do instead of running SQL.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Home folder holding the catalog, warehouse and run ledger.
     #[arg(long, env = "SLUICE_HOME", default_value = ".sluice")]
     pub home: PathBuf,
@@ -41,6 +48,13 @@ pub struct Args {
     /// Memory limit for query execution, e.g. 512M or 2G; spilling operators spill beyond it.
     #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<usize>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Settle runs left open by a process that stopped (also done on every start), and list them.
+    Recover,
 }
 
 /// `--format` values.
@@ -103,8 +117,14 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(limit) = args.memory_limit {
         builder = builder.memory_limit(limit);
     }
-    let engine = builder.build().await?;
     let format = Format::from(args.format);
+    if args.command == Some(Command::Recover) {
+        let engine = builder.recover_on_start(false).build().await?;
+        let settled = engine.recover().await?;
+        let output = crate::engine::Output::rows(settled_batch(&settled));
+        return print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error);
+    }
+    let engine = builder.build().await?;
     if args.commands.is_empty() && args.files.is_empty() {
         return repl::run(&engine, format).await;
     }
@@ -119,6 +139,26 @@ pub async fn run(args: Args) -> Result<()> {
             .map_err(|source| Error::InFile { path: file.display().to_string(), source: Box::new(source) })?;
     }
     Ok(())
+}
+
+/// What `sluice recover` settled: each abandoned run and its outcome.
+fn settled_batch(settled: &[(crate::ledger::RunRecord, crate::coordinator::Resolution)]) -> RecordBatch {
+    use crate::coordinator::Resolution;
+    let outcome = |r: &Resolution| match r {
+        Resolution::Committed(id) => format!("committed (snapshot {id}): marked succeeded"),
+        Resolution::RolledBack => "not committed: staged files deleted, marked failed".to_string(),
+    };
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("outcome", DataType::Utf8, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(settled.iter().map(|(run, _)| run.run_id.as_str()))),
+        Arc::new(StringArray::from_iter_values(settled.iter().map(|(run, _)| run.target.as_str()))),
+        Arc::new(StringArray::from_iter_values(settled.iter().map(|(_, r)| outcome(r)))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match their schema")
 }
 
 /// Parses all of `sql` (a syntax error runs nothing), then runs and prints statement by statement.

@@ -25,7 +25,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use crate::catalog::{CatalogError, TableName};
-use crate::ledger::{Ledger, LedgerError, ShardTotals};
+use crate::ledger::{Ledger, LedgerError, NewRun, RunRecord, ShardTotals};
 use crate::planner;
 use crate::runtime::{self, BoxError, ShardError};
 use crate::sinks::{CommitError, RunIdentity, ShardSink, StagedFile, TableWriter, WriteMode};
@@ -116,6 +116,19 @@ pub struct WriteJob {
     pub pipeline: Option<String>,
     /// Append, or replace the table or the partitions written.
     pub mode: WriteMode,
+    /// The write statement as SQL, kept in the ledger for `RETRY RUN`.
+    pub statement: String,
+    /// Set when this is a retry of a failed run, which keeps its id and sequence number.
+    pub retry_of: Option<(String, i64)>,
+}
+
+/// How an abandoned run was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Its commit had landed: the run is marked succeeded with this snapshot / version.
+    Committed(i64),
+    /// It had not committed: its staged files were deleted and it is marked failed.
+    RolledBack,
 }
 
 /// The typed outcome of a successful run.
@@ -174,24 +187,109 @@ impl RunReport {
 #[derive(Debug, Clone)]
 pub struct Coordinator {
     ledger: Ledger,
+    lease: Duration,
+}
+
+/// Renews a run's lease until dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Coordinator {
-    /// A coordinator recording its runs in `ledger`.
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+    /// A coordinator recording its runs in `ledger`; a run whose process stops renewing its
+    /// lease for `lease` counts as abandoned.
+    pub fn new(ledger: Ledger, lease: Duration) -> Self {
+        Self { ledger, lease }
+    }
+
+    fn lease_until_ms(&self) -> i64 {
+        crate::ledger::now_ms() + self.lease.as_millis() as i64
+    }
+
+    fn heartbeat(&self, run_id: &str) -> Heartbeat {
+        let (coordinator, run_id) = (self.clone(), run_id.to_string());
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(coordinator.lease / 3).await;
+                if let Err(e) = coordinator.ledger.renew_lease(&run_id, coordinator.lease_until_ms()).await {
+                    tracing::warn!(%run_id, "could not renew the run's lease: {e}");
+                }
+            }
+        }))
+    }
+
+    /// Settles a run left `staging` or `committing` by a process that is gone (DESIGN §4 step 5):
+    /// if the table's history has the run, it succeeded; otherwise its staged files are deleted.
+    pub async fn resolve(
+        &self,
+        writer: &dyn TableWriter,
+        table: &TableName,
+        record: &RunRecord,
+    ) -> Result<Resolution, RunError> {
+        let run = RunIdentity {
+            run_id: record.run_id.clone(),
+            pipeline: record.pipeline.clone(),
+            sequence: record.sequence,
+            base: record.base,
+        };
+        let found = writer.find_run(&run).await.map_err(|source| RunError::Commit {
+            run_id: run.run_id.clone(),
+            table: table.clone(),
+            source,
+        })?;
+        match found {
+            Some(snapshot_id) => {
+                let tasks = self.ledger.shard_tasks(Some(&run.run_id)).await?;
+                let totals = tasks.iter().fold(ShardTotals::default(), |a, t| ShardTotals {
+                    rows: a.rows + t.totals.rows,
+                    files: a.files + t.totals.files,
+                    bytes: a.bytes + t.totals.bytes,
+                });
+                self.ledger.run_succeeded(&run.run_id, Some(snapshot_id), totals).await?;
+                Ok(Resolution::Committed(snapshot_id))
+            }
+            None => {
+                let error = "abandoned: its process stopped before the commit; staged files deleted";
+                self.roll_back(writer, table, &run.run_id, error).await?;
+                Ok(Resolution::RolledBack)
+            }
+        }
     }
 
     /// Runs `job`: stage on every shard, then commit one snapshot, or roll back.
     pub async fn run(&self, job: WriteJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let WriteJob { table, writer, input, partition_key, shards, pipeline, mode } = job;
+        let WriteJob { table, writer, input, partition_key, shards, pipeline, mode, statement, retry_of } = job;
         check_fits(&table, &input.schema(), writer.schema())?;
         let plan = planner::shard_plan(input, shards, partition_key)?;
-        let run_id = uuid::Uuid::now_v7().to_string();
         let target = table.to_string();
-        let sequence = self.ledger.open_run(&run_id, pipeline.as_deref(), &target, shards).await?;
-        let run = RunIdentity { run_id, pipeline, sequence };
+        let base = writer.base();
+        let (run_id, sequence) = match retry_of {
+            Some((run_id, sequence)) => {
+                self.ledger.reopen_run(&run_id, base, self.lease_until_ms()).await?;
+                (run_id, sequence)
+            }
+            None => {
+                let run_id = uuid::Uuid::now_v7().to_string();
+                let new_run = NewRun {
+                    run_id: &run_id,
+                    pipeline: pipeline.as_deref(),
+                    target: &target,
+                    shards,
+                    statement: &statement,
+                    base,
+                    lease_until_ms: self.lease_until_ms(),
+                };
+                let sequence = self.ledger.open_run(&new_run).await?;
+                (run_id, sequence)
+            }
+        };
+        let run = RunIdentity { run_id, pipeline, sequence, base };
+        let _heartbeat = self.heartbeat(&run.run_id);
         tracing::info!(run_id = %run.run_id, table = %target, shards, "run opened");
 
         let sink = ShardSink::new(&run.run_id, &table, writer.clone(), self.ledger.clone());

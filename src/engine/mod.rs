@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -26,9 +27,11 @@ use crate::catalog::{
     CatalogConfig, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, PartitionField, TableName,
     load_catalogs,
 };
-use crate::coordinator::{Coordinator, RunReport, WriteJob};
+use crate::coordinator::{Coordinator, Resolution, RunReport, WriteJob};
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, PipelineRecord, SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
+use crate::ledger::{
+    Ledger, PipelineRecord, RunRecord, RunStatus, SYSTEM_SCHEMA, SystemSchema, now_ms, pipelines_batch, runs_batch,
+};
 use crate::parser::{self, CreatePipeline, Located, Statement};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::planner;
@@ -36,6 +39,21 @@ use crate::sinks::WriteMode;
 
 /// Name of the embedded default catalog.
 pub const DEFAULT_CATALOG: &str = "lake";
+/// How long a run may go without its heartbeat before it counts as abandoned.
+pub const DEFAULT_RUN_LEASE: Duration = Duration::from_secs(30);
+
+/// A write to run, as the engine hands it to the coordinator.
+struct WriteRequest {
+    table: TableName,
+    input: LogicalPlan,
+    mode: WriteMode,
+    shards: usize,
+    pipeline: Option<String>,
+    /// The write statement as SQL, for the ledger (and `RETRY RUN`).
+    statement: String,
+    /// The run this retries, keeping its id and sequence.
+    retry_of: Option<(String, i64)>,
+}
 
 /// Builds an [`Engine`].
 #[derive(Debug, Clone, Default)]
@@ -43,6 +61,8 @@ pub struct EngineBuilder {
     home: Option<PathBuf>,
     shards: Option<usize>,
     memory_limit: Option<usize>,
+    run_lease: Option<Duration>,
+    skip_recovery: bool,
     catalog_dirs: Vec<PathBuf>,
     catalogs: Vec<(String, CatalogConfig)>,
 }
@@ -63,6 +83,18 @@ impl EngineBuilder {
     /// Memory limit in bytes for query execution; operators that can spill do so beyond it.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// How long a run may go without its heartbeat before it counts as abandoned (default 30 s).
+    pub fn run_lease(mut self, lease: Duration) -> Self {
+        self.run_lease = Some(lease);
+        self
+    }
+
+    /// Whether `build` settles abandoned runs (default: yes; `sluice recover` does it itself).
+    pub fn recover_on_start(mut self, recover: bool) -> Self {
+        self.skip_recovery = !recover;
         self
     }
 
@@ -129,7 +161,21 @@ impl EngineBuilder {
         let default_catalog =
             ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
         default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
-        Ok(Engine { ctx, catalogs, coordinator: Coordinator::new(ledger.clone()), ledger, home, shards })
+        let coordinator = Coordinator::new(ledger.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
+        let engine = Engine { ctx, catalogs, coordinator, ledger, home, shards };
+        // DESIGN §4 step 7: runs left open by a process that is gone are settled on every start.
+        if self.skip_recovery {
+            return Ok(engine);
+        }
+        match engine.recover().await {
+            Ok(settled) => {
+                for (run, resolution) in settled {
+                    tracing::info!(run_id = %run.run_id, target = %run.target, ?resolution, "recovered an abandoned run");
+                }
+            }
+            Err(e) => tracing::warn!("recovering abandoned runs: {e}"),
+        }
+        Ok(engine)
     }
 }
 
@@ -169,7 +215,8 @@ impl Output {
         Self { schema: Arc::new(Schema::empty()), batches: vec![], run: None }
     }
 
-    fn rows(batch: RecordBatch) -> Self {
+    /// Rows to show.
+    pub fn rows(batch: RecordBatch) -> Self {
         Self { schema: batch.schema(), batches: vec![batch], run: None }
     }
 
@@ -220,10 +267,115 @@ impl Engine {
         let record = self.ledger.pipeline(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
         let create = pipeline::parse_definition(name, &record.definition)?;
         let options = PipelineOptions::parse(name, &create.options)?;
+        let statement = create.body.to_string();
         let plan = self.plan_sql_statement(*create.body).await?;
         let (table, input, body_mode) = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
         let mode = options.write_mode(name, body_mode)?;
-        self.write(table, input, mode, options.shards.unwrap_or(self.shards), Some(name.to_string())).await
+        let shards = options.shards.unwrap_or(self.shards);
+        self.write(WriteRequest {
+            table,
+            input,
+            mode,
+            shards,
+            pipeline: Some(name.to_string()),
+            statement,
+            retry_of: None,
+        })
+        .await
+    }
+
+    /// Runs a failed (or abandoned) run again under its id and sequence number. A run whose
+    /// commit turns out to have landed is only marked succeeded: nothing is written twice.
+    pub async fn retry_run(&self, run_id: &str) -> Result<RunReport> {
+        let started = std::time::Instant::now();
+        let cannot = |reason: String| Error::CannotRetry { run_id: run_id.to_string(), reason };
+        let record = self
+            .ledger
+            .run(run_id)
+            .await?
+            .ok_or_else(|| cannot("there is no such run (SHOW RUNS lists them)".into()))?;
+        let table =
+            TableName::parse(&record.target).ok_or_else(|| cannot(format!("unreadable target `{}`", record.target)))?;
+        let catalog = self
+            .catalog_of(&table.catalog)
+            .ok_or_else(|| cannot(format!("catalog `{}` is not declared", table.catalog)))?;
+        match record.status {
+            RunStatus::Succeeded => {
+                let snapshot = record.snapshot_id.map_or_else(|| "no rows".to_string(), |s| format!("snapshot {s}"));
+                return Err(cannot(format!("it already succeeded ({snapshot}); there is nothing to retry")));
+            }
+            RunStatus::Staging | RunStatus::Committing
+                if record.lease_until_ms.is_some_and(|until| until > now_ms()) =>
+            {
+                return Err(cannot("it is still running (its process holds the lease)".into()));
+            }
+            RunStatus::Staging | RunStatus::Committing => {
+                let writer = catalog.writer(&table).await?;
+                if let Resolution::Committed(_) = self.coordinator.resolve(writer.as_ref(), &table, &record).await? {
+                    let settled =
+                        self.ledger.run(run_id).await?.ok_or_else(|| cannot("it vanished from the ledger".into()))?;
+                    return Ok(report_of(&settled, &table, started.elapsed()));
+                }
+            }
+            RunStatus::Failed => {}
+        }
+        let mut statements = parser::parse(&record.statement)?;
+        let Some(Statement::DataFusion(statement)) = statements.pop().map(|s| s.statement) else {
+            return Err(cannot("its statement is not an INSERT".into()));
+        };
+        let plan = self.ctx.state().statement_to_plan(*statement).await?;
+        let not_insert = || cannot("it was not an INSERT (run a CREATE TABLE AS again instead)".into());
+        let (table, input, body_mode) = self.insert_target(plan)?.ok_or_else(not_insert)?;
+        // A pipeline's current options decide, as they would for a new run.
+        let pipeline = match &record.pipeline {
+            Some(name) => self
+                .ledger
+                .pipeline(name)
+                .await?
+                .map(|p| pipeline::parse_definition(name, &p.definition))
+                .transpose()?,
+            None => None,
+        };
+        let options = match (&pipeline, &record.pipeline) {
+            (Some(create), Some(name)) => PipelineOptions::parse(name, &create.options)?,
+            _ => PipelineOptions::default(),
+        };
+        let mode = options.write_mode(run_id, body_mode)?;
+        let shards = options.shards.unwrap_or(record.shards);
+        let request = WriteRequest {
+            table,
+            input,
+            mode,
+            shards,
+            pipeline: record.pipeline.clone(),
+            statement: record.statement.clone(),
+            retry_of: Some((record.run_id.clone(), record.sequence)),
+        };
+        self.write(request).await
+    }
+
+    /// Settles every run left `staging` or `committing` by a process that is gone: committed
+    /// ones are marked succeeded, the others' staged files deleted (DESIGN §4 step 7). Runs
+    /// whose catalog or table is gone are left as they are, with a warning.
+    pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
+        let mut settled = Vec::new();
+        for record in self.ledger.abandoned_runs().await? {
+            let Some(table) = TableName::parse(&record.target) else { continue };
+            let Some(catalog) = self.catalog_of(&table.catalog) else {
+                tracing::warn!(run_id = %record.run_id, "cannot recover: catalog `{}` is not declared", table.catalog);
+                continue;
+            };
+            let writer = match catalog.writer(&table).await {
+                Ok(writer) => writer,
+                Err(e) => {
+                    tracing::warn!(run_id = %record.run_id, "cannot recover: {e}");
+                    continue;
+                }
+            };
+            let resolution = self.coordinator.resolve(writer.as_ref(), &table, &record).await?;
+            settled.push((record, resolution));
+        }
+        Ok(settled)
     }
 
     /// Runs one parsed statement; errors say on which line it starts.
@@ -242,6 +394,7 @@ impl Engine {
             }
             Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
             Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
+            Statement::RetryRun { run_id } => Ok(Output::run(self.retry_run(run_id).await?)),
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch()?)),
             Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
             Statement::DescribePipeline { name } => self.describe_pipeline(name).await,
@@ -272,8 +425,9 @@ impl Engine {
     /// comes with `CREATE TABLE ... PARTITIONED BY`, which only catalog tables can have.
     async fn execute_datafusion(&self, statement: DFStatement, partition_by: &[PartitionField]) -> Result<Output> {
         let state = self.ctx.state();
+        let text = statement.to_string();
         let plan = state.statement_to_plan(statement).await?;
-        if let Some(output) = self.execute_catalog_plan(&plan, partition_by).await? {
+        if let Some(output) = self.execute_catalog_plan(&plan, partition_by, text).await? {
             return Ok(output);
         }
         if !partition_by.is_empty() {
@@ -324,11 +478,14 @@ impl Engine {
         &self,
         plan: &LogicalPlan,
         partition_by: &[PartitionField],
+        statement: String,
     ) -> Result<Option<Output>> {
         if let LogicalPlan::Dml(_) = plan
             && let Some((table, input, mode)) = self.insert_target(plan.clone())?
         {
-            return Ok(Some(Output::run(self.write(table, input, mode, self.shards, None).await?)));
+            let request =
+                WriteRequest { table, input, mode, shards: self.shards, pipeline: None, statement, retry_of: None };
+            return Ok(Some(Output::run(self.write(request).await?)));
         }
         let LogicalPlan::Ddl(ddl) = plan else { return Ok(None) };
         self.require_catalog(ddl)?;
@@ -361,7 +518,16 @@ impl Engine {
                 }
                 // CREATE TABLE ... AS SELECT: the table exists only if its data committed.
                 let input = create.input.as_ref().clone();
-                return match self.write(table.clone(), input, WriteMode::Append, self.shards, None).await {
+                let request = WriteRequest {
+                    table: table.clone(),
+                    input,
+                    mode: WriteMode::Append,
+                    shards: self.shards,
+                    pipeline: None,
+                    statement,
+                    retry_of: None,
+                };
+                return match self.write(request).await {
                     Ok(report) => Ok(Some(Output::run(report))),
                     Err(error) => {
                         catalog.drop_table(&table, true).await?;
@@ -410,20 +576,14 @@ impl Engine {
     }
 
     /// Plans `input` and hands it to the coordinator: one run, one snapshot.
-    async fn write(
-        &self,
-        table: TableName,
-        input: LogicalPlan,
-        mode: WriteMode,
-        shards: usize,
-        pipeline: Option<String>,
-    ) -> Result<RunReport> {
+    async fn write(&self, request: WriteRequest) -> Result<RunReport> {
+        let WriteRequest { table, input, mode, shards, pipeline, statement, retry_of } = request;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
         let writer = catalog.writer(&table).await?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
         let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
-        let job = WriteJob { table, writer, input, partition_key, shards, pipeline, mode };
+        let job = WriteJob { table, writer, input, partition_key, shards, pipeline, mode, statement, retry_of };
         Ok(self.coordinator.run(job, state.task_ctx()).await?)
     }
 
@@ -492,6 +652,21 @@ impl Engine {
             Arc::new(StringArray::from_iter_values(properties.iter().map(|(_, v)| v.as_str()))),
         ];
         Ok(Output::rows(RecordBatch::try_new(schema, columns)?))
+    }
+}
+
+/// The report of a run the ledger has settled.
+fn report_of(record: &RunRecord, table: &TableName, elapsed: Duration) -> RunReport {
+    RunReport {
+        run_id: record.run_id.clone(),
+        pipeline: record.pipeline.clone(),
+        table: table.clone(),
+        shards: record.shards,
+        rows: record.rows,
+        files: record.files,
+        bytes: record.bytes,
+        snapshot_id: record.snapshot_id,
+        elapsed,
     }
 }
 

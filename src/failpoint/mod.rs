@@ -5,17 +5,28 @@
 //! failpoint is named `<point>/<table>` so that concurrent tests on different tables do not trip
 //! each other's faults, e.g. `fail::cfg("shard-write/lake.faults.t", "1*off->return")`.
 //!
+//! The `sluice` binary reads them from `FAILPOINTS` (e.g.
+//! `FAILPOINTS='before-commit/lake.s.t=return(abort)'` kills it after staging).
+//!
 //! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
 //! catalog not yet called), `after-commit` (committed, the ledger not yet told: a crash there).
 
-/// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now.
+/// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now; with
+/// `return(abort)` the process dies on the spot instead, as in a crash.
 pub(crate) fn check(point: &str, scope: &str) -> Result<(), String> {
     if !fail::has_failpoints() {
         return Ok(());
     }
     let name = format!("{point}/{scope}");
-    match fail::eval(&name, |_| ()) {
-        Some(()) => Err(name),
+    match fail::eval(&name, |argument| argument) {
+        Some(Some(argument)) if argument == "abort" => std::process::abort(),
+        Some(_) => Err(name),
         None => Ok(()),
     }
+}
+
+/// Configures failpoints from the `FAILPOINTS` environment variable (`name=actions;...`), for
+/// tests that drive the `sluice` binary; a no-op in builds without failpoints.
+pub fn from_environment() -> Option<fail::FailScenario<'static>> {
+    fail::has_failpoints().then(fail::FailScenario::setup)
 }

@@ -44,6 +44,14 @@ pub enum LedgerError {
     /// `CREATE PIPELINE` of a name that is taken.
     #[error("pipeline `{0}` already exists (use CREATE OR REPLACE PIPELINE, or DROP PIPELINE first)")]
     PipelineExists(String),
+    /// A run of the pipeline is still open (its process holds the lease).
+    #[error("pipeline `{pipeline}` is already running (run {run_id}); runs of one pipeline never overlap")]
+    PipelineBusy {
+        /// The pipeline.
+        pipeline: String,
+        /// The open run.
+        run_id: String,
+    },
     /// A status string in the file that this version does not know.
     #[error("run ledger: unknown run status `{0}`")]
     UnknownStatus(String),
@@ -140,6 +148,33 @@ pub struct RunRecord {
     pub snapshot_id: Option<i64>,
     /// Why the run failed.
     pub error: Option<String>,
+    /// The run's number within its pipeline (ad-hoc runs count among themselves).
+    pub sequence: i64,
+    /// The write statement, as SQL (what `RETRY RUN` runs again).
+    pub statement: String,
+    /// The table's snapshot / version when the run started.
+    pub base: Option<i64>,
+    /// While the run is open, until when its process holds it (renewed by a heartbeat).
+    pub lease_until_ms: Option<i64>,
+}
+
+/// How a new run is opened.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// Run id (UUIDv7).
+    pub run_id: &'a str,
+    /// The pipeline, `None` for an ad-hoc write.
+    pub pipeline: Option<&'a str>,
+    /// The table written, `catalog.schema.table`.
+    pub target: &'a str,
+    /// Number of shards.
+    pub shards: usize,
+    /// The write statement, as SQL.
+    pub statement: &'a str,
+    /// The table's snapshot / version now.
+    pub base: Option<i64>,
+    /// Until when the run is leased, ms since the epoch.
+    pub lease_until_ms: i64,
 }
 
 /// What a shard task did, as the ledger records it.
@@ -199,7 +234,10 @@ CREATE TABLE IF NOT EXISTS runs (
     bytes          INTEGER NOT NULL DEFAULT 0,
     snapshot_id    INTEGER,
     error          TEXT,
-    sequence       INTEGER NOT NULL
+    sequence       INTEGER NOT NULL,
+    statement      TEXT NOT NULL,
+    base           INTEGER,
+    lease_until_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at_ms);
 CREATE TABLE IF NOT EXISTS shard_tasks (
@@ -288,23 +326,83 @@ impl Ledger {
     }
 
     /// Step 1 of the protocol: records a new run in `staging` and returns its sequence number
-    /// within its pipeline (1, 2, ...; ad-hoc runs count among themselves).
-    pub async fn open_run(&self, run_id: &str, pipeline: Option<&str>, target: &str, shards: usize) -> Result<i64> {
+    /// within its pipeline. A pipeline run is refused while another run of the pipeline holds its
+    /// lease (checked and inserted in one statement, so two processes cannot both pass).
+    pub async fn open_run(&self, run: &NewRun<'_>) -> Result<i64> {
         let row = sqlx::query(
-            "INSERT INTO runs (run_id, pipeline, target, status, shards, started_at_ms, sequence)
-             VALUES (?1, ?2, ?3, 'staging', ?4, ?5,
-                     (SELECT COALESCE(MAX(sequence), 0) + 1 FROM runs WHERE pipeline IS ?2))
+            "INSERT INTO runs (run_id, pipeline, target, status, shards, started_at_ms, sequence, statement, base, lease_until_ms)
+             SELECT ?1, ?2, ?3, 'staging', ?4, ?5,
+                    (SELECT COALESCE(MAX(sequence), 0) + 1 FROM runs WHERE pipeline IS ?2), ?6, ?7, ?8
+             WHERE ?2 IS NULL OR NOT EXISTS (
+                 SELECT 1 FROM runs WHERE pipeline = ?2 AND status IN ('staging', 'committing') AND lease_until_ms > ?5)
              RETURNING sequence",
         )
-        .bind(run_id)
-        .bind(pipeline)
-        .bind(target)
-        .bind(shards as i64)
+        .bind(run.run_id)
+        .bind(run.pipeline)
+        .bind(run.target)
+        .bind(run.shards as i64)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .bind(run.statement)
+        .bind(run.base)
+        .bind(run.lease_until_ms)
+        .fetch_optional(&self.pool)
         .await
         .map_err(query_error("opening a run"))?;
-        Ok(row.get("sequence"))
+        match (row, run.pipeline) {
+            (Some(row), _) => Ok(row.get("sequence")),
+            (None, Some(pipeline)) => {
+                let open = sqlx::query("SELECT run_id FROM runs WHERE pipeline = ? AND status IN ('staging', 'committing') AND lease_until_ms > ?")
+                    .bind(pipeline)
+                    .bind(now_ms())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(query_error("opening a run"))?;
+                let run_id = open.map(|r| r.get::<String, _>("run_id")).unwrap_or_default();
+                Err(LedgerError::PipelineBusy { pipeline: pipeline.to_string(), run_id })
+            }
+            (None, None) => unreachable!("ad-hoc runs are never refused"),
+        }
+    }
+
+    /// Opens a failed run again under its id (`RETRY RUN`), in `staging` with a new lease.
+    pub async fn reopen_run(&self, run_id: &str, base: Option<i64>, lease_until_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = 'staging', started_at_ms = ?, finished_at_ms = NULL, error = NULL,
+                             rows = 0, files = 0, bytes = 0, snapshot_id = NULL, base = ?, lease_until_ms = ?
+             WHERE run_id = ?",
+        )
+        .bind(now_ms())
+        .bind(base)
+        .bind(lease_until_ms)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("reopening a run"))?;
+        Ok(())
+    }
+
+    /// Extends an open run's lease (the run's heartbeat).
+    pub async fn renew_lease(&self, run_id: &str, lease_until_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE runs SET lease_until_ms = ? WHERE run_id = ? AND status IN ('staging', 'committing')")
+            .bind(lease_until_ms)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("renewing a run's lease"))?;
+        Ok(())
+    }
+
+    /// Runs left `staging` or `committing` whose lease has expired: their process is gone.
+    pub async fn abandoned_runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM runs WHERE status IN ('staging', 'committing') AND COALESCE(lease_until_ms, 0) < ?
+             ORDER BY started_at_ms, run_id",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("listing abandoned runs"))?;
+        rows.iter().map(run_from_row).collect()
     }
 
     /// Records that a shard task started.
@@ -352,7 +450,7 @@ impl Ledger {
 
     /// Step 2: records a staged file's path before the file is opened.
     pub async fn stage_file(&self, run_id: &str, shard: usize, path: &str) -> Result<()> {
-        sqlx::query("INSERT INTO staged_files (path, run_id, shard) VALUES (?, ?, ?)")
+        sqlx::query("INSERT OR REPLACE INTO staged_files (path, run_id, shard, state) VALUES (?, ?, ?, 'staged')")
             .bind(path)
             .bind(run_id)
             .bind(shard as i64)
@@ -396,7 +494,8 @@ impl Ledger {
     pub async fn run_succeeded(&self, run_id: &str, snapshot_id: Option<i64>, totals: ShardTotals) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(query_error("closing a run"))?;
         sqlx::query(
-            "UPDATE runs SET status = 'succeeded', finished_at_ms = ?, rows = ?, files = ?, bytes = ?, snapshot_id = ?
+            "UPDATE runs SET status = 'succeeded', finished_at_ms = ?, rows = ?, files = ?, bytes = ?, snapshot_id = ?,
+                             lease_until_ms = NULL
              WHERE run_id = ?",
         )
         .bind(now_ms())
@@ -418,13 +517,15 @@ impl Ledger {
 
     /// The run failed; `error` says why.
     pub async fn run_failed(&self, run_id: &str, error: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET status = 'failed', finished_at_ms = ?, error = ? WHERE run_id = ?")
-            .bind(now_ms())
-            .bind(error)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("marking a run failed"))?;
+        sqlx::query(
+            "UPDATE runs SET status = 'failed', finished_at_ms = ?, error = ?, lease_until_ms = NULL WHERE run_id = ?",
+        )
+        .bind(now_ms())
+        .bind(error)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("marking a run failed"))?;
         Ok(())
     }
 
@@ -498,5 +599,9 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
         bytes: r.get::<i64, _>("bytes") as u64,
         snapshot_id: r.get("snapshot_id"),
         error: r.get("error"),
+        sequence: r.get("sequence"),
+        statement: r.get("statement"),
+        base: r.get("base"),
+        lease_until_ms: r.get("lease_until_ms"),
     })
 }

@@ -77,6 +77,11 @@ pub enum Statement {
     },
     /// Extension: `SHOW CATALOGS`
     ShowCatalogs,
+    /// Extension: `RETRY RUN '<run id>'`
+    RetryRun {
+        /// The run to run again under its id.
+        run_id: String,
+    },
     /// Extension: `SHOW PIPELINES`
     ShowPipelines,
     /// Extension: `DESCRIBE PIPELINE name`
@@ -159,6 +164,7 @@ impl fmt::Display for Statement {
                 }
             }
             Statement::ShowCatalogs => write!(f, "SHOW CATALOGS"),
+            Statement::RetryRun { run_id } => write!(f, "RETRY RUN '{run_id}'"),
             Statement::ShowPipelines => write!(f, "SHOW PIPELINES"),
             Statement::DescribePipeline { name } => write!(f, "DESCRIBE PIPELINE {name}"),
             Statement::DropPipeline { name, if_exists } => {
@@ -290,6 +296,11 @@ impl<'a> SluiceParser<'a> {
         if is_word(&t0, "RUN") && is_word(&t1, "PIPELINE") {
             self.skip(2);
             return Ok(Statement::RunPipeline { name: self.parse_name()? });
+        }
+        if is_word(&t0, "RETRY") && is_word(&t1, "RUN") {
+            self.skip(2);
+            let parsed = self.df.parser.parse_literal_string();
+            return Ok(Statement::RetryRun { run_id: self.wrap(parsed)? });
         }
         if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "PIPELINES") {
             self.skip(2);
@@ -557,6 +568,7 @@ mod tests {
             "CREATE PIPELINE p WITH (shards = 4) AS INSERT INTO lake.s.t SELECT 1",
             "CREATE OR REPLACE PIPELINE IF NOT EXISTS p AS INSERT INTO lake.s.t SELECT a FROM b",
             "RUN PIPELINE p",
+            "RETRY RUN '01a2-run'",
             "SHOW PIPELINES",
             "SHOW CATALOGS",
             "CREATE TABLE lake.s.t (id BIGINT, ts TIMESTAMP) PARTITIONED BY (day(ts), bucket(16, id), id)",

@@ -185,6 +185,10 @@ impl TableWriter for DeltaTableWriter {
         &self.schema
     }
 
+    fn base(&self) -> Option<i64> {
+        self.base_version.map(|v| v as i64)
+    }
+
     fn partitioning(&self) -> &[PartitionField] {
         &self.partitioning
     }
@@ -306,7 +310,8 @@ impl TableWriter for DeltaTableWriter {
     }
 
     /// A pipeline's `txn` says whether its run landed at all, and only then is the whole history
-    /// searched; an ad-hoc run is searched for in the versions committed since it started.
+    /// searched; an ad-hoc run is searched for in the versions committed since it started (the
+    /// run's recorded base, or this writer's).
     async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
         let table = self.latest().await.map_err(CommitError::new)?;
         let Some(latest) = table.version() else { return Ok(None) };
@@ -321,7 +326,7 @@ impl TableWriter for DeltaTableWriter {
                 }
                 0
             }
-            None => self.base_version.map_or(0, |base| base + 1),
+            None => run.base.map(|v| v as u64).or(self.base_version).map_or(0, |base| base + 1),
         };
         for version in (oldest..=latest).rev() {
             let Some(entry) = log.read_commit_entry(version).await.map_err(CommitError::new)? else { continue };

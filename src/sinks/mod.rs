@@ -139,6 +139,8 @@ pub struct RunIdentity {
     pub pipeline: Option<String>,
     /// The run's number within its pipeline (1, 2, ...), for Delta's `txn` action.
     pub sequence: i64,
+    /// The table's snapshot / version when the run started: its commit can only be later.
+    pub base: Option<i64>,
 }
 
 /// Why a commit failed.
@@ -172,6 +174,8 @@ pub trait FileWriter: Send {
 pub trait TableWriter: Send + Sync + std::fmt::Debug {
     /// The Arrow schema batches are written with (the table's current schema).
     fn schema(&self) -> &SchemaRef;
+    /// The table's snapshot id (Iceberg) or version (Delta) as the writer found it.
+    fn base(&self) -> Option<i64>;
     /// The table's partition fields (empty when unpartitioned); shards are split by them.
     fn partitioning(&self) -> &[PartitionField];
     /// Roll to a new file once the current one is this large.

@@ -97,7 +97,8 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
     for (round, pipeline) in [(1u64, Some("p".to_string())), (2, None)] {
         let writer = catalog.writer(&name).await.unwrap();
         let base = round - 1;
-        let run = RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline, sequence: 1 };
+        let run =
+            RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline, sequence: 1, base: Some(base as i64) };
         let input = engine.session().sql("SELECT value AS id FROM generate_series(1, 1000)").await.unwrap();
         let stream = input.execute_stream().await.unwrap();
         let sink = ShardSink::new(&run.run_id, &name, writer.clone(), engine.ledger().clone());

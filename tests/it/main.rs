@@ -8,6 +8,7 @@ mod faults;
 mod interop;
 mod overwrite;
 mod postgres;
+mod recovery;
 mod rest;
 mod shards;
 mod slt;

@@ -217,6 +217,10 @@ impl TableWriter for IcebergTableWriter {
         &self.schema
     }
 
+    fn base(&self) -> Option<i64> {
+        self.base.metadata().current_snapshot().map(|s| s.snapshot_id())
+    }
+
     fn partitioning(&self) -> &[PartitionField] {
         &self.partitioning
     }
