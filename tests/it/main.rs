@@ -6,6 +6,7 @@ mod concurrency;
 mod delta;
 mod faults;
 mod interop;
+mod kill;
 mod overwrite;
 mod postgres;
 mod recovery;
