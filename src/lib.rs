@@ -53,6 +53,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod failpoint;
 pub mod ledger;
 pub mod parser;

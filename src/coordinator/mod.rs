@@ -25,6 +25,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use crate::catalog::{CatalogError, TableName};
+use crate::events::{EventLog, RunEvent};
 use crate::ledger::{Ledger, LedgerError, NewRun, RunRecord, ShardTotals};
 use crate::planner;
 use crate::runtime::{self, BoxError, ShardError};
@@ -187,6 +188,7 @@ impl RunReport {
 #[derive(Debug, Clone)]
 pub struct Coordinator {
     ledger: Ledger,
+    events: EventLog,
     lease: Duration,
 }
 
@@ -200,10 +202,10 @@ impl Drop for Heartbeat {
 }
 
 impl Coordinator {
-    /// A coordinator recording its runs in `ledger`; a run whose process stops renewing its
-    /// lease for `lease` counts as abandoned.
-    pub fn new(ledger: Ledger, lease: Duration) -> Self {
-        Self { ledger, lease }
+    /// A coordinator recording its runs in `ledger` and publishing their events to `events`; a
+    /// run whose process stops renewing its lease for `lease` counts as abandoned.
+    pub fn new(ledger: Ledger, events: EventLog, lease: Duration) -> Self {
+        Self { ledger, events, lease }
     }
 
     fn lease_until_ms(&self) -> i64 {
@@ -250,11 +252,14 @@ impl Coordinator {
                     bytes: a.bytes + t.totals.bytes,
                 });
                 self.ledger.run_succeeded(&run.run_id, Some(snapshot_id), totals).await?;
+                let elapsed_ms = (crate::ledger::now_ms() - record.started_at_ms).max(0) as u64;
+                self.closed(&run.run_id, Some(snapshot_id), totals, elapsed_ms).await;
                 Ok(Resolution::Committed(snapshot_id))
             }
             None => {
                 let error = "abandoned: its process stopped before the commit; staged files deleted";
-                self.roll_back(writer, table, &run.run_id, error).await?;
+                let elapsed_ms = (crate::ledger::now_ms() - record.started_at_ms).max(0) as u64;
+                self.roll_back(writer, table, &run.run_id, error, elapsed_ms).await?;
                 Ok(Resolution::RolledBack)
             }
         }
@@ -291,13 +296,21 @@ impl Coordinator {
         let run = RunIdentity { run_id, pipeline, sequence, base };
         let _heartbeat = self.heartbeat(&run.run_id);
         tracing::info!(run_id = %run.run_id, table = %target, shards, "run opened");
+        let opened = RunEvent::Opened {
+            run_id: run.run_id.clone(),
+            pipeline: run.pipeline.clone(),
+            target: target.clone(),
+            shards,
+        };
+        self.events.emit(opened).await;
+        let elapsed_ms = || started.elapsed().as_millis() as u64;
 
-        let sink = ShardSink::new(&run.run_id, &table, writer.clone(), self.ledger.clone());
+        let sink = ShardSink::new(&run.run_id, &table, writer.clone(), self.ledger.clone(), self.events.clone());
         let staged = runtime::run_shards(plan, task_ctx, |shard, stream| sink.clone().write_shard(shard, stream)).await;
         let staged = match staged {
             Ok(staged) => staged,
             Err(source) => {
-                self.roll_back(writer.as_ref(), &table, &run.run_id, &source.to_string()).await?;
+                self.roll_back(writer.as_ref(), &table, &run.run_id, &source.to_string(), elapsed_ms()).await?;
                 return Err(RunError::Shard { run_id: run.run_id, table, source });
             }
         };
@@ -310,7 +323,7 @@ impl Coordinator {
 
         if let Err(failpoint) = crate::failpoint::check("before-commit", &target) {
             let error = format!("injected failure at failpoint `{failpoint}`");
-            self.roll_back(writer.as_ref(), &table, &run.run_id, &error).await?;
+            self.roll_back(writer.as_ref(), &table, &run.run_id, &error, elapsed_ms()).await?;
             return Err(RunError::Injected { run_id: run.run_id, table, failpoint, rolled_back: true });
         }
         self.ledger.set_committing(&run.run_id).await?;
@@ -326,7 +339,7 @@ impl Coordinator {
                 Err(source) => match writer.find_run(&run).await {
                     Ok(Some(id)) => Some(id),
                     _ => {
-                        self.roll_back(writer.as_ref(), &table, &run.run_id, &source.to_string()).await?;
+                        self.roll_back(writer.as_ref(), &table, &run.run_id, &source.to_string(), elapsed_ms()).await?;
                         return Err(RunError::Commit { run_id: run.run_id, table, source });
                     }
                 },
@@ -338,6 +351,7 @@ impl Coordinator {
             return Err(RunError::Injected { run_id: run.run_id, table, failpoint, rolled_back: false });
         }
         self.ledger.run_succeeded(&run.run_id, snapshot_id, totals).await?;
+        self.closed(&run.run_id, snapshot_id, totals, elapsed_ms()).await;
         tracing::info!(run_id = %run.run_id, table = %target, rows = totals.rows, files = totals.files, ?snapshot_id, "run committed");
         Ok(RunReport {
             run_id: run.run_id,
@@ -352,6 +366,14 @@ impl Coordinator {
         })
     }
 
+    /// Announces a committed run: `Committed`, then `Closed`.
+    async fn closed(&self, run_id: &str, snapshot_id: Option<i64>, totals: ShardTotals, elapsed_ms: u64) {
+        let run_id = run_id.to_string();
+        let (rows, files, bytes) = (totals.rows, totals.files, totals.bytes);
+        self.events.emit(RunEvent::Committed { run_id: run_id.clone(), snapshot_id, rows, files, bytes }).await;
+        self.events.emit(RunEvent::Closed { run_id, status: "succeeded".into(), elapsed_ms }).await;
+    }
+
     /// Deletes every file the run staged and marks the run failed.
     async fn roll_back(
         &self,
@@ -359,6 +381,7 @@ impl Coordinator {
         table: &TableName,
         run_id: &str,
         error: &str,
+        elapsed_ms: u64,
     ) -> Result<(), RunError> {
         tracing::warn!(%run_id, error, "rolling back run");
         for location in self.ledger.staged_files(run_id).await? {
@@ -371,6 +394,8 @@ impl Coordinator {
         }
         self.ledger.mark_staged_files_deleted(run_id).await?;
         self.ledger.run_failed(run_id, error).await?;
+        self.events.emit(RunEvent::Failed { run_id: run_id.to_string(), error: error.to_string() }).await;
+        self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status: "failed".into(), elapsed_ms }).await;
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ use crate::catalog::{
 };
 use crate::coordinator::{Coordinator, Resolution, RunReport, WriteJob};
 use crate::error::{Error, Result};
+use crate::events::{EventLog, RunEvent};
 use crate::ledger::{
     Ledger, PipelineRecord, RunRecord, RunStatus, SYSTEM_SCHEMA, SystemSchema, now_ms, pipelines_batch, runs_batch,
 };
@@ -161,8 +162,9 @@ impl EngineBuilder {
         let default_catalog =
             ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
         default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
-        let coordinator = Coordinator::new(ledger.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
-        let engine = Engine { ctx, catalogs, coordinator, ledger, home, shards };
+        let events = EventLog::new(ledger.clone());
+        let coordinator = Coordinator::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
+        let engine = Engine { ctx, catalogs, coordinator, events, ledger, home, shards };
         // DESIGN §4 step 7: runs left open by a process that is gone are settled on every start.
         if self.skip_recovery {
             return Ok(engine);
@@ -185,6 +187,7 @@ pub struct Engine {
     catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
     ledger: Ledger,
     coordinator: Coordinator,
+    events: EventLog,
     home: PathBuf,
     shards: usize,
 }
@@ -240,6 +243,11 @@ impl Engine {
     /// The DataFusion session, for registering tables, functions and object stores.
     pub fn session(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// Every run event (opened, shard finished, committed, failed, closed) from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
     }
 
     /// The run ledger.

@@ -259,6 +259,13 @@ CREATE TABLE IF NOT EXISTS staged_files (
     state   TEXT NOT NULL DEFAULT 'staged'
 );
 CREATE INDEX IF NOT EXISTS staged_files_by_run ON staged_files (run_id);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, at_ms);
 "#;
 
 impl Ledger {
@@ -547,6 +554,28 @@ impl Ledger {
             .await
             .map_err(query_error("listing runs"))?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// Records a run event (its kind, and the whole event as JSON).
+    pub async fn record_event(&self, run_id: &str, kind: &str, at_ms: i64, detail: &str) -> Result<()> {
+        sqlx::query("INSERT INTO events (run_id, at_ms, kind, detail) VALUES (?, ?, ?, ?)")
+            .bind(run_id)
+            .bind(at_ms)
+            .bind(kind)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording a run event"))?;
+        Ok(())
+    }
+
+    /// Run events as (run id, time, kind, JSON detail), in the order they were recorded.
+    pub async fn events(&self) -> Result<Vec<(String, i64, String, String)>> {
+        let rows = sqlx::query("SELECT run_id, at_ms, kind, detail FROM events ORDER BY rowid")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing run events"))?;
+        Ok(rows.iter().map(|r| (r.get("run_id"), r.get("at_ms"), r.get("kind"), r.get("detail"))).collect())
     }
 
     /// Shard tasks, by run and shard; only those of `run_id` when given.

@@ -1,4 +1,5 @@
-//! The ledger as system tables: `sluice.pipelines`, `sluice.runs`, `sluice.shard_tasks`.
+//! The ledger as system tables: `sluice.pipelines`, `sluice.runs`, `sluice.shard_tasks`,
+//! `sluice.events`.
 //! Each query reads the ledger afresh, so runs by other processes show up at once.
 
 use std::any::Any;
@@ -16,7 +17,7 @@ use super::{Ledger, PipelineRecord, RunRecord, ShardTaskRecord};
 
 /// The schema holding the system tables.
 pub const SYSTEM_SCHEMA: &str = "sluice";
-const TABLES: [&str; 3] = ["pipelines", "runs", "shard_tasks"];
+const TABLES: [&str; 4] = ["pipelines", "runs", "shard_tasks", "events"];
 
 /// A DataFusion schema whose tables are views of the ledger.
 #[derive(Debug)]
@@ -50,6 +51,7 @@ impl SchemaProvider for SystemSchema {
             "pipelines" => pipelines_batch(&self.ledger.pipelines().await.map_err(ledger_error)?),
             "runs" => runs_batch(&self.ledger.runs(None).await.map_err(ledger_error)?),
             "shard_tasks" => shard_tasks_batch(&self.ledger.shard_tasks(None).await.map_err(ledger_error)?),
+            "events" => events_batch(&self.ledger.events().await.map_err(ledger_error)?),
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
@@ -148,4 +150,20 @@ fn shard_tasks_batch(tasks: &[ShardTaskRecord]) -> RecordBatch {
         Arc::new(StringArray::from_iter(tasks.iter().map(|t| t.error.as_deref()))),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).expect("shard task columns match their schema")
+}
+
+fn events_batch(events: &[(String, i64, String, String)]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        timestamp_field("at", false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.0.as_str()))),
+        timestamps(events.iter().map(|e| Some(e.1))),
+        Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.2.as_str()))),
+        Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.3.as_str()))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("event columns match their schema")
 }

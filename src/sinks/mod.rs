@@ -23,6 +23,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
 use crate::catalog::{PartitionField, TableName};
+use crate::events::{EventLog, RunEvent};
 use crate::ledger::{Ledger, ShardTotals};
 use crate::runtime::{BoxError, ShardError};
 
@@ -203,12 +204,19 @@ pub struct ShardSink {
     table: TableName,
     writer: Arc<dyn TableWriter>,
     ledger: Ledger,
+    events: EventLog,
 }
 
 impl ShardSink {
-    /// A sink for `run_id` into `table`.
-    pub fn new(run_id: &str, table: &TableName, writer: Arc<dyn TableWriter>, ledger: Ledger) -> Self {
-        Self { run_id: run_id.to_string(), table: table.clone(), writer, ledger }
+    /// A sink for `run_id` into `table`, reporting each shard's end to the ledger and `events`.
+    pub fn new(
+        run_id: &str,
+        table: &TableName,
+        writer: Arc<dyn TableWriter>,
+        ledger: Ledger,
+        events: EventLog,
+    ) -> Self {
+        Self { run_id: run_id.to_string(), table: table.clone(), writer, ledger, events }
     }
 
     /// Streams `input` into data files; the shard's task body. The ledger learns how it ended.
@@ -217,8 +225,21 @@ impl ShardSink {
         shard: usize,
         mut input: SendableRecordBatchStream,
     ) -> Result<StagedShard, ShardError> {
+        let started = std::time::Instant::now();
         self.ledger.shard_started(&self.run_id, shard).await.map_err(|source| ShardError::Ledger { shard, source })?;
         let result = self.write_files(shard, &mut input).await;
+        let totals = result.as_ref().map(|staged| staged.totals).unwrap_or_default();
+        self.events
+            .emit(RunEvent::ShardFinished {
+                run_id: self.run_id.clone(),
+                shard,
+                rows: totals.rows,
+                files: totals.files,
+                bytes: totals.bytes,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                error: result.as_ref().err().map(ToString::to_string),
+            })
+            .await;
         let outcome = match &result {
             Ok(staged) => Ok(staged.totals),
             Err(e) => Err(e.to_string()),

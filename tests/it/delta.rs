@@ -101,7 +101,8 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
             RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline, sequence: 1, base: Some(base as i64) };
         let input = engine.session().sql("SELECT value AS id FROM generate_series(1, 1000)").await.unwrap();
         let stream = input.execute_stream().await.unwrap();
-        let sink = ShardSink::new(&run.run_id, &name, writer.clone(), engine.ledger().clone());
+        let events = sluice::events::EventLog::new(engine.ledger().clone());
+        let sink = ShardSink::new(&run.run_id, &name, writer.clone(), engine.ledger().clone(), events);
         let staged = sink.write_shard(0, stream).await.unwrap();
         let version = writer.commit(staged.files.clone(), &run, WriteMode::Append).await.unwrap();
         assert_eq!(version as u64, base + 1);

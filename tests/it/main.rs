@@ -4,6 +4,7 @@ mod catalogs;
 mod cli;
 mod concurrency;
 mod delta;
+mod events;
 mod faults;
 mod interop;
 mod kill;
