@@ -332,7 +332,7 @@ impl Coordinator {
         let snapshot_id = if files.is_empty() && mode != WriteMode::Overwrite {
             None
         } else {
-            match writer.commit(files, &run, mode).await {
+            match commit_through_failpoints(writer.as_ref(), files, &run, mode, &target).await {
                 Ok(id) => Some(id),
                 // Outcome unknown: the table may have taken the commit before the error. Look for
                 // the run in the table's history instead of retrying blindly.
@@ -398,6 +398,23 @@ impl Coordinator {
         self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status: "failed".into(), elapsed_ms }).await;
         Ok(())
     }
+}
+
+/// The table's commit, with the test failpoints around the catalog call: `commit-refused` (the
+/// request never reaches the catalog) and `commit-response-lost` (the catalog took the commit,
+/// but its answer never came back: the outcome is unknown to the caller).
+async fn commit_through_failpoints(
+    writer: &dyn TableWriter,
+    files: Vec<StagedFile>,
+    run: &RunIdentity,
+    mode: WriteMode,
+    target: &str,
+) -> Result<i64, CommitError> {
+    let injected = |failpoint: String| CommitError::new(format!("injected failure at failpoint `{failpoint}`"));
+    crate::failpoint::check("commit-refused", target).map_err(injected)?;
+    let committed = writer.commit(files, run, mode).await?;
+    crate::failpoint::check("commit-response-lost", target).map_err(injected)?;
+    Ok(committed)
 }
 
 /// Fails before any file is written when the input's columns cannot be stored in the table.

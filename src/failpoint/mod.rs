@@ -9,7 +9,9 @@
 //! `FAILPOINTS='before-commit/lake.s.t=return(abort)'` kills it after staging).
 //!
 //! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
-//! catalog not yet called), `after-commit` (committed, the ledger not yet told: a crash there).
+//! catalog not yet called), `commit-refused` (the commit request fails before the catalog has
+//! it), `commit-response-lost` (the catalog took the commit, the answer is lost), `after-commit`
+//! (committed, the ledger not yet told: a crash there).
 
 /// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now; with
 /// `return(abort)` the process dies on the spot instead, as in a crash.

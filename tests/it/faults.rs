@@ -99,3 +99,32 @@ async fn a_query_error_mid_stream_rolls_back_the_run() {
     assert_eq!(data_files(home.path(), "bad_rows"), before);
     assert_eq!(snapshot_count(&table(&engine, "f", "bad_rows").await), 1);
 }
+
+/// Inside the commit: a request the catalog never took rolls the run back; a commit the catalog
+/// took but whose answer was lost is found in the table's history and counts, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inside_the_commit_before_and_after_the_catalog_accepted_it() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 3).await;
+    seeded(&engine, "inside").await;
+    let insert = "INSERT INTO lake.f.inside SELECT value, 0.5 FROM generate_series(1000, 1999)";
+
+    fail::cfg("commit-refused/lake.f.inside", "return").unwrap();
+    let error = engine.sql(insert).await.unwrap_err().to_string();
+    fail::remove("commit-refused/lake.f.inside");
+    assert!(error.contains("failed to commit and was rolled back") && error.contains("commit-refused"), "{error}");
+    assert_eq!(snapshot_count(&table(&engine, "f", "inside").await), 1);
+    let failed = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(!files_under(home.path()).iter().any(|f| f.to_string_lossy().contains(&failed.run_id)));
+
+    fail::cfg("commit-response-lost/lake.f.inside", "return").unwrap();
+    engine.sql(insert).await.expect("the run's commit is found in the table's history");
+    fail::remove("commit-response-lost/lake.f.inside");
+    let run = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!((run.status, run.rows), (RunStatus::Succeeded, 1000));
+    let t = table(&engine, "f", "inside").await;
+    assert_eq!(snapshot_count(&t), 2, "exactly one new snapshot");
+    assert_eq!(run.snapshot_id, t.metadata().current_snapshot().map(|s| s.snapshot_id()));
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.f.inside").await, "1010");
+}
