@@ -246,11 +246,7 @@ impl Coordinator {
         match found {
             Some(snapshot_id) => {
                 let tasks = self.ledger.shard_tasks(Some(&run.run_id)).await?;
-                let totals = tasks.iter().fold(ShardTotals::default(), |a, t| ShardTotals {
-                    rows: a.rows + t.totals.rows,
-                    files: a.files + t.totals.files,
-                    bytes: a.bytes + t.totals.bytes,
-                });
+                let totals: ShardTotals = tasks.iter().map(|t| t.totals).sum();
                 self.ledger.run_succeeded(&run.run_id, Some(snapshot_id), totals).await?;
                 let elapsed_ms = (crate::ledger::now_ms() - record.started_at_ms).max(0) as u64;
                 self.closed(&run.run_id, Some(snapshot_id), totals, elapsed_ms).await;
@@ -315,11 +311,7 @@ impl Coordinator {
             }
         };
         let files: Vec<StagedFile> = staged.iter().flat_map(|s| s.files.iter().cloned()).collect();
-        let totals = staged.iter().fold(ShardTotals::default(), |a, s| ShardTotals {
-            rows: a.rows + s.totals.rows,
-            files: a.files + s.totals.files,
-            bytes: a.bytes + s.totals.bytes,
-        });
+        let totals: ShardTotals = staged.iter().map(|s| s.totals).sum();
 
         if let Err(failpoint) = crate::failpoint::check("before-commit", &target) {
             let error = format!("injected failure at failpoint `{failpoint}`");

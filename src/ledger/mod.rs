@@ -207,6 +207,16 @@ pub struct ShardTaskRecord {
     pub error: Option<String>,
 }
 
+impl std::iter::Sum for ShardTotals {
+    fn sum<I: Iterator<Item = Self>>(totals: I) -> Self {
+        totals.fold(Self::default(), |a, t| Self {
+            rows: a.rows + t.rows,
+            files: a.files + t.files,
+            bytes: a.bytes + t.bytes,
+        })
+    }
+}
+
 /// Handle on the ledger database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ledger {
