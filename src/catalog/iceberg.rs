@@ -93,14 +93,16 @@ impl IcebergCatalog {
         }
         let warehouse = match config.warehouse.strip_prefix("file://") {
             Some(path) => path.to_string(),
-            None if config.warehouse.contains("://") => String::new(),
+            None if config.warehouse.contains("://") => {
+                return Err(open_error(format!(
+                    "warehouse `{}`: only local folders (or file:// URLs) are supported",
+                    config.warehouse
+                )));
+            }
             None => config.warehouse.clone(),
         };
-        if !warehouse.is_empty() {
-            std::fs::create_dir_all(&warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
-        }
-        let warehouse =
-            if config.warehouse.contains("://") { config.warehouse.clone() } else { format!("file://{warehouse}") };
+        std::fs::create_dir_all(&warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
+        let warehouse = format!("file://{warehouse}");
         // `?` for SQLite, `$1` for PostgreSQL, as the JDBC catalog does.
         let bind_style = if uri.starts_with("sqlite:") { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
         if !uri.starts_with("sqlite:") && !uri.starts_with("postgres://") && !uri.starts_with("postgresql://") {

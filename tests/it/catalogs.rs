@@ -81,6 +81,15 @@ async fn a_broken_catalog_file_is_named_with_its_bad_key() {
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
     assert!(error.contains("unknown variant `hive`"), "{error}");
 
+    std::fs::write(&file, "type = \"iceberg-sql\"\nuri = \"sqlite:s.db\"\nwarehouse = \"s3://bucket/wh\"\n").unwrap();
+    let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
+    assert!(
+        error.contains("warehouse `s3://bucket/wh`: only local folders (or file:// URLs) are supported"),
+        "{error}"
+    );
+    std::fs::write(&file, "type = \"delta\"\nroot = \"s3://bucket/delta\"\n").unwrap();
+    let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
+    assert!(error.contains("only local folders (or file:// URLs) are supported"), "{error}");
     std::fs::remove_file(&file).unwrap();
     std::fs::write(
         catalogs.join("Bad-Name.toml"),
