@@ -103,3 +103,32 @@ fn pipelines_persist_across_processes() {
     let count = sluice(home.path(), &["--format", "csv", "-c", "SELECT count(*) AS n FROM lake.s.t"]);
     assert_eq!(text(&count.stdout), "n\n10\n");
 }
+
+#[test]
+fn the_repl_reads_multi_line_statements_and_backslash_commands() {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut repl = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--home")
+        .arg(home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let session = "CREATE SCHEMA lake.r;\nCREATE TABLE lake.r.t\n  (id BIGINT);\nINSERT INTO lake.r.t\nVALUES (1), (2);\n\\d\n\\?\n\\x\nSELEC 1;\nSELECT sum(id) AS total\nFROM lake.r.t;\n\\q\n";
+    repl.stdin.take().unwrap().write_all(session.as_bytes()).unwrap();
+    let output = repl.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let listed = stdout
+        .lines()
+        .any(|l| l.starts_with("| lake ") && l.contains("| r ") && l.contains("| t ") && l.contains("BASE TABLE"));
+    assert!(listed, "\\d lists the table:\n{stdout}");
+    assert!(stdout.contains("\\q            quit"), "\\? shows the help:\n{stdout}");
+    assert!(stdout.contains("| 3     |"), "the multi-line query ran:\n{stdout}");
+    assert!(stderr.contains("unknown command `\\x`"), "{stderr}");
+    assert!(stderr.contains("syntax error at line 1, column 1"), "errors do not end the session:\n{stderr}");
+    let history = std::fs::read_to_string(home.path().join("history.txt")).unwrap();
+    assert!(history.contains("SELECT sum(id) AS total"), "{history}");
+}
