@@ -165,6 +165,7 @@ impl EngineBuilder {
         let events = EventLog::new(ledger.clone());
         let coordinator = Coordinator::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
         let engine = Engine { ctx, catalogs, coordinator, events, ledger, home, shards };
+        engine.restore_session_tables().await?;
         // DESIGN §4 step 7: runs left open by a process that is gone are settled on every start.
         if self.skip_recovery {
             return Ok(engine);
@@ -388,17 +389,19 @@ impl Engine {
 
     /// Runs one parsed statement; errors say on which line it starts.
     pub async fn execute(&self, statement: &Located) -> Result<Output> {
-        self.execute_statement(&statement.statement).await.map_err(|e| e.at(statement.line, statement.column))
+        self.execute_statement(&statement.statement, &statement.sql)
+            .await
+            .map_err(|e| e.at(statement.line, statement.column))
     }
 
-    async fn execute_statement(&self, statement: &Statement) -> Result<Output> {
+    async fn execute_statement(&self, statement: &Statement, source: &str) -> Result<Output> {
         for catalog in self.catalogs.values() {
             catalog.refresh().await?;
         }
         match statement {
-            Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone(), &[]).await,
+            Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone(), &[], source).await,
             Statement::CreatePartitionedTable { create, partition_by } => {
-                self.execute_datafusion(DFStatement::Statement(create.clone()), partition_by).await
+                self.execute_datafusion(DFStatement::Statement(create.clone()), partition_by, source).await
             }
             Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
             Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
@@ -431,11 +434,18 @@ impl Engine {
 
     /// Plans a DataFusion statement; runs it through a catalog when it touches one. `partition_by`
     /// comes with `CREATE TABLE ... PARTITIONED BY`, which only catalog tables can have.
-    async fn execute_datafusion(&self, statement: DFStatement, partition_by: &[PartitionField]) -> Result<Output> {
+    /// `source` is the statement as written (kept for external tables: DataFusion's own display
+    /// of `CREATE EXTERNAL TABLE` does not read back).
+    async fn execute_datafusion(
+        &self,
+        statement: DFStatement,
+        partition_by: &[PartitionField],
+        source: &str,
+    ) -> Result<Output> {
         let state = self.ctx.state();
         let text = statement.to_string();
         let plan = state.statement_to_plan(statement).await?;
-        if let Some(output) = self.execute_catalog_plan(&plan, partition_by, text).await? {
+        if let Some(output) = self.execute_catalog_plan(&plan, partition_by, text.clone()).await? {
             return Ok(output);
         }
         if !partition_by.is_empty() {
@@ -443,10 +453,33 @@ impl Engine {
                 "PARTITIONED BY on a table outside a catalog (name it catalog.schema.table)".to_string(),
             ));
         }
+        // External tables live in DataFusion's session; their definitions are kept in the ledger
+        // so that later processes (a scheduled RUN PIPELINE) find them too.
+        let session_table = match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => Some((self.resolve(&create.name), true)),
+            LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => Some((self.resolve(&drop.name), false)),
+            _ => None,
+        };
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
+        match session_table {
+            Some((name, true)) => self.ledger.save_session_table(&name.to_string(), source).await?,
+            Some((name, false)) => self.ledger.drop_session_table(&name.to_string()).await?,
+            None => {}
+        }
         Ok(Output { schema, batches, run: None })
+    }
+
+    /// Registers again the external tables earlier processes created; one whose files are gone
+    /// is skipped with a warning (and stays in the ledger, for when they are back).
+    async fn restore_session_tables(&self) -> Result<()> {
+        for (name, definition) in self.ledger.session_tables().await? {
+            if let Err(e) = self.sql(&definition).await {
+                tracing::warn!(table = %name, "could not register the external table again: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// The catalog an object reference points at, if it is one of ours.

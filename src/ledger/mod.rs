@@ -269,6 +269,10 @@ CREATE TABLE IF NOT EXISTS staged_files (
     state   TEXT NOT NULL DEFAULT 'staged'
 );
 CREATE INDEX IF NOT EXISTS staged_files_by_run ON staged_files (run_id);
+CREATE TABLE IF NOT EXISTS session_tables (
+    name       TEXT PRIMARY KEY,
+    definition TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     at_ms  INTEGER NOT NULL,
@@ -564,6 +568,36 @@ impl Ledger {
             .await
             .map_err(query_error("listing runs"))?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// Keeps the definition of an external table of the session (`CREATE EXTERNAL TABLE`).
+    pub async fn save_session_table(&self, name: &str, definition: &str) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO session_tables (name, definition) VALUES (?, ?)")
+            .bind(name)
+            .bind(definition)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("saving an external table"))?;
+        Ok(())
+    }
+
+    /// Forgets a session table (after `DROP TABLE`); nothing happens for other tables.
+    pub async fn drop_session_table(&self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM session_tables WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("forgetting an external table"))?;
+        Ok(())
+    }
+
+    /// The kept external-table definitions, as (name, SQL).
+    pub async fn session_tables(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT name, definition FROM session_tables ORDER BY rowid")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing external tables"))?;
+        Ok(rows.iter().map(|r| (r.get("name"), r.get("definition"))).collect())
     }
 
     /// Records a run event (its kind, and the whole event as JSON).

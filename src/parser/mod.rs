@@ -123,6 +123,8 @@ pub struct CreatePipeline {
 pub struct Located {
     /// The statement.
     pub statement: Statement,
+    /// The statement's own text in the source, without its `;`.
+    pub sql: String,
     /// 1-based line where the statement starts.
     pub line: u64,
     /// 1-based column where the statement starts.
@@ -179,6 +181,7 @@ impl fmt::Display for Statement {
 /// Parses SQL text into [`Located`] statements.
 pub struct SluiceParser<'a> {
     df: DFParser<'a>,
+    sql: &'a str,
     /// Just past the last character: where "found: EOF" errors point.
     end: Location,
 }
@@ -227,7 +230,7 @@ impl<'a> SluiceParser<'a> {
         let line = sql.lines().count().max(1);
         let column = if sql.ends_with('\n') { 1 } else { sql.lines().last().map_or(1, |l| l.chars().count() + 1) };
         let end = Location { line: (line + usize::from(sql.ends_with('\n'))) as u64, column: column as u64 };
-        Ok(Self { df, end })
+        Ok(Self { df, sql, end })
     }
 
     /// Parses all statements; empty statements (`;;`) are skipped.
@@ -250,8 +253,10 @@ impl<'a> SluiceParser<'a> {
                 return Ok(statements);
             }
             let statement = self.parse_statement()?;
-            statements.push(Located { statement, line: start.span.start.line, column: start.span.start.column });
             let next = self.df.parser.peek_token_ref().clone();
+            let end = if next.token == Token::EOF { self.sql.len() } else { byte_offset(self.sql, next.span.start) };
+            let sql = self.sql[byte_offset(self.sql, start.span.start)..end].trim().to_string();
+            statements.push(Located { statement, sql, line: start.span.start.line, column: start.span.start.column });
             if next.token != Token::EOF && next.token != Token::SemiColon {
                 return Err(ParseError::at(
                     next.span.start,
@@ -441,6 +446,16 @@ impl SluiceParser<'_> {
     }
 }
 
+/// The byte offset of a 1-based line and column (in characters) in `sql`.
+fn byte_offset(sql: &str, at: Location) -> usize {
+    let line_start: usize = sql.split_inclusive('\n').take(at.line.saturating_sub(1) as usize).map(str::len).sum();
+    let column = sql[line_start..]
+        .char_indices()
+        .nth(at.column.saturating_sub(1) as usize)
+        .map_or(sql.len() - line_start, |(i, _)| i);
+    line_start + column
+}
+
 /// `field, ...` where a field is `column` or `transform(args)`; bucket and truncate take their
 /// number before or after the column (`bucket(16, id)` as in Spark, `bucket(id, 16)` as in Trino).
 fn parse_partition_fields(tokens: &[TokenWithSpan], at: Location) -> Result<Vec<PartitionField>, ParseError> {
@@ -587,10 +602,12 @@ mod tests {
     }
 
     #[test]
-    fn statements_keep_their_start_position() {
-        let parsed = parse("SELECT 1;\n\n  SHOW PIPELINES;\nSELECT 2").unwrap();
+    fn statements_keep_their_start_position_and_text() {
+        let parsed = parse("SELECT 1;\n\n  SHOW PIPELINES;\nSELECT 'é', 2").unwrap();
         let positions: Vec<_> = parsed.iter().map(|s| (s.line, s.column)).collect();
         assert_eq!(positions, vec![(1, 1), (3, 3), (4, 1)]);
+        let texts: Vec<_> = parsed.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(texts, ["SELECT 1", "SHOW PIPELINES", "SELECT 'é', 2"]);
     }
 
     #[test]

@@ -132,3 +132,39 @@ fn the_repl_reads_multi_line_statements_and_backslash_commands() {
     let history = std::fs::read_to_string(home.path().join("history.txt")).unwrap();
     assert!(history.contains("SELECT sum(id) AS total"), "{history}");
 }
+
+#[test]
+fn external_tables_persist_so_pipelines_reading_them_run_in_later_processes() {
+    let home = tempfile::tempdir().unwrap();
+    let csv = home.path().join("orders.csv");
+    let setup = format!(
+        "COPY (SELECT value AS id, value * 2 AS amount FROM generate_series(1, 100)) TO '{csv}' STORED AS CSV;
+         CREATE EXTERNAL TABLE raw_orders STORED AS CSV LOCATION '{csv}' OPTIONS ('format.has_header' 'true');
+         CREATE SCHEMA lake.s; CREATE TABLE lake.s.orders (id BIGINT, amount BIGINT);
+         CREATE PIPELINE load AS INSERT INTO lake.s.orders SELECT id, amount FROM raw_orders;",
+        csv = csv.display()
+    );
+    let created = sluice(home.path(), &["-c", &setup]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    // A later process: the external table is registered again, so the pipeline runs.
+    let run = sluice(
+        home.path(),
+        &["--format", "csv", "-c", "RUN PIPELINE load; SELECT sum(amount) AS total FROM lake.s.orders"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).ends_with("total\n10100\n"), "{}", text(&run.stdout));
+    // Dropped, it is forgotten.
+    let dropped = sluice(home.path(), &["-c", "DROP TABLE raw_orders"]);
+    assert!(dropped.status.success(), "{}", text(&dropped.stderr));
+    let gone = sluice(home.path(), &["-c", "SELECT * FROM raw_orders"]);
+    assert!(text(&gone.stderr).contains("table 'datafusion.public.raw_orders' not found"), "{}", text(&gone.stderr));
+    // An external table whose file has gone does not stop later processes from starting.
+    let again = sluice(
+        home.path(),
+        &["-c", &format!("CREATE EXTERNAL TABLE again STORED AS CSV LOCATION '{}'", csv.display())],
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    std::fs::remove_file(&csv).unwrap();
+    let starts = sluice(home.path(), &["--format", "csv", "-c", "SELECT 1 AS one"]);
+    assert_eq!(text(&starts.stdout), "one\n1\n", "{}", text(&starts.stderr));
+}
