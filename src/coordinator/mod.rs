@@ -4,17 +4,21 @@
 //! nothing becomes visible and every staged file is deleted (DESIGN §4).
 //!
 //! ```text
-//!  open run (ledger: staging)
+//!  open run (ledger: staging, a lease renewed by a heartbeat)          events: Opened
 //!     │
 //!  shards 0..N ──► stage Parquet files (each path in the ledger before it is opened)
-//!     │  any shard failed ───────────────────────────────┐
+//!     │  any shard failed ───────────────────────────────┐            ShardFinished × N
 //!  ledger: committing                                    │
 //!     │                                                  ▼
 //!  one snapshot / version {sluice.run-id, sluice.pipeline}     delete staged files,
-//!     │  commit error: is the run id in the table history?     ledger: failed
+//!     │  (append, overwrite or partition overwrite)             ledger: failed   Failed, Closed
+//!     │  commit error: is the run id in the table history?
 //!     ▼        yes → succeeded       no ──────────────────┘
-//!  ledger: succeeded (snapshot id, rows, files, bytes)
+//!  ledger: succeeded (snapshot id, rows, files, bytes)                 Committed, Closed
 //! ```
+//!
+//! A run whose process dies keeps its ledger row `staging` or `committing` until its lease runs
+//! out; [`Coordinator::resolve`] then settles it from the table's history, never by a blind retry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -312,6 +312,7 @@ impl IcebergTableWriter {
                 self.ident
             ))
         })?;
-        overwrite::overwrite(&self.base, &self.ident, pointer, files, run, mode).await
+        let overwrite = overwrite::Overwrite { base: &self.base, ident: &self.ident, pointer, run, mode };
+        overwrite.commit(files).await
     }
 }

@@ -76,162 +76,161 @@ impl Written<'_> {
     }
 }
 
-/// Replaces files of `table` (as loaded when the run started, `base`) with `files` in one
-/// `overwrite` snapshot; returns its id.
-pub(super) async fn overwrite(
-    base: &Table,
-    ident: &TableIdent,
-    pointer: &MetadataPointer,
-    files: Vec<DataFile>,
-    run: &RunIdentity,
-    mode: WriteMode,
-) -> Result<i64, CommitError> {
-    let file_io = base.file_io();
-    let mut written = Written { file_io, locations: Vec::new() };
-    match build_and_swap(base, ident, pointer, files, run, mode, &mut written).await {
-        Ok(snapshot_id) => Ok(snapshot_id),
-        Err(error) => {
-            written.discard().await;
-            Err(error)
-        }
-    }
+/// One overwrite of a table, as the run found it (`base`), for `run`.
+#[derive(Clone, Copy)]
+pub(super) struct Overwrite<'a> {
+    pub base: &'a Table,
+    pub ident: &'a TableIdent,
+    pub pointer: &'a MetadataPointer,
+    pub run: &'a RunIdentity,
+    pub mode: WriteMode,
 }
 
-async fn build_and_swap(
-    base: &Table,
-    ident: &TableIdent,
-    pointer: &MetadataPointer,
-    files: Vec<DataFile>,
-    run: &RunIdentity,
-    mode: WriteMode,
-    written: &mut Written<'_>,
-) -> Result<i64, CommitError> {
-    let metadata = base.metadata();
-    let file_io = base.file_io();
-    if metadata.format_version() != FormatVersion::V2 {
-        return Err(CommitError::new(format!(
-            "overwrite needs an Iceberg v2 table, `{ident}` is {}",
-            metadata.format_version()
-        )));
-    }
-    let current_location =
-        base.metadata_location().ok_or_else(|| CommitError::new("the table has no metadata location"))?;
-    let spec = metadata.default_partition_spec();
-    let replaced = match mode {
-        WriteMode::OverwritePartitions if !spec.is_unpartitioned() => {
-            Replaced::Partitions(files.iter().map(|f| f.partition().clone()).collect())
+impl Overwrite<'_> {
+    /// Replaces files of the table with `files` in one `overwrite` snapshot; returns its id.
+    /// Whatever was written is deleted again when the snapshot does not become current.
+    pub async fn commit(self, files: Vec<DataFile>) -> Result<i64, CommitError> {
+        let mut written = Written { file_io: self.base.file_io(), locations: Vec::new() };
+        let result = self.build_and_swap(files, &mut written).await;
+        if result.is_err() {
+            written.discard().await;
         }
-        _ => Replaced::All,
-    };
-    let schema = metadata.current_schema().clone();
-    let snapshot_id = unique_snapshot_id(base);
-    let sequence_number = metadata.next_sequence_number();
-    let parent = metadata.current_snapshot();
-    let manifest_location = |n: usize| format!("{}/metadata/{}-m{n}.avro", metadata.location(), uuid::Uuid::now_v7());
-    let error = |e: iceberg::Error| CommitError::new(e);
+        result
+    }
 
-    // The current snapshot's data manifests: carried over, or rewritten without the replaced files.
-    let (mut deleted, mut manifests) = (Totals::default(), Vec::<ManifestFile>::new());
-    if let Some(parent) = parent {
-        let bytes = file_io.new_input(parent.manifest_list()).map_err(error)?.read().await.map_err(error)?;
-        let list = ManifestList::parse_with_version(&bytes, metadata.format_version()).map_err(error)?;
-        for manifest_file in list.entries() {
-            if manifest_file.content != ManifestContentType::Data {
-                manifests.push(manifest_file.clone());
-                continue;
+    async fn build_and_swap(self, files: Vec<DataFile>, written: &mut Written<'_>) -> Result<i64, CommitError> {
+        let Overwrite { base, ident, pointer, run, mode } = self;
+        let metadata = base.metadata();
+        let file_io = base.file_io();
+        if metadata.format_version() != FormatVersion::V2 {
+            return Err(CommitError::new(format!(
+                "overwrite needs an Iceberg v2 table, `{ident}` is {}",
+                metadata.format_version()
+            )));
+        }
+        let current_location =
+            base.metadata_location().ok_or_else(|| CommitError::new("the table has no metadata location"))?;
+        let spec = metadata.default_partition_spec();
+        let replaced = match mode {
+            WriteMode::OverwritePartitions if !spec.is_unpartitioned() => {
+                Replaced::Partitions(files.iter().map(|f| f.partition().clone()).collect())
             }
-            let manifest = manifest_file.load_manifest(file_io).await.map_err(error)?;
-            let live: Vec<_> = manifest.entries().iter().filter(|e| e.is_alive()).collect();
-            if !live.iter().any(|e| replaced.covers(e.data_file())) {
-                manifests.push(manifest_file.clone());
-                continue;
+            _ => Replaced::All,
+        };
+        let schema = metadata.current_schema().clone();
+        let snapshot_id = unique_snapshot_id(base);
+        let sequence_number = metadata.next_sequence_number();
+        let parent = metadata.current_snapshot();
+        let manifest_location =
+            |n: usize| format!("{}/metadata/{}-m{n}.avro", metadata.location(), uuid::Uuid::now_v7());
+        let error = |e: iceberg::Error| CommitError::new(e);
+
+        // The current snapshot's data manifests: carried over, or rewritten without the replaced files.
+        let (mut deleted, mut manifests) = (Totals::default(), Vec::<ManifestFile>::new());
+        if let Some(parent) = parent {
+            let bytes = file_io.new_input(parent.manifest_list()).map_err(error)?.read().await.map_err(error)?;
+            let list = ManifestList::parse_with_version(&bytes, metadata.format_version()).map_err(error)?;
+            for manifest_file in list.entries() {
+                if manifest_file.content != ManifestContentType::Data {
+                    manifests.push(manifest_file.clone());
+                    continue;
+                }
+                let manifest = manifest_file.load_manifest(file_io).await.map_err(error)?;
+                let live: Vec<_> = manifest.entries().iter().filter(|e| e.is_alive()).collect();
+                if !live.iter().any(|e| replaced.covers(e.data_file())) {
+                    manifests.push(manifest_file.clone());
+                    continue;
+                }
+                let spec = metadata.partition_spec_by_id(manifest_file.partition_spec_id).ok_or_else(|| {
+                    CommitError::new(format!("unknown partition spec {}", manifest_file.partition_spec_id))
+                })?;
+                let location = manifest_location(manifests.len());
+                let output = file_io.new_output(&location).map_err(error)?;
+                written.locations.push(location);
+                let mut writer =
+                    ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone())
+                        .build_v2_data();
+                for entry in live {
+                    let sequence = entry
+                        .sequence_number()
+                        .ok_or_else(|| CommitError::new("a live entry has no sequence number"))?;
+                    let data_file = entry.data_file().clone();
+                    if replaced.covers(&data_file) {
+                        deleted.add(&data_file);
+                        writer.add_delete_file(data_file, sequence, entry.file_sequence_number).map_err(error)?;
+                    } else {
+                        let added_by = entry.snapshot_id().unwrap_or(parent.snapshot_id());
+                        writer
+                            .add_existing_file(data_file, added_by, sequence, entry.file_sequence_number)
+                            .map_err(error)?;
+                    }
+                }
+                manifests.push(writer.write_manifest_file().await.map_err(error)?);
             }
-            let spec = metadata.partition_spec_by_id(manifest_file.partition_spec_id).ok_or_else(|| {
-                CommitError::new(format!("unknown partition spec {}", manifest_file.partition_spec_id))
-            })?;
+        }
+
+        // The run's files, ADDED.
+        let mut added = Totals::default();
+        if !files.is_empty() {
             let location = manifest_location(manifests.len());
             let output = file_io.new_output(&location).map_err(error)?;
             written.locations.push(location);
             let mut writer =
                 ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone())
                     .build_v2_data();
-            for entry in live {
-                let sequence =
-                    entry.sequence_number().ok_or_else(|| CommitError::new("a live entry has no sequence number"))?;
-                let data_file = entry.data_file().clone();
-                if replaced.covers(&data_file) {
-                    deleted.add(&data_file);
-                    writer.add_delete_file(data_file, sequence, entry.file_sequence_number).map_err(error)?;
-                } else {
-                    let added_by = entry.snapshot_id().unwrap_or(parent.snapshot_id());
-                    writer
-                        .add_existing_file(data_file, added_by, sequence, entry.file_sequence_number)
-                        .map_err(error)?;
+            for file in files {
+                if file.content_type() != DataContentType::Data {
+                    return Err(CommitError::new("only data files can be committed"));
                 }
+                added.add(&file);
+                writer.add_file(file, sequence_number).map_err(error)?;
             }
             manifests.push(writer.write_manifest_file().await.map_err(error)?);
         }
-    }
 
-    // The run's files, ADDED.
-    let mut added = Totals::default();
-    if !files.is_empty() {
-        let location = manifest_location(manifests.len());
-        let output = file_io.new_output(&location).map_err(error)?;
-        written.locations.push(location);
-        let mut writer = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone())
-            .build_v2_data();
-        for file in files {
-            if file.content_type() != DataContentType::Data {
-                return Err(CommitError::new("only data files can be committed"));
-            }
-            added.add(&file);
-            writer.add_file(file, sequence_number).map_err(error)?;
+        let list_location =
+            format!("{}/metadata/snap-{snapshot_id}-0-{}.avro", metadata.location(), uuid::Uuid::now_v7());
+        let list_output = file_io.new_output(&list_location).map_err(error)?;
+        written.locations.push(list_location.clone());
+        let mut list = ManifestListWriter::v2(
+            list_output.writer().await.map_err(error)?,
+            snapshot_id,
+            parent.map(|p| p.snapshot_id()),
+            sequence_number,
+        );
+        list.add_manifests(manifests.into_iter()).map_err(error)?;
+        list.close().await.map_err(error)?;
+
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
+            .with_sequence_number(sequence_number)
+            .with_timestamp_ms(crate::ledger::now_ms())
+            .with_manifest_list(list_location)
+            .with_summary(summary(parent.map(|p| p.summary()), &added, &deleted, run, mode))
+            .with_schema_id(metadata.current_schema_id())
+            .build();
+        let next = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(current_location.to_string()))
+            .set_branch_snapshot(snapshot, MAIN_BRANCH)
+            .map_err(error)?
+            .build()
+            .map_err(error)?
+            .metadata;
+        let next_location = MetadataLocation::from_str(current_location).map_err(error)?.with_next_version();
+        written.locations.push(next_location.to_string());
+        next.write_to(file_io, &next_location).await.map_err(error)?;
+
+        let swapped = pointer
+            .swap(ident, current_location, &next_location.to_string())
+            .await
+            .map_err(|e| CommitError::new(format!("catalog update failed: {e}")))?;
+        if !swapped {
+            return Err(CommitError::new(format!(
+                "conflict: `{ident}` changed while this overwrite ran (another commit landed first); nothing was replaced"
+            )));
         }
-        manifests.push(writer.write_manifest_file().await.map_err(error)?);
+        Ok(snapshot_id)
     }
-
-    let list_location = format!("{}/metadata/snap-{snapshot_id}-0-{}.avro", metadata.location(), uuid::Uuid::now_v7());
-    let list_output = file_io.new_output(&list_location).map_err(error)?;
-    written.locations.push(list_location.clone());
-    let mut list = ManifestListWriter::v2(
-        list_output.writer().await.map_err(error)?,
-        snapshot_id,
-        parent.map(|p| p.snapshot_id()),
-        sequence_number,
-    );
-    list.add_manifests(manifests.into_iter()).map_err(error)?;
-    list.close().await.map_err(error)?;
-
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
-        .with_sequence_number(sequence_number)
-        .with_timestamp_ms(crate::ledger::now_ms())
-        .with_manifest_list(list_location)
-        .with_summary(summary(parent.map(|p| p.summary()), &added, &deleted, run, mode))
-        .with_schema_id(metadata.current_schema_id())
-        .build();
-    let next = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(current_location.to_string()))
-        .set_branch_snapshot(snapshot, MAIN_BRANCH)
-        .map_err(error)?
-        .build()
-        .map_err(error)?
-        .metadata;
-    let next_location = MetadataLocation::from_str(current_location).map_err(error)?.with_next_version();
-    written.locations.push(next_location.to_string());
-    next.write_to(file_io, &next_location).await.map_err(error)?;
-
-    let swapped = pointer
-        .swap(ident, current_location, &next_location.to_string())
-        .await
-        .map_err(|e| CommitError::new(format!("catalog update failed: {e}")))?;
-    if !swapped {
-        return Err(CommitError::new(format!(
-            "conflict: `{ident}` changed while this overwrite ran (another commit landed first); nothing was replaced"
-        )));
-    }
-    Ok(snapshot_id)
 }
 
 /// A positive snapshot id the table does not use yet.
