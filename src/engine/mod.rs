@@ -395,8 +395,16 @@ impl Engine {
     }
 
     async fn execute_statement(&self, statement: &Statement, source: &str) -> Result<Output> {
-        for catalog in self.catalogs.values() {
-            catalog.refresh().await?;
+        let plans_sql = matches!(
+            statement,
+            Statement::DataFusion(_)
+                | Statement::CreatePartitionedTable { .. }
+                | Statement::CreatePipeline(_)
+                | Statement::RunPipeline { .. }
+                | Statement::RetryRun { .. }
+        );
+        if plans_sql {
+            self.refresh_catalogs().await;
         }
         match statement {
             Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone(), &[], source).await,
@@ -423,6 +431,17 @@ impl Engine {
                     return Err(PipelineError::NotFound(name.clone()).into());
                 }
                 Ok(Output::rows(runs_batch(&self.ledger.runs(pipeline.as_deref()).await?)))
+            }
+        }
+    }
+
+    /// Re-reads every catalog's schema and table names (other processes may have changed them).
+    /// A catalog that cannot be reached keeps its last listing: statements that do not touch it
+    /// still run, and those that do get its own error.
+    async fn refresh_catalogs(&self) {
+        for (name, catalog) in &self.catalogs {
+            if let Err(e) = catalog.refresh().await {
+                tracing::warn!(catalog = %name, "could not refresh the catalog's listing: {e}");
             }
         }
     }

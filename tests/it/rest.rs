@@ -98,4 +98,9 @@ async fn an_iceberg_rest_catalog_with_a_token_from_the_environment() {
     let other_home = tempfile::tempdir().unwrap();
     let refused = self::engine(other_home.path(), server.port).await.unwrap_err().to_string();
     assert!(refused.contains("cannot open catalog `rest`") && !refused.contains("wrong-token"), "{refused}");
+
+    // With the catalog gone, statements that do not touch it still run; those that do fail.
+    drop(server);
+    assert_eq!(rows(&engine, "SELECT 1 + 1").await, [["2"]]);
+    assert!(engine.sql("SELECT count(*) FROM rest.s.t").await.is_err());
 }
