@@ -10,7 +10,7 @@
 //! - [`DeltaCatalog`]: a folder of Delta tables, `<root>/<schema>/<table>`.
 //!
 //! Table lookups are live (every statement sees the latest commit, including other processes');
-//! the name lists behind `SHOW TABLES` are refreshed before each statement. Two suffixes on a
+//! the name lists behind `SHOW TABLES` are refreshed before each statement that plans SQL. Two suffixes on a
 //! table name reach past the latest state: `"t@<id>"` reads the table as of that Iceberg snapshot
 //! or Delta version (time travel), and, for Iceberg, `"t$snapshots"` lists its snapshots.
 
