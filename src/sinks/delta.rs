@@ -254,13 +254,13 @@ impl TableWriter for DeltaTableWriter {
             _ => HashMap::new(),
         };
         let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?)).build();
-        let output = ParquetObjectWriter::new(self.store.clone(), Path::from(path.as_str()));
+        let output = ParquetObjectWriter::new(self.store.clone(), object_path(&path)?);
         let writer = AsyncArrowWriter::try_new(output, self.file_schema.clone(), Some(properties))?;
         Ok(Box::new(DeltaFile { path, schema: self.file_schema.clone(), partition_values, writer }))
     }
 
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
-        match self.store.delete(&Path::from(self.relative(location)?)).await {
+        match self.store.delete(&object_path(self.relative(location)?)?).await {
             Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -336,6 +336,13 @@ impl TableWriter for DeltaTableWriter {
         }
         Ok(None)
     }
+}
+
+/// The object-store path of a file's table-relative path. Partition folders are already escaped
+/// (`region=a%2Fb`), so the path is taken as it is: `Path::from` would escape the `%` again and put
+/// the file where the log does not point.
+fn object_path(relative: &str) -> Result<Path, BoxError> {
+    Ok(Path::parse(relative)?)
 }
 
 /// Delta statistics JSON for one file from its Parquet footer. A column gets its null count, min
