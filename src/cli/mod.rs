@@ -147,6 +147,7 @@ fn settled_batch(settled: &[(crate::ledger::RunRecord, crate::coordinator::Resol
     let outcome = |r: &Resolution| match r {
         Resolution::Committed(id) => format!("committed (snapshot {id}): marked succeeded"),
         Resolution::RolledBack => "not committed: staged files deleted, marked failed".to_string(),
+        Resolution::StillRunning => "its process is alive again: left alone".to_string(),
     };
     let schema = Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),

@@ -93,6 +93,14 @@ pub enum RunError {
         /// Whether the staged files were deleted.
         rolled_back: bool,
     },
+    /// Recovery settled the run while it was staging (its process had let the lease lapse).
+    #[error("run {run_id} into `{table}` lost its lease: recovery settled it while it ran; nothing was committed")]
+    LeaseLost {
+        /// The run.
+        run_id: String,
+        /// The target table.
+        table: TableName,
+    },
     /// Preparing the write failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -134,6 +142,8 @@ pub enum Resolution {
     Committed(i64),
     /// It had not committed: its staged files were deleted and it is marked failed.
     RolledBack,
+    /// Its process renewed the lease (or another recovery settled it) meanwhile: left alone.
+    StillRunning,
 }
 
 /// The typed outcome of a successful run.
@@ -257,9 +267,14 @@ impl Coordinator {
                 Ok(Resolution::Committed(snapshot_id))
             }
             None => {
+                // Claim it first: only then are its files ours to delete.
                 let error = "abandoned: its process stopped before the commit; staged files deleted";
+                if !self.ledger.claim_abandoned(&run.run_id, error).await? {
+                    return Ok(Resolution::StillRunning);
+                }
                 let elapsed_ms = (crate::ledger::now_ms() - record.started_at_ms).max(0) as u64;
-                self.roll_back(writer, table, &run.run_id, error, elapsed_ms).await?;
+                self.delete_staged(writer, table, &run.run_id).await?;
+                self.failed(&run.run_id, error, elapsed_ms).await;
                 Ok(Resolution::RolledBack)
             }
         }
@@ -322,7 +337,12 @@ impl Coordinator {
             self.roll_back(writer.as_ref(), &table, &run.run_id, &error, elapsed_ms()).await?;
             return Err(RunError::Injected { run_id: run.run_id, table, failpoint, rolled_back: true });
         }
-        self.ledger.set_committing(&run.run_id).await?;
+        if !self.ledger.set_committing(&run.run_id).await? {
+            // Recovery took the run while it was staging (its lease had lapsed): it is failed in
+            // the ledger and must not commit. Delete what was staged since recovery's sweep.
+            self.delete_staged(writer.as_ref(), &table, &run.run_id).await?;
+            return Err(RunError::LeaseLost { run_id: run.run_id, table });
+        }
         // Appending nothing, or replacing the partitions of no rows, changes nothing; replacing the
         // whole table with no rows empties it.
         let snapshot_id = if files.is_empty() && mode != WriteMode::Overwrite {
@@ -380,6 +400,20 @@ impl Coordinator {
         elapsed_ms: u64,
     ) -> Result<(), RunError> {
         tracing::warn!(%run_id, error, "rolling back run");
+        self.delete_staged(writer, table, run_id).await?;
+        self.ledger.run_failed(run_id, error).await?;
+        self.failed(run_id, error, elapsed_ms).await;
+        Ok(())
+    }
+
+    /// Announces a failed run: `Failed`, then `Closed`.
+    async fn failed(&self, run_id: &str, error: &str, elapsed_ms: u64) {
+        self.events.emit(RunEvent::Failed { run_id: run_id.to_string(), error: error.to_string() }).await;
+        self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status: "failed".into(), elapsed_ms }).await;
+    }
+
+    /// Deletes the files the ledger lists as staged (and not yet deleted) for the run.
+    async fn delete_staged(&self, writer: &dyn TableWriter, table: &TableName, run_id: &str) -> Result<(), RunError> {
         for location in self.ledger.staged_files(run_id).await? {
             writer.delete_file(&location).await.map_err(|source| RunError::Cleanup {
                 run_id: run_id.to_string(),
@@ -389,9 +423,6 @@ impl Coordinator {
             })?;
         }
         self.ledger.mark_staged_files_deleted(run_id).await?;
-        self.ledger.run_failed(run_id, error).await?;
-        self.events.emit(RunEvent::Failed { run_id: run_id.to_string(), error: error.to_string() }).await;
-        self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status: "failed".into(), elapsed_ms }).await;
         Ok(())
     }
 }

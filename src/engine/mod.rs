@@ -320,10 +320,19 @@ impl Engine {
             }
             RunStatus::Staging | RunStatus::Committing => {
                 let writer = catalog.writer(&table).await?;
-                if let Resolution::Committed(_) = self.coordinator.resolve(writer.as_ref(), &table, &record).await? {
-                    let settled =
-                        self.ledger.run(run_id).await?.ok_or_else(|| cannot("it vanished from the ledger".into()))?;
-                    return Ok(report_of(&settled, &table, started.elapsed()));
+                match self.coordinator.resolve(writer.as_ref(), &table, &record).await? {
+                    Resolution::Committed(_) => {
+                        let settled = self
+                            .ledger
+                            .run(run_id)
+                            .await?
+                            .ok_or_else(|| cannot("it vanished from the ledger".into()))?;
+                        return Ok(report_of(&settled, &table, started.elapsed()));
+                    }
+                    Resolution::StillRunning => {
+                        return Err(cannot("it is still running (its process holds the lease)".into()));
+                    }
+                    Resolution::RolledBack => {}
                 }
             }
             RunStatus::Failed => {}

@@ -501,14 +501,33 @@ impl Ledger {
         Ok(())
     }
 
-    /// Step 4: the run enters `committing`.
-    pub async fn set_committing(&self, run_id: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET status = 'committing' WHERE run_id = ?")
+    /// Step 4: the run enters `committing`, if it is still `staging`; false when recovery has
+    /// meanwhile settled it (its process had let the lease lapse): then it must not commit.
+    pub async fn set_committing(&self, run_id: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE runs SET status = 'committing' WHERE run_id = ? AND status = 'staging'")
             .bind(run_id)
             .execute(&self.pool)
             .await
             .map_err(query_error("marking a run committing"))?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Recovery's claim on an abandoned run: marks it failed with `error` if it is still open
+    /// and its lease has lapsed. False when it is not (settled by another, or alive again), in
+    /// which case the caller must leave its files alone.
+    pub async fn claim_abandoned(&self, run_id: &str, error: &str) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'failed', finished_at_ms = ?1, error = ?2, lease_until_ms = NULL
+             WHERE run_id = ?3 AND status IN ('staging', 'committing') AND COALESCE(lease_until_ms, 0) < ?1",
+        )
+        .bind(now)
+        .bind(error)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("claiming an abandoned run"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Step 6: the run succeeded with this snapshot; its staged files are now table files.

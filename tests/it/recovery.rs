@@ -180,3 +180,39 @@ async fn a_failed_run_is_retried_under_its_id_and_runs_of_a_pipeline_never_overl
     let unknown = engine.sql("RETRY RUN 'nope'").await.unwrap_err().to_string();
     assert!(unknown.contains("cannot retry run nope: there is no such run"), "{unknown}");
 }
+
+/// A run that is alive but let its lease lapse is settled by recovery exactly once, and then may
+/// not commit: its files are gone and the table is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_lease_lapsed_is_settled_once_and_cannot_commit_afterwards() {
+    let home = tempfile::tempdir().unwrap();
+    // A long lease: the heartbeat does not renew it during the test; the ledger is aged instead.
+    let engine = std::sync::Arc::new(
+        Engine::builder().home(home.path()).shards(2).run_lease(Duration::from_secs(30)).build().await.unwrap(),
+    );
+    engine.sql("CREATE SCHEMA lake.l; CREATE TABLE lake.l.t (id BIGINT)").await.unwrap();
+    fail::cfg("before-commit/lake.l.t", "1*sleep(1500)").unwrap();
+    let run = {
+        let engine = engine.clone();
+        tokio::spawn(
+            async move { engine.sql("INSERT INTO lake.l.t SELECT value FROM generate_series(1, 50000)").await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // staged, waiting before its commit
+    sqlx_age_leases(home.path()).await;
+    let settled = engine.recover().await.unwrap();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].1, sluice::coordinator::Resolution::RolledBack);
+    assert!(engine.recover().await.unwrap().is_empty(), "settled once");
+
+    let error = run.await.unwrap().unwrap_err().to_string();
+    fail::remove("before-commit/lake.l.t");
+    assert!(error.contains("lost its lease"), "{error}");
+    let record = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!(record.status, RunStatus::Failed);
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.l.t").await, "0");
+    assert!(
+        !files_under(home.path()).iter().any(|f| f.to_string_lossy().contains(&record.run_id)),
+        "no staged file left"
+    );
+}
