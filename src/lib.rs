@@ -15,6 +15,10 @@
 //!                                                          catalog
 //! ```
 //!
+//! The coordinator is a trait ([`coordinator::Coordinator`]): built-ins commit to Iceberg or
+//! Delta, merge a `COPY` export into one file, or chain several; a library user adds their own
+//! with [`EngineBuilder::wrap_coordinator`].
+//!
 //! With no configuration the engine keeps everything in a home folder: an Iceberg SQL catalog
 //! named `lake` on SQLite (`catalog.db`), a local `warehouse/`, and the run ledger (`ledger.db`).
 //!

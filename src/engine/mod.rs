@@ -20,14 +20,16 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::parser::{CopyToSource, CopyToStatement, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::catalog::{
     CatalogConfig, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, PartitionField, TableName,
     load_catalogs,
 };
-use crate::coordinator::{Coordinator, Resolution, RunReport, WriteJob};
+use crate::coordinator::{
+    Coordinator, ExportFormat, FileMerge, Resolution, RunJob, RunReport, Runner, TableCommit, WriteMode,
+};
 use crate::error::{Error, Result};
 use crate::events::{EventLog, RunEvent};
 use crate::ledger::{
@@ -36,7 +38,6 @@ use crate::ledger::{
 use crate::parser::{self, CreatePipeline, Located, Statement};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::planner;
-use crate::sinks::WriteMode;
 
 /// Name of the embedded default catalog.
 pub const DEFAULT_CATALOG: &str = "lake";
@@ -56,9 +57,13 @@ struct WriteRequest {
     retry_of: Option<(String, i64)>,
 }
 
+/// Wraps the built-in coordinator of each run (see [`EngineBuilder::wrap_coordinator`]).
+pub type CoordinatorLayer = Arc<dyn Fn(Arc<dyn Coordinator>) -> Arc<dyn Coordinator> + Send + Sync>;
+
 /// Builds an [`Engine`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct EngineBuilder {
+    layer: Option<CoordinatorLayer>,
     home: Option<PathBuf>,
     shards: Option<usize>,
     memory_limit: Option<usize>,
@@ -66,6 +71,19 @@ pub struct EngineBuilder {
     skip_recovery: bool,
     catalog_dirs: Vec<PathBuf>,
     catalogs: Vec<(String, CatalogConfig)>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("home", &self.home)
+            .field("shards", &self.shards)
+            .field("memory_limit", &self.memory_limit)
+            .field("run_lease", &self.run_lease)
+            .field("catalogs", &self.catalogs)
+            .field("wraps_coordinator", &self.layer.is_some())
+            .finish()
+    }
 }
 
 impl EngineBuilder {
@@ -90,6 +108,32 @@ impl EngineBuilder {
     /// How long a run may go without its heartbeat before it counts as abandoned (default 30 s).
     pub fn run_lease(mut self, lease: Duration) -> Self {
         self.run_lease = Some(lease);
+        self
+    }
+
+    /// Wraps the coordinator of every run (the Iceberg or Delta commit of an `INSERT` or a
+    /// pipeline, the file merge of a `COPY`) in one of your own, e.g. a
+    /// [`crate::coordinator::Composite`] that commits, then notifies:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use sluice::coordinator::{Composite, Coordinator};
+    ///
+    /// #[derive(Debug)]
+    /// struct Audit;
+    /// impl Coordinator for Audit {
+    ///     fn name(&self) -> &str { "audit" }
+    /// }
+    ///
+    /// let builder = sluice::Engine::builder().wrap_coordinator(|builtin| {
+    ///     Arc::new(Composite::new(vec![builtin, Arc::new(Audit)])) as Arc<dyn Coordinator>
+    /// });
+    /// ```
+    pub fn wrap_coordinator(
+        mut self,
+        layer: impl Fn(Arc<dyn Coordinator>) -> Arc<dyn Coordinator> + Send + Sync + 'static,
+    ) -> Self {
+        self.layer = Some(Arc::new(layer));
         self
     }
 
@@ -136,7 +180,8 @@ impl EngineBuilder {
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .build();
-        let ctx = SessionContext::new_with_state(state);
+        // `SELECT * FROM 'file.parquet'` (or .csv, .json) reads a file, as in DuckDB.
+        let ctx = SessionContext::new_with_state(state).enable_url_table();
 
         let dirs: Vec<PathBuf> = std::iter::once(home.join("catalogs")).chain(self.catalog_dirs).collect();
         let mut configs: BTreeMap<String, CatalogConfig> =
@@ -163,8 +208,8 @@ impl EngineBuilder {
             ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
         default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
         let events = EventLog::new(ledger.clone());
-        let coordinator = Coordinator::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
-        let engine = Engine { ctx, catalogs, coordinator, events, ledger, home, shards };
+        let runner = Runner::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
+        let engine = Engine { ctx, catalogs, runner, layer: self.layer, events, ledger, home, shards };
         engine.restore_session_tables().await?;
         // DESIGN §4 step 7: runs left open by a process that is gone are settled on every start.
         if self.skip_recovery {
@@ -187,7 +232,8 @@ pub struct Engine {
     ctx: SessionContext,
     catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
     ledger: Ledger,
-    coordinator: Coordinator,
+    runner: Runner,
+    layer: Option<CoordinatorLayer>,
     events: EventLog,
     home: PathBuf,
     shards: usize,
@@ -319,15 +365,15 @@ impl Engine {
                 return Err(cannot("it is still running (its process holds the lease)".into()));
             }
             RunStatus::Staging | RunStatus::Committing => {
-                let writer = catalog.writer(&table).await?;
-                match self.coordinator.resolve(writer.as_ref(), &table, &record).await? {
+                let commit = TableCommit::new(table.clone(), catalog.writer(&table).await?, vec![], WriteMode::Append);
+                match self.runner.resolve(&commit, &record).await? {
                     Resolution::Committed(_) => {
                         let settled = self
                             .ledger
                             .run(run_id)
                             .await?
                             .ok_or_else(|| cannot("it vanished from the ledger".into()))?;
-                        return Ok(report_of(&settled, &table, started.elapsed()));
+                        return Ok(report_of(&settled, started.elapsed()));
                     }
                     Resolution::StillRunning => {
                         return Err(cannot("it is still running (its process holds the lease)".into()));
@@ -378,19 +424,28 @@ impl Engine {
     pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
         let mut settled = Vec::new();
         for record in self.ledger.abandoned_runs().await? {
-            let Some(table) = TableName::parse(&record.target) else { continue };
-            let Some(catalog) = self.catalog_of(&table.catalog) else {
-                tracing::warn!(run_id = %record.run_id, "cannot recover: catalog `{}` is not declared", table.catalog);
-                continue;
-            };
-            let writer = match catalog.writer(&table).await {
-                Ok(writer) => writer,
-                Err(e) => {
-                    tracing::warn!(run_id = %record.run_id, "cannot recover: {e}");
-                    continue;
+            let coordinator: Arc<dyn Coordinator> = match TableName::parse(&record.target) {
+                // An export's target is the file's absolute path.
+                None => {
+                    let path = PathBuf::from(&record.target);
+                    let format = ExportFormat::of_path(&path).unwrap_or(ExportFormat::Csv);
+                    Arc::new(FileMerge::new(path, format))
+                }
+                Some(table) => {
+                    let Some(catalog) = self.catalog_of(&table.catalog) else {
+                        tracing::warn!(run_id = %record.run_id, "cannot recover: catalog `{}` is not declared", table.catalog);
+                        continue;
+                    };
+                    match catalog.writer(&table).await {
+                        Ok(writer) => Arc::new(TableCommit::new(table, writer, vec![], WriteMode::Append)),
+                        Err(e) => {
+                            tracing::warn!(run_id = %record.run_id, "cannot recover: {e}");
+                            continue;
+                        }
+                    }
                 }
             };
-            let resolution = self.coordinator.resolve(writer.as_ref(), &table, &record).await?;
+            let resolution = self.runner.resolve(coordinator.as_ref(), &record).await?;
             settled.push((record, resolution));
         }
         Ok(settled)
@@ -470,6 +525,11 @@ impl Engine {
         partition_by: &[PartitionField],
         source: &str,
     ) -> Result<Output> {
+        if let DFStatement::CopyTo(copy) = &statement
+            && let Some(output) = self.export(copy, source).await?
+        {
+            return Ok(output);
+        }
         let state = self.ctx.state();
         let text = statement.to_string();
         let plan = state.statement_to_plan(statement).await?;
@@ -644,7 +704,7 @@ impl Engine {
         }
     }
 
-    /// Plans `input` and hands it to the coordinator: one run, one snapshot.
+    /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
     async fn write(&self, request: WriteRequest) -> Result<RunReport> {
         let WriteRequest { table, input, mode, shards, pipeline, statement, retry_of } = request;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
@@ -652,8 +712,57 @@ impl Engine {
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
         let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
-        let job = WriteJob { table, writer, input, partition_key, shards, pipeline, mode, statement, retry_of };
-        Ok(self.coordinator.run(job, state.task_ctx()).await?)
+        let base = writer.base();
+        let target = table.to_string();
+        let commit = Arc::new(TableCommit::new(table, writer, partition_key, mode));
+        let job =
+            RunJob { target, coordinator: self.layered(commit), input, shards, pipeline, statement, base, retry_of };
+        Ok(self.runner.run(job, state.task_ctx()).await?)
+    }
+
+    /// `COPY (SELECT ...) TO 'file.csv'` (or `.jsonl`, `.json`, `.parquet`, or `STORED AS`): the
+    /// shards write part files that the file-merge coordinator merges into the one file.
+    /// `None` leaves the statement to DataFusion: a folder, partitioned output, format options,
+    /// or a URL.
+    async fn export(&self, copy: &CopyToStatement, statement: &str) -> Result<Option<Output>> {
+        let path = PathBuf::from(&copy.target);
+        let format = match &copy.stored_as {
+            Some(name) => ExportFormat::parse(name),
+            None => ExportFormat::of_path(&path),
+        };
+        let is_file = path.extension().is_some() && !copy.target.contains("://") && !copy.target.ends_with('/');
+        let (Some(format), true, true, true) =
+            (format, is_file, copy.partitioned_by.is_empty(), copy.options.is_empty())
+        else {
+            return Ok(None);
+        };
+        let plan = match &copy.source {
+            CopyToSource::Query(query) => self.plan_sql_statement(SqlStatement::Query(query.clone())).await?,
+            CopyToSource::Relation(name) => self.ctx.table(name.to_string().as_str()).await?.into_unoptimized_plan(),
+        };
+        let path = std::path::absolute(&path).map_err(|source| Error::Io { path: copy.target.clone(), source })?;
+        let state = self.ctx.state();
+        let input = state.create_physical_plan(&plan).await?;
+        let merge = Arc::new(FileMerge::new(path.clone(), format));
+        let job = RunJob {
+            target: path.display().to_string(),
+            coordinator: self.layered(merge),
+            input,
+            shards: self.shards,
+            pipeline: None,
+            statement: statement.to_string(),
+            base: None,
+            retry_of: None,
+        };
+        Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
+    }
+
+    /// The run's coordinator: the built-in one, wrapped by the layer the engine was built with.
+    fn layered(&self, builtin: Arc<dyn Coordinator>) -> Arc<dyn Coordinator> {
+        match &self.layer {
+            Some(layer) => layer(builtin),
+            None => builtin,
+        }
     }
 
     async fn create_pipeline(&self, create: &CreatePipeline, statement: &Statement) -> Result<Output> {
@@ -725,11 +834,11 @@ impl Engine {
 }
 
 /// The report of a run the ledger has settled.
-fn report_of(record: &RunRecord, table: &TableName, elapsed: Duration) -> RunReport {
+fn report_of(record: &RunRecord, elapsed: Duration) -> RunReport {
     RunReport {
         run_id: record.run_id.clone(),
         pipeline: record.pipeline.clone(),
-        table: table.clone(),
+        target: record.target.clone(),
         shards: record.shards,
         rows: record.rows,
         files: record.files,

@@ -406,10 +406,12 @@ impl SluiceParser<'_> {
                 Token::RParen => depth = depth.saturating_sub(1),
                 _ => {}
             }
-            if depth == 0 && clause.is_none() && is_word(&token.token, "PARTITIONED") {
-                if matches!(&p.peek_nth_token_ref(tokens.len() + 1).token, Token::Word(w) if w.keyword == Keyword::BY) {
-                    clause = Some(tokens.len());
-                }
+            if depth == 0
+                && clause.is_none()
+                && is_word(&token.token, "PARTITIONED")
+                && matches!(&p.peek_nth_token_ref(tokens.len() + 1).token, Token::Word(w) if w.keyword == Keyword::BY)
+            {
+                clause = Some(tokens.len());
             }
             tokens.push(token);
         }

@@ -181,6 +181,10 @@ impl FileWriter for DeltaFile {
 
 #[async_trait]
 impl TableWriter for DeltaTableWriter {
+    fn format(&self) -> &'static str {
+        "delta"
+    }
+
     fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -274,7 +278,7 @@ impl TableWriter for DeltaTableWriter {
             .into_iter()
             .map(|file| match file {
                 StagedFile::Delta(add) => Ok(add),
-                StagedFile::Iceberg(_) => Err(CommitError::new("an Iceberg file cannot be committed to a Delta table")),
+                other => Err(CommitError::new(format!("{other:?} is not a Delta data file"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut metadata = vec![(RUN_ID_KEY.to_string(), json!(run.run_id))];

@@ -5,7 +5,7 @@
 //! next file name (`<run id>-<shard>-<n>.parquet`, under the partition's folder), record it in
 //! the ledger, and only then open it; roll to a new file past the table's target file size. What differs per format — how a file is written
 //! and described, how the run is committed — is a [`TableWriter`]. A sink only stages; making the
-//! files visible is the coordinator's job.
+//! files visible is the coordinator's job ([`crate::coordinator::TableCommit`]).
 
 pub mod delta;
 pub mod iceberg;
@@ -23,8 +23,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
 use crate::catalog::{PartitionField, TableName};
-use crate::events::{EventLog, RunEvent};
-use crate::ledger::{Ledger, ShardTotals};
+use crate::coordinator::RunContext;
 use crate::runtime::{BoxError, ShardError};
 
 /// One staged data file, described as its table format needs it to be referenced.
@@ -34,6 +33,15 @@ pub enum StagedFile {
     Iceberg(::iceberg::spec::DataFile),
     /// A Delta `add` action with its statistics.
     Delta(deltalake::kernel::Add),
+    /// A plain file (a part of an export), with what it holds.
+    Part {
+        /// Where it is.
+        location: String,
+        /// Rows in it.
+        rows: u64,
+        /// Its size in bytes.
+        bytes: u64,
+    },
 }
 
 impl StagedFile {
@@ -44,6 +52,7 @@ impl StagedFile {
             StagedFile::Delta(add) => {
                 add.get_stats().ok().flatten().map(|s| s.num_records.max(0) as u64).unwrap_or_default()
             }
+            StagedFile::Part { rows, .. } => *rows,
         }
     }
 
@@ -52,6 +61,7 @@ impl StagedFile {
         match self {
             StagedFile::Iceberg(file) => file.file_size_in_bytes(),
             StagedFile::Delta(add) => add.size.max(0) as u64,
+            StagedFile::Part { bytes, .. } => *bytes,
         }
     }
 }
@@ -96,15 +106,6 @@ fn escape_path_value(value: &str) -> String {
         }
     }
     escaped
-}
-
-/// What one shard staged: its files (not yet referenced by any snapshot) and totals.
-#[derive(Debug, Default)]
-pub struct StagedShard {
-    /// The staged files.
-    pub files: Vec<StagedFile>,
-    /// Rows, files and bytes written.
-    pub totals: ShardTotals,
 }
 
 /// How a run's files change the table.
@@ -173,6 +174,8 @@ pub trait FileWriter: Send {
 /// A table format as the coordinator drives it: stage files, commit them once, find a commit.
 #[async_trait]
 pub trait TableWriter: Send + Sync + std::fmt::Debug {
+    /// The table format: `iceberg` or `delta`.
+    fn format(&self) -> &'static str;
     /// The Arrow schema batches are written with (the table's current schema).
     fn schema(&self) -> &SchemaRef;
     /// The table's snapshot id (Iceberg) or version (Delta) as the writer found it.
@@ -198,68 +201,30 @@ pub trait TableWriter: Send + Sync + std::fmt::Debug {
 }
 
 /// Writes the shards of one run through a [`TableWriter`].
-#[derive(Debug, Clone)]
-pub struct ShardSink {
-    run_id: String,
-    table: TableName,
+#[derive(Debug)]
+pub struct ShardSink<'a> {
+    run: &'a RunContext,
+    table: &'a TableName,
     writer: Arc<dyn TableWriter>,
-    ledger: Ledger,
-    events: EventLog,
 }
 
-impl ShardSink {
-    /// A sink for `run_id` into `table`, reporting each shard's end to the ledger and `events`.
-    pub fn new(
-        run_id: &str,
-        table: &TableName,
-        writer: Arc<dyn TableWriter>,
-        ledger: Ledger,
-        events: EventLog,
-    ) -> Self {
-        Self { run_id: run_id.to_string(), table: table.clone(), writer, ledger, events }
+impl<'a> ShardSink<'a> {
+    /// A sink for `run` into `table`.
+    pub fn new(run: &'a RunContext, table: &'a TableName, writer: Arc<dyn TableWriter>) -> Self {
+        Self { run, table, writer }
     }
 
-    /// Streams `input` into data files; the shard's task body. The ledger learns how it ended.
+    /// Streams shard `shard`'s input into data files and returns them, finished but not
+    /// committed.
     pub async fn write_shard(
-        self,
-        shard: usize,
-        mut input: SendableRecordBatchStream,
-    ) -> Result<StagedShard, ShardError> {
-        let started = std::time::Instant::now();
-        self.ledger.shard_started(&self.run_id, shard).await.map_err(|source| ShardError::Ledger { shard, source })?;
-        let result = self.write_files(shard, &mut input).await;
-        let totals = result.as_ref().map(|staged| staged.totals).unwrap_or_default();
-        self.events
-            .emit(RunEvent::ShardFinished {
-                run_id: self.run_id.clone(),
-                shard,
-                rows: totals.rows,
-                files: totals.files,
-                bytes: totals.bytes,
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                error: result.as_ref().err().map(ToString::to_string),
-            })
-            .await;
-        let outcome = match &result {
-            Ok(staged) => Ok(staged.totals),
-            Err(e) => Err(e.to_string()),
-        };
-        let recorded =
-            self.ledger.shard_finished(&self.run_id, shard, outcome.as_ref().map(|t| *t).map_err(String::as_str)).await;
-        let staged = result?;
-        recorded.map_err(|source| ShardError::Ledger { shard, source })?;
-        Ok(staged)
-    }
-
-    async fn write_files(
         &self,
         shard: usize,
-        input: &mut SendableRecordBatchStream,
-    ) -> Result<StagedShard, ShardError> {
+        mut input: SendableRecordBatchStream,
+    ) -> Result<Vec<StagedFile>, ShardError> {
         let schema = self.writer.schema().clone();
         let write_error =
             |location: &str, source: BoxError| ShardError::Write { shard, path: location.to_string(), source };
-        let mut staged = StagedShard::default();
+        let mut staged = Vec::new();
         let mut sequence = 0usize;
         // One open file per partition this shard has rows for, keyed by the partition's path.
         let mut open: HashMap<String, (String, Box<dyn FileWriter>)> = HashMap::new();
@@ -276,12 +241,12 @@ impl ShardSink {
             for (partition, rows) in parts {
                 let key = partition.path();
                 if !open.contains_key(&key) {
-                    let name = format!("{}-{shard:05}-{sequence:05}.parquet", self.run_id);
+                    let name = format!("{}-{shard:05}-{sequence:05}.parquet", self.run.run_id());
                     let location = self.writer.file_location(&partition, &name);
                     sequence += 1;
                     // DESIGN §4 step 2: the location is in the ledger before the file exists.
-                    self.ledger
-                        .stage_file(&self.run_id, shard, &location)
+                    self.run
+                        .stage_file(shard, &location)
                         .await
                         .map_err(|source| ShardError::Ledger { shard, source })?;
                     let file =
@@ -292,20 +257,15 @@ impl ShardSink {
                 file.write(rows).await.map_err(|e| write_error(location, e))?;
                 if file.written_bytes() >= self.writer.target_file_size() {
                     let (location, file) = open.remove(&key).expect("a file is open for the partition");
-                    staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+                    staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
                 }
             }
             crate::failpoint::check("shard-write", &self.table.to_string())
                 .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
         }
         for (_, (location, file)) in open {
-            staged.files.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+            staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
         }
-        staged.totals = ShardTotals {
-            rows: staged.files.iter().map(StagedFile::rows).sum(),
-            files: staged.files.len() as u64,
-            bytes: staged.files.iter().map(StagedFile::bytes).sum(),
-        };
         Ok(staged)
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use deltalake::DeltaTableBuilder;
 use sluice::Engine;
 use sluice::catalog::{CatalogConfig, DeltaConfig, TableName};
+use sluice::coordinator::RunContext;
 use sluice::ledger::RunStatus;
 use sluice::sinks::delta::DeltaTableWriter;
 use sluice::sinks::{RunIdentity, ShardSink, TableWriter, WriteMode};
@@ -101,10 +102,9 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
             RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline, sequence: 1, base: Some(base as i64) };
         let input = engine.session().sql("SELECT value AS id FROM generate_series(1, 1000)").await.unwrap();
         let stream = input.execute_stream().await.unwrap();
-        let events = sluice::events::EventLog::new(engine.ledger().clone());
-        let sink = ShardSink::new(&run.run_id, &name, writer.clone(), engine.ledger().clone(), events);
-        let staged = sink.write_shard(0, stream).await.unwrap();
-        let version = writer.commit(staged.files.clone(), &run, WriteMode::Append).await.unwrap();
+        let context = RunContext::new(run.clone(), name.to_string(), 1, engine.ledger().clone());
+        let staged = ShardSink::new(&context, &name, writer.clone()).write_shard(0, stream).await.unwrap();
+        let version = writer.commit(staged.clone(), &run, WriteMode::Append).await.unwrap();
         assert_eq!(version as u64, base + 1);
 
         // The retry: a new writer on the table as of the run's start, the same files, the same run.
@@ -113,7 +113,7 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
         let retry = DeltaTableWriter::new(as_of_start).unwrap();
         assert_eq!(retry.find_run(&run).await.unwrap(), Some(version));
         assert_eq!(
-            retry.commit(staged.files, &run, WriteMode::Append).await.unwrap(),
+            retry.commit(staged, &run, WriteMode::Append).await.unwrap(),
             version,
             "the same version, not a new one"
         );

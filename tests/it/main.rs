@@ -3,6 +3,7 @@
 mod catalogs;
 mod cli;
 mod concurrency;
+mod coordinators;
 mod delta;
 mod events;
 mod faults;

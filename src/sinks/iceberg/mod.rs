@@ -213,6 +213,10 @@ impl FileWriter for IcebergFile {
 
 #[async_trait]
 impl TableWriter for IcebergTableWriter {
+    fn format(&self) -> &'static str {
+        "iceberg"
+    }
+
     fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -267,7 +271,7 @@ impl TableWriter for IcebergTableWriter {
             .into_iter()
             .map(|file| match file {
                 StagedFile::Iceberg(file) => Ok(file),
-                StagedFile::Delta(_) => Err(CommitError::new("a Delta file cannot be committed to an Iceberg table")),
+                other => Err(CommitError::new(format!("{other:?} is not an Iceberg data file"))),
             })
             .collect::<Result<_, _>>()?;
         if mode != WriteMode::Append {
