@@ -14,7 +14,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{SchemaReference, TableReference};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
@@ -172,7 +172,10 @@ impl EngineBuilder {
         }
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = self.memory_limit {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+            // When the pool runs out, the error names the operators holding the most.
+            let pool =
+                TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
+            runtime = runtime.with_memory_pool(Arc::new(pool));
         }
         let config = SessionConfig::new().with_information_schema(true).with_target_partitions(shards);
         let state = SessionStateBuilder::new()

@@ -257,7 +257,10 @@ impl TableWriter for DeltaTableWriter {
             Partition::Delta(values) => values.iter().cloned().collect(),
             _ => HashMap::new(),
         };
-        let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?)).build();
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+            .set_dictionary_page_size_limit(super::DICTIONARY_PAGE_BYTES)
+            .build();
         let output = ParquetObjectWriter::new(self.store.clone(), object_path(&path)?);
         let writer = AsyncArrowWriter::try_new(output, self.file_schema.clone(), Some(properties))?;
         Ok(Box::new(DeltaFile { path, schema: self.file_schema.clone(), partition_values, writer }))

@@ -42,6 +42,16 @@ def table_result(table):
     return {"metadata-location": table.metadata_location, "metadata": json.loads(table.metadata.model_dump_json()), "config": {}}
 
 
+class Named:
+    """What SqlCatalog.commit_table needs of a table: its name (the table may not exist yet)."""
+
+    def __init__(self, identifier):
+        self.identifier = identifier
+
+    def name(self):
+        return self.identifier
+
+
 class Handler(BaseHTTPRequestHandler):
     catalog: SqlCatalog = None
     token = os.environ.get("SLUICE_REST_TOKEN")
@@ -96,7 +106,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, {"identifiers": [{"namespace": [ns], "name": t[-1]} for t in c.list_tables(ns)]})
             case "POST", ["namespaces", ns, "tables"]:
                 body = self.body()
-                table = c.create_table(
+                # A staged create (DuckDB's CREATE TABLE) only describes the table; the commit
+                # that follows, with an assert-create requirement, creates it.
+                create = c._create_staged_table if body.get("stage-create") else c.create_table
+                table = create(
                     (ns, body["name"]),
                     schema=Schema.model_validate(body["schema"]),
                     location=body.get("location"),
@@ -117,9 +130,16 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(204)
             case "POST", ["namespaces", ns, "tables", name]:
                 request = CommitTableRequest.model_validate(self.body())
-                table = c.load_table((ns, name))
-                response = c.commit_table(table, tuple(request.requirements), tuple(request.updates))
+                response = c.commit_table(Named((ns, name)), tuple(request.requirements), tuple(request.updates))
                 return self.reply(200, {"metadata-location": response.metadata_location, "metadata": json.loads(response.metadata.model_dump_json())})
+            case "POST", ["transactions", "commit"]:
+                # DuckDB commits through the multi-table endpoint; each change is one table's
+                # commit (atomic per table, which is all one-table writers need).
+                for change in self.body()["table-changes"]:
+                    request = CommitTableRequest.model_validate(change)
+                    ident = change["identifier"]
+                    c.commit_table(Named((*ident["namespace"], ident["name"])), tuple(request.requirements), tuple(request.updates))
+                return self.reply(204)
         self.reply(404, {"error": {"message": f"no route {method} {self.path}", "type": "NotFound", "code": 404}})
 
     def do_GET(self):

@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod interop;
 mod kill;
+mod memory;
 mod overwrite;
 mod postgres;
 mod recovery;

@@ -80,7 +80,8 @@ impl std::fmt::Debug for IcebergTableWriter {
     }
 }
 
-/// The table's Parquet codec (`write.parquet.compression-codec`, default zstd, as in Iceberg 1.4+).
+/// The table's Parquet codec (`write.parquet.compression-codec`, default zstd, as in Iceberg 1.4+)
+/// and dictionary size (`write.parquet.dict-size-bytes`, default [`super::DICTIONARY_PAGE_BYTES`]).
 fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> {
     let properties = table.metadata().properties();
     let codec = properties.get("write.parquet.compression-codec").map(String::as_str).unwrap_or("zstd");
@@ -97,7 +98,16 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
             format!("table property write.parquet.compression-codec: {e}"),
         )
     })?;
-    Ok(WriterProperties::builder().set_compression(compression).build())
+    let dictionary = match properties.get("write.parquet.dict-size-bytes") {
+        None => super::DICTIONARY_PAGE_BYTES,
+        Some(bytes) => bytes.parse().map_err(|e| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::DataInvalid,
+                format!("table property write.parquet.dict-size-bytes `{bytes}`: {e}"),
+            )
+        })?,
+    };
+    Ok(WriterProperties::builder().set_compression(compression).set_dictionary_page_size_limit(dictionary).build())
 }
 
 impl IcebergTableWriter {

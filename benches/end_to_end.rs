@@ -1,0 +1,151 @@
+//! End to end on TPC-H `lineitem`, in one run:
+//!
+//!   (a) DataFusion writing the job's result to Parquet files with `COPY ... TO` and no table
+//!       commit: the floor;
+//!   (b) the same query as a Sluice pipeline into an Iceberg table;
+//!   (c) into a Delta table;
+//!   (d) (b) and (c) with 1, 2 and all-cores shards.
+//!
+//! Two jobs: `filter` (a projection and filter, ≈4.34 M rows at SF1, unpartitioned target) and
+//! `orders` (a GROUP BY over every line, 1.5 M rows at SF1, into a table partitioned by the month
+//! of the ship date: Iceberg `month(l_shipdate)`, Delta the column `ship_month`; the floor writes
+//! Hive-partitioned by `ship_month`). Everything writes zstd(1) Parquet. Prints the median of
+//! each over the repetitions and its ratio to (a).
+//!
+//! The data comes from `tpchgen-cli` (benches/peers/requirements.txt; `benches/run.sh` installs
+//! it), generated once into `target/tpch/sf<SF>/` and never committed.
+//!
+//! `cargo bench --bench end_to_end`; `SLUICE_TPCH_SF` (default 1), `SLUICE_BENCH_REPEAT` (5),
+//! `SLUICE_TPCHGEN` (the generator; default `benches/.venv/bin/tpchgen-cli`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sluice::Engine;
+use sluice::catalog::{CatalogConfig, DeltaConfig};
+
+const FILTER: &str = "SELECT l_orderkey, l_partkey, l_suppkey, l_linenumber, l_quantity, \
+     l_extendedprice * (1 - l_discount) AS net_price, l_shipdate, l_returnflag \
+     FROM lineitem WHERE l_shipdate >= DATE '1994-01-01'";
+
+const ORDERS: &str = "SELECT l_orderkey, max(l_shipdate) AS l_shipdate, \
+     CAST(date_trunc('month', max(l_shipdate)) AS DATE) AS ship_month, count(*) AS lines, \
+     sum(l_quantity) AS quantity, sum(l_extendedprice * (1 - l_discount)) AS revenue \
+     FROM lineitem GROUP BY l_orderkey";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// `lineitem` at scale factor `sf`, generated on first use.
+fn lineitem(sf: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let dir = target.join("tpch").join(format!("sf{sf}"));
+    let file = dir.join("lineitem.parquet");
+    if !file.exists() {
+        let generator = std::env::var_os("SLUICE_TPCHGEN")
+            .map_or_else(|| root.join("benches/.venv/bin/tpchgen-cli"), PathBuf::from);
+        println!("generating TPC-H lineitem at SF{sf} with {} ...", generator.display());
+        let status = std::process::Command::new(&generator)
+            .args(["parquet", "-s", sf, "--tables", "lineitem", "--output-dir"])
+            .arg(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("{}: {e} (run benches/run.sh, or set SLUICE_TPCHGEN)", generator.display()));
+        assert!(status.success(), "tpchgen-cli failed");
+    }
+    file
+}
+
+async fn time(repeat: usize, engine: &Engine, sql: impl Fn(usize) -> String) -> Duration {
+    let mut samples = Vec::with_capacity(repeat);
+    for i in 0..repeat {
+        let sql = sql(i);
+        let started = Instant::now();
+        engine.sql(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        samples.push(started.elapsed());
+    }
+    median(samples)
+}
+
+fn line(label: &str, took: Duration, floor: Option<Duration>) {
+    match floor {
+        None => println!("  {label:<42} {:>8.3} s", took.as_secs_f64()),
+        Some(floor) => println!(
+            "  {label:<42} {:>8.3} s   {:>5.2}x the floor",
+            took.as_secs_f64(),
+            took.as_secs_f64() / floor.as_secs_f64()
+        ),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> sluice::Result<()> {
+    let sf: String = env_or("SLUICE_TPCH_SF", "1".to_string());
+    let repeat = env_or("SLUICE_BENCH_REPEAT", 5usize);
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let lineitem = lineitem(&sf);
+    let home = tempfile::tempdir().expect("temp dir");
+    let delta = DeltaConfig { root: home.path().join("delta").display().to_string() };
+    let engine =
+        Engine::builder().home(home.path()).catalog("delta", CatalogConfig::Delta(delta)).shards(cores).build().await?;
+    engine
+        .sql(&format!(
+            "SET datafusion.execution.parquet.compression = 'zstd(1)';
+             CREATE EXTERNAL TABLE lineitem STORED AS PARQUET LOCATION '{}';
+             CREATE SCHEMA lake.tpch; CREATE SCHEMA delta.tpch;",
+            lineitem.display()
+        ))
+        .await?;
+    let rows = |sql: &str| format!("SELECT count(*) FROM ({sql})");
+    println!("TPC-H SF{sf}, {repeat} repetitions (median), {cores} cores, zstd(1) Parquet everywhere");
+
+    for (job, query, floor_partitioning, iceberg_partitioning, delta_partitioning) in [
+        ("filter", FILTER, "", "", ""),
+        (
+            "orders",
+            ORDERS,
+            " PARTITIONED BY (ship_month)",
+            " PARTITIONED BY (month(l_shipdate))",
+            " PARTITIONED BY (ship_month)",
+        ),
+    ] {
+        let count = engine.sql(&rows(query)).await?;
+        let count = datafusion::arrow::util::display::array_value_to_string(count[0].column(0), 0).unwrap();
+        println!("\njob `{job}`: {count} rows");
+        let out = home.path().join(format!("copy-{job}"));
+        let floor = time(repeat, &engine, |i| {
+            format!("COPY ({query}) TO '{}/{i}/' STORED AS PARQUET{floor_partitioning}", out.display())
+        })
+        .await;
+        line("(a) DataFusion COPY TO Parquet (floor)", floor, None);
+
+        let mut shard_counts = vec![1, 2, cores];
+        shard_counts.sort();
+        shard_counts.dedup();
+        for (format, catalog, partitioning) in
+            [("Iceberg", "lake", iceberg_partitioning), ("Delta", "delta", delta_partitioning)]
+        {
+            for &shards in &shard_counts {
+                let table = format!("{catalog}.tpch.{job}_{shards}");
+                let pipeline = format!("{job}_{catalog}_{shards}");
+                engine
+                    .sql(&format!(
+                        "CREATE TABLE {table}{partitioning} AS {query} LIMIT 0;
+                         CREATE PIPELINE {pipeline} WITH (shards = {shards}) AS INSERT INTO {table} {query};"
+                    ))
+                    .await?;
+                let took = time(repeat, &engine, |_| format!("RUN PIPELINE {pipeline}")).await;
+                let label =
+                    format!("({}) Sluice -> {format}, {shards} shard(s)", if catalog == "lake" { 'b' } else { 'c' });
+                line(&label, took, Some(floor));
+            }
+        }
+    }
+    Ok(())
+}
