@@ -352,6 +352,9 @@ impl Engine {
             .run(run_id)
             .await?
             .ok_or_else(|| cannot("there is no such run (SHOW RUNS lists them)".into()))?;
+        if Path::new(&record.target).is_absolute() {
+            return Err(cannot(format!("it exported `{}` (run the COPY again instead)", record.target)));
+        }
         let table =
             TableName::parse(&record.target).ok_or_else(|| cannot(format!("unreadable target `{}`", record.target)))?;
         let catalog = self
@@ -427,8 +430,9 @@ impl Engine {
     pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
         let mut settled = Vec::new();
         for record in self.ledger.abandoned_runs().await? {
-            let coordinator: Arc<dyn Coordinator> = match TableName::parse(&record.target) {
-                // An export's target is the file's absolute path.
+            // An export's target is the file's absolute path; a table's is `catalog.schema.table`.
+            let table = (!Path::new(&record.target).is_absolute()).then(|| TableName::parse(&record.target)).flatten();
+            let coordinator: Arc<dyn Coordinator> = match table {
                 None => {
                     let path = PathBuf::from(&record.target);
                     let format = ExportFormat::of_path(&path).unwrap_or(ExportFormat::Csv);

@@ -25,7 +25,7 @@ pub enum RunEvent {
         run_id: String,
         /// The pipeline, `None` for an ad-hoc write.
         pipeline: Option<String>,
-        /// The table written.
+        /// The table (`catalog.schema.table`) or file written.
         target: String,
         /// Number of shards.
         shards: usize,

@@ -128,7 +128,7 @@ pub struct RunRecord {
     pub run_id: String,
     /// The pipeline, or `None` for an ad-hoc `INSERT` / CTAS.
     pub pipeline: Option<String>,
-    /// The table written, `catalog.schema.table`.
+    /// The table written, `catalog.schema.table`, or the absolute path of an exported file.
     pub target: String,
     /// Current status.
     pub status: RunStatus,
@@ -165,7 +165,7 @@ pub struct NewRun<'a> {
     pub run_id: &'a str,
     /// The pipeline, `None` for an ad-hoc write.
     pub pipeline: Option<&'a str>,
-    /// The table written, `catalog.schema.table`.
+    /// The table written, `catalog.schema.table`, or the absolute path of an exported file.
     pub target: &'a str,
     /// Number of shards.
     pub shards: usize,

@@ -216,3 +216,30 @@ async fn a_run_whose_lease_lapsed_is_settled_once_and_cannot_commit_afterwards()
         "no staged file left"
     );
 }
+
+/// An export killed after its shards wrote their parts leaves them in a hidden folder beside the
+/// target; recovery deletes the folder and marks the run failed, and the old file is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_export_killed_before_its_rename_is_cleaned_up_by_recovery() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("out.csv");
+    std::fs::write(&target, "old\n").unwrap();
+    let crashed = sluice(
+        home.path(),
+        &format!("before-commit/{}=return(abort)", target.display()),
+        &format!("COPY (SELECT value FROM generate_series(1, 50000)) TO '{}'", target.display()),
+    );
+    assert!(!crashed.status.success(), "the process was to die before its rename");
+    assert!(files_under(out.path()).len() > 1, "the parts are on disk: {:?}", files_under(out.path()));
+
+    sqlx_age_leases(home.path()).await;
+    let engine = engine(home.path()).await; // recovery runs on start
+    let run = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!((run.status, run.target.as_str()), (RunStatus::Failed, target.to_str().unwrap()));
+    assert_eq!(files_under(out.path()), [target.clone()], "only the old file is left");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
+    assert!(std::fs::read_dir(out.path()).unwrap().count() == 1, "no parts folder is left");
+    let retry = engine.sql(&format!("RETRY RUN '{}'", run.run_id)).await.expect_err("exports are not retried");
+    assert!(retry.to_string().contains("run the COPY again"), "{retry}");
+}
