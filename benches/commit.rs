@@ -52,7 +52,7 @@ impl Bench {
     /// A new, empty `<catalog>.b.t<n>` and its writer.
     async fn fresh_table(&self, catalog: &str) -> (TableName, Arc<dyn TableWriter>) {
         let n = self.tables.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = TableName::new(catalog, "b", &format!("t{n}"));
+        let name = TableName::new(catalog, "b", format!("t{n}"));
         let sql = format!("CREATE TABLE {name} (id BIGINT NOT NULL, amount DOUBLE, customer VARCHAR, day DATE)");
         self.engine.sql(&sql).await.expect("table");
         let writer = self.engine.catalog(catalog).expect("catalog").writer(&name).await.expect("writer");
@@ -87,7 +87,7 @@ fn copies(template: &StagedFile, writer: &dyn TableWriter, count: usize) -> Vec<
         .map(|i| {
             let location = writer.file_location(&Partition::Unpartitioned, &format!("bench-{i:06}.parquet"));
             match template {
-                StagedFile::Iceberg(file) => StagedFile::Iceberg(
+                StagedFile::Iceberg(file) => StagedFile::Iceberg(Box::new(
                     DataFileBuilder::default()
                         .content(file.content_type())
                         .file_path(location)
@@ -104,7 +104,7 @@ fn copies(template: &StagedFile, writer: &dyn TableWriter, count: usize) -> Vec<
                         .partition_spec_id(0)
                         .build()
                         .expect("a data file"),
-                ),
+                )),
                 StagedFile::Delta(add) => {
                     let mut add = add.clone();
                     add.path = location.rsplit('/').next().expect("a file name").to_string();

@@ -85,7 +85,7 @@ fn line(label: &str, took: Duration, floor: Option<Duration>) {
 }
 
 #[tokio::main(flavor = "multi_thread")]
-async fn main() -> sluice::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sf: String = env_or("SLUICE_TPCH_SF", "1".to_string());
     let repeat = env_or("SLUICE_BENCH_REPEAT", 5usize);
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);

@@ -24,9 +24,10 @@ pub enum Error {
     /// The run ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// A write run failed (and was rolled back).
+    /// A write run failed (and was rolled back). Boxed: a run error carries the run, the
+    /// target and the cause, and every `Result` of the crate would otherwise be that large.
     #[error(transparent)]
-    Run(#[from] RunError),
+    Run(Box<RunError>),
     /// A pipeline is missing or badly defined.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -90,6 +91,12 @@ impl Error {
             Error::Parse(_) | Error::Statement { .. } => self,
             other => Error::Statement { line, column, source: Box::new(other) },
         }
+    }
+}
+
+impl From<RunError> for Error {
+    fn from(error: RunError) -> Self {
+        Error::Run(Box::new(error))
     }
 }
 

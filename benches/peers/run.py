@@ -11,10 +11,12 @@ ratio of Sluice's time to each peer's (below 1.0: Sluice is faster).
 Contestants (codec in brackets):
   sluice-floor     the sluice binary running DataFusion's COPY TO Parquet files   [zstd(1)]
   sluice-iceberg   sluice RUN PIPELINE into the embedded Iceberg catalog          [zstd(1)]
+  sluice-ice-snappy  the same, the table's write.parquet.compression-codec = snappy  [snappy]
   sluice-delta     sluice RUN PIPELINE into a Delta table                         [zstd(1)]
   duckdb-parquet   DuckDB COPY ... TO Parquet                                     [zstd(1)]
   duckdb-iceberg   DuckDB INSERT into an Iceberg table through its iceberg
-                   extension (a REST catalog: tests/interop/rest_catalog.py)      [snappy, DuckDB's only choice]
+                   extension (a REST catalog: tests/interop/rest_catalog.py)      [snappy, DuckDB's only choice;
+                                                                   compared with sluice-ice-snappy]
   pyiceberg        DuckDB computes the rows, pyiceberg appends them (SqlCatalog on SQLite)  [zstd(1)]
   polars-delta     polars computes the rows, write_delta (delta-rs)               [zstd(1)]
 
@@ -143,6 +145,15 @@ def work_pyiceberg(lineitem, job, folder):
     pyiceberg_catalog(folder).load_table(f"bench.{job}").append(rows)
 
 
+def work_set_codec(home, table, codec):
+    """Sets an Iceberg table's Parquet codec in Sluice's catalog (pyiceberg reads it as is)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    with catalog.load_table(table).transaction() as tx:
+        tx.set_properties({"write.parquet.compression-codec": codec})
+
+
 def work_polars_delta(lineitem, job, path):
     import datetime
 
@@ -195,11 +206,11 @@ def start_rest_catalog(folder):
 
 
 def report(rows, sluice_for):
-    print(f"  {'contestant':<16} {'wall (median)':>14} {'peak RSS':>10}   Sluice's time / theirs")
+    print(f"  {'contestant':<17} {'wall (median)':>14} {'peak RSS':>10}   Sluice's time / theirs")
     for name, (wall, rss) in rows.items():
         mine = sluice_for.get(name)
         ratio = f"{rows[mine][0] / wall:5.2f}  ({mine})" if mine and mine in rows else ""
-        print(f"  {name:<16} {wall:>12.3f} s {rss:>7.0f} MiB   {ratio}")
+        print(f"  {name:<17} {wall:>12.3f} s {rss:>7.0f} MiB   {ratio}")
 
 
 def main():
@@ -237,9 +248,13 @@ def main():
                 f"CREATE TABLE lake.bench.{job}{iceberg_partition} AS {query} LIMIT 0;",
                 f"CREATE TABLE delta.bench.{job}{delta_partition} AS {query} LIMIT 0;",
                 f"CREATE PIPELINE {job}_iceberg AS INSERT INTO lake.bench.{job} {query};",
+                f"CREATE TABLE lake.bench.{job}_snappy{iceberg_partition} AS {query} LIMIT 0;",
+                f"CREATE PIPELINE {job}_iceberg_snappy AS INSERT INTO lake.bench.{job}_snappy {query};",
                 f"CREATE PIPELINE {job}_delta AS INSERT INTO delta.bench.{job} {query};",
             ]
         measure(sluice_cmd(sluice, home, catalogs, " ".join(setup)))
+        for job in JOBS:
+            measure(worker("set_codec", home, f"bench.{job}_snappy", "snappy"))
         rest_folder = f"{work}/rest"
         os.makedirs(rest_folder)
         server, port = start_rest_catalog(rest_folder)
@@ -253,6 +268,7 @@ def main():
                     lambda i: sluice_cmd(sluice, home, catalogs, f"{codec} COPY ({query}) TO '{work}/floor-{job}/{i}/' STORED AS PARQUET{floor_partition}"),
                 )
                 rows["sluice-iceberg"] = median_of(options.repeat, lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_iceberg"))
+                rows["sluice-ice-snappy"] = median_of(options.repeat, lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_iceberg_snappy"))
                 rows["sluice-delta"] = median_of(options.repeat, lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_delta"))
                 rows["duckdb-parquet"] = median_of(
                     options.repeat, lambda i: worker("duckdb_parquet", lineitem, job, f"{work}/duckdb-{job}-{i}" + ("" if job == "orders" else ".parquet"))
@@ -270,7 +286,7 @@ def main():
                     {
                         "sluice-floor": None,
                         "duckdb-parquet": "sluice-floor",
-                        "duckdb-iceberg": "sluice-iceberg",
+                        "duckdb-iceberg": "sluice-ice-snappy",
                         "pyiceberg": "sluice-iceberg",
                         "polars-delta": "sluice-delta",
                     },

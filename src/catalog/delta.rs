@@ -70,7 +70,7 @@ fn partition_columns(name: &TableName, schema: &ArrowSchema, partitioning: &[Par
         .iter()
         .map(|field| {
             let bad = |reason: &str| CatalogError::BadPartition {
-                table: name.clone(),
+                table: Box::new(name.clone()),
                 field: field.to_string(),
                 reason: reason.to_string(),
             };

@@ -216,7 +216,7 @@ impl IcebergCatalog {
 /// column's type (e.g. `day` needs a date or timestamp).
 fn partition_spec(name: &TableName, schema: &TableSchema, partitioning: &[PartitionField]) -> Result<PartitionSpec> {
     let bad = |field: &PartitionField, e: iceberg::Error| CatalogError::BadPartition {
-        table: name.clone(),
+        table: Box::new(name.clone()),
         field: field.to_string(),
         reason: e.message().to_string(),
     };
@@ -236,7 +236,7 @@ fn partition_spec(name: &TableName, schema: &TableSchema, partitioning: &[Partit
             .map_err(|e| bad(field, e))?;
     }
     spec.build().map_err(|e| CatalogError::BadPartition {
-        table: name.clone(),
+        table: Box::new(name.clone()),
         field: partitioning.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         reason: e.message().to_string(),
     })

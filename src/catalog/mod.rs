@@ -79,8 +79,8 @@ pub enum CatalogError {
     /// A partition field the table cannot have.
     #[error("table `{table}`: cannot partition by `{field}`: {reason}")]
     BadPartition {
-        /// The table being created.
-        table: TableName,
+        /// The table being created (boxed: keeps the error small).
+        table: Box<TableName>,
         /// The partition field as written.
         field: String,
         /// Why not.
@@ -89,8 +89,8 @@ pub enum CatalogError {
     /// A column whose type the table format cannot store.
     #[error("table `{table}`: column `{column}` has type {data_type}, which {format} cannot store")]
     UnsupportedType {
-        /// The table being created.
-        table: TableName,
+        /// The table being created (boxed: keeps the error small).
+        table: Box<TableName>,
         /// The column.
         column: String,
         /// Its Arrow type.
@@ -276,7 +276,7 @@ fn check_columns(
 ) -> Result<()> {
     match schema.fields().iter().find(|f| !supported(f.data_type())) {
         Some(field) => Err(CatalogError::UnsupportedType {
-            table: table.clone(),
+            table: Box::new(table.clone()),
             column: field.name().clone(),
             data_type: field.data_type().clone(),
             format,

@@ -175,7 +175,7 @@ impl FileWriter for DeltaFile {
             stats: Some(file_stats(&metadata, &self.schema)?),
             ..Default::default()
         };
-        Ok(StagedFile::Delta(add))
+        Ok(StagedFile::Delta(Box::new(add)))
     }
 }
 
@@ -280,7 +280,7 @@ impl TableWriter for DeltaTableWriter {
         let adds = files
             .into_iter()
             .map(|file| match file {
-                StagedFile::Delta(add) => Ok(add),
+                StagedFile::Delta(add) => Ok(*add),
                 other => Err(CommitError::new(format!("{other:?} is not a Delta data file"))),
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -32,13 +32,14 @@ use crate::runtime::{BoxError, ShardError};
 /// come out smaller (benches/README.md), while low-cardinality columns stay dictionary-encoded.
 pub const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
 
-/// One staged data file, described as its table format needs it to be referenced.
+/// One staged data file, described as its table format needs it to be referenced (the table
+/// formats' descriptions are boxed: they are large, and runs move thousands of them).
 #[derive(Debug, Clone)]
 pub enum StagedFile {
     /// An Iceberg data file with its metrics.
-    Iceberg(::iceberg::spec::DataFile),
+    Iceberg(Box<::iceberg::spec::DataFile>),
     /// A Delta `add` action with its statistics.
-    Delta(deltalake::kernel::Add),
+    Delta(Box<deltalake::kernel::Add>),
     /// A plain file (a part of an export), with what it holds.
     Part {
         /// Where it is.

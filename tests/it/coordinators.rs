@@ -220,7 +220,8 @@ async fn a_member_failing_after_the_commit_leaves_the_commit_and_says_so() {
     engine.sql("CREATE SCHEMA lake.c; CREATE TABLE lake.c.t (id BIGINT)").await.unwrap();
     let error = engine.sql(LOAD).await.expect_err("a fails after the commit");
     let Error::Statement { source, .. } = &error else { panic!("{error:?}") };
-    let Error::Run(sluice::coordinator::RunError::AfterCommit { snapshot_id, source, .. }) = source.as_ref() else {
+    let Error::Run(run) = source.as_ref() else { panic!("{error:?}") };
+    let sluice::coordinator::RunError::AfterCommit { snapshot_id, source, .. } = run.as_ref() else {
         panic!("{error:?}")
     };
     assert_eq!(source.coordinator, "a");

@@ -237,7 +237,7 @@ async fn an_export_killed_before_its_rename_is_cleaned_up_by_recovery() {
     let engine = engine(home.path()).await; // recovery runs on start
     let run = engine.ledger().runs(None).await.unwrap().pop().unwrap();
     assert_eq!((run.status, run.target.as_str()), (RunStatus::Failed, target.to_str().unwrap()));
-    assert_eq!(files_under(out.path()), [target.clone()], "only the old file is left");
+    assert_eq!(files_under(out.path()), std::slice::from_ref(&target), "only the old file is left");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
     assert!(std::fs::read_dir(out.path()).unwrap().count() == 1, "no parts folder is left");
     let retry = engine.sql(&format!("RETRY RUN '{}'", run.run_id)).await.expect_err("exports are not retried");

@@ -215,7 +215,7 @@ impl FileWriter for IcebergFile {
     async fn finish(mut self: Box<Self>) -> Result<StagedFile, BoxError> {
         let mut files = self.writer.close().await?;
         match (files.pop(), files.is_empty()) {
-            (Some(file), true) => Ok(StagedFile::Iceberg(file)),
+            (Some(file), true) => Ok(StagedFile::Iceberg(Box::new(file))),
             _ => Err("the Iceberg writer did not produce exactly one data file".into()),
         }
     }
@@ -280,7 +280,7 @@ impl TableWriter for IcebergTableWriter {
         let files: Vec<DataFile> = files
             .into_iter()
             .map(|file| match file {
-                StagedFile::Iceberg(file) => Ok(file),
+                StagedFile::Iceberg(file) => Ok(*file),
                 other => Err(CommitError::new(format!("{other:?} is not an Iceberg data file"))),
             })
             .collect::<Result<_, _>>()?;
