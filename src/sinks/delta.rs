@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::temporal_conversions::date32_to_datetime;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
@@ -210,25 +211,31 @@ impl TableWriter for DeltaTableWriter {
         let schema = batch.schema();
         let key_columns: Vec<usize> =
             self.partitioning.iter().map(|p| schema.index_of(&p.column)).collect::<Result<_, _>>()?;
-        let options = FormatOptions::default();
-        let formatters: Vec<_> = key_columns
-            .iter()
-            .map(|&i| ArrayFormatter::try_new(batch.column(i).as_ref(), &options))
-            .collect::<Result<_, _>>()?;
-        let mut groups: Vec<(Vec<Option<String>>, Vec<u32>)> = Vec::new();
-        let mut index: HashMap<Vec<Option<String>>, usize> = HashMap::new();
-        for row in 0..batch.num_rows() {
-            let key: Vec<Option<String>> = key_columns
-                .iter()
-                .zip(&formatters)
-                .map(|(&i, f)| batch.column(i).is_valid(row).then(|| f.value(row).to_string()))
-                .collect();
-            let group = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push((key, Vec::new()));
+        // Group rows by their key in Arrow's row format (no value is formatted per row); each
+        // group's partition values are formatted once, from its first row.
+        let fields = key_columns.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect();
+        let keys: Vec<ArrayRef> = key_columns.iter().map(|&i| batch.column(i).clone()).collect();
+        let rows = RowConverter::new(fields)?.convert_columns(&keys)?;
+        let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<_, usize> = HashMap::new();
+        for (row, key) in rows.iter().enumerate() {
+            let group = *index.entry(key).or_insert_with(|| {
+                groups.push((row, Vec::new()));
                 groups.len() - 1
             });
             groups[group].1.push(row as u32);
         }
+        let options = FormatOptions::default();
+        let formatters: Vec<_> =
+            keys.iter().map(|column| ArrayFormatter::try_new(column.as_ref(), &options)).collect::<Result<_, _>>()?;
+        let groups: Vec<(Vec<Option<String>>, Vec<u32>)> = groups
+            .into_iter()
+            .map(|(first, rows)| {
+                let key =
+                    keys.iter().zip(&formatters).map(|(c, f)| c.is_valid(first).then(|| f.value(first).to_string()));
+                (key.collect(), rows)
+            })
+            .collect();
         let data_columns: Vec<usize> = (0..batch.num_columns()).filter(|i| !key_columns.contains(i)).collect();
         groups
             .into_iter()
