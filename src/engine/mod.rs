@@ -113,7 +113,9 @@ impl EngineBuilder {
 
     /// Wraps the coordinator of every run (the Iceberg or Delta commit of an `INSERT` or a
     /// pipeline, the file merge of a `COPY`) in one of your own, e.g. a
-    /// [`crate::coordinator::Composite`] that commits, then notifies:
+    /// [`crate::coordinator::Composite`] that commits, then notifies. Runs that recovery settles
+    /// after a crash go through the built-in coordinators only (the wrapper lived in the process
+    /// that died):
     ///
     /// ```
     /// use std::sync::Arc;
