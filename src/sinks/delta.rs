@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::temporal_conversions::date32_to_datetime;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
@@ -211,24 +210,11 @@ impl TableWriter for DeltaTableWriter {
         let schema = batch.schema();
         let key_columns: Vec<usize> =
             self.partitioning.iter().map(|p| schema.index_of(&p.column)).collect::<Result<_, _>>()?;
-        // Group rows by their key in Arrow's row format (no value is formatted per row); each
-        // group's partition values are formatted once, from its first row.
-        let fields = key_columns.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect();
         let keys: Vec<ArrayRef> = key_columns.iter().map(|&i| batch.column(i).clone()).collect();
-        let rows = RowConverter::new(fields)?.convert_columns(&keys)?;
-        let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
-        let mut index: HashMap<_, usize> = HashMap::new();
-        for (row, key) in rows.iter().enumerate() {
-            let group = *index.entry(key).or_insert_with(|| {
-                groups.push((row, Vec::new()));
-                groups.len() - 1
-            });
-            groups[group].1.push(row as u32);
-        }
         let options = FormatOptions::default();
         let formatters: Vec<_> =
             keys.iter().map(|column| ArrayFormatter::try_new(column.as_ref(), &options)).collect::<Result<_, _>>()?;
-        let groups: Vec<(Vec<Option<String>>, Vec<u32>)> = groups
+        let groups: Vec<(Vec<Option<String>>, UInt32Array)> = super::group_rows(&keys)?
             .into_iter()
             .map(|(first, rows)| {
                 let key =
@@ -240,7 +226,6 @@ impl TableWriter for DeltaTableWriter {
         groups
             .into_iter()
             .map(|(key, rows)| {
-                let rows = UInt32Array::from(rows);
                 let columns = data_columns
                     .iter()
                     .map(|&i| take(batch.column(i).as_ref(), &rows, None))

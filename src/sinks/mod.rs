@@ -14,9 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -100,6 +102,25 @@ impl Partition {
                 .join("/"),
         }
     }
+}
+
+/// Groups a batch's rows by the values of `keys` (columns as long as the batch): each group's
+/// first row and the indices of its rows, groups in order of first appearance. Keys are compared
+/// in Arrow's row format, so nothing is formatted or converted per row; callers describe each
+/// partition once, from its first row.
+pub(crate) fn group_rows(keys: &[ArrayRef]) -> Result<Vec<(usize, UInt32Array)>, ArrowError> {
+    let fields = keys.iter().map(|key| SortField::new(key.data_type().clone())).collect();
+    let rows = RowConverter::new(fields)?.convert_columns(keys)?;
+    let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<_, usize> = HashMap::new();
+    for (row, key) in rows.iter().enumerate() {
+        let group = *index.entry(key).or_insert_with(|| {
+            groups.push((row, Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].1.push(row as u32);
+    }
+    Ok(groups.into_iter().map(|(first, rows)| (first, UInt32Array::from(rows))).collect())
 }
 
 /// Hive-style folder-name escaping: `%XX` for anything but letters, digits, `-`, `_` and `.`.

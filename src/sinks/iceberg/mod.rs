@@ -12,14 +12,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
-use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::io::FileIO;
-use iceberg::spec::{DataFile, PartitionKey, Transform as IcebergTransform};
+use iceberg::spec::{
+    DataFile, Literal, PartitionKey, PartitionSpec, SchemaRef as IcebergSchemaRef, StructType,
+    Transform as IcebergTransform,
+};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
@@ -67,7 +71,7 @@ pub struct IcebergTableWriter {
     target_file_size: usize,
     partitioning: Vec<PartitionField>,
     /// Splits batches by the table's partition spec (`None`: unpartitioned).
-    splitter: Option<Arc<RecordBatchPartitionSplitter>>,
+    splitter: Option<Arc<Splitter>>,
 }
 
 impl std::fmt::Debug for IcebergTableWriter {
@@ -110,6 +114,42 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
     Ok(WriterProperties::builder().set_compression(compression).set_dictionary_page_size_limit(dictionary).build())
 }
 
+/// Splits batches by an Iceberg partition spec: the transforms run over whole columns, rows are
+/// grouped on the transformed values ([`super::group_rows`]), and each partition's key is built
+/// once, from its first row (iceberg-rust's own splitter converts every row to a literal and
+/// filters the batch once per partition).
+#[derive(Debug)]
+struct Splitter {
+    calculator: PartitionValueCalculator,
+    partition_type: StructType,
+    spec: PartitionSpec,
+    schema: IcebergSchemaRef,
+}
+
+impl Splitter {
+    fn new(schema: IcebergSchemaRef, spec: PartitionSpec) -> Result<Self, iceberg::Error> {
+        let calculator = PartitionValueCalculator::try_new(&spec, &schema)?;
+        let partition_type = spec.partition_type(&schema)?;
+        Ok(Self { calculator, partition_type, spec, schema })
+    }
+
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>, BoxError> {
+        let values = self.calculator.calculate(batch)?;
+        let groups = super::group_rows(values.as_struct().columns())?;
+        groups
+            .into_iter()
+            .map(|(first, rows)| {
+                let key = match arrow_struct_to_literal(&values.slice(first, 1), &self.partition_type)?.pop() {
+                    Some(Some(Literal::Struct(key))) => key,
+                    other => return Err(format!("partition value of row {first} is not a struct: {other:?}").into()),
+                };
+                let key = PartitionKey::new(self.spec.clone(), self.schema.clone(), key);
+                Ok((key, take_record_batch(batch, &rows)?))
+            })
+            .collect()
+    }
+}
+
 impl IcebergTableWriter {
     /// A writer into the current schema of `table`, committing through `catalog` (appends) or
     /// `pointer` (overwrites; catalogs without one refuse overwrites).
@@ -124,10 +164,7 @@ impl IcebergTableWriter {
         let splitter = if spec.is_unpartitioned() {
             None
         } else {
-            Some(Arc::new(RecordBatchPartitionSplitter::try_new_with_computed_values(
-                iceberg_schema.clone(),
-                spec.clone(),
-            )?))
+            Some(Arc::new(Splitter::new(iceberg_schema.clone(), spec.as_ref().clone())?))
         };
         let partitioning = spec
             .fields()
