@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::temporal_conversions::date32_to_datetime;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -214,24 +213,15 @@ impl TableWriter for DeltaTableWriter {
         let options = FormatOptions::default();
         let formatters: Vec<_> =
             keys.iter().map(|column| ArrayFormatter::try_new(column.as_ref(), &options)).collect::<Result<_, _>>()?;
-        let groups: Vec<(Vec<Option<String>>, UInt32Array)> = super::group_rows(&keys)?
+        let data_columns: Vec<usize> = (0..batch.num_columns()).filter(|i| !key_columns.contains(i)).collect();
+        let data = RecordBatch::try_new(self.file_schema.clone(), batch.project(&data_columns)?.columns().to_vec())?;
+        super::split_rows(&data, &keys)?
             .into_iter()
             .map(|(first, rows)| {
                 let key =
                     keys.iter().zip(&formatters).map(|(c, f)| c.is_valid(first).then(|| f.value(first).to_string()));
-                (key.collect(), rows)
-            })
-            .collect();
-        let data_columns: Vec<usize> = (0..batch.num_columns()).filter(|i| !key_columns.contains(i)).collect();
-        groups
-            .into_iter()
-            .map(|(key, rows)| {
-                let columns = data_columns
-                    .iter()
-                    .map(|&i| take(batch.column(i).as_ref(), &rows, None))
-                    .collect::<Result<Vec<_>, _>>()?;
                 let values = self.partitioning.iter().map(|p| p.column.clone()).zip(key).collect();
-                Ok((Partition::Delta(values), RecordBatch::try_new(self.file_schema.clone(), columns)?))
+                Ok((Partition::Delta(values), rows))
             })
             .collect()
     }

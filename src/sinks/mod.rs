@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -104,11 +104,12 @@ impl Partition {
     }
 }
 
-/// Groups a batch's rows by the values of `keys` (columns as long as the batch): each group's
-/// first row and the indices of its rows, groups in order of first appearance. Keys are compared
-/// in Arrow's row format, so nothing is formatted or converted per row; callers describe each
-/// partition once, from its first row.
-pub(crate) fn group_rows(keys: &[ArrayRef]) -> Result<Vec<(usize, UInt32Array)>, ArrowError> {
+/// Splits `batch` by the values of `keys` (columns as long as the batch): for each group, in
+/// order of first appearance, the index of its first row in `batch` and its rows. Keys are
+/// compared in Arrow's row format, so nothing is formatted or converted per row (callers
+/// describe each partition once, from its first row), and the rows are gathered with one `take`
+/// for the whole batch, each group a slice of it.
+pub(crate) fn split_rows(batch: &RecordBatch, keys: &[ArrayRef]) -> Result<Vec<(usize, RecordBatch)>, ArrowError> {
     let fields = keys.iter().map(|key| SortField::new(key.data_type().clone())).collect();
     let rows = RowConverter::new(fields)?.convert_columns(keys)?;
     let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
@@ -120,7 +121,20 @@ pub(crate) fn group_rows(keys: &[ArrayRef]) -> Result<Vec<(usize, UInt32Array)>,
         });
         groups[group].1.push(row as u32);
     }
-    Ok(groups.into_iter().map(|(first, rows)| (first, UInt32Array::from(rows))).collect())
+    if let [(first, _)] = groups.as_slice() {
+        return Ok(vec![(*first, batch.clone())]);
+    }
+    let order = UInt32Array::from_iter_values(groups.iter().flat_map(|(_, rows)| rows.iter().copied()));
+    let gathered = take_record_batch(batch, &order)?;
+    let mut offset = 0;
+    Ok(groups
+        .into_iter()
+        .map(|(first, rows)| {
+            let slice = gathered.slice(offset, rows.len());
+            offset += rows.len();
+            (first, slice)
+        })
+        .collect())
 }
 
 /// Hive-style folder-name escaping: `%XX` for anything but letters, digits, `-`, `_` and `.`.
@@ -255,7 +269,7 @@ impl<'a> ShardSink<'a> {
         let mut staged = Vec::new();
         let mut sequence = 0usize;
         // One open file per partition this shard has rows for, keyed by the partition's path.
-        let mut open: HashMap<String, (String, Box<dyn FileWriter>)> = HashMap::new();
+        let mut open: HashMap<String, OpenFile> = HashMap::new();
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
             if batch.num_rows() == 0 {
@@ -279,22 +293,66 @@ impl<'a> ShardSink<'a> {
                         .map_err(|source| ShardError::Ledger { shard, source })?;
                     let file =
                         self.writer.open_file(&partition, &location).await.map_err(|e| write_error(&location, e))?;
-                    open.insert(key.clone(), (location, file));
+                    open.insert(key.clone(), OpenFile { location, file, pending: Vec::new(), pending_rows: 0 });
                 }
-                let (location, file) = open.get_mut(&key).expect("a file is open for the partition");
-                file.write(rows).await.map_err(|e| write_error(location, e))?;
-                if file.written_bytes() >= self.writer.target_file_size() {
-                    let (location, file) = open.remove(&key).expect("a file is open for the partition");
+                let file = open.get_mut(&key).expect("a file is open for the partition");
+                let wrote = file.push(rows).await.map_err(|e| write_error(&file.location, e))?;
+                if wrote && file.file.written_bytes() >= self.writer.target_file_size() {
+                    let file = open.remove(&key).expect("a file is open for the partition");
+                    let location = file.location.clone();
                     staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
                 }
             }
             crate::failpoint::check("shard-write", &self.table.to_string())
                 .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
         }
-        for (_, (location, file)) in open {
+        for (_, file) in open {
+            let location = file.location.clone();
             staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
         }
         Ok(staged)
+    }
+}
+
+/// Rows gathered for a file before each write: a partitioned table's batches split into many
+/// small pieces, and the Parquet writer's cost is per call as much as per row.
+const WRITE_ROWS: usize = 8192;
+
+/// A data file being written, with the rows that arrived for it since its last write.
+struct OpenFile {
+    location: String,
+    file: Box<dyn FileWriter>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+}
+
+impl OpenFile {
+    /// Adds rows; writes them once [`WRITE_ROWS`] have gathered, and says whether it wrote.
+    async fn push(&mut self, rows: RecordBatch) -> Result<bool, BoxError> {
+        self.pending_rows += rows.num_rows();
+        self.pending.push(rows);
+        if self.pending_rows < WRITE_ROWS {
+            return Ok(false);
+        }
+        self.flush().await?;
+        Ok(true)
+    }
+
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        let batch = match self.pending.len() {
+            0 => return Ok(()),
+            1 => self.pending.pop().expect("one pending batch"),
+            _ => concat_batches(&self.pending[0].schema(), &self.pending)?,
+        };
+        self.pending.clear();
+        self.pending_rows = 0;
+        self.file.write(batch).await
+    }
+
+    /// Writes what is pending and finishes the file.
+    async fn finish(mut self) -> Result<StagedFile, BoxError> {
+        self.flush().await?;
+        self.file.finish().await
     }
 }
 

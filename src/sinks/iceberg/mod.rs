@@ -13,7 +13,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -115,7 +114,7 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
 }
 
 /// Splits batches by an Iceberg partition spec: the transforms run over whole columns, rows are
-/// grouped on the transformed values ([`super::group_rows`]), and each partition's key is built
+/// grouped on the transformed values ([`super::split_rows`]), and each partition's key is built
 /// once, from its first row (iceberg-rust's own splitter converts every row to a literal and
 /// filters the batch once per partition).
 #[derive(Debug)]
@@ -135,16 +134,14 @@ impl Splitter {
 
     fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>, BoxError> {
         let values = self.calculator.calculate(batch)?;
-        let groups = super::group_rows(values.as_struct().columns())?;
-        groups
+        super::split_rows(batch, values.as_struct().columns())?
             .into_iter()
             .map(|(first, rows)| {
                 let key = match arrow_struct_to_literal(&values.slice(first, 1), &self.partition_type)?.pop() {
                     Some(Some(Literal::Struct(key))) => key,
                     other => return Err(format!("partition value of row {first} is not a struct: {other:?}").into()),
                 };
-                let key = PartitionKey::new(self.spec.clone(), self.schema.clone(), key);
-                Ok((key, take_record_batch(batch, &rows)?))
+                Ok((PartitionKey::new(self.spec.clone(), self.schema.clone(), key), rows))
             })
             .collect()
     }
