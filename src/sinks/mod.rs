@@ -303,6 +303,12 @@ impl<'a> ShardSink<'a> {
                     staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
                 }
             }
+            // With many partitions open, the gathered rows are bounded: write them all out.
+            if open.values().map(|f| f.pending_rows).sum::<usize>() > PENDING_ROWS_MAX {
+                for file in open.values_mut() {
+                    file.flush().await.map_err(|e| write_error(&file.location, e))?;
+                }
+            }
             crate::failpoint::check("shard-write", &self.table.to_string())
                 .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
         }
@@ -317,6 +323,10 @@ impl<'a> ShardSink<'a> {
 /// Rows gathered for a file before each write: a partitioned table's batches split into many
 /// small pieces, and the Parquet writer's cost is per call as much as per row.
 const WRITE_ROWS: usize = 8192;
+
+/// Rows a shard may hold gathered across all its open files (a table with thousands of
+/// partitions would otherwise gather up to [`WRITE_ROWS`] for each).
+const PENDING_ROWS_MAX: usize = 128 * 1024;
 
 /// A data file being written, with the rows that arrived for it since its last write.
 struct OpenFile {
