@@ -30,7 +30,7 @@ pub struct Args {
     /// Home folder holding the catalog, warehouse and run ledger.
     #[arg(long, env = "SLUICE_HOME", default_value = ".sluice")]
     pub home: PathBuf,
-    /// Also read catalog files (NAME.toml) from this folder, besides <home>/catalogs (repeatable).
+    /// Also read catalog files (NAME.toml) from this folder, besides HOME/catalogs (repeatable).
     #[arg(long = "catalogs", value_name = "DIR")]
     pub catalog_dirs: Vec<PathBuf>,
     /// Run these statements and exit (repeatable; runs before any -f).

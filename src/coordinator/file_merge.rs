@@ -105,30 +105,35 @@ impl FileMerge {
     }
 
     fn error(&self, path: &Path, source: impl std::fmt::Display) -> CoordinatorError {
-        CoordinatorError::new(NAME, format!("{}: {source}", path.display()))
+        error(path, source)
     }
+}
 
-    /// Concatenates the parts (after a header, for CSV) or copies their row groups (Parquet).
-    fn merge(&self, parts: &[PathBuf], into: &Path) -> Result<(), CoordinatorError> {
-        let schema = self.schema.get().expect("prepare_shards saw the schema");
-        let file = File::create(into).map_err(|e| self.error(into, e))?;
-        let mut out = BufWriter::new(file);
-        match self.format {
-            ExportFormat::Parquet => merge_parquet(parts, schema, &mut out).map_err(|e| self.error(into, e))?,
-            ExportFormat::Csv | ExportFormat::Jsonl => {
-                if self.format == ExportFormat::Csv {
-                    let mut header = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-                    header.write(&RecordBatch::new_empty(schema.clone())).map_err(|e| self.error(into, e))?;
-                }
-                for part in parts {
-                    let mut input = File::open(part).map_err(|e| self.error(part, e))?;
-                    std::io::copy(&mut input, &mut out).map_err(|e| self.error(part, e))?;
-                }
+/// The file-merge coordinator's error about `path`.
+fn error(path: &Path, source: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::new(NAME, format!("{}: {source}", path.display()))
+}
+
+/// Concatenates the parts (after a header, for CSV) or copies their row groups (Parquet) into
+/// `into`, and syncs it.
+fn merge(format: ExportFormat, schema: &SchemaRef, parts: &[PathBuf], into: &Path) -> Result<(), CoordinatorError> {
+    let file = File::create(into).map_err(|e| error(into, e))?;
+    let mut out = BufWriter::new(file);
+    match format {
+        ExportFormat::Parquet => merge_parquet(parts, schema, &mut out).map_err(|e| error(into, e))?,
+        ExportFormat::Csv | ExportFormat::Jsonl => {
+            if format == ExportFormat::Csv {
+                let mut header = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                header.write(&RecordBatch::new_empty(schema.clone())).map_err(|e| error(into, e))?;
+            }
+            for part in parts {
+                let mut input = File::open(part).map_err(|e| error(part, e))?;
+                std::io::copy(&mut input, &mut out).map_err(|e| error(part, e))?;
             }
         }
-        let file = out.into_inner().map_err(|e| self.error(into, e.error()))?;
-        file.sync_all().map_err(|e| self.error(into, e))
     }
+    let file = out.into_inner().map_err(|e| error(into, e.error()))?;
+    file.sync_all().map_err(|e| error(into, e))
 }
 
 #[async_trait]
@@ -143,7 +148,7 @@ impl Coordinator for FileMerge {
         shards: usize,
     ) -> Result<Arc<dyn ExecutionPlan>, CoordinatorError> {
         if self.path.is_dir() {
-            return Err(self.error(&self.path, "is a folder; name a file to export into"));
+            return Err(CoordinatorError::new(NAME, "it is a folder; name a file to export into"));
         }
         let _ = self.schema.set(input.schema());
         let shards = if input.output_ordering().is_some() { 1 } else { shards };
@@ -194,13 +199,24 @@ impl Coordinator for FileMerge {
                 _ => None,
             })
             .collect();
-        let merged = self.merged_path(run);
-        self.merge(&parts, &merged)?;
-        std::fs::rename(&merged, &self.path).map_err(|e| self.error(&self.path, e))?;
-        // The file is in place; what is left are the parts, which nothing references.
-        run.delete_staged(NAME, remove_file).await?;
-        let parts_dir = self.parts_dir(run);
-        std::fs::remove_dir(&parts_dir).map_err(|e| self.error(&parts_dir, e))?;
+        // Merging reads and writes whole files: off the async workers, so that the run's
+        // heartbeat keeps renewing its lease however long it takes.
+        let (format, schema) = (self.format, self.schema.get().expect("prepare_shards saw the schema").clone());
+        let (merged, target) = (self.merged_path(run), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            merge(format, &schema, &parts, &merged)?;
+            std::fs::rename(&merged, &target).map_err(|e| error(&target, e))
+        })
+        .await
+        .map_err(|e| CoordinatorError::new(NAME, e))??;
+        // The export is in place: leftover parts are only litter now, not a reason to fail it.
+        let cleaned = match run.delete_staged(NAME, remove_file).await {
+            Ok(()) => std::fs::remove_dir(self.parts_dir(run)).map_err(|e| self.error(&self.parts_dir(run), e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = cleaned {
+            tracing::warn!(run_id = %run.run_id(), "the export is in place, but cleaning up its parts failed: {e}");
+        }
         Ok(None)
     }
 

@@ -1,11 +1,14 @@
 //! Sinks: per-shard writers that stage data files in a table format, without committing them.
 //!
 //! The shard loop is the same for every format ([`ShardSink::write_shard`]): cast each batch to
-//! the table's schema and split it by partition; when the partition has no open file, choose the
-//! next file name (`<run id>-<shard>-<n>.parquet`, under the partition's folder), record it in
-//! the ledger, and only then open it; roll to a new file past the table's target file size. What differs per format — how a file is written
-//! and described, how the run is committed — is a [`TableWriter`]. A sink only stages; making the
-//! files visible is the coordinator's job ([`crate::coordinator::TableCommit`]).
+//! the table's schema and split it by partition (`split_rows`: rows grouped on their key, one
+//! `take`, a slice per partition); when the partition has no open file, choose the next file
+//! name (`<run id>-<shard>-<n>.parquet`, under the partition's folder), record it in the ledger,
+//! and only then open it; gather a partition's rows to 8,192 before each write (bounded across
+//! the shard's open files); roll to a new file past the table's target file size. What differs
+//! per format — how a file is written and described, how rows map to partitions, how the run is
+//! committed — is a [`TableWriter`]. A sink only stages; making the files visible is the
+//! coordinator's job ([`crate::coordinator::TableCommit`]).
 
 pub mod delta;
 pub mod iceberg;

@@ -86,6 +86,18 @@ async fn file_merge_copies_parquet_row_groups_and_keeps_an_ordered_query_in_orde
     let text = std::fs::read_to_string(&csv).unwrap();
     let values: Vec<i64> = text.lines().skip(1).map(|l| l.parse().unwrap()).collect();
     assert_eq!(values, (1..=50000).rev().collect::<Vec<_>>());
+
+    // `COPY <table> TO`: a catalog table exported whole, read back as a file.
+    engine
+        .sql("CREATE SCHEMA lake.x; CREATE TABLE lake.x.t AS SELECT value AS v FROM generate_series(1, 1000)")
+        .await
+        .unwrap();
+    let json = out.path().join("table.json");
+    engine.sql(&format!("COPY lake.x.t TO '{}'", json.display())).await.unwrap();
+    assert_eq!(
+        rows(&engine, &format!("SELECT count(*), sum(v) FROM '{}'", json.display())).await,
+        [["1000", "500500"]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,7 +1,7 @@
 //! Iceberg: data files through iceberg-rust's writers (so every file carries the metrics Iceberg
 //! needs: row counts, sizes, bounds, null counts), committed as one snapshot whose summary holds
 //! `sluice.run-id` and `sluice.pipeline`: a fast append through iceberg-rust's transaction, or an
-//! overwrite built by hand ([`overwrite`]).
+//! overwrite built by hand (`overwrite.rs`).
 //!
 //! File names are deterministic per (run, shard, n), so a replayed commit is also rejected by
 //! Iceberg's duplicate-file check.

@@ -18,7 +18,8 @@ use std::str::FromStr;
 use iceberg::io::FileIO;
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestList,
-    ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Struct, Summary, TableMetadataBuilder,
+    ManifestListWriter, ManifestWriterBuilder, Operation, PartitionSpec, Snapshot, Struct, Summary,
+    TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableIdent};
@@ -121,9 +122,15 @@ impl Overwrite<'_> {
         let snapshot_id = unique_snapshot_id(base);
         let sequence_number = metadata.next_sequence_number();
         let parent = metadata.current_snapshot();
-        let manifest_location =
-            |n: usize| format!("{}/metadata/{}-m{n}.avro", metadata.location(), uuid::Uuid::now_v7());
         let error = |e: iceberg::Error| CommitError::new(e);
+        // The `n`th manifest of the snapshot, its location recorded before it exists (for cleanup).
+        let new_manifest = |n: usize, spec: &PartitionSpec, written: &mut Written<'_>| {
+            let location = format!("{}/metadata/{}-m{n}.avro", metadata.location(), uuid::Uuid::now_v7());
+            let output = file_io.new_output(&location).map_err(error)?;
+            written.locations.push(location);
+            let builder = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone());
+            Ok::<_, CommitError>(builder.build_v2_data())
+        };
 
         // The current snapshot's data manifests: carried over, or rewritten without the replaced files.
         let (mut deleted, mut manifests) = (Totals::default(), Vec::<ManifestFile>::new());
@@ -144,12 +151,7 @@ impl Overwrite<'_> {
                 let spec = metadata.partition_spec_by_id(manifest_file.partition_spec_id).ok_or_else(|| {
                     CommitError::new(format!("unknown partition spec {}", manifest_file.partition_spec_id))
                 })?;
-                let location = manifest_location(manifests.len());
-                let output = file_io.new_output(&location).map_err(error)?;
-                written.locations.push(location);
-                let mut writer =
-                    ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone())
-                        .build_v2_data();
+                let mut writer = new_manifest(manifests.len(), spec.as_ref(), written)?;
                 for entry in live {
                     let sequence = entry
                         .sequence_number()
@@ -172,12 +174,7 @@ impl Overwrite<'_> {
         // The run's files, ADDED.
         let mut added = Totals::default();
         if !files.is_empty() {
-            let location = manifest_location(manifests.len());
-            let output = file_io.new_output(&location).map_err(error)?;
-            written.locations.push(location);
-            let mut writer =
-                ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.as_ref().clone())
-                    .build_v2_data();
+            let mut writer = new_manifest(manifests.len(), spec.as_ref(), written)?;
             for file in files {
                 if file.content_type() != DataContentType::Data {
                     return Err(CommitError::new("only data files can be committed"));
