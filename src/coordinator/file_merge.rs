@@ -177,7 +177,9 @@ impl Coordinator for FileMerge {
                 continue;
             }
             if part.is_none() {
-                run.stage_file(shard, &location).await.map_err(|source| ShardError::Ledger { shard, source })?;
+                run.stage_files(shard, std::slice::from_ref(&location))
+                    .await
+                    .map_err(|source| ShardError::Ledger { shard, source })?;
                 part = Some(PartWriter::create(self.format, &path, &batch.schema()).map_err(write_error)?);
             }
             rows += batch.num_rows() as u64;

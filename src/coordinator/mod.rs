@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::memory_pool::{MemoryPool, UnboundedMemoryPool};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
@@ -85,7 +86,7 @@ pub trait Coordinator: Send + Sync + std::fmt::Debug {
     }
 
     /// Writes shard `shard` from its input and returns the files it staged. Each file's location
-    /// goes to [`RunContext::stage_file`] before the file is created, so that a crash cannot
+    /// goes to [`RunContext::stage_files`] before the file is created, so that a crash cannot
     /// leave a file nobody knows of. The default refuses: a coordinator that does not write
     /// belongs after one that does, in a [`Composite`].
     async fn write_shard(
@@ -162,13 +163,27 @@ pub struct RunContext {
     target: String,
     shards: usize,
     ledger: Ledger,
+    memory_pool: Arc<dyn MemoryPool>,
 }
 
 impl RunContext {
     /// The context of run `identity` into `target` with `shards` shards, recording its staged
     /// files in `ledger`. The [`Runner`] makes one per run; tests of a coordinator make their own.
     pub fn new(identity: RunIdentity, target: impl Into<String>, shards: usize, ledger: Ledger) -> Self {
-        Self { identity, target: target.into(), shards, ledger }
+        let memory_pool = Arc::new(UnboundedMemoryPool::default());
+        Self { identity, target: target.into(), shards, ledger, memory_pool }
+    }
+
+    /// The same context, with rows a shard holds accounted in `pool` (the [`Runner`] passes the
+    /// session's, so that `--memory-limit` bounds them too; the default pool is unbounded).
+    pub fn with_memory_pool(mut self, pool: Arc<dyn MemoryPool>) -> Self {
+        self.memory_pool = pool;
+        self
+    }
+
+    /// The memory pool that rows held by a shard are accounted in.
+    pub fn memory_pool(&self) -> &Arc<dyn MemoryPool> {
+        &self.memory_pool
     }
 
     /// The run id (UUIDv7).
@@ -191,13 +206,14 @@ impl RunContext {
         self.shards
     }
 
-    /// Records a file `shard` is about to create, before it exists (DESIGN §4 step 2): whatever
-    /// happens next, rollback and recovery know to delete it.
-    pub async fn stage_file(&self, shard: usize, location: &str) -> Result<(), LedgerError> {
-        self.ledger.stage_file(self.run_id(), shard, location).await
+    /// Records files `shard` is about to create, before they exist (DESIGN §4 step 2): whatever
+    /// happens next, rollback and recovery know to delete them. One ledger transaction (and one
+    /// sync to disk) for all of them.
+    pub async fn stage_files(&self, shard: usize, locations: &[String]) -> Result<(), LedgerError> {
+        self.ledger.stage_files(self.run_id(), shard, locations).await
     }
 
-    /// Deletes every file recorded with [`RunContext::stage_file`] (and not yet deleted) with
+    /// Deletes every file recorded with [`RunContext::stage_files`] (and not yet deleted) with
     /// `delete`, then records them deleted. A file that is not there must not be an error.
     pub async fn delete_staged<F, Fut>(&self, coordinator: &str, delete: F) -> Result<(), CoordinatorError>
     where
@@ -495,7 +511,8 @@ impl Runner {
             }
         };
         let identity = RunIdentity { run_id, pipeline, sequence, base };
-        let run = RunContext::new(identity, target, shards, self.ledger.clone());
+        let run = RunContext::new(identity, target, shards, self.ledger.clone())
+            .with_memory_pool(task_ctx.memory_pool().clone());
         let run_id = run.run_id().to_string();
         let _heartbeat = self.heartbeat(&run_id);
         tracing::info!(%run_id, target = %run.target, shards, coordinator = coordinator.name(), "run opened");

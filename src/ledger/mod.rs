@@ -469,16 +469,19 @@ impl Ledger {
         Ok(())
     }
 
-    /// Step 2: records a staged file's path before the file is opened.
-    pub async fn stage_file(&self, run_id: &str, shard: usize, path: &str) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO staged_files (path, run_id, shard, state) VALUES (?, ?, ?, 'staged')")
-            .bind(path)
-            .bind(run_id)
-            .bind(shard as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("recording a staged file"))?;
-        Ok(())
+    /// Step 2: records staged files' paths before the files are opened, all in one transaction.
+    pub async fn stage_files(&self, run_id: &str, shard: usize, paths: &[String]) -> Result<()> {
+        let mut transaction = self.pool.begin().await.map_err(query_error("recording staged files"))?;
+        for path in paths {
+            sqlx::query("INSERT OR REPLACE INTO staged_files (path, run_id, shard, state) VALUES (?, ?, ?, 'staged')")
+                .bind(path)
+                .bind(run_id)
+                .bind(shard as i64)
+                .execute(&mut *transaction)
+                .await
+                .map_err(query_error("recording a staged file"))?;
+        }
+        transaction.commit().await.map_err(query_error("recording staged files"))
     }
 
     /// Every file the run staged that has not been deleted yet.

@@ -2,10 +2,10 @@
 //!
 //! The shard loop is the same for every format ([`ShardSink::write_shard`]): cast each batch to
 //! the table's schema and split it by partition (`split_rows`: rows grouped on their key, one
-//! `take`, a slice per partition); when the partition has no open file, choose the next file
-//! name (`<run id>-<shard>-<n>.parquet`, under the partition's folder), record it in the ledger,
-//! and only then open it; gather a partition's rows to 8,192 before each write (bounded across
-//! the shard's open files); roll to a new file past the table's target file size. What differs
+//! `take` per partition); let the rows wait per partition (bounded in bytes and by the run's
+//! memory pool) and write them out a file at a time; before a file is opened, choose its name
+//! (`<run id>-<shard>-<n>.parquet`, under the partition's folder) and record it in the ledger;
+//! roll to a new file past the table's target file size. What differs
 //! per format — how a file is written and described, how rows map to partitions, how the run is
 //! committed — is a [`TableWriter`]. A sink only stages; making the files visible is the
 //! coordinator's job ([`crate::coordinator::TableCommit`]).
@@ -25,6 +25,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use futures::StreamExt;
 
 use crate::catalog::{PartitionField, TableName};
@@ -33,9 +34,10 @@ use crate::runtime::{BoxError, ShardError};
 
 /// The dictionary page size at which a column chunk falls back to plain encoding (parquet-rs:
 /// 1 MiB). A high-cardinality column (keys, prices) otherwise hashes its first 1 MiB of values
-/// into a dictionary it then abandons; at 128 KiB the TPC-H write runs ~10% faster and its files
-/// come out smaller (benches/README.md), while low-cardinality columns stay dictionary-encoded.
-pub const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
+/// into a dictionary it then abandons, in every file: at 32 KiB the TPC-H writes run faster and
+/// their files come out smaller (benches/README.md), while low-cardinality columns (a few
+/// thousand distinct values) stay dictionary-encoded.
+pub const DICTIONARY_PAGE_BYTES: usize = 32 * 1024;
 
 /// One staged data file, described as its table format needs it to be referenced (the table
 /// formats' descriptions are boxed: they are large, and runs move thousands of them).
@@ -110,8 +112,9 @@ impl Partition {
 /// Splits `batch` by the values of `keys` (columns as long as the batch): for each group, in
 /// order of first appearance, the index of its first row in `batch` and its rows. Keys are
 /// compared in Arrow's row format, so nothing is formatted or converted per row (callers
-/// describe each partition once, from its first row), and the rows are gathered with one `take`
-/// for the whole batch, each group a slice of it.
+/// describe each partition once, from its first row). Each group's rows are gathered into
+/// buffers of their own, so a group that waits to be written holds only its own rows, not the
+/// whole batch.
 pub(crate) fn split_rows(batch: &RecordBatch, keys: &[ArrayRef]) -> Result<Vec<(usize, RecordBatch)>, ArrowError> {
     let fields = keys.iter().map(|key| SortField::new(key.data_type().clone())).collect();
     let rows = RowConverter::new(fields)?.convert_columns(keys)?;
@@ -127,17 +130,7 @@ pub(crate) fn split_rows(batch: &RecordBatch, keys: &[ArrayRef]) -> Result<Vec<(
     if let [(first, _)] = groups.as_slice() {
         return Ok(vec![(*first, batch.clone())]);
     }
-    let order = UInt32Array::from_iter_values(groups.iter().flat_map(|(_, rows)| rows.iter().copied()));
-    let gathered = take_record_batch(batch, &order)?;
-    let mut offset = 0;
-    Ok(groups
-        .into_iter()
-        .map(|(first, rows)| {
-            let slice = gathered.slice(offset, rows.len());
-            offset += rows.len();
-            (first, slice)
-        })
-        .collect())
+    groups.into_iter().map(|(first, rows)| Ok((first, take_record_batch(batch, &UInt32Array::from(rows))?))).collect()
 }
 
 /// Hive-style folder-name escaping: `%XX` for anything but letters, digits, `-`, `_` and `.`.
@@ -261,18 +254,27 @@ impl<'a> ShardSink<'a> {
 
     /// Streams shard `shard`'s input into data files and returns them, finished but not
     /// committed.
+    ///
+    /// Rows wait in memory, per partition, while the shard holds less than
+    /// [`PENDING_BYTES_MAX`] of them and the run's memory pool grants them; past that, the
+    /// partition holding the most is written out, its file opened if it has none yet. The rest
+    /// are written at the end, one file at a time, their files recorded in the ledger in one
+    /// step. A Parquet file being written holds a column writer per column, with page buffers,
+    /// dictionary and compression contexts; a shard writing many small partitions would
+    /// otherwise hold all of them at once. A partition whose file is open is written every
+    /// [`WRITE_ROWS`] rows.
     pub async fn write_shard(
         &self,
         shard: usize,
         mut input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
         let schema = self.writer.schema().clone();
-        let write_error =
-            |location: &str, source: BoxError| ShardError::Write { shard, path: location.to_string(), source };
-        let mut staged = Vec::new();
-        let mut sequence = 0usize;
-        // One open file per partition this shard has rows for, keyed by the partition's path.
-        let mut open: HashMap<String, OpenFile> = HashMap::new();
+        let mut files = ShardFiles { sink: self, shard, staged: Vec::new(), sequence: 0 };
+        let reservation = MemoryConsumer::new(format!("rows waiting to be written by shard {shard}"))
+            .register(self.run.memory_pool());
+        // The rows waiting for each partition this shard has seen, keyed by the partition's path.
+        let mut partitions: HashMap<String, PartitionRows> = HashMap::new();
+        let mut pending_bytes = 0usize;
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
             if batch.num_rows() == 0 {
@@ -284,88 +286,158 @@ impl<'a> ShardSink<'a> {
                 .split(batch)
                 .map_err(|e| ShardError::Input { shard, source: DataFusionError::External(e) })?;
             for (partition, rows) in parts {
-                let key = partition.path();
-                if !open.contains_key(&key) {
-                    let name = format!("{}-{shard:05}-{sequence:05}.parquet", self.run.run_id());
-                    let location = self.writer.file_location(&partition, &name);
-                    sequence += 1;
-                    // DESIGN §4 step 2: the location is in the ledger before the file exists.
-                    self.run
-                        .stage_file(shard, &location)
-                        .await
-                        .map_err(|source| ShardError::Ledger { shard, source })?;
-                    let file =
-                        self.writer.open_file(&partition, &location).await.map_err(|e| write_error(&location, e))?;
-                    open.insert(key.clone(), OpenFile { location, file, pending: Vec::new(), pending_rows: 0 });
-                }
-                let file = open.get_mut(&key).expect("a file is open for the partition");
-                let wrote = file.push(rows).await.map_err(|e| write_error(&file.location, e))?;
-                if wrote && file.file.written_bytes() >= self.writer.target_file_size() {
-                    let file = open.remove(&key).expect("a file is open for the partition");
-                    let location = file.location.clone();
-                    staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+                let waiting = partitions.entry(partition.path()).or_insert_with(|| PartitionRows::new(partition));
+                pending_bytes += waiting.add(rows);
+                if waiting.file.is_some() && waiting.rows >= WRITE_ROWS {
+                    pending_bytes -= files.write(waiting).await?;
                 }
             }
-            // With many partitions open, the gathered rows are bounded: write them all out.
-            if open.values().map(|f| f.pending_rows).sum::<usize>() > PENDING_ROWS_MAX {
-                for file in open.values_mut() {
-                    file.flush().await.map_err(|e| write_error(&file.location, e))?;
-                }
+            while pending_bytes > PENDING_BYTES_MAX || reservation.try_resize(pending_bytes).is_err() {
+                let largest = partitions.values_mut().max_by_key(|p| p.bytes).expect("rows are waiting");
+                pending_bytes -= files.write(largest).await?;
             }
             crate::failpoint::check("shard-write", &self.table.to_string())
                 .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
         }
-        for (_, file) in open {
-            let location = file.location.clone();
-            staged.push(file.finish().await.map_err(|e| write_error(&location, e))?);
+        let mut partitions: Vec<_> = partitions.into_iter().collect();
+        partitions.sort_by(|(a, _), (b, _)| a.cmp(b));
+        let unopened = partitions.iter().filter(|(_, p)| p.file.is_none() && p.rows > 0);
+        let locations: Vec<String> = unopened.map(|(_, p)| files.next_location(&p.partition)).collect();
+        files.stage(&locations).await?;
+        let mut locations = locations.into_iter();
+        for (_, mut waiting) in partitions {
+            if waiting.rows > 0 {
+                if waiting.file.is_none() {
+                    let location = locations.next().expect("a location is staged for each unopened partition");
+                    waiting.file = Some(files.open(&waiting.partition, location).await?);
+                }
+                pending_bytes -= files.write(&mut waiting).await?;
+                reservation.resize(pending_bytes);
+            }
+            if let Some(file) = waiting.file.take() {
+                files.finish(file).await?;
+            }
         }
-        Ok(staged)
+        Ok(files.staged)
     }
 }
 
-/// Rows gathered for a file before each write: a partitioned table's batches split into many
-/// small pieces, and the Parquet writer's cost is per call as much as per row.
+/// Bytes of rows one shard holds unwritten across its partitions (see
+/// [`ShardSink::write_shard`]).
+const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Rows gathered for an open file before each write: a partitioned table's batches split into
+/// many small pieces, and the Parquet writer's cost is per call as much as per row.
 const WRITE_ROWS: usize = 8192;
 
-/// Rows a shard may hold gathered across all its open files (a table with thousands of
-/// partitions would otherwise gather up to [`WRITE_ROWS`] for each).
-const PENDING_ROWS_MAX: usize = 128 * 1024;
+/// One partition's rows waiting to be written, and its file once opened.
+struct PartitionRows {
+    partition: Partition,
+    file: Option<OpenFile>,
+    pending: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
 
-/// A data file being written, with the rows that arrived for it since its last write.
+impl PartitionRows {
+    fn new(partition: Partition) -> Self {
+        Self { partition, file: None, pending: Vec::new(), rows: 0, bytes: 0 }
+    }
+
+    /// Adds rows to wait; returns the bytes they hold.
+    fn add(&mut self, rows: RecordBatch) -> usize {
+        let bytes = rows.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_default()).sum();
+        self.rows += rows.num_rows();
+        self.bytes += bytes;
+        self.pending.push(rows);
+        bytes
+    }
+}
+
+/// A data file being written.
 struct OpenFile {
     location: String,
     file: Box<dyn FileWriter>,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
 }
 
-impl OpenFile {
-    /// Adds rows; writes them once [`WRITE_ROWS`] have gathered, and says whether it wrote.
-    async fn push(&mut self, rows: RecordBatch) -> Result<bool, BoxError> {
-        self.pending_rows += rows.num_rows();
-        self.pending.push(rows);
-        if self.pending_rows < WRITE_ROWS {
-            return Ok(false);
+/// The files of one shard: named, recorded in the ledger, opened, written and finished.
+struct ShardFiles<'s, 'a> {
+    sink: &'s ShardSink<'a>,
+    shard: usize,
+    staged: Vec<StagedFile>,
+    sequence: usize,
+}
+
+impl ShardFiles<'_, '_> {
+    /// Writes the partition's waiting rows in pieces of at least [`WRITE_ROWS`], opening a file
+    /// when it has none, and finishing it (rolling to a new one) once it has reached the table's
+    /// target size. Returns the bytes the rows held.
+    async fn write(&mut self, waiting: &mut PartitionRows) -> Result<usize, ShardError> {
+        let pending = std::mem::take(&mut waiting.pending);
+        let freed = std::mem::take(&mut waiting.bytes);
+        waiting.rows = 0;
+        let (mut start, mut rows) = (0, 0);
+        for (i, piece) in pending.iter().enumerate() {
+            rows += piece.num_rows();
+            if rows < WRITE_ROWS && i + 1 < pending.len() {
+                continue;
+            }
+            let file = match waiting.file.take() {
+                Some(file) => file,
+                None => {
+                    let location = self.next_location(&waiting.partition);
+                    self.stage(std::slice::from_ref(&location)).await?;
+                    self.open(&waiting.partition, location).await?
+                }
+            };
+            let file = waiting.file.insert(file);
+            let batch = match &pending[start..=i] {
+                [one] => one.clone(),
+                pieces => concat_batches(&pieces[0].schema(), pieces).map_err(|e| self.error(file, e.into()))?,
+            };
+            file.file.write(batch).await.map_err(|e| self.error(file, e))?;
+            (start, rows) = (i + 1, 0);
+            if file.file.written_bytes() >= self.sink.writer.target_file_size() {
+                let file = waiting.file.take().expect("the file written to");
+                self.finish(file).await?;
+            }
         }
-        self.flush().await?;
-        Ok(true)
+        Ok(freed)
     }
 
-    async fn flush(&mut self) -> Result<(), BoxError> {
-        let batch = match self.pending.len() {
-            0 => return Ok(()),
-            1 => self.pending.pop().expect("one pending batch"),
-            _ => concat_batches(&self.pending[0].schema(), &self.pending)?,
-        };
-        self.pending.clear();
-        self.pending_rows = 0;
-        self.file.write(batch).await
+    /// The next file's location: `<run id>-<shard>-<n>.parquet` in the partition's folder.
+    fn next_location(&mut self, partition: &Partition) -> String {
+        let name = format!("{}-{:05}-{:05}.parquet", self.sink.run.run_id(), self.shard, self.sequence);
+        self.sequence += 1;
+        self.sink.writer.file_location(partition, &name)
     }
 
-    /// Writes what is pending and finishes the file.
-    async fn finish(mut self) -> Result<StagedFile, BoxError> {
-        self.flush().await?;
-        self.file.finish().await
+    /// DESIGN §4 step 2: a file's location is in the ledger before the file exists.
+    async fn stage(&self, locations: &[String]) -> Result<(), ShardError> {
+        if locations.is_empty() {
+            return Ok(());
+        }
+        let staged = self.sink.run.stage_files(self.shard, locations).await;
+        staged.map_err(|source| ShardError::Ledger { shard: self.shard, source })
+    }
+
+    /// Opens a file at a location already staged.
+    async fn open(&self, partition: &Partition, location: String) -> Result<OpenFile, ShardError> {
+        match self.sink.writer.open_file(partition, &location).await {
+            Ok(file) => Ok(OpenFile { location, file }),
+            Err(source) => Err(ShardError::Write { shard: self.shard, path: location, source }),
+        }
+    }
+
+    async fn finish(&mut self, file: OpenFile) -> Result<(), ShardError> {
+        let OpenFile { location, file } = file;
+        let staged = file.finish().await;
+        self.staged.push(staged.map_err(|source| ShardError::Write { shard: self.shard, path: location, source })?);
+        Ok(())
+    }
+
+    fn error(&self, file: &OpenFile, source: BoxError) -> ShardError {
+        ShardError::Write { shard: self.shard, path: file.location.clone(), source }
     }
 }
 

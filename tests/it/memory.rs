@@ -30,3 +30,24 @@ async fn a_sort_larger_than_the_memory_limit_spills_and_commits() {
         engine.sql("SELECT array_agg(key) FROM lake.m.sorted").await.expect_err("one group of every key does not fit");
     assert!(error.to_string().contains("Failed to allocate"), "{error}");
 }
+
+/// Rows waiting to be written count against the memory limit: past it, a shard writes out its
+/// largest partition and keeps that file open, and every partition still ends up in one file
+/// holding all its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_waiting_for_many_partitions_are_written_out_under_the_memory_limit() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = Engine::builder().home(home.path()).shards(1).memory_limit(8 << 20).build().await.unwrap();
+    // ~400,000 rows of ~80 bytes in 40 partitions: four times the limit.
+    let input = "SELECT value AS id, CAST(value % 40 AS BIGINT) AS part, \
+                 md5(CAST(value AS VARCHAR)) || md5(CAST(-value AS VARCHAR)) AS payload \
+                 FROM generate_series(1, 400000)";
+    engine
+        .sql(&format!("CREATE SCHEMA lake.m; CREATE TABLE lake.m.parts PARTITIONED BY (part) AS {input}"))
+        .await
+        .expect("the rows are written out as the limit is reached");
+    let report = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!((report.rows, report.files), (400_000, 40), "one file per partition");
+    let summary = "SELECT count(*), count(DISTINCT id), count(DISTINCT part), sum(id) FROM lake.m.parts";
+    assert_eq!(rows(&engine, summary).await, [["400000", "400000", "40", "80000200000"]]);
+}
