@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use tokio::sync::Semaphore;
 
 use super::{Coordinator, CoordinatorError, RunContext, ShardResult};
 use crate::catalog::TableName;
@@ -23,6 +24,8 @@ pub struct TableCommit {
     writer: Arc<dyn TableWriter>,
     partition_key: Vec<Arc<dyn PhysicalExpr>>,
     mode: WriteMode,
+    /// Files the run's shards may write at once when their input has ended: one per core.
+    writers: Arc<Semaphore>,
 }
 
 impl TableCommit {
@@ -36,7 +39,8 @@ impl TableCommit {
         mode: WriteMode,
     ) -> Self {
         let name = format!("{}-commit", writer.format());
-        Self { name, table, writer, partition_key, mode }
+        let writers = Arc::new(Semaphore::new(planner::default_shards()));
+        Self { name, table, writer, partition_key, mode, writers }
     }
 
     fn error(&self, source: impl Into<crate::runtime::BoxError>) -> CoordinatorError {
@@ -67,7 +71,10 @@ impl Coordinator for TableCommit {
         shard: usize,
         input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
-        ShardSink::new(run, &self.table, self.writer.clone()).write_shard(shard, input).await
+        ShardSink::new(run, &self.table, self.writer.clone())
+            .with_writers(self.writers.clone())
+            .write_shard(shard, input)
+            .await
     }
 
     /// Appending nothing, or replacing the partitions of no rows, changes nothing; replacing the

@@ -15,6 +15,7 @@ pub mod iceberg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
@@ -27,6 +28,8 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::catalog::{PartitionField, TableName};
 use crate::coordinator::RunContext;
@@ -244,12 +247,23 @@ pub struct ShardSink<'a> {
     run: &'a RunContext,
     table: &'a TableName,
     writer: Arc<dyn TableWriter>,
+    writers: Arc<Semaphore>,
 }
 
 impl<'a> ShardSink<'a> {
-    /// A sink for `run` into `table`.
+    /// A sink for `run` into `table`, writing as many files at once as there are cores once
+    /// its input has ended.
     pub fn new(run: &'a RunContext, table: &'a TableName, writer: Arc<dyn TableWriter>) -> Self {
-        Self { run, table, writer }
+        let writers = Arc::new(Semaphore::new(crate::planner::default_shards()));
+        Self { run, table, writer, writers }
+    }
+
+    /// The same sink, taking a permit from `writers` for each file it writes once its input has
+    /// ended: shared by a run's shards, so that a shard that finishes early lends its cores to
+    /// the others.
+    pub fn with_writers(mut self, writers: Arc<Semaphore>) -> Self {
+        self.writers = writers;
+        self
     }
 
     /// Streams shard `shard`'s input into data files and returns them, finished but not
@@ -258,20 +272,28 @@ impl<'a> ShardSink<'a> {
     /// Rows wait in memory, per partition, while the shard holds less than
     /// [`PENDING_BYTES_MAX`] of them and the run's memory pool grants them; past that, the
     /// partition holding the most is written out, its file opened if it has none yet. The rest
-    /// are written at the end, one file at a time, their files recorded in the ledger in one
-    /// step. A Parquet file being written holds a column writer per column, with page buffers,
+    /// are written when the input ends, each partition's file a task of its own (their files
+    /// recorded in the ledger in one step), as many at a time as the run's `writers` permit. A
+    /// Parquet file being written holds a column writer per column, with page buffers,
     /// dictionary and compression contexts; a shard writing many small partitions would
-    /// otherwise hold all of them at once. A partition whose file is open is written every
-    /// [`WRITE_ROWS`] rows.
+    /// otherwise hold all of them at once. A partition whose file is open, and an unpartitioned
+    /// table (one file at a time anyway), is written every [`WRITE_ROWS`] rows.
     pub async fn write_shard(
         &self,
         shard: usize,
         mut input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
         let schema = self.writer.schema().clone();
-        let mut files = ShardFiles { sink: self, shard, staged: Vec::new(), sequence: 0 };
+        let files = ShardFiles {
+            run: self.run.clone(),
+            writer: self.writer.clone(),
+            shard,
+            sequence: Arc::new(AtomicUsize::new(0)),
+        };
+        let mut staged = Vec::new();
         let reservation = MemoryConsumer::new(format!("rows waiting to be written by shard {shard}"))
             .register(self.run.memory_pool());
+        let unpartitioned = self.writer.partitioning().is_empty();
         // The rows waiting for each partition this shard has seen, keyed by the partition's path.
         let mut partitions: HashMap<String, PartitionRows> = HashMap::new();
         let mut pending_bytes = 0usize;
@@ -288,37 +310,61 @@ impl<'a> ShardSink<'a> {
             for (partition, rows) in parts {
                 let waiting = partitions.entry(partition.path()).or_insert_with(|| PartitionRows::new(partition));
                 pending_bytes += waiting.add(rows);
-                if waiting.file.is_some() && waiting.rows >= WRITE_ROWS {
-                    pending_bytes -= files.write(waiting).await?;
+                if (unpartitioned || waiting.file.is_some()) && waiting.rows >= WRITE_ROWS {
+                    pending_bytes -= files.write(waiting, &mut staged).await?;
                 }
             }
             while pending_bytes > PENDING_BYTES_MAX || reservation.try_resize(pending_bytes).is_err() {
                 let largest = partitions.values_mut().max_by_key(|p| p.bytes).expect("rows are waiting");
-                pending_bytes -= files.write(largest).await?;
+                pending_bytes -= files.write(largest, &mut staged).await?;
             }
             crate::failpoint::check("shard-write", &self.table.to_string())
                 .map_err(|failpoint| ShardError::Injected { shard, failpoint })?;
         }
+
         let mut partitions: Vec<_> = partitions.into_iter().collect();
         partitions.sort_by(|(a, _), (b, _)| a.cmp(b));
         let unopened = partitions.iter().filter(|(_, p)| p.file.is_none() && p.rows > 0);
         let locations: Vec<String> = unopened.map(|(_, p)| files.next_location(&p.partition)).collect();
         files.stage(&locations).await?;
         let mut locations = locations.into_iter();
+        let mut tasks = JoinSet::new();
         for (_, mut waiting) in partitions {
-            if waiting.rows > 0 {
-                if waiting.file.is_none() {
-                    let location = locations.next().expect("a location is staged for each unopened partition");
+            let location = (waiting.file.is_none() && waiting.rows > 0).then(|| locations.next()).flatten();
+            let (files, writers) = (files.clone(), self.writers.clone());
+            tasks.spawn(async move {
+                let _permit = writers.acquire_owned().await.expect("the writers' semaphore is never closed");
+                let mut staged = Vec::new();
+                if let Some(location) = location {
                     waiting.file = Some(files.open(&waiting.partition, location).await?);
                 }
-                pending_bytes -= files.write(&mut waiting).await?;
-                reservation.resize(pending_bytes);
-            }
-            if let Some(file) = waiting.file.take() {
-                files.finish(file).await?;
+                let bytes = files.write(&mut waiting, &mut staged).await?;
+                if let Some(file) = waiting.file.take() {
+                    staged.push(files.finish(file).await?);
+                }
+                Ok::<_, ShardError>((staged, bytes))
+            });
+        }
+        // Every task ends before the shard does, failed or not: a file still being written
+        // when the run rolls back could otherwise appear after its deletion.
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.unwrap_or_else(|e| Err(ShardError::Panicked { shard, message: e.to_string() }));
+            match result {
+                Ok((files, bytes)) => {
+                    staged.extend(files);
+                    pending_bytes -= bytes;
+                    reservation.resize(pending_bytes);
+                }
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
             }
         }
-        Ok(files.staged)
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(staged),
+        }
     }
 }
 
@@ -360,19 +406,20 @@ struct OpenFile {
     file: Box<dyn FileWriter>,
 }
 
-/// The files of one shard: named, recorded in the ledger, opened, written and finished.
-struct ShardFiles<'s, 'a> {
-    sink: &'s ShardSink<'a>,
+/// How one shard's files are named, recorded in the ledger, opened, written and finished.
+#[derive(Clone)]
+struct ShardFiles {
+    run: RunContext,
+    writer: Arc<dyn TableWriter>,
     shard: usize,
-    staged: Vec<StagedFile>,
-    sequence: usize,
+    sequence: Arc<AtomicUsize>,
 }
 
-impl ShardFiles<'_, '_> {
+impl ShardFiles {
     /// Writes the partition's waiting rows in pieces of at least [`WRITE_ROWS`], opening a file
-    /// when it has none, and finishing it (rolling to a new one) once it has reached the table's
-    /// target size. Returns the bytes the rows held.
-    async fn write(&mut self, waiting: &mut PartitionRows) -> Result<usize, ShardError> {
+    /// when it has none, and finishing it (into `staged`; the next rows roll to a new file) once
+    /// it has reached the table's target size. Returns the bytes the rows held.
+    async fn write(&self, waiting: &mut PartitionRows, staged: &mut Vec<StagedFile>) -> Result<usize, ShardError> {
         let pending = std::mem::take(&mut waiting.pending);
         let freed = std::mem::take(&mut waiting.bytes);
         waiting.rows = 0;
@@ -397,19 +444,19 @@ impl ShardFiles<'_, '_> {
             };
             file.file.write(batch).await.map_err(|e| self.error(file, e))?;
             (start, rows) = (i + 1, 0);
-            if file.file.written_bytes() >= self.sink.writer.target_file_size() {
+            if file.file.written_bytes() >= self.writer.target_file_size() {
                 let file = waiting.file.take().expect("the file written to");
-                self.finish(file).await?;
+                staged.push(self.finish(file).await?);
             }
         }
         Ok(freed)
     }
 
     /// The next file's location: `<run id>-<shard>-<n>.parquet` in the partition's folder.
-    fn next_location(&mut self, partition: &Partition) -> String {
-        let name = format!("{}-{:05}-{:05}.parquet", self.sink.run.run_id(), self.shard, self.sequence);
-        self.sequence += 1;
-        self.sink.writer.file_location(partition, &name)
+    fn next_location(&self, partition: &Partition) -> String {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{:05}-{sequence:05}.parquet", self.run.run_id(), self.shard);
+        self.writer.file_location(partition, &name)
     }
 
     /// DESIGN §4 step 2: a file's location is in the ledger before the file exists.
@@ -417,23 +464,21 @@ impl ShardFiles<'_, '_> {
         if locations.is_empty() {
             return Ok(());
         }
-        let staged = self.sink.run.stage_files(self.shard, locations).await;
+        let staged = self.run.stage_files(self.shard, locations).await;
         staged.map_err(|source| ShardError::Ledger { shard: self.shard, source })
     }
 
     /// Opens a file at a location already staged.
     async fn open(&self, partition: &Partition, location: String) -> Result<OpenFile, ShardError> {
-        match self.sink.writer.open_file(partition, &location).await {
+        match self.writer.open_file(partition, &location).await {
             Ok(file) => Ok(OpenFile { location, file }),
             Err(source) => Err(ShardError::Write { shard: self.shard, path: location, source }),
         }
     }
 
-    async fn finish(&mut self, file: OpenFile) -> Result<(), ShardError> {
+    async fn finish(&self, file: OpenFile) -> Result<StagedFile, ShardError> {
         let OpenFile { location, file } = file;
-        let staged = file.finish().await;
-        self.staged.push(staged.map_err(|source| ShardError::Write { shard: self.shard, path: location, source })?);
-        Ok(())
+        file.finish().await.map_err(|source| ShardError::Write { shard: self.shard, path: location, source })
     }
 
     fn error(&self, file: &OpenFile, source: BoxError) -> ShardError {
