@@ -68,9 +68,16 @@ def measure(cmd, cwd=None):
     return wall, usage.ru_maxrss / 1024
 
 
-def median_of(repeat, cmd_for, cwd=None):
-    samples = [measure(cmd_for(i), cwd) for i in range(repeat)]
-    return statistics.median(w for w, _ in samples), statistics.median(r for _, r in samples)
+def medians_round_robin(repeat, contestants):
+    """Each round runs every contestant once, so that the machine's drift (these machines are
+    noisy) falls on all of them alike; returns each one's median wall time and peak RSS."""
+    samples = {name: [] for name in contestants}
+    for i in range(repeat):
+        for name, cmd_for in contestants.items():
+            samples[name].append(measure(cmd_for(i)))
+    return {
+        name: (statistics.median(w for w, _ in runs), statistics.median(r for _, r in runs)) for name, runs in samples.items()
+    }
 
 
 def worker(name, *args):
@@ -262,25 +269,26 @@ def main():
             for job, query in JOBS.items():
                 print(f"\njob `{job}`")
                 floor_partition = " PARTITIONED BY (ship_month)" if job == "orders" else ""
-                rows = {}
-                rows["sluice-floor"] = median_of(
-                    options.repeat,
-                    lambda i: sluice_cmd(sluice, home, catalogs, f"{codec} COPY ({query}) TO '{work}/floor-{job}/{i}/' STORED AS PARQUET{floor_partition}"),
-                )
-                rows["sluice-iceberg"] = median_of(options.repeat, lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_iceberg"))
-                rows["sluice-ice-snappy"] = median_of(options.repeat, lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_iceberg_snappy"))
-                rows["sluice-delta"] = median_of(options.repeat, lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_delta"))
-                rows["duckdb-parquet"] = median_of(
-                    options.repeat, lambda i: worker("duckdb_parquet", lineitem, job, f"{work}/duckdb-{job}-{i}" + ("" if job == "orders" else ".parquet"))
-                )
                 if job == "filter":  # DuckDB's iceberg extension does not create partitioned tables
                     measure(worker("duckdb_iceberg_setup", lineitem, job, port))
-                    rows["duckdb-iceberg"] = median_of(options.repeat, lambda i: worker("duckdb_iceberg", lineitem, job, port))
                 pyiceberg_folder = f"{work}/pyiceberg"
                 os.makedirs(pyiceberg_folder, exist_ok=True)
                 measure(worker("pyiceberg_setup", lineitem, job, pyiceberg_folder))
-                rows["pyiceberg"] = median_of(options.repeat, lambda i: worker("pyiceberg", lineitem, job, pyiceberg_folder))
-                rows["polars-delta"] = median_of(options.repeat, lambda i: worker("polars_delta", lineitem, job, f"{work}/polars-{job}"))
+                contestants = {
+                    "sluice-floor": lambda i: sluice_cmd(
+                        sluice, home, catalogs, f"{codec} COPY ({query}) TO '{work}/floor-{job}/{i}/' STORED AS PARQUET{floor_partition}"
+                    ),
+                    "sluice-iceberg": lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_iceberg"),
+                    "sluice-ice-snappy": lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_iceberg_snappy"),
+                    "sluice-delta": lambda i: sluice_cmd(sluice, home, catalogs, f"RUN PIPELINE {job}_delta"),
+                    "duckdb-parquet": lambda i: worker("duckdb_parquet", lineitem, job, f"{work}/duckdb-{job}-{i}" + ("" if job == "orders" else ".parquet")),
+                    "duckdb-iceberg": lambda i: worker("duckdb_iceberg", lineitem, job, port),
+                    "pyiceberg": lambda i: worker("pyiceberg", lineitem, job, pyiceberg_folder),
+                    "polars-delta": lambda i: worker("polars_delta", lineitem, job, f"{work}/polars-{job}"),
+                }
+                if job != "filter":
+                    del contestants["duckdb-iceberg"]
+                rows = medians_round_robin(options.repeat, contestants)
                 report(
                     rows,
                     {
