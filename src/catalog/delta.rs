@@ -22,6 +22,19 @@ use super::{
 use crate::sinks::TableWriter;
 use crate::sinks::delta::DeltaTableWriter;
 
+/// Loads the Delta table in `dir`, at `version` or the latest, without its list of files.
+///
+/// Replaying every `add` action of the log costs time and memory in proportion to the table's
+/// history, and neither a write nor a scan needs it here: a write reads only the schema and
+/// version, and delta-rs's scan lists the files it reads when it runs.
+async fn load(dir: &Path, version: Option<u64>) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let builder = DeltaTableBuilder::from_url(ensure_table_uri(dir.display().to_string())?)?.without_files();
+    match version {
+        Some(version) => builder.with_version(version).load().await,
+        None => builder.load().await,
+    }
+}
+
 /// A Delta catalog, usable from DataFusion SQL as `<name>.<schema>.<table>`.
 #[derive(Debug)]
 pub struct DeltaCatalog {
@@ -131,8 +144,7 @@ impl DeltaCatalog {
         if !is_delta_table(&dir) {
             return Err(CatalogError::TableNotFound(name.clone()));
         }
-        let url = ensure_table_uri(dir.display().to_string()).map_err(self.error(format!("locating `{name}`")))?;
-        deltalake::open_table(url).await.map_err(self.error(format!("loading table `{name}`")))
+        load(&dir, None).await.map_err(self.error(format!("loading table `{name}`")))
     }
 }
 
@@ -300,13 +312,11 @@ impl SchemaProvider for DeltaSchema {
         if !is_delta_table(&dir) {
             return Ok(None);
         }
-        let url = ensure_table_uri(dir.display().to_string()).map_err(external)?;
         let table = match request {
-            TableRequest::Current(_) => deltalake::open_table(url).await.map_err(external)?,
+            TableRequest::Current(_) => load(&dir, None).await.map_err(external)?,
             TableRequest::AsOf(_, version) => {
-                let builder = DeltaTableBuilder::from_url(url).map_err(external)?;
                 let loaded = match u64::try_from(version) {
-                    Ok(version) => builder.with_version(version).load().await,
+                    Ok(version) => load(&dir, Some(version)).await,
                     Err(e) => Err(DeltaTableError::Generic(e.to_string())),
                 };
                 loaded.map_err(|e| {

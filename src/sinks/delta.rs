@@ -23,10 +23,12 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
+use deltalake::checkpoints;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, Transaction as DeltaTxn};
 use deltalake::logstore::ObjectStoreRef;
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
 use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 
@@ -137,6 +139,18 @@ impl DeltaTableWriter {
                 }
             })
             .collect())
+    }
+
+    /// Writes a checkpoint of `version` when the table's `delta.checkpointInterval` (100 by
+    /// default) says one is due, as delta-rs's own commit would: readers then start from it
+    /// instead of replaying every commit since the last one.
+    async fn checkpoint_if_due(&self, mut table: DeltaTable, version: u64) -> Result<(), deltalake::DeltaTableError> {
+        let interval = table.snapshot()?.table_config().checkpoint_interval().get();
+        if (version + 1).is_multiple_of(interval) {
+            table.update_incremental(Some(version)).await?;
+            checkpoints::create_checkpoint(&table, None).await?;
+        }
+        Ok(())
     }
 
     async fn latest(&self) -> Result<DeltaTable, deltalake::DeltaTableError> {
@@ -267,7 +281,8 @@ impl TableWriter for DeltaTableWriter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut metadata = vec![(RUN_ID_KEY.to_string(), json!(run.run_id))];
-        let mut properties = CommitProperties::default();
+        // delta-rs checkpoints only from a snapshot that lists every file; this one lists none.
+        let mut properties = CommitProperties::default().with_create_checkpoint(false);
         if let Some(pipeline) = &run.pipeline {
             metadata.push((PIPELINE_KEY.to_string(), json!(pipeline)));
             properties = properties.with_application_transaction(DeltaTxn::new(app_id(pipeline), run.sequence));
@@ -295,7 +310,11 @@ impl TableWriter for DeltaTableWriter {
                 WriteMode::Append => CommitError::new(e),
                 _ => self.conflict(format!("another commit landed first ({e})")),
             })?;
-        Ok(committed.version() as i64)
+        let version = committed.version();
+        if let Err(e) = self.checkpoint_if_due(table, version).await {
+            tracing::warn!(table = %self.root, version, "the commit landed, but its checkpoint was not written: {e}");
+        }
+        Ok(version as i64)
     }
 
     /// A pipeline's `txn` says whether its run landed at all, and only then is the whole history

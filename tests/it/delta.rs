@@ -124,3 +124,42 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
         assert_eq!(counts, [[total.clone(), "1000".to_string()]], "no duplicate rows beyond this round's");
     }
 }
+
+/// The writer loads tables without their file lists, so delta-rs's commit cannot checkpoint;
+/// the writer does, every `delta.checkpointInterval` versions, and readers start from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_write_a_checkpoint_every_checkpoint_interval_versions() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = delta_engine(home.path()).await;
+    engine.sql("CREATE SCHEMA delta.c; CREATE TABLE delta.c.t (id BIGINT)").await.unwrap();
+    let table_dir = home.path().join("delta/c/t");
+    let table_url = deltalake::ensure_table_uri(table_dir.display().to_string()).unwrap();
+    let table = deltalake::open_table(table_url.clone()).await.unwrap();
+    let interval = [("delta.checkpointInterval".to_string(), "3".to_string())].into();
+    table.set_tbl_properties().with_properties(interval).await.unwrap(); // version 1
+    let checkpoints = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(table_dir.join("_delta_log"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".checkpoint"))
+            .collect();
+        names.sort();
+        names
+    };
+    for rows in 2..=6 {
+        engine.sql(&format!("INSERT INTO delta.c.t SELECT value FROM generate_series(1, {rows})")).await.unwrap();
+    }
+    assert_eq!(
+        checkpoints(),
+        ["00000000000000000002.checkpoint.parquet", "00000000000000000005.checkpoint.parquet"],
+        "versions 2 and 5 close an interval of 3"
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(table_dir.join("_delta_log/_last_checkpoint")).unwrap()).unwrap();
+    assert_eq!(last["version"], 5);
+    // delta-rs starts from the checkpoint and sees every file; so does a query.
+    let table = deltalake::open_table(table_url).await.unwrap();
+    assert_eq!(table.version(), Some(6), "versions 2 to 6 are the five inserts");
+    assert_eq!(table.snapshot().unwrap().log_data().num_files(), 5);
+    assert_eq!(value(&engine, "SELECT sum(id) FROM delta.c.t").await, (3 + 6 + 10 + 15 + 21).to_string());
+}
