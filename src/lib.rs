@@ -59,6 +59,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod failpoint;
+pub mod functions;
 pub mod ledger;
 pub mod parser;
 pub mod pipeline;

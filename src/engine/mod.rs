@@ -187,6 +187,7 @@ impl EngineBuilder {
             .build();
         // `SELECT * FROM 'file.parquet'` (or .csv, .json) reads a file, as in DuckDB.
         let ctx = SessionContext::new_with_state(state).enable_url_table();
+        crate::functions::register(&ctx);
 
         let dirs: Vec<PathBuf> = std::iter::once(home.join("catalogs")).chain(self.catalog_dirs).collect();
         let mut configs: BTreeMap<String, CatalogConfig> =
