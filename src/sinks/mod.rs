@@ -270,14 +270,14 @@ impl<'a> ShardSink<'a> {
     /// committed.
     ///
     /// Rows wait in memory, per partition, while the shard holds less than
-    /// [`PENDING_BYTES_MAX`] of them and the run's memory pool grants them; past that, the
+    /// `PENDING_BYTES_MAX` (64 MiB) of them and the run's memory pool grants them; past that, the
     /// partition holding the most is written out, its file opened if it has none yet. The rest
     /// are written when the input ends, each partition's file a task of its own (their files
     /// recorded in the ledger in one step), as many at a time as the run's `writers` permit. A
     /// Parquet file being written holds a column writer per column, with page buffers,
     /// dictionary and compression contexts; a shard writing many small partitions would
     /// otherwise hold all of them at once. A partition whose file is open, and an unpartitioned
-    /// table (one file at a time anyway), is written every [`WRITE_ROWS`] rows.
+    /// table (one file at a time anyway), is written every `WRITE_ROWS` (8,192) rows.
     pub async fn write_shard(
         &self,
         shard: usize,
