@@ -78,10 +78,11 @@ fn truncate(nanos: i64, months: u32) -> Option<i64> {
 }
 
 impl DateTrunc {
-    /// The truncated array, or `None` for a case left to DataFusion. A value whose unit starts
-    /// before the earliest nanosecond timestamp is an error (DataFusion 53 panics on it).
+    /// The truncated array or scalar, or `None` for a case left to DataFusion. A value whose
+    /// unit starts before the earliest nanosecond timestamp is an error (DataFusion 53 panics on
+    /// it).
     fn try_fast(&self, args: &ScalarFunctionArgs) -> Option<Result<ColumnarValue>> {
-        let [ColumnarValue::Scalar(granularity), ColumnarValue::Array(values)] = args.args.as_slice() else {
+        let [ColumnarValue::Scalar(granularity), values] = args.args.as_slice() else {
             return None;
         };
         let (ScalarValue::Utf8(Some(granularity))
@@ -91,11 +92,7 @@ impl DateTrunc {
             return None;
         };
         let months = months_per_unit(granularity)?;
-        if values.data_type() != &DataType::Timestamp(TimeUnit::Nanosecond, None) {
-            return None;
-        }
-        let values = values.as_primitive::<TimestampNanosecondType>();
-        let truncated: Result<TimestampNanosecondArray> = values.try_unary(|v| {
+        let truncate = |v: i64| {
             truncate(v, months).ok_or_else(|| {
                 let shown = |v: i64| timestamp_ns_to_datetime(v).map_or_else(|| v.to_string(), |t| t.to_string());
                 exec_datafusion_err!(
@@ -105,8 +102,19 @@ impl DateTrunc {
                     shown(i64::MIN)
                 )
             })
-        });
-        Some(truncated.map(|truncated| ColumnarValue::Array(Arc::new(truncated))))
+        };
+        match values {
+            ColumnarValue::Array(values) if values.data_type() == &DataType::Timestamp(TimeUnit::Nanosecond, None) => {
+                let values = values.as_primitive::<TimestampNanosecondType>();
+                let truncated: Result<TimestampNanosecondArray> = values.try_unary(truncate);
+                Some(truncated.map(|truncated| ColumnarValue::Array(Arc::new(truncated))))
+            }
+            ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(value, None)) => {
+                let truncated = value.map(truncate).transpose();
+                Some(truncated.map(|value| ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(value, None))))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -188,7 +196,7 @@ mod tests {
         values.push(None);
         let (ours, theirs) = (DateTrunc::default(), DateTruncFunc::new());
         for granularity in ["month", "QUARTER", "Year", "day"] {
-            // The first month before the range cannot be represented: both fail on it.
+            // Values whose year starts before the range are left out: DataFusion panics on them.
             let in_range: ArrayRef = Arc::new(TimestampNanosecondArray::from(
                 values.iter().map(|v| v.filter(|v| truncate(*v, 12).is_some())).collect::<Vec<_>>(),
             ));
@@ -202,6 +210,33 @@ mod tests {
         let earliest: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![i64::MIN + 1]));
         let error = invoke(&ours, "month", &earliest).unwrap_err().to_string();
         assert!(error.contains("date_trunc('month', 1677-09-21") && error.contains("earliest"), "{error}");
+    }
+
+    /// A constant timestamp (as constant folding passes it) takes the same path.
+    #[test]
+    fn truncates_a_scalar() {
+        let call = |value: Option<i64>| {
+            let field = Arc::new(Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), true));
+            let args = ScalarFunctionArgs {
+                args: vec![
+                    ColumnarValue::Scalar(ScalarValue::Utf8(Some("quarter".to_string()))),
+                    ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(value, None)),
+                ],
+                arg_fields: vec![Arc::new(Field::new("g", DataType::Utf8, false)), field.clone()],
+                number_rows: 1,
+                return_field: field,
+                config_options: Arc::new(ConfigOptions::default()),
+            };
+            match DateTrunc::default().invoke_with_args(args) {
+                Ok(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(value, None))) => Ok(value),
+                Ok(other) => panic!("not a nanosecond scalar: {other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        // 2024-05-17T10:00:00 → 2024-04-01T00:00:00.
+        assert_eq!(call(Some(1_715_940_000_000_000_000)), Ok(Some(1_711_929_600_000_000_000)));
+        assert_eq!(call(None), Ok(None));
+        assert!(call(Some(i64::MIN + 1)).unwrap_err().contains("the quarter starts before"));
     }
 
     #[test]
