@@ -5,9 +5,12 @@
 //! limit can fail in the unspillable merge phase (apache/datafusion#16979, #17334); the limit is
 //! then reported, never exceeded.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use sluice::Engine;
 
-use crate::support::rows;
+use crate::support::{files_under, rows};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sort_larger_than_the_memory_limit_spills_and_commits() {
@@ -42,10 +45,22 @@ async fn rows_waiting_for_many_partitions_are_written_out_under_the_memory_limit
     let input = "SELECT value AS id, CAST(value % 40 AS BIGINT) AS part, \
                  md5(CAST(value AS VARCHAR)) || md5(CAST(-value AS VARCHAR)) AS payload \
                  FROM generate_series(1, 400000)";
-    engine
-        .sql(&format!("CREATE SCHEMA lake.m; CREATE TABLE lake.m.parts PARTITIONED BY (part) AS {input}"))
-        .await
-        .expect("the rows are written out as the limit is reached");
+    // The shard-write failpoint is passed after each input batch: count the data files on disk
+    // there, to see partitions written out while the input still arrives (with no limit, the
+    // ~32 MB would all wait for the input's end).
+    let written_early = Arc::new(AtomicUsize::new(0));
+    let (seen, warehouse) = (written_early.clone(), home.path().join("warehouse"));
+    let failpoint = "shard-write/lake.m.parts";
+    fail::cfg_callback(failpoint, move || {
+        let files = files_under(&warehouse).iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).count();
+        seen.fetch_max(files, Ordering::Relaxed);
+    })
+    .unwrap();
+    let created =
+        engine.sql(&format!("CREATE SCHEMA lake.m; CREATE TABLE lake.m.parts PARTITIONED BY (part) AS {input}")).await;
+    fail::remove(failpoint);
+    created.expect("the rows are written out as the limit is reached");
+    assert!(written_early.load(Ordering::Relaxed) > 0, "no partition was written out before the input ended");
     let report = engine.ledger().runs(None).await.unwrap().pop().unwrap();
     assert_eq!((report.rows, report.files), (400_000, 40), "one file per partition");
     let summary = "SELECT count(*), count(DISTINCT id), count(DISTINCT part), sum(id) FROM lake.m.parts";
