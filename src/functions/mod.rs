@@ -6,6 +6,9 @@
 //! earliest nanosecond timestamp. [`DateTrunc`] computes them with integer arithmetic for
 //! timezone-less nanosecond timestamps (what `CAST(date AS TIMESTAMP)` gives), about 6 ns a value
 //! less, returns an error naming such a value, and leaves every other case to DataFusion.
+//!
+//! `generate_series` and `range` over integers stop at the ends of the 64-bit range, where
+//! DataFusion's wrap around and never end ([`Series`]).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -21,9 +24,15 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
 
+mod series;
+
+pub use series::Series;
+
 /// Registers Sluice's functions in `ctx`, replacing DataFusion's of the same name.
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(DateTrunc::default()));
+    ctx.register_udtf("generate_series", Arc::new(Series::generate_series()));
+    ctx.register_udtf("range", Arc::new(Series::range()));
 }
 
 const NANOS_PER_DAY: i64 = 86_400_000_000_000;
