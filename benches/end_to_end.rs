@@ -91,6 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let lineitem = lineitem(&sf);
     let home = tempfile::tempdir().expect("temp dir");
+    // The floor's COPY writes outside the home: Sluice refuses exports into its own files.
+    let exports = tempfile::tempdir().expect("temp dir");
     let delta = DeltaConfig { root: home.path().join("delta").display().to_string() };
     let engine =
         Engine::builder().home(home.path()).catalog("delta", CatalogConfig::Delta(delta)).shards(cores).build().await?;
@@ -118,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let count = engine.sql(&rows(query)).await?;
         let count = datafusion::arrow::util::display::array_value_to_string(count[0].column(0), 0).unwrap();
         println!("\njob `{job}`: {count} rows");
-        let out = home.path().join(format!("copy-{job}"));
+        let out = exports.path().join(format!("copy-{job}"));
         let floor = time(repeat, &engine, |i| {
             format!("COPY ({query}) TO '{}/{i}/' STORED AS PARQUET{floor_partitioning}", out.display())
         })

@@ -66,6 +66,19 @@ pub enum Error {
         /// The catalogs there are.
         known: String,
     },
+    /// A `COPY` whose target would overwrite the home's own files or a catalog's tables.
+    #[error("COPY TO `{target}` refused: {reason}")]
+    ExportRefused {
+        /// The target as written.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The statement needs the run ledger, whose file is damaged.
+    #[error(
+        "{0}. This needs the run ledger: run `sluice doctor` for details; to start a new ledger, move the file aside (the pipelines and run history in it are then gone from Sluice)"
+    )]
+    LedgerUnavailable(String),
     /// Bad engine configuration.
     #[error("configuration: {0}")]
     Config(String),

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::TableType;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::protocol::SaveMode;
@@ -17,7 +18,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri
 
 use super::{
     CatalogError, DeltaConfig, LakeCatalog, Listing, PartitionField, Result, TableName, TableRequest, Transform,
-    check_columns,
+    check_columns, check_partitioning, check_schema_name, names,
 };
 use crate::sinks::TableWriter;
 use crate::sinks::delta::DeltaTableWriter;
@@ -114,6 +115,8 @@ impl DeltaCatalog {
             return Err(open_error("only local folders (or file:// URLs) are supported as a Delta root".into()));
         }
         std::fs::create_dir_all(&root).map_err(|e| open_error(e.to_string()))?;
+        let root = std::path::absolute(&root).map_err(|e| open_error(e.to_string()))?;
+        let root = names::normalize(&root).ok_or_else(|| open_error("the root climbs above `/`".into()))?;
         let catalog = Arc::new(Self {
             name: name.to_string(),
             location: root.display().to_string(),
@@ -134,13 +137,35 @@ impl DeltaCatalog {
         move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
     }
 
-    fn table_dir(&self, name: &TableName) -> PathBuf {
-        self.root.join(&name.schema).join(&name.table)
+    /// The folder of schema `schema`, once its name is checked.
+    fn schema_dir(&self, schema: &str) -> Result<PathBuf> {
+        check_schema_name(schema)?;
+        self.confined("schema folder", self.root.join(schema))
+    }
+
+    /// The folder of table `name`, once its name is checked.
+    fn table_dir(&self, name: &TableName) -> Result<PathBuf> {
+        name.check()?;
+        self.confined("table folder", self.root.join(&name.schema).join(&name.table))
+    }
+
+    /// `dir`, if it lies inside the root (a second line of defence behind the name checks).
+    fn confined(&self, what: &str, dir: PathBuf) -> Result<PathBuf> {
+        let root = self.root.display().to_string();
+        if names::is_inside(&root, &dir.display().to_string()) {
+            return Ok(dir);
+        }
+        Err(CatalogError::Escapes {
+            catalog: self.name.clone(),
+            what: what.to_string(),
+            location: dir.display().to_string(),
+            root,
+        })
     }
 
     /// Loads the table at its latest version.
     pub async fn load_table(&self, name: &TableName) -> Result<DeltaTable> {
-        let dir = self.table_dir(name);
+        let dir = self.table_dir(name)?;
         if !is_delta_table(&dir) {
             return Err(CatalogError::TableNotFound(name.clone()));
         }
@@ -162,6 +187,10 @@ impl LakeCatalog for DeltaCatalog {
         &self.location
     }
 
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     async fn refresh(&self) -> Result<()> {
         let mut listing = BTreeMap::new();
         for (schema, dir) in subfolders(&self.root).map_err(self.io_error("listing schemas"))? {
@@ -178,7 +207,7 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
-        let dir = self.root.join(schema);
+        let dir = self.schema_dir(schema)?;
         if dir.is_dir() {
             if if_not_exists {
                 return Ok(());
@@ -190,7 +219,7 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
-        let dir = self.root.join(schema);
+        let dir = self.schema_dir(schema)?;
         if !dir.is_dir() {
             if if_exists {
                 return Ok(());
@@ -212,10 +241,10 @@ impl LakeCatalog for DeltaCatalog {
         partitioning: &[PartitionField],
         if_not_exists: bool,
     ) -> Result<bool> {
-        if !self.root.join(&name.schema).is_dir() {
+        let dir = self.table_dir(name)?;
+        if !self.schema_dir(&name.schema)?.is_dir() {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
-        let dir = self.table_dir(name);
         if is_delta_table(&dir) {
             if if_not_exists {
                 return Ok(false);
@@ -225,26 +254,36 @@ impl LakeCatalog for DeltaCatalog {
         check_columns(name, schema, "Delta", |t| {
             delta_schema(&ArrowSchema::new(vec![Field::new("c", t.clone(), true)])).is_ok()
         })?;
+        check_partitioning(name, partitioning)?;
         let partition_columns = partition_columns(name, schema, partitioning)?;
         let columns = delta_schema(schema)
             .map_err(|e| self.error(format!("converting the schema of `{name}`"))(DeltaTableError::from(e)))?;
+        let existed = dir.exists();
         let url = ensure_table_uri(dir.display().to_string()).map_err(self.error(format!("locating `{name}`")))?;
-        DeltaTable::try_from_url(url)
-            .await
-            .map_err(self.error(format!("creating table `{name}`")))?
-            .create()
-            .with_table_name(name.table.clone())
-            .with_columns(columns.fields().cloned())
-            .with_partition_columns(partition_columns)
-            .with_save_mode(SaveMode::ErrorIfExists)
-            .await
-            .map_err(self.error(format!("creating table `{name}`")))?;
+        let created = async {
+            DeltaTable::try_from_url(url)
+                .await?
+                .create()
+                .with_table_name(name.table.clone())
+                .with_columns(columns.fields().cloned())
+                .with_partition_columns(partition_columns)
+                .with_save_mode(SaveMode::ErrorIfExists)
+                .await
+        }
+        .await;
+        if let Err(e) = created {
+            // A failed CREATE leaves no table: remove the folder if this statement made it.
+            if !existed && let Err(cleanup) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(table = %name, "could not remove the folder of the failed CREATE TABLE: {cleanup}");
+            }
+            return Err(self.error(format!("creating table `{name}`"))(e));
+        }
         self.refresh().await?;
         Ok(true)
     }
 
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()> {
-        let dir = self.table_dir(name);
+        let dir = self.table_dir(name)?;
         if !is_delta_table(&dir) {
             if if_exists {
                 return Ok(());
@@ -308,6 +347,8 @@ impl SchemaProvider for DeltaSchema {
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         let request = TableRequest::parse(name);
         let base = request.base();
+        let table_name = TableName::new(&self.catalog, &self.schema, base);
+        table_name.check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let dir = self.dir.join(base);
         if !is_delta_table(&dir) {
             return Ok(None);
@@ -315,20 +356,27 @@ impl SchemaProvider for DeltaSchema {
         let table = match request {
             TableRequest::Current(_) => load(&dir, None).await.map_err(external)?,
             TableRequest::AsOf(_, version) => {
-                let loaded = match u64::try_from(version) {
-                    Ok(version) => load(&dir, Some(version)).await,
-                    Err(e) => Err(DeltaTableError::Generic(e.to_string())),
+                // A version past the latest is an error at once (delta-rs would look for it
+                // version by version).
+                let latest = load(&dir, None).await.map_err(external)?.version().unwrap_or_default();
+                let no_version = |why: String| {
+                    DataFusionError::Plan(format!("table `{table_name}` has no version {version}: {why}"))
                 };
-                loaded.map_err(|e| {
-                    DataFusionError::Plan(format!(
-                        "table `{}.{}.{base}` has no version {version}: {e}",
-                        self.catalog, self.schema
-                    ))
-                })?
+                let version = u64::try_from(version).map_err(|_| no_version("versions start at 0".into()))?;
+                if version > latest {
+                    return Err(no_version(format!("the latest is {latest}")));
+                }
+                load(&dir, Some(version)).await.map_err(|e| no_version(e.to_string()))?
             }
             TableRequest::Snapshots(_) => return Ok(None),
         };
         Ok(Some(table.table_provider().await?))
+    }
+
+    /// From the listing, without loading the table: `SHOW TABLES` and `information_schema` ask
+    /// this of every table, and one table with unreadable metadata must not fail them all.
+    async fn table_type(&self, name: &str) -> DFResult<Option<TableType>> {
+        Ok(self.tables.contains(name).then_some(TableType::Base))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -4,12 +4,14 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::TableType;
 use futures::TryStreamExt;
 use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type};
 use iceberg::io::LocalFsStorageFactory;
@@ -26,7 +28,7 @@ use sqlx::any::AnyPoolOptions;
 
 use super::{
     CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, PartitionField, Result, TableName,
-    TableRequest, Transform, check_columns,
+    TableRequest, Transform, check_columns, check_partitioning, check_schema_name, names,
 };
 use crate::sinks::TableWriter;
 use crate::sinks::iceberg::IcebergTableWriter;
@@ -72,6 +74,9 @@ pub struct IcebergCatalog {
     kind: &'static str,
     /// For overwrites (SQL catalogs only).
     pointer: Option<MetadataPointer>,
+    /// The local warehouse folder (SQL catalogs), absolute and normalised: every table Sluice
+    /// creates, writes or drops lies inside it. REST catalogs place tables themselves.
+    warehouse: Option<PathBuf>,
     listing: Listing,
 }
 
@@ -102,7 +107,11 @@ impl IcebergCatalog {
             None => config.warehouse.clone(),
         };
         std::fs::create_dir_all(&warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
-        let warehouse = format!("file://{warehouse}");
+        let warehouse_dir = std::path::absolute(&warehouse)
+            .ok()
+            .and_then(|path| names::normalize(&path))
+            .ok_or_else(|| open_error(format!("{warehouse}: not a usable folder")))?;
+        let warehouse = format!("file://{}", warehouse_dir.display());
         // `?` for SQLite, `$1` for PostgreSQL, as the JDBC catalog does.
         let bind_style = if uri.starts_with("sqlite:") { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
         if !uri.starts_with("sqlite:") && !uri.starts_with("postgres://") && !uri.starts_with("postgresql://") {
@@ -128,7 +137,7 @@ impl IcebergCatalog {
             .map_err(|e| open_error(e.to_string()))?;
         let pointer = MetadataPointer { pool, catalog: name.to_string() };
         let location = format!("{} (warehouse {})", config.uri, config.warehouse);
-        Self::open(name, "iceberg-sql", location, Arc::new(catalog), Some(pointer)).await
+        Self::open(name, "iceberg-sql", location, Arc::new(catalog), Some(pointer), Some(warehouse_dir)).await
     }
 
     /// Opens an Iceberg REST catalog; the token or client credential comes from the environment
@@ -156,7 +165,7 @@ impl IcebergCatalog {
             Some(warehouse) => format!("{} (warehouse {warehouse})", config.uri),
             None => config.uri.clone(),
         };
-        Self::open(name, "iceberg-rest", location, Arc::new(catalog), None).await
+        Self::open(name, "iceberg-rest", location, Arc::new(catalog), None, None).await
     }
 
     async fn open(
@@ -165,6 +174,7 @@ impl IcebergCatalog {
         location: String,
         inner: Arc<dyn Catalog>,
         pointer: Option<MetadataPointer>,
+        warehouse: Option<PathBuf>,
     ) -> Result<Arc<Self>> {
         let catalog = Arc::new(Self {
             name: name.to_string(),
@@ -172,6 +182,7 @@ impl IcebergCatalog {
             location: location.clone(),
             inner,
             pointer,
+            warehouse,
             listing: Listing::default(),
         });
         // The first request to the catalog: an unreachable or refusing catalog fails here.
@@ -195,6 +206,7 @@ impl IcebergCatalog {
 
     /// Loads the table's current metadata.
     pub async fn load_table(&self, name: &TableName) -> Result<Table> {
+        name.check()?;
         match self.inner.load_table(&ident(name)).await {
             Ok(table) => Ok(table),
             Err(e) if matches!(e.kind(), ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound) => {
@@ -202,6 +214,70 @@ impl IcebergCatalog {
             }
             Err(e) => Err(self.error(format!("loading table `{name}`"))(e)),
         }
+    }
+
+    /// The folder Sluice gives table `name`: `<warehouse>/<schema>/<table>`, as iceberg-rust's
+    /// SQL catalog does (`None` for REST catalogs, which place tables themselves).
+    fn table_dir(&self, name: &TableName) -> Result<Option<PathBuf>> {
+        name.check()?;
+        let Some(warehouse) = &self.warehouse else { return Ok(None) };
+        let dir = warehouse.join(&name.schema).join(&name.table);
+        self.confined("table location", &dir.display().to_string())?;
+        Ok(Some(dir))
+    }
+
+    /// Refuses `location` unless it lies inside the local warehouse (REST catalogs: anywhere).
+    fn confined(&self, what: &str, location: &str) -> Result<()> {
+        let Some(warehouse) = &self.warehouse else { return Ok(()) };
+        let inside = names::local_path(location)
+            .is_some_and(|path| names::is_inside(&warehouse.display().to_string(), &path.display().to_string()));
+        if inside {
+            return Ok(());
+        }
+        Err(CatalogError::Escapes {
+            catalog: self.name.clone(),
+            what: what.to_string(),
+            location: location.to_string(),
+            root: warehouse.display().to_string(),
+        })
+    }
+
+    /// Whether `location` is the table's own folder: `<warehouse>/<schema>/<table>` (Sluice,
+    /// iceberg-rust) or `<warehouse>/<schema>.db/<table>` (pyiceberg, Spark). Only such a folder
+    /// is deleted whole when the table is dropped; it cannot hold another table.
+    fn is_own_folder(&self, name: &TableName, location: &str) -> bool {
+        let (Some(warehouse), Some(path)) = (&self.warehouse, names::local_path(location)) else { return false };
+        let Some(path) = names::normalize(&path) else { return false };
+        [name.schema.clone(), format!("{}.db", name.schema)]
+            .iter()
+            .any(|schema| path == warehouse.join(schema).join(&name.table))
+    }
+
+    /// Drops a table of a SQL catalog: its catalog entry first, then its own folder. A table
+    /// whose metadata cannot be read loses its entry all the same (one broken table must not
+    /// stay in the way); files outside the table's own folder are left, with a warning.
+    async fn drop_local_table(&self, name: &TableName, dir: PathBuf) -> Result<()> {
+        let loaded = self.inner.load_table(&ident(name)).await;
+        self.inner.drop_table(&ident(name)).await.map_err(self.error(format!("dropping table `{name}`")))?;
+        let location = match &loaded {
+            Ok(table) => table.metadata().location().to_string(),
+            Err(e) => {
+                tracing::warn!(table = %name, "its metadata is unreadable ({e}): dropped its catalog entry; deleting its folder {}", dir.display());
+                dir.display().to_string()
+            }
+        };
+        if !self.is_own_folder(name, &location) {
+            tracing::warn!(table = %name, "dropped; its files at {location} were left: that is not the table's own folder inside the warehouse");
+            return Ok(());
+        }
+        let folder = names::local_path(&location).expect("an own folder is local");
+        match std::fs::remove_dir_all(&folder) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(table = %name, "dropped, but deleting its folder {} failed: {e}", folder.display());
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn schema_exists(&self, schema: &str) -> Result<bool> {
@@ -265,17 +341,29 @@ impl LakeCatalog for IcebergCatalog {
         &self.location
     }
 
+    fn local_root(&self) -> Option<&std::path::Path> {
+        self.warehouse.as_deref()
+    }
+
     async fn refresh(&self) -> Result<()> {
         let mut listing = BTreeMap::new();
         for namespace in self.inner.list_namespaces(None).await.map_err(self.error("listing schemas"))? {
-            let tables = self.inner.list_tables(&namespace).await.map_err(self.error("listing tables"))?;
-            listing.insert(namespace.join("."), tables.into_iter().map(|t| t.name().to_string()).collect());
+            // One unreadable schema is that schema's problem: the others stay listed.
+            match self.inner.list_tables(&namespace).await {
+                Ok(tables) => {
+                    listing.insert(namespace.join("."), tables.into_iter().map(|t| t.name().to_string()).collect());
+                }
+                Err(e) => {
+                    tracing::warn!(catalog = %self.name, schema = %namespace.join("."), "cannot list the schema's tables: {e}")
+                }
+            }
         }
         self.listing.replace(listing);
         Ok(())
     }
 
     async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
+        check_schema_name(schema)?;
         if self.schema_exists(schema).await? {
             if if_not_exists {
                 return Ok(());
@@ -288,6 +376,10 @@ impl LakeCatalog for IcebergCatalog {
     }
 
     async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
+        // A dot is let through here only: a schema named `a.b` by an older version can be dropped.
+        if let Some(reason) = names::refusal(names::NameKind::Table, schema) {
+            return Err(CatalogError::BadName(reason.replacen("table", "schema", 1)));
+        }
         if !self.schema_exists(schema).await? {
             if if_exists {
                 return Ok(());
@@ -309,6 +401,7 @@ impl LakeCatalog for IcebergCatalog {
         partitioning: &[PartitionField],
         if_not_exists: bool,
     ) -> Result<bool> {
+        let dir = self.table_dir(name)?;
         if !self.schema_exists(&name.schema).await? {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
@@ -318,6 +411,7 @@ impl LakeCatalog for IcebergCatalog {
             }
             return Err(CatalogError::TableExists(name.clone()));
         }
+        check_partitioning(name, partitioning)?;
         check_columns(name, schema, "Iceberg", |t| arrow_type_to_type(&iceberg_type(t)).is_ok())?;
         let fields: Vec<Field> = schema
             .fields()
@@ -327,7 +421,12 @@ impl LakeCatalog for IcebergCatalog {
         let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields))
             .map_err(self.error(format!("converting the schema of `{name}`")))?;
         let spec = partition_spec(name, &schema, partitioning)?;
-        let creation = TableCreation::builder().name(name.table.clone()).schema(schema).partition_spec(spec).build();
+        let creation = TableCreation::builder()
+            .name(name.table.clone())
+            .schema(schema)
+            .partition_spec(spec)
+            .location_opt(dir.map(|dir| format!("file://{}", dir.display())))
+            .build();
         self.inner
             .create_table(&NamespaceIdent::new(name.schema.clone()), creation)
             .await
@@ -337,18 +436,26 @@ impl LakeCatalog for IcebergCatalog {
     }
 
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()> {
+        let dir = self.table_dir(name)?;
         if !self.inner.table_exists(&ident(name)).await.map_err(self.error("looking up a table"))? {
             if if_exists {
                 return Ok(());
             }
             return Err(CatalogError::TableNotFound(name.clone()));
         }
-        self.inner.purge_table(&ident(name)).await.map_err(self.error(format!("dropping table `{name}`")))?;
+        match dir {
+            Some(dir) => self.drop_local_table(name, dir).await?,
+            // A REST catalog's server deletes the files it placed.
+            None => {
+                self.inner.purge_table(&ident(name)).await.map_err(self.error(format!("dropping table `{name}`")))?
+            }
+        }
         self.refresh().await
     }
 
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>> {
         let table = self.load_table(name).await?;
+        self.confined(&format!("the location of `{name}`"), table.metadata().location())?;
         let writer = IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &table)
             .map_err(self.error(format!("preparing a write into `{name}`")))?;
         Ok(Arc::new(writer))
@@ -401,6 +508,7 @@ impl SchemaProvider for IcebergSchema {
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         let request = TableRequest::parse(name);
         let base = request.base();
+        TableName::new(&self.catalog, &self.schema, base).check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let table = match self
             .inner
             .load_table(&TableIdent::new(NamespaceIdent::new(self.schema.clone()), base.into()))
@@ -431,6 +539,12 @@ impl SchemaProvider for IcebergSchema {
             TableRequest::Snapshots(_) => snapshots_table(&table).await?,
         };
         Ok(Some(provider))
+    }
+
+    /// From the listing, without loading the table: `SHOW TABLES` and `information_schema` ask
+    /// this of every table, and one table with unreadable metadata must not fail them all.
+    async fn table_type(&self, name: &str) -> DFResult<Option<TableType>> {
+        Ok(self.tables.contains(name).then_some(TableType::Base))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -17,6 +17,7 @@
 mod config;
 mod delta;
 mod iceberg;
+pub mod names;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -24,7 +25,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema};
-use datafusion::catalog::CatalogProvider;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList};
 
 pub use self::config::{
     CatalogConfig, CatalogConfigError, DeltaConfig, IcebergRestConfig, IcebergSqlConfig, load_catalogs, parse_catalog,
@@ -45,6 +46,21 @@ pub enum CatalogError {
         location: String,
         /// What went wrong.
         message: String,
+    },
+    /// A schema or table name that cannot be used (see [`names::refusal`]).
+    #[error("{0}")]
+    BadName(String),
+    /// A location that is not inside the root it must stay in.
+    #[error("catalog `{catalog}`: {what} `{location}` is outside {root}: refused")]
+    Escapes {
+        /// Catalog name.
+        catalog: String,
+        /// What the location is for.
+        what: String,
+        /// The location.
+        location: String,
+        /// The root it had to stay in.
+        root: String,
     },
     /// No schema of that name.
     #[error("schema `{catalog}.{schema}` does not exist (create it with CREATE SCHEMA {catalog}.{schema})")]
@@ -140,6 +156,40 @@ impl TableName {
     }
 }
 
+impl TableName {
+    /// Refuses a schema or table name that could leave its folder (see [`names::refusal`]).
+    pub fn check(&self) -> Result<()> {
+        check_schema_name(&self.schema)?;
+        match names::refusal(names::NameKind::Table, &self.table) {
+            Some(reason) => Err(CatalogError::BadName(format!("{reason} (in `{self}`)"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Refuses a schema name that could leave its folder or would not read back in
+/// `catalog.schema.table` (see [`names::refusal`]).
+pub fn check_schema_name(schema: &str) -> Result<()> {
+    match names::refusal(names::NameKind::Schema, schema) {
+        Some(reason) => Err(CatalogError::BadName(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a partitioning that names one field twice.
+fn check_partitioning(name: &TableName, partitioning: &[PartitionField]) -> Result<()> {
+    for (i, field) in partitioning.iter().enumerate() {
+        if partitioning[..i].contains(field) {
+            return Err(CatalogError::BadPartition {
+                table: Box::new(name.clone()),
+                field: field.to_string(),
+                reason: "it appears twice in PARTITIONED BY".to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.catalog, self.schema, self.table)
@@ -199,6 +249,9 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Where it lives, for `SHOW CATALOGS` (never a credential).
     fn location(&self) -> &str;
+    /// The local folder all its tables live in (a SQL catalog's warehouse, a Delta root); `None`
+    /// when a server places them. Exports may not write into it.
+    fn local_root(&self) -> Option<&std::path::Path>;
     /// Re-reads the schema and table lists (what `SHOW TABLES` and `information_schema` show).
     async fn refresh(&self) -> Result<()>;
     /// `CREATE SCHEMA <catalog>.<schema>`.
@@ -218,6 +271,46 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()>;
     /// A writer for one run into the table as it is now.
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>>;
+}
+
+/// The session's catalogs: Sluice's own, as they are, and DataFusion's (the in-memory session
+/// catalog, with `SELECT * FROM 'file.csv'`) behind DataFusion's dynamic-file wrapper. Ours are
+/// kept out of that wrapper: it does not pass on `table_type`, so `SHOW TABLES` would load every
+/// table, and one table with unreadable metadata would fail the listing of all of them.
+#[derive(Debug)]
+pub struct CatalogList {
+    lakes: BTreeMap<String, Arc<dyn LakeCatalog>>,
+    others: Arc<dyn CatalogProviderList>,
+}
+
+impl CatalogList {
+    /// `lakes` by name, in front of `others`.
+    pub fn new(lakes: BTreeMap<String, Arc<dyn LakeCatalog>>, others: Arc<dyn CatalogProviderList>) -> Self {
+        Self { lakes, others }
+    }
+}
+
+impl CatalogProviderList for CatalogList {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn register_catalog(&self, name: String, catalog: Arc<dyn CatalogProvider>) -> Option<Arc<dyn CatalogProvider>> {
+        self.others.register_catalog(name, catalog)
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        let mut names: BTreeSet<String> = self.lakes.keys().cloned().collect();
+        names.extend(self.others.catalog_names());
+        names.into_iter().collect()
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        match self.lakes.get(name) {
+            Some(lake) => Some(lake.clone() as Arc<dyn CatalogProvider>),
+            None => self.others.catalog(name),
+        }
+    }
 }
 
 /// The part of a table name before a time-travel (`@`) or metadata (`$`) suffix, and the suffix.

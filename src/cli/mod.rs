@@ -55,6 +55,8 @@ pub struct Args {
 pub enum Command {
     /// Settle runs left open by a process that stopped (also done on every start), and list them.
     Recover,
+    /// Check the run ledger and every table of every catalog, and say what is wrong.
+    Doctor,
 }
 
 /// `--format` values.
@@ -118,23 +120,47 @@ pub async fn run(args: Args) -> Result<()> {
         builder = builder.memory_limit(limit);
     }
     let format = Format::from(args.format);
-    if args.command == Some(Command::Recover) {
-        let engine = builder.recover_on_start(false).build().await?;
-        let settled = engine.recover().await?;
-        let output = crate::engine::Output::rows(settled_batch(&settled));
-        return print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error);
+    match args.command {
+        Some(Command::Recover) => {
+            let engine = builder.recover_on_start(false).build().await?;
+            let settled = engine.recover().await;
+            engine.close().await?;
+            let output = crate::engine::Output::rows(settled_batch(&settled?));
+            return print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error);
+        }
+        Some(Command::Doctor) => {
+            let engine = builder.recover_on_start(false).build().await?;
+            let findings = engine.doctor().await;
+            engine.close().await?;
+            let output = crate::engine::Output::rows(crate::engine::findings_batch(&findings));
+            print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error)?;
+            let problems = findings.iter().filter(|f| f.problem.is_some()).count();
+            return match problems {
+                0 => Ok(()),
+                n => Err(Error::Config(format!("sluice doctor found {n} problem(s), listed above"))),
+            };
+        }
+        None => {}
     }
     let engine = builder.build().await?;
+    let result = run_statements(&engine, &args, format).await;
+    // The ledger is checkpointed on every exit, failed or not.
+    let closed = engine.close().await;
+    result.and(closed)
+}
+
+/// The REPL, or the `-c` commands and then the `-f` files.
+async fn run_statements(engine: &Engine, args: &Args, format: Format) -> Result<()> {
     if args.commands.is_empty() && args.files.is_empty() {
-        return repl::run(&engine, format).await;
+        return repl::run(engine, format).await;
     }
     for sql in &args.commands {
-        run_script(&engine, sql, format).await?;
+        run_script(engine, sql, format).await?;
     }
     for file in &args.files {
         let sql =
             std::fs::read_to_string(file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
-        run_script(&engine, &sql, format)
+        run_script(engine, &sql, format)
             .await
             .map_err(|source| Error::InFile { path: file.display().to_string(), source: Box::new(source) })?;
     }
@@ -147,17 +173,26 @@ fn settled_batch(settled: &[(crate::ledger::RunRecord, crate::coordinator::Resol
     let outcome = |r: &Resolution| match r {
         Resolution::Committed(id) => format!("committed (snapshot {id}): marked succeeded"),
         Resolution::RolledBack => "not committed: staged files deleted, marked failed".to_string(),
-        Resolution::StillRunning => "its process is alive again: left alone".to_string(),
+        Resolution::StillRunning => "still running: a live process holds its lease; left alone".to_string(),
+    };
+    let lease = |run: &crate::ledger::RunRecord| {
+        run.lease_until_ms
+            .and_then(datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime)
+            .map(|until| format!("{} UTC", until.format("%Y-%m-%d %H:%M:%S")))
     };
     let schema = Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("target", DataType::Utf8, false),
         Field::new("outcome", DataType::Utf8, false),
+        Field::new("leased_until", DataType::Utf8, true),
     ]);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(settled.iter().map(|(run, _)| run.run_id.as_str()))),
         Arc::new(StringArray::from_iter_values(settled.iter().map(|(run, _)| run.target.as_str()))),
         Arc::new(StringArray::from_iter_values(settled.iter().map(|(_, r)| outcome(r)))),
+        Arc::new(StringArray::from_iter(
+            settled.iter().map(|(run, r)| (*r == Resolution::StillRunning).then(|| lease(run)).flatten()),
+        )),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).expect("columns match their schema")
 }

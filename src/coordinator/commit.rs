@@ -95,7 +95,8 @@ impl Coordinator for TableCommit {
     }
 
     async fn on_error(&self, run: &RunContext, _error: &str) -> Result<(), CoordinatorError> {
-        run.delete_staged(&self.name, |location| async move { self.writer.delete_file(&location).await }).await
+        let root = self.writer.location();
+        run.delete_staged(&self.name, root, |location| async move { self.writer.delete_file(&location).await }).await
     }
 
     async fn find_commit(&self, run: &RunContext) -> Result<Option<i64>, CoordinatorError> {

@@ -212,7 +212,8 @@ impl Coordinator for FileMerge {
         .await
         .map_err(|e| CoordinatorError::new(NAME, e))??;
         // The export is in place: leftover parts are only litter now, not a reason to fail it.
-        let cleaned = match run.delete_staged(NAME, remove_file).await {
+        let parts_dir = self.parts_dir(run).display().to_string();
+        let cleaned = match run.delete_staged(NAME, &parts_dir, remove_file).await {
             Ok(()) => std::fs::remove_dir(self.parts_dir(run)).map_err(|e| self.error(&self.parts_dir(run), e)),
             Err(e) => Err(e),
         };
@@ -223,7 +224,7 @@ impl Coordinator for FileMerge {
     }
 
     async fn on_error(&self, run: &RunContext, _error: &str) -> Result<(), CoordinatorError> {
-        run.delete_staged(NAME, remove_file).await?;
+        run.delete_staged(NAME, &self.parts_dir(run).display().to_string(), remove_file).await?;
         remove_file(self.merged_path(run).display().to_string()).await.map_err(|e| CoordinatorError::new(NAME, e))?;
         let parts_dir = self.parts_dir(run);
         match std::fs::remove_dir_all(&parts_dir) {

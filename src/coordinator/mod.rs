@@ -213,15 +213,22 @@ impl RunContext {
         self.ledger.stage_files(self.run_id(), shard, locations).await
     }
 
-    /// Deletes every file recorded with [`RunContext::stage_files`] (and not yet deleted) with
-    /// `delete`, then records them deleted. A file that is not there must not be an error.
-    pub async fn delete_staged<F, Fut>(&self, coordinator: &str, delete: F) -> Result<(), CoordinatorError>
+    /// Deletes every file recorded with [`RunContext::stage_files`] and not committed with
+    /// `delete` (again, for files a rollback deleted before: recovery re-checks them), then records
+    /// them deleted. A file that is not there must not be an error. Only files inside `root` (the
+    /// table's or the export's own folder, after normalisation) are deleted: a ledger entry
+    /// pointing elsewhere is left alone, with a warning.
+    pub async fn delete_staged<F, Fut>(&self, coordinator: &str, root: &str, delete: F) -> Result<(), CoordinatorError>
     where
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<(), BoxError>>,
     {
         let error = |source: BoxError| CoordinatorError::new(coordinator, source);
-        for location in self.ledger.staged_files(self.run_id()).await.map_err(|e| error(e.into()))? {
+        for location in self.ledger.uncommitted_files(self.run_id()).await.map_err(|e| error(e.into()))? {
+            if !crate::catalog::names::is_inside(root, &location) {
+                tracing::warn!(run_id = %self.run_id(), "staged file {location} is not inside {root}: not deleting it");
+                continue;
+            }
             delete(location.clone())
                 .await
                 .map_err(|e| error(format!("deleting staged file {location}: {e}").into()))?;

@@ -6,6 +6,8 @@
 //! (`INSERT`, `CREATE TABLE ... AS`) or change it (`CREATE SCHEMA`, `CREATE TABLE`, `DROP`) are
 //! routed to the catalog and the coordinator instead of DataFusion's in-memory tables.
 
+mod doctor;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use datafusion::sql::parser::{CopyToSource, CopyToStatement, Statement as DFStat
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::catalog::{
-    CatalogConfig, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, PartitionField, TableName,
+    CatalogConfig, CatalogList, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, PartitionField, TableName,
     load_catalogs,
 };
 use crate::coordinator::{
@@ -38,6 +40,8 @@ use crate::ledger::{
 use crate::parser::{self, CreatePipeline, Located, Statement};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
 use crate::planner;
+
+pub use doctor::{Finding, findings_batch};
 
 /// Name of the embedded default catalog.
 pub const DEFAULT_CATALOG: &str = "lake";
@@ -185,10 +189,6 @@ impl EngineBuilder {
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .build();
-        // `SELECT * FROM 'file.parquet'` (or .csv, .json) reads a file, as in DuckDB.
-        let ctx = SessionContext::new_with_state(state).enable_url_table();
-        crate::functions::register(&ctx);
-
         let dirs: Vec<PathBuf> = std::iter::once(home.join("catalogs")).chain(self.catalog_dirs).collect();
         let mut configs: BTreeMap<String, CatalogConfig> =
             load_catalogs(&dirs)?.into_iter().map(|(name, (_, config))| (name, config)).collect();
@@ -206,16 +206,36 @@ impl EngineBuilder {
                 CatalogConfig::IcebergRest(rest) => IcebergCatalog::open_rest(&name, rest).await?,
                 CatalogConfig::Delta(delta) => DeltaCatalog::open(&name, delta).await?,
             };
-            ctx.register_catalog(name.clone(), catalog.clone() as Arc<dyn datafusion::catalog::CatalogProvider>);
             catalogs.insert(name, catalog);
         }
-        let ledger = Ledger::open(&home.join("ledger.db")).await?;
-        let default_catalog =
-            ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
-        default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
+        // `SELECT * FROM 'file.parquet'` (or .csv, .json) reads a file, as in DuckDB; our
+        // catalogs stay outside the wrapper that does it (see `CatalogList`).
+        let ctx = SessionContext::new_with_state(state).enable_url_table();
+        ctx.register_catalog_list(Arc::new(CatalogList::new(catalogs.clone(), ctx.state().catalog_list().clone())));
+        crate::functions::register(&ctx);
+        // A damaged ledger costs the pipelines and the run history, not the tables: this process
+        // runs on a ledger in memory, and the commands that need the file say so.
+        let (ledger, ledger_damage) = match Ledger::open(&home.join("ledger.db")).await {
+            Ok(ledger) => (ledger, None),
+            Err(e) => {
+                let damage = e.to_string();
+                tracing::error!(
+                    "{damage}; tables stay readable and writable, pipelines and runs are unavailable (run `sluice doctor`)"
+                );
+                (Ledger::in_memory().await?, Some(damage))
+            }
+        };
+        if ledger_damage.is_none() {
+            let default_catalog =
+                ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
+            default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
+        }
         let events = EventLog::new(ledger.clone());
         let runner = Runner::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
-        let engine = Engine { ctx, catalogs, runner, layer: self.layer, events, ledger, home, shards };
+        let engine = Engine { ctx, catalogs, runner, layer: self.layer, events, ledger, ledger_damage, home, shards };
+        if engine.ledger_damage.is_some() {
+            return Ok(engine);
+        }
         engine.restore_session_tables().await?;
         // DESIGN §4 step 7: runs left open by a process that is gone are settled on every start.
         if self.skip_recovery {
@@ -223,7 +243,7 @@ impl EngineBuilder {
         }
         match engine.recover().await {
             Ok(settled) => {
-                for (run, resolution) in settled {
+                for (run, resolution) in settled.into_iter().filter(|(_, r)| *r != Resolution::StillRunning) {
                     tracing::info!(run_id = %run.run_id, target = %run.target, ?resolution, "recovered an abandoned run");
                 }
             }
@@ -238,6 +258,8 @@ pub struct Engine {
     ctx: SessionContext,
     catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
     ledger: Ledger,
+    /// Why the home's ledger file could not be used (the engine then runs on one in memory).
+    ledger_damage: Option<String>,
     runner: Runner,
     layer: Option<CoordinatorLayer>,
     events: EventLog,
@@ -313,6 +335,34 @@ impl Engine {
         self.catalogs.get(name)
     }
 
+    /// Every catalog, by name.
+    pub fn catalogs(&self) -> &BTreeMap<String, Arc<dyn LakeCatalog>> {
+        &self.catalogs
+    }
+
+    /// Why the home's ledger file is unusable, if it is: pipelines and run history are then
+    /// unavailable, while tables stay readable and writable.
+    pub fn ledger_damage(&self) -> Option<&str> {
+        self.ledger_damage.as_deref()
+    }
+
+    /// Fails when the ledger file is damaged (for what needs the persisted ledger).
+    fn require_ledger(&self) -> Result<()> {
+        match &self.ledger_damage {
+            Some(damage) => Err(Error::LedgerUnavailable(damage.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the engine's use of its files: the ledger's write-ahead log is folded into
+    /// `ledger.db`, so the file holds everything on its own.
+    pub async fn close(&self) -> Result<()> {
+        if self.ledger_damage.is_none() {
+            self.ledger.checkpoint().await?;
+        }
+        Ok(())
+    }
+
     /// Runs every statement in `sql` in order and returns the rows of the last one.
     /// Stops at the first error; a syntax error anywhere runs nothing.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
@@ -325,6 +375,7 @@ impl Engine {
 
     /// Runs the pipeline called `name` and returns its run report.
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
+        self.require_ledger()?;
         let record = self.ledger.pipeline(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
         let create = pipeline::parse_definition(name, &record.definition)?;
         let options = PipelineOptions::parse(name, &create.options)?;
@@ -348,6 +399,7 @@ impl Engine {
     /// Runs a failed (or abandoned) run again under its id and sequence number. A run whose
     /// commit turns out to have landed is only marked succeeded: nothing is written twice.
     pub async fn retry_run(&self, run_id: &str) -> Result<RunReport> {
+        self.require_ledger()?;
         let started = std::time::Instant::now();
         let cannot = |reason: String| Error::CannotRetry { run_id: run_id.to_string(), reason };
         let record = self
@@ -429,8 +481,10 @@ impl Engine {
 
     /// Settles every run left `staging` or `committing` by a process that is gone: committed
     /// ones are marked succeeded, the others' staged files deleted (DESIGN §4 step 7). Runs
-    /// whose catalog or table is gone are left as they are, with a warning.
+    /// whose catalog or table is gone are left as they are, with a warning. Runs whose lease is
+    /// still live are listed as [`Resolution::StillRunning`], untouched.
     pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
+        self.require_ledger()?;
         let mut settled = Vec::new();
         for record in self.ledger.abandoned_runs().await? {
             // An export's target is the file's absolute path; a table's is `catalog.schema.table`.
@@ -458,7 +512,43 @@ impl Engine {
             let resolution = self.runner.resolve(coordinator.as_ref(), &record).await?;
             settled.push((record, resolution));
         }
+        for record in self.ledger.leased_runs().await? {
+            settled.push((record, Resolution::StillRunning));
+        }
+        self.verify_deletions().await?;
         Ok(settled)
+    }
+
+    /// Deletes once more the files that failed runs' rollbacks deleted (confined to each
+    /// table's own location): a write that outlived its run, or a file system that reported a
+    /// deletion it did not make, cannot leave an unreferenced file for good.
+    async fn verify_deletions(&self) -> Result<()> {
+        let mut writers: BTreeMap<String, Option<Arc<dyn crate::sinks::TableWriter>>> = BTreeMap::new();
+        for (run_id, target, path) in self.ledger.unverified_deletions().await? {
+            let writer = match writers.get(&target) {
+                Some(writer) => writer.clone(),
+                None => {
+                    let table = TableName::parse(&target).filter(|_| !Path::new(&target).is_absolute());
+                    let writer = match table.as_ref().and_then(|t| self.catalog_of(&t.catalog).map(|c| (t, c))) {
+                        Some((table, catalog)) => catalog.writer(table).await.ok(),
+                        None => None,
+                    };
+                    writers.insert(target.clone(), writer.clone());
+                    writer
+                }
+            };
+            // Exports' parts and tables that no longer load are left to the run's own cleanup.
+            let Some(writer) = writer else { continue };
+            if !crate::catalog::names::is_inside(writer.location(), &path)
+                || !self.ledger.claim_verification(&path).await?
+            {
+                continue;
+            }
+            if let Err(e) = writer.delete_file(&path).await {
+                tracing::warn!(%run_id, "deleting {path} again failed: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Runs one parsed statement; errors say on which line it starts.
@@ -479,6 +569,17 @@ impl Engine {
         );
         if plans_sql {
             self.refresh_catalogs().await;
+        }
+        let needs_ledger = matches!(
+            statement,
+            Statement::CreatePipeline(_)
+                | Statement::ShowPipelines
+                | Statement::DescribePipeline { .. }
+                | Statement::DropPipeline { .. }
+                | Statement::ShowRuns { .. }
+        );
+        if needs_ledger {
+            self.require_ledger()?;
         }
         match statement {
             Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone(), &[], source).await,
@@ -535,10 +636,11 @@ impl Engine {
         partition_by: &[PartitionField],
         source: &str,
     ) -> Result<Output> {
-        if let DFStatement::CopyTo(copy) = &statement
-            && let Some(output) = self.export(copy, source).await?
-        {
-            return Ok(output);
+        if let DFStatement::CopyTo(copy) = &statement {
+            self.check_export_target(&copy.target)?;
+            if let Some(output) = self.export(copy, source).await? {
+                return Ok(output);
+            }
         }
         let state = self.ctx.state();
         let text = statement.to_string();
@@ -765,6 +867,28 @@ impl Engine {
             retry_of: None,
         };
         Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
+    }
+
+    /// Refuses a `COPY` into the home folder (the ledger, the catalog database) or into a
+    /// catalog's warehouse or root (tables' data and metadata), or a folder holding either;
+    /// symbolic links are followed first. URLs other than `file://` go to their object store.
+    fn check_export_target(&self, target: &str) -> Result<()> {
+        let refused = |reason: String| Error::ExportRefused { target: target.to_string(), reason };
+        let Some(path) = crate::catalog::names::local_path(target) else { return Ok(()) };
+        let path = crate::catalog::names::resolve(&path).ok_or_else(|| refused("the path climbs above `/`".into()))?;
+        let mut protected = vec![("the Sluice home".to_string(), self.home.clone())];
+        for (name, catalog) in &self.catalogs {
+            if let Some(root) = catalog.local_root() {
+                protected.push((format!("the tables of catalog `{name}`"), root.to_path_buf()));
+            }
+        }
+        for (what, root) in protected {
+            let root = crate::catalog::names::resolve(&root).unwrap_or(root);
+            if crate::catalog::names::overlaps(&path, &root) {
+                return Err(refused(format!("{} would write into {what} at {}", path.display(), root.display())));
+            }
+        }
+        Ok(())
     }
 
     /// The run's coordinator: the built-in one, wrapped by the layer the engine was built with.

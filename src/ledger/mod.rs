@@ -33,6 +33,14 @@ pub enum LedgerError {
         /// The SQLite error.
         source: sqlx::Error,
     },
+    /// SQLite's integrity check found the file damaged.
+    #[error("the run ledger {path} is damaged: {detail}")]
+    Damaged {
+        /// The ledger file.
+        path: String,
+        /// What the check reported.
+        detail: String,
+    },
     /// A ledger statement failed.
     #[error("run ledger: {context}: {source}")]
     Query {
@@ -283,7 +291,8 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, at_ms);
 "#;
 
 impl Ledger {
-    /// Opens (creating if needed) the ledger at `path`.
+    /// Opens (creating if needed) the ledger at `path`, after SQLite's quick integrity check: a
+    /// damaged file is reported as [`LedgerError::Damaged`], not met halfway through a run.
     pub async fn open(path: &Path) -> Result<Self> {
         let open_error = |source| LedgerError::Open { path: path.display().to_string(), source };
         let options = SqliteConnectOptions::new()
@@ -292,8 +301,53 @@ impl Ledger {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
+        let ledger = Self { pool };
+        let damaged = |detail: String| LedgerError::Damaged { path: path.display().to_string(), detail };
+        match ledger.check(false).await {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => return Err(damaged(problems.join("; "))),
+            Err(LedgerError::Query { source, .. }) => return Err(damaged(source.to_string())),
+            Err(other) => return Err(other),
+        }
+        sqlx::raw_sql(SCHEMA).execute(&ledger.pool).await.map_err(open_error)?;
+        Ok(ledger)
+    }
+
+    /// A ledger that lives in memory only, for a process whose ledger file is damaged: its runs
+    /// still stage and roll back, but nothing survives the process.
+    pub async fn in_memory() -> Result<Self> {
+        let open_error = |source| LedgerError::Open { path: ":memory:".to_string(), source };
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(open_error)?;
+        // One connection, kept for the pool's life: each connection to `:memory:` is its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
         Ok(Self { pool })
+    }
+
+    /// SQLite's `integrity_check` (`thorough`) or `quick_check`: the problems found, none when
+    /// the file is sound.
+    pub async fn check(&self, thorough: bool) -> Result<Vec<String>> {
+        let sql = if thorough { "PRAGMA integrity_check" } else { "PRAGMA quick_check" };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(query_error("checking the file"))?;
+        let lines: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+        Ok(lines.into_iter().filter(|line| line != "ok").collect())
+    }
+
+    /// Moves everything from the write-ahead log into the database file (on exit: the ledger's
+    /// data should not live only in `ledger.db-wal`).
+    pub async fn checkpoint(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("checkpointing the write-ahead log"))?;
+        Ok(())
     }
 
     /// Saves a pipeline; with `replace`, an existing one of that name is overwritten.
@@ -415,14 +469,22 @@ impl Ledger {
 
     /// Runs left `staging` or `committing` whose lease has expired: their process is gone.
     pub async fn abandoned_runs(&self) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM runs WHERE status IN ('staging', 'committing') AND COALESCE(lease_until_ms, 0) < ?
-             ORDER BY started_at_ms, run_id",
-        )
-        .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("listing abandoned runs"))?;
+        self.open_runs("COALESCE(lease_until_ms, 0) < ?").await
+    }
+
+    /// Runs `staging` or `committing` whose lease is live: a process is (or was, moments ago)
+    /// working on them.
+    pub async fn leased_runs(&self) -> Result<Vec<RunRecord>> {
+        self.open_runs("lease_until_ms >= ?").await
+    }
+
+    /// Runs `staging` or `committing` whose lease matches `lease` (bound to now).
+    async fn open_runs(&self, lease: &str) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT * FROM runs WHERE status IN ('staging', 'committing') AND {lease} ORDER BY started_at_ms, run_id"
+        );
+        let rows =
+            sqlx::query(&sql).bind(now_ms()).fetch_all(&self.pool).await.map_err(query_error("listing open runs"))?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -484,24 +546,65 @@ impl Ledger {
         transaction.commit().await.map_err(query_error("recording staged files"))
     }
 
-    /// Every file the run staged that has not been deleted yet.
+    /// Every file the run staged that has not been deleted or committed yet.
     pub async fn staged_files(&self, run_id: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT path FROM staged_files WHERE run_id = ? AND state = 'staged' ORDER BY path")
-            .bind(run_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("listing staged files"))?;
+        self.files_of(run_id, "state = 'staged'").await
+    }
+
+    /// Every file the run staged and did not commit, deleted already or not.
+    pub async fn uncommitted_files(&self, run_id: &str) -> Result<Vec<String>> {
+        self.files_of(run_id, "state != 'committed'").await
+    }
+
+    /// The run's staged files in states matching `state`.
+    async fn files_of(&self, run_id: &str, state: &str) -> Result<Vec<String>> {
+        let sql = format!("SELECT path FROM staged_files WHERE run_id = ? AND {state} ORDER BY path");
+        let rows =
+            sqlx::query(&sql).bind(run_id).fetch_all(&self.pool).await.map_err(query_error("listing staged files"))?;
         Ok(rows.iter().map(|r| r.get::<String, _>("path")).collect())
     }
 
-    /// Marks the run's staged files as deleted (after the coordinator removed them).
+    /// Marks the run's staged files as deleted (after the coordinator removed them); files that
+    /// were deleted before are now `verified` (deleted a second time, after every writer of the
+    /// run had long stopped).
     pub async fn mark_staged_files_deleted(&self, run_id: &str) -> Result<()> {
-        sqlx::query("UPDATE staged_files SET state = 'deleted' WHERE run_id = ? AND state = 'staged'")
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("marking staged files deleted"))?;
+        sqlx::query(
+            "UPDATE staged_files SET state = CASE state WHEN 'staged' THEN 'deleted' ELSE 'verified' END
+             WHERE run_id = ? AND state IN ('staged', 'deleted')",
+        )
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("marking staged files deleted"))?;
         Ok(())
+    }
+
+    /// Files that rollbacks of now-failed runs deleted once, not yet checked again: (run id,
+    /// target, path). Recovery deletes each again (a writer that outlived its run could have
+    /// put one back) and marks it verified.
+    pub async fn unverified_deletions(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT f.run_id, r.target, f.path FROM staged_files f JOIN runs r ON r.run_id = f.run_id
+             WHERE f.state = 'deleted' AND r.status = 'failed' ORDER BY f.run_id, f.path",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("listing deleted files to verify"))?;
+        Ok(rows.iter().map(|r| (r.get("run_id"), r.get("target"), r.get("path"))).collect())
+    }
+
+    /// Claims a deleted file of a failed run for its second deletion; false when its run was
+    /// retried meanwhile (the path is the retry's now, not ours to delete).
+    pub async fn claim_verification(&self, path: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE staged_files SET state = 'verified' WHERE path = ? AND state = 'deleted'
+             AND run_id IN (SELECT run_id FROM runs WHERE status = 'failed')",
+        )
+        .bind(path)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("claiming a deleted file"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Step 4: the run enters `committing`, if it is still `staging`; false when recovery has

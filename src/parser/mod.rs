@@ -375,6 +375,9 @@ impl<'a> SluiceParser<'a> {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some((key, _)) = options.iter().enumerate().find_map(|(i, o)| options[..i].iter().find(|p| p.0 == o.0)) {
+            return Err(ParseError::at(options_at, format!("option `{key}` is given twice in WITH (...)")));
+        }
         let parsed = self.df.parser.expect_keyword(Keyword::AS);
         self.wrap(parsed)?;
         let body_at = self.here();
@@ -601,6 +604,13 @@ mod tests {
             assert_eq!(printed, sql);
             assert_eq!(parse(&printed).unwrap()[0].statement, parsed[0].statement);
         }
+    }
+
+    #[test]
+    fn a_repeated_pipeline_option_is_refused_not_overridden() {
+        let err = parse("CREATE PIPELINE p WITH (shards = 2, SHARDS = 3) AS INSERT INTO t SELECT 1").unwrap_err();
+        assert!(err.message.contains("option `shards` is given twice"), "{err}");
+        assert_eq!((err.line, err.column), (1, 19), "{err}");
     }
 
     #[test]

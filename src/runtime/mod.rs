@@ -3,15 +3,21 @@
 //! All shards run concurrently; DataFusion's repartitioning feeds them through bounded channels,
 //! so they must be driven together. When one shard fails, the others are cancelled and the runtime
 //! waits until every task has stopped before reporting, so the caller can clean up knowing that
-//! no shard is still writing.
+//! no shard is still writing. Cancelling is cooperative: the other shards' inputs end with an
+//! error at their next batch, so a shard finishes (or abandons) the file it is writing through
+//! its own code path. Aborting the tasks instead would drop them at any await, with an upload's
+//! blocking file operations still running, and a file could appear after the rollback deleted it.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use futures::StreamExt;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::ledger::LedgerError;
 
@@ -83,10 +89,11 @@ where
     let streams = (0..shards)
         .map(|shard| plan.execute(shard, task_ctx.clone()).map_err(|source| ShardError::Input { shard, source }))
         .collect::<Result<Vec<_>, _>>()?;
+    let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut task_shards = std::collections::HashMap::new();
     for (shard, stream) in streams.into_iter().enumerate() {
-        let task = write_shard(shard, stream);
+        let task = write_shard(shard, cancellable(stream, cancel.clone()));
         let handle = tasks.spawn(async move { (shard, task.await) });
         task_shards.insert(handle.id(), shard);
     }
@@ -103,7 +110,7 @@ where
             Err(error) => {
                 if failure.is_none() {
                     failure = Some(error);
-                    tasks.abort_all();
+                    cancel.cancel();
                 }
             }
         }
@@ -112,4 +119,24 @@ where
         Some(error) => Err(error),
         None => Ok(outputs.into_iter().map(|o| o.expect("every shard reported")).collect()),
     }
+}
+
+/// `input`, ending with an error at the next batch once `cancel` fires.
+fn cancellable(input: SendableRecordBatchStream, cancel: CancellationToken) -> SendableRecordBatchStream {
+    let schema = input.schema();
+    let batches = futures::stream::unfold(Some(input), move |input| {
+        let cancel = cancel.clone();
+        async move {
+            let mut input = input?;
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    let error = DataFusionError::Execution("cancelled: another shard of the run failed".into());
+                    Some((Err(error), None))
+                }
+                next = input.next() => next.map(|batch| (batch, Some(input))),
+            }
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }

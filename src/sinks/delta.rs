@@ -98,8 +98,8 @@ impl DeltaTableWriter {
     }
 
     fn conflict(&self, detail: String) -> CommitError {
-        CommitError::new(format!(
-            "conflict: the Delta table at {} changed while this overwrite ran: {detail}; nothing was replaced",
+        CommitError::conflict(format!(
+            "the Delta table at {} changed while this overwrite ran: {detail}; nothing was replaced",
             self.root
         ))
     }
@@ -202,6 +202,10 @@ impl TableWriter for DeltaTableWriter {
         &self.schema
     }
 
+    fn location(&self) -> &str {
+        &self.root
+    }
+
     fn base(&self) -> Option<i64> {
         self.base_version.map(|v| v as i64)
     }
@@ -263,8 +267,16 @@ impl TableWriter for DeltaTableWriter {
     }
 
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
-        match self.store.delete(&object_path(self.relative(location)?)?).await {
-            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => Ok(()),
+        let path = object_path(self.relative(location)?)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Verified: a file that is back (a write that outlived its run) fails the rollback,
+        // which recovery then tries again.
+        match self.store.head(&path).await {
+            Err(datafusion::object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(_) => Err(format!("{location} is still there after its deletion").into()),
             Err(e) => Err(e.into()),
         }
     }

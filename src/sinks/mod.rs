@@ -188,16 +188,24 @@ pub struct RunIdentity {
 
 /// Why a commit failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{source}")]
+#[error("{}{source}", if *.conflict { "conflict: " } else { "" })]
 pub struct CommitError {
     /// The table format's error.
     pub source: BoxError,
+    /// Whether another commit won the race: nothing of this one landed, and an append may be
+    /// tried again on the new state.
+    pub conflict: bool,
 }
 
 impl CommitError {
     /// Wraps a table format's error.
     pub fn new(source: impl Into<BoxError>) -> Self {
-        Self { source: source.into() }
+        Self { source: source.into(), conflict: false }
+    }
+
+    /// Another commit won the race.
+    pub fn conflict(source: impl Into<BoxError>) -> Self {
+        Self { source: source.into(), conflict: true }
     }
 }
 
@@ -217,6 +225,9 @@ pub trait FileWriter: Send {
 pub trait TableWriter: Send + Sync + std::fmt::Debug {
     /// The table format: `iceberg` or `delta`.
     fn format(&self) -> &'static str;
+    /// The table's own location (a URL or path): every file the writer stages lies inside it,
+    /// and rollback deletes nothing outside it.
+    fn location(&self) -> &str;
     /// The Arrow schema batches are written with (the table's current schema).
     fn schema(&self) -> &SchemaRef;
     /// The table's snapshot id (Iceberg) or version (Delta) as the writer found it.
@@ -231,7 +242,8 @@ pub trait TableWriter: Send + Sync + std::fmt::Debug {
     fn file_location(&self, partition: &Partition, name: &str) -> String;
     /// Opens a data file of `partition` at a location from [`TableWriter::file_location`].
     async fn open_file(&self, partition: &Partition, location: &str) -> Result<Box<dyn FileWriter>, BoxError>;
-    /// Deletes a staged file; a file that is not there is not an error.
+    /// Deletes a staged file and checks that it is gone; a file that is not there is not an
+    /// error.
     async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
     /// Publishes all `files` in one snapshot / version tagged with `run`; returns its id. An
     /// append retries (bounded) when concurrent writers win the race; an overwrite is one attempt

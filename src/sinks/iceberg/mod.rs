@@ -1,7 +1,9 @@
 //! Iceberg: data files through iceberg-rust's writers (so every file carries the metrics Iceberg
 //! needs: row counts, sizes, bounds, null counts), committed as one snapshot whose summary holds
-//! `sluice.run-id` and `sluice.pipeline`: a fast append through iceberg-rust's transaction, or an
-//! overwrite built by hand (`overwrite.rs`).
+//! `sluice.run-id` and `sluice.pipeline`. On SQL catalogs every snapshot is built by hand and
+//! published by a compare-and-swap of the metadata pointer (`snapshot.rs`), so an attempt that
+//! loses a race deletes what it wrote; REST catalogs get a fast append through iceberg-rust's
+//! transaction.
 //!
 //! File names are deterministic per (run, shard, n), so a replayed commit is also rejected by
 //! Iceberg's duplicate-file check.
@@ -20,7 +22,7 @@ use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::arrow::{PartitionValueCalculator, arrow_struct_to_literal};
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    DataFile, Literal, PartitionKey, PartitionSpec, SchemaRef as IcebergSchemaRef, StructType,
+    DataFile, FormatVersion, Literal, PartitionKey, PartitionSpec, SchemaRef as IcebergSchemaRef, StructType,
     Transform as IcebergTransform,
 };
 use iceberg::table::Table;
@@ -34,7 +36,9 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, TableIdent};
 
-mod overwrite;
+use self::snapshot::SnapshotCommit;
+
+mod snapshot;
 
 use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter, WriteMode};
 use crate::catalog::{MetadataPointer, PartitionField, Transform};
@@ -148,8 +152,8 @@ impl Splitter {
 }
 
 impl IcebergTableWriter {
-    /// A writer into the current schema of `table`, committing through `catalog` (appends) or
-    /// `pointer` (overwrites; catalogs without one refuse overwrites).
+    /// A writer into the current schema of `table`, committing through `pointer` (SQL catalogs)
+    /// or `catalog` (REST: appends only, overwrites are refused).
     pub fn new(
         catalog: Arc<dyn Catalog>,
         pointer: Option<MetadataPointer>,
@@ -265,6 +269,10 @@ impl TableWriter for IcebergTableWriter {
         &self.schema
     }
 
+    fn location(&self) -> &str {
+        self.base.metadata().location()
+    }
+
     fn base(&self) -> Option<i64> {
         self.base.metadata().current_snapshot().map(|s| s.snapshot_id())
     }
@@ -304,7 +312,13 @@ impl TableWriter for IcebergTableWriter {
     }
 
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
-        Ok(self.file_io.delete(location).await?)
+        self.file_io.delete(location).await?;
+        // Verified: a file that is back (a write that outlived its run) fails the rollback,
+        // which recovery then tries again.
+        match self.file_io.exists(location).await? {
+            true => Err(format!("{location} is still there after its deletion").into()),
+            false => Ok(()),
+        }
     }
 
     /// Retries (bounded, jittered exponential backoff) when a concurrent writer won the race.
@@ -322,11 +336,21 @@ impl TableWriter for IcebergTableWriter {
             return self.overwrite(files, run, mode).await;
         }
         let attempt = || async {
-            let table = self.catalog.load_table(&self.ident).await?;
+            let table = self.catalog.load_table(&self.ident).await.map_err(CommitError::new)?;
             if let Some(snapshot_id) = snapshot_of_run(&table, &run.run_id) {
                 return Ok(snapshot_id);
             }
-            self.append(&table, files.clone(), run).await
+            match &self.pointer {
+                // iceberg-rust's transaction for v1 tables (the hand-built snapshot is v2 only).
+                Some(pointer) if table.metadata().format_version() == FormatVersion::V2 => {
+                    let ident = &self.ident;
+                    SnapshotCommit { base: &table, ident, pointer, run, mode }.commit(files.clone()).await
+                }
+                _ => self.append(&table, files.clone(), run).await.map_err(|e| match e.kind() {
+                    iceberg::ErrorKind::CatalogCommitConflicts => CommitError::conflict(e),
+                    _ => CommitError::new(e),
+                }),
+            }
         };
         let backoff = ExponentialBuilder::default()
             .with_jitter()
@@ -335,10 +359,9 @@ impl TableWriter for IcebergTableWriter {
             .with_max_times(COMMIT_ATTEMPTS_MAX - 1);
         attempt
             .retry(backoff)
-            .when(|e: &iceberg::Error| e.kind() == iceberg::ErrorKind::CatalogCommitConflicts)
+            .when(|e: &CommitError| e.conflict)
             .notify(|e, delay| tracing::info!(run_id = %run.run_id, table = %self.ident, ?delay, "commit conflict, retrying: {e}"))
             .await
-            .map_err(CommitError::new)
     }
 
     async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
@@ -360,7 +383,6 @@ impl IcebergTableWriter {
                 self.ident
             ))
         })?;
-        let overwrite = overwrite::Overwrite { base: &self.base, ident: &self.ident, pointer, run, mode };
-        overwrite.commit(files).await
+        SnapshotCommit { base: &self.base, ident: &self.ident, pointer, run, mode }.commit(files).await
     }
 }

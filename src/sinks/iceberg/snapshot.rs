@@ -1,13 +1,16 @@
-//! Iceberg overwrites, built by hand: iceberg-rust 0.10 has no overwrite action, so the
-//! snapshot is assembled from the spec's building blocks, as DESIGN §4 describes.
+//! Iceberg snapshots built by hand, for the commits of SQL catalogs: iceberg-rust 0.10 has no
+//! overwrite action, so the snapshot is assembled from the spec's building blocks, as DESIGN §4
+//! describes. Appends go the same way: iceberg-rust's transaction retries a lost race inside
+//! `commit` and leaves each losing attempt's manifests and metadata file behind, referenced by
+//! nothing; here a lost attempt deletes what it wrote.
 //!
 //! ```text
 //!  current snapshot's manifests ──► untouched manifests: carried over as they are
-//!                                └► manifests with replaced files: rewritten, those files
-//!                                   DELETED, the rest EXISTING
+//!                                └► manifests with replaced files (overwrites): rewritten,
+//!                                   those files DELETED, the rest EXISTING
 //!  new files ──► one manifest of ADDED files
-//!  manifest list + `overwrite` snapshot + next metadata file
-//!  catalog pointer: compare-and-swap from the metadata the run started on (lost race: conflict)
+//!  manifest list + `append` / `overwrite` snapshot + next metadata file
+//!  catalog pointer: compare-and-swap from the metadata the attempt started on (lost race: conflict)
 //! ```
 //!
 //! Everything written before the swap is deleted again when the swap does not happen.
@@ -28,8 +31,10 @@ use super::{PIPELINE_PROPERTY, RUN_ID_PROPERTY};
 use crate::catalog::MetadataPointer;
 use crate::sinks::{CommitError, RunIdentity, WriteMode};
 
-/// Which live files an overwrite replaces.
+/// Which live files a commit replaces.
 enum Replaced {
+    /// None (an append).
+    Nothing,
     /// Every live data file.
     All,
     /// The live data files of these partitions.
@@ -39,6 +44,7 @@ enum Replaced {
 impl Replaced {
     fn covers(&self, file: &DataFile) -> bool {
         match self {
+            Replaced::Nothing => false,
             Replaced::All => true,
             Replaced::Partitions(partitions) => partitions.contains(file.partition()),
         }
@@ -77,9 +83,9 @@ impl Written<'_> {
     }
 }
 
-/// One overwrite of a table, as the run found it (`base`), for `run`.
+/// One commit attempt on a table as it was loaded (`base`), for `run`.
 #[derive(Clone, Copy)]
-pub(super) struct Overwrite<'a> {
+pub(super) struct SnapshotCommit<'a> {
     pub base: &'a Table,
     pub ident: &'a TableIdent,
     pub pointer: &'a MetadataPointer,
@@ -87,8 +93,8 @@ pub(super) struct Overwrite<'a> {
     pub mode: WriteMode,
 }
 
-impl Overwrite<'_> {
-    /// Replaces files of the table with `files` in one `overwrite` snapshot; returns its id.
+impl SnapshotCommit<'_> {
+    /// Adds `files` to the table (replacing files, for overwrites) in one snapshot; returns its id.
     /// Whatever was written is deleted again when the snapshot does not become current.
     pub async fn commit(self, files: Vec<DataFile>) -> Result<i64, CommitError> {
         let mut written = Written { file_io: self.base.file_io(), locations: Vec::new() };
@@ -100,12 +106,13 @@ impl Overwrite<'_> {
     }
 
     async fn build_and_swap(self, files: Vec<DataFile>, written: &mut Written<'_>) -> Result<i64, CommitError> {
-        let Overwrite { base, ident, pointer, run, mode } = self;
+        let SnapshotCommit { base, ident, pointer, run, mode } = self;
         let metadata = base.metadata();
         let file_io = base.file_io();
         if metadata.format_version() != FormatVersion::V2 {
             return Err(CommitError::new(format!(
-                "overwrite needs an Iceberg v2 table, `{ident}` is {}",
+                "{} needs an Iceberg v2 table, `{ident}` is {}",
+                mode.as_str(),
                 metadata.format_version()
             )));
         }
@@ -113,6 +120,7 @@ impl Overwrite<'_> {
             base.metadata_location().ok_or_else(|| CommitError::new("the table has no metadata location"))?;
         let spec = metadata.default_partition_spec();
         let replaced = match mode {
+            WriteMode::Append => Replaced::Nothing,
             WriteMode::OverwritePartitions if !spec.is_unpartitioned() => {
                 Replaced::Partitions(files.iter().map(|f| f.partition().clone()).collect())
             }
@@ -138,7 +146,7 @@ impl Overwrite<'_> {
             let bytes = file_io.new_input(parent.manifest_list()).map_err(error)?.read().await.map_err(error)?;
             let list = ManifestList::parse_with_version(&bytes, metadata.format_version()).map_err(error)?;
             for manifest_file in list.entries() {
-                if manifest_file.content != ManifestContentType::Data {
+                if manifest_file.content != ManifestContentType::Data || matches!(replaced, Replaced::Nothing) {
                     manifests.push(manifest_file.clone());
                     continue;
                 }
@@ -222,8 +230,9 @@ impl Overwrite<'_> {
             .await
             .map_err(|e| CommitError::new(format!("catalog update failed: {e}")))?;
         if !swapped {
-            return Err(CommitError::new(format!(
-                "conflict: `{ident}` changed while this overwrite ran (another commit landed first); nothing was replaced"
+            return Err(CommitError::conflict(format!(
+                "`{ident}` changed while this {} ran (another commit landed first); nothing was written",
+                mode.as_str()
             )));
         }
         Ok(snapshot_id)
@@ -241,7 +250,7 @@ fn unique_snapshot_id(table: &Table) -> i64 {
     }
 }
 
-/// The `overwrite` summary: what was added and deleted, the new totals, and the run.
+/// The snapshot summary: what was added and deleted, the new totals, and the run.
 fn summary(parent: Option<&Summary>, added: &Totals, deleted: &Totals, run: &RunIdentity, mode: WriteMode) -> Summary {
     let previous = |key: &str| -> u64 {
         parent.and_then(|s| s.additional_properties.get(key)).and_then(|v| v.parse().ok()).unwrap_or(0)
@@ -269,5 +278,6 @@ fn summary(parent: Option<&Summary>, added: &Totals, deleted: &Totals, run: &Run
     if matches!(mode, WriteMode::OverwritePartitions) {
         properties.insert("replace-partitions".to_string(), "true".to_string());
     }
-    Summary { operation: Operation::Overwrite, additional_properties: properties }
+    let operation = if mode == WriteMode::Append { Operation::Append } else { Operation::Overwrite };
+    Summary { operation, additional_properties: properties }
 }
