@@ -136,7 +136,8 @@ fn the_repl_reads_multi_line_statements_and_backslash_commands() {
 #[test]
 fn external_tables_persist_so_pipelines_reading_them_run_in_later_processes() {
     let home = tempfile::tempdir().unwrap();
-    let csv = home.path().join("orders.csv");
+    let data = tempfile::tempdir().unwrap();
+    let csv = data.path().join("orders.csv");
     let setup = format!(
         "COPY (SELECT value AS id, value * 2 AS amount FROM generate_series(1, 100)) TO '{csv}' STORED AS CSV;
          CREATE EXTERNAL TABLE raw_orders STORED AS CSV LOCATION '{csv}' OPTIONS ('format.has_header' 'true');

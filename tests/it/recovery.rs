@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sluice::Engine;
 use sluice::catalog::{CatalogConfig, DeltaConfig};
+use sluice::coordinator::Resolution;
 use sluice::ledger::RunStatus;
 
 use crate::support::{files_under, rows, value};
@@ -119,7 +120,13 @@ async fn crash_after_commit(table: &str) {
     let run = engine.ledger().runs(None).await.unwrap().pop().unwrap();
     assert_eq!(run.status, RunStatus::Committing);
     // Its heartbeat stopped with it: once the lease runs out, recovery settles it.
-    assert!(engine.recover().await.unwrap().is_empty(), "a run within its lease is left alone");
+    let live: Vec<_> = engine.recover().await.unwrap().into_iter().map(|(r, how)| (r.run_id, how)).collect();
+    assert_eq!(
+        live,
+        [(run.run_id.clone(), Resolution::StillRunning)],
+        "a run within its lease is left alone, and listed"
+    );
+    assert_eq!(engine.ledger().run(&run.run_id).await.unwrap().unwrap().status, RunStatus::Committing);
     tokio::time::sleep(LEASE * 2).await;
     let settled = engine.recover().await.unwrap();
     assert_eq!(settled.len(), 1);
@@ -202,7 +209,7 @@ async fn a_run_whose_lease_lapsed_is_settled_once_and_cannot_commit_afterwards()
     sqlx_age_leases(home.path()).await;
     let settled = engine.recover().await.unwrap();
     assert_eq!(settled.len(), 1);
-    assert_eq!(settled[0].1, sluice::coordinator::Resolution::RolledBack);
+    assert_eq!(settled[0].1, Resolution::RolledBack);
     assert!(engine.recover().await.unwrap().is_empty(), "settled once");
 
     let error = run.await.unwrap().unwrap_err().to_string();
