@@ -19,6 +19,14 @@ async fn engine_with_delta(home: &Path, delta_root: &Path) -> Engine {
     Engine::builder().home(home).catalog("delta", CatalogConfig::Delta(delta)).shards(2).build().await.unwrap()
 }
 
+/// Schemas `lake.s` and `delta.s`, each with `<table>` holding one row.
+async fn one_row_in_each_catalog(engine: &Engine, table: &str) {
+    let sql = ["lake", "delta"].map(|c| {
+        format!("CREATE SCHEMA {c}.s; CREATE TABLE {c}.s.{table} (id BIGINT); INSERT INTO {c}.s.{table} VALUES (1);")
+    });
+    engine.sql(&sql.concat()).await.unwrap();
+}
+
 /// `sql` must fail, with a message containing `expected`.
 async fn refused(engine: &Engine, sql: &str, expected: &str) {
     let error = engine.sql(sql).await.expect_err(sql).to_string();
@@ -30,14 +38,7 @@ async fn hostile_table_names_never_reach_outside_the_warehouse_or_root() {
     let base = tempfile::tempdir().unwrap();
     let home = base.path().join("h");
     let engine = engine_with_delta(&home, &home.join("delta")).await;
-    engine
-        .sql(
-            "CREATE SCHEMA lake.s; CREATE SCHEMA delta.s;
-             CREATE TABLE delta.s.sibling (id BIGINT); INSERT INTO delta.s.sibling VALUES (1);
-             CREATE TABLE lake.s.sibling (id BIGINT); INSERT INTO lake.s.sibling VALUES (1);",
-        )
-        .await
-        .unwrap();
+    one_row_in_each_catalog(&engine, "sibling").await;
     // A table of another home, two levels up from this one's Delta schema.
     let other = engine_with_delta(&base.path().join("other/h"), &base.path().join("other/h/delta")).await;
     other
@@ -99,13 +100,7 @@ async fn copy_refuses_to_overwrite_the_ledger_or_any_table() {
     let base = tempfile::tempdir().unwrap();
     let home = base.path().join("h");
     let engine = engine_with_delta(&home, &base.path().join("delta")).await;
-    engine
-        .sql(
-            "CREATE SCHEMA lake.s; CREATE TABLE lake.s.t (id BIGINT); INSERT INTO lake.s.t VALUES (1);
-             CREATE SCHEMA delta.s; CREATE TABLE delta.s.t (id BIGINT); INSERT INTO delta.s.t VALUES (1);",
-        )
-        .await
-        .unwrap();
+    one_row_in_each_catalog(&engine, "t").await;
     engine.close().await.unwrap();
     let link = base.path().join("link-to-home");
     std::os::unix::fs::symlink(&home, &link).unwrap();
@@ -462,13 +457,7 @@ fn random_table_names_stay_under_their_root_and_drop_deletes_only_their_table() 
     std::fs::write(outside.join("x/y/precious.txt"), "keep").unwrap();
     let engine = runtime.block_on(async {
         let engine = engine_with_delta(&home, &root).await;
-        engine
-            .sql(
-                "CREATE SCHEMA lake.s; CREATE TABLE lake.s.keep (id BIGINT); INSERT INTO lake.s.keep VALUES (1);
-                 CREATE SCHEMA delta.s; CREATE TABLE delta.s.keep (id BIGINT); INSERT INTO delta.s.keep VALUES (1);",
-            )
-            .await
-            .unwrap();
+        one_row_in_each_catalog(&engine, "keep").await;
         engine
     });
     let mut runner = TestRunner::new(Config { cases: 40, failure_persistence: None, ..Config::default() });
