@@ -335,11 +335,6 @@ impl Engine {
         self.catalogs.get(name)
     }
 
-    /// Every catalog, by name.
-    pub fn catalogs(&self) -> &BTreeMap<String, Arc<dyn LakeCatalog>> {
-        &self.catalogs
-    }
-
     /// Why the home's ledger file is unusable, if it is: pipelines and run history are then
     /// unavailable, while tables stay readable and writable.
     pub fn ledger_damage(&self) -> Option<&str> {

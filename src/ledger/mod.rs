@@ -277,6 +277,8 @@ CREATE TABLE IF NOT EXISTS staged_files (
     state   TEXT NOT NULL DEFAULT 'staged'
 );
 CREATE INDEX IF NOT EXISTS staged_files_by_run ON staged_files (run_id);
+-- Recovery looks for files deleted once and not yet verified on every start.
+CREATE INDEX IF NOT EXISTS staged_files_deleted ON staged_files (state) WHERE state = 'deleted';
 CREATE TABLE IF NOT EXISTS session_tables (
     name       TEXT PRIMARY KEY,
     definition TEXT NOT NULL

@@ -204,6 +204,11 @@ async fn a_truncated_ledger_leaves_tables_readable_and_writable() {
     std::fs::OpenOptions::new().write(true).open(&ledger).unwrap().set_len(size / 2).unwrap();
 
     let engine = crate::support::engine(home.path(), 2).await;
+    assert!(
+        engine.ledger_damage().is_some_and(|d| d.contains(&ledger.display().to_string())),
+        "{:?}",
+        engine.ledger_damage()
+    );
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.s.t").await, "20000");
     engine.sql("INSERT INTO lake.s.t VALUES (0)").await.unwrap();
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.s.t").await, "20001");
