@@ -225,11 +225,13 @@ impl EngineBuilder {
                 (Ledger::in_memory().await?, Some(damage))
             }
         };
-        if ledger_damage.is_none() {
-            let default_catalog =
-                ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
-            default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(SystemSchema::new(ledger.clone())))?;
-        }
+        let system = match &ledger_damage {
+            None => SystemSchema::new(ledger.clone()),
+            Some(damage) => SystemSchema::unavailable(Error::LedgerUnavailable(damage.clone()).to_string()),
+        };
+        let default_catalog =
+            ctx.catalog(&ctx.state().config_options().catalog.default_catalog).expect("the default catalog exists");
+        default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(system))?;
         let events = EventLog::new(ledger.clone());
         let runner = Runner::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
         let engine = Engine { ctx, catalogs, runner, layer: self.layer, events, ledger, ledger_damage, home, shards };

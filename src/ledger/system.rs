@@ -22,13 +22,19 @@ const TABLES: [&str; 4] = ["pipelines", "runs", "shard_tasks", "events"];
 /// A DataFusion schema whose tables are views of the ledger.
 #[derive(Debug)]
 pub struct SystemSchema {
-    ledger: Ledger,
+    /// The ledger, or why it cannot be read (every query of a system table then says so).
+    ledger: std::result::Result<Ledger, String>,
 }
 
 impl SystemSchema {
     /// System tables over `ledger`.
     pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+        Self { ledger: Ok(ledger) }
+    }
+
+    /// System tables whose ledger file cannot be used: each query fails with `reason`.
+    pub fn unavailable(reason: String) -> Self {
+        Self { ledger: Err(reason) }
     }
 }
 
@@ -47,12 +53,15 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if !TABLES.contains(&name) {
+            return Ok(None);
+        }
+        let ledger = self.ledger.as_ref().map_err(|reason| DataFusionError::Plan(reason.clone()))?;
         let batch = match name {
-            "pipelines" => pipelines_batch(&self.ledger.pipelines().await.map_err(ledger_error)?),
-            "runs" => runs_batch(&self.ledger.runs(None).await.map_err(ledger_error)?),
-            "shard_tasks" => shard_tasks_batch(&self.ledger.shard_tasks(None).await.map_err(ledger_error)?),
-            "events" => events_batch(&self.ledger.events().await.map_err(ledger_error)?),
-            _ => return Ok(None),
+            "pipelines" => pipelines_batch(&ledger.pipelines().await.map_err(ledger_error)?),
+            "runs" => runs_batch(&ledger.runs(None).await.map_err(ledger_error)?),
+            "shard_tasks" => shard_tasks_batch(&ledger.shard_tasks(None).await.map_err(ledger_error)?),
+            _ => events_batch(&ledger.events().await.map_err(ledger_error)?),
         };
         Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
     }

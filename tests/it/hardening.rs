@@ -212,7 +212,7 @@ async fn a_truncated_ledger_leaves_tables_readable_and_writable() {
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.s.t").await, "20000");
     engine.sql("INSERT INTO lake.s.t VALUES (0)").await.unwrap();
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.s.t").await, "20001");
-    for sql in ["RUN PIPELINE fill", "SHOW PIPELINES", "SHOW RUNS"] {
+    for sql in ["RUN PIPELINE fill", "SHOW PIPELINES", "SHOW RUNS", "SELECT * FROM sluice.runs"] {
         let error = engine.sql(sql).await.expect_err(sql).to_string();
         assert!(error.contains(&ledger.display().to_string()) && error.contains("sluice doctor"), "{sql}: {error}");
     }
