@@ -79,6 +79,9 @@ pub enum Error {
         "{0}. This needs the run ledger: run `sluice doctor` for details; to start a new ledger, move the file aside (the pipelines and run history in it are then gone from Sluice)"
     )]
     LedgerUnavailable(String),
+    /// `sluice doctor` found problems (listed in its output).
+    #[error("sluice doctor found {0} problem(s), listed above")]
+    Unhealthy(usize),
     /// Bad engine configuration.
     #[error("configuration: {0}")]
     Config(String),

@@ -137,9 +137,9 @@ impl DeltaCatalog {
         move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
     }
 
-    /// The folder of schema `schema`, once its name is checked.
-    fn schema_dir(&self, schema: &str) -> Result<PathBuf> {
-        check_schema_name(schema)?;
+    /// The folder of schema `schema`, once its name is checked as a name of `kind`.
+    fn schema_dir(&self, kind: names::NameKind, schema: &str) -> Result<PathBuf> {
+        check_schema_name(kind, schema)?;
         self.confined("schema folder", self.root.join(schema))
     }
 
@@ -207,7 +207,7 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
-        let dir = self.schema_dir(schema)?;
+        let dir = self.schema_dir(names::NameKind::Schema, schema)?;
         if dir.is_dir() {
             if if_not_exists {
                 return Ok(());
@@ -219,7 +219,7 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
-        let dir = self.schema_dir(schema)?;
+        let dir = self.schema_dir(names::NameKind::ExistingSchema, schema)?;
         if !dir.is_dir() {
             if if_exists {
                 return Ok(());
@@ -242,7 +242,7 @@ impl LakeCatalog for DeltaCatalog {
         if_not_exists: bool,
     ) -> Result<bool> {
         let dir = self.table_dir(name)?;
-        if !self.schema_dir(&name.schema)?.is_dir() {
+        if !self.root.join(&name.schema).is_dir() {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
         if is_delta_table(&dir) {

@@ -363,7 +363,7 @@ impl LakeCatalog for IcebergCatalog {
     }
 
     async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
-        check_schema_name(schema)?;
+        check_schema_name(names::NameKind::Schema, schema)?;
         if self.schema_exists(schema).await? {
             if if_not_exists {
                 return Ok(());
@@ -376,10 +376,7 @@ impl LakeCatalog for IcebergCatalog {
     }
 
     async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
-        // A dot is let through here only: a schema named `a.b` by an older version can be dropped.
-        if let Some(reason) = names::refusal(names::NameKind::Table, schema) {
-            return Err(CatalogError::BadName(reason.replacen("table", "schema", 1)));
-        }
+        check_schema_name(names::NameKind::ExistingSchema, schema)?;
         if !self.schema_exists(schema).await? {
             if if_exists {
                 return Ok(());

@@ -159,7 +159,7 @@ impl TableName {
 impl TableName {
     /// Refuses a schema or table name that could leave its folder (see [`names::refusal`]).
     pub fn check(&self) -> Result<()> {
-        check_schema_name(&self.schema)?;
+        check_schema_name(names::NameKind::Schema, &self.schema)?;
         match names::refusal(names::NameKind::Table, &self.table) {
             Some(reason) => Err(CatalogError::BadName(format!("{reason} (in `{self}`)"))),
             None => Ok(()),
@@ -167,10 +167,10 @@ impl TableName {
     }
 }
 
-/// Refuses a schema name that could leave its folder or would not read back in
-/// `catalog.schema.table` (see [`names::refusal`]).
-pub fn check_schema_name(schema: &str) -> Result<()> {
-    match names::refusal(names::NameKind::Schema, schema) {
+/// Refuses a schema name that could leave its folder or (for a new schema, `kind`
+/// [`names::NameKind::Schema`]) would not read back in `catalog.schema.table`.
+pub fn check_schema_name(kind: names::NameKind, schema: &str) -> Result<()> {
+    match names::refusal(kind, schema) {
         Some(reason) => Err(CatalogError::BadName(reason)),
         None => Ok(()),
     }

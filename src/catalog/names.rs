@@ -10,10 +10,11 @@ pub const NAME_MAX_BYTES: usize = 255;
 /// What kind of name is being checked, for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameKind {
-    /// A catalog name.
-    Catalog,
-    /// A schema (Iceberg namespace, Delta folder) name.
+    /// A schema (Iceberg namespace, Delta folder) name for a new schema.
     Schema,
+    /// The name of a schema that may exist already: a dot is let through, so that a schema an
+    /// older version created with one can still be dropped.
+    ExistingSchema,
     /// A table name.
     Table,
 }
@@ -21,8 +22,7 @@ pub enum NameKind {
 impl NameKind {
     fn as_str(self) -> &'static str {
         match self {
-            NameKind::Catalog => "catalog",
-            NameKind::Schema => "schema",
+            NameKind::Schema | NameKind::ExistingSchema => "schema",
             NameKind::Table => "table",
         }
     }
@@ -45,8 +45,8 @@ pub fn refusal(kind: NameKind, name: &str) -> Option<String> {
         "it starts or ends with white space".to_string()
     } else if name.len() > NAME_MAX_BYTES {
         format!("it is longer than {NAME_MAX_BYTES} bytes")
-    } else if kind != NameKind::Table && name.contains('.') {
-        format!("it contains a dot (nested {}s are not supported)", kind.as_str())
+    } else if kind == NameKind::Schema && name.contains('.') {
+        "it contains a dot (nested schemas are not supported)".to_string()
     } else {
         return None;
     };
@@ -133,6 +133,8 @@ mod tests {
             assert!(refusal(NameKind::Table, name).is_some(), "{name:?}");
         }
         assert!(refusal(NameKind::Schema, "a.b").unwrap().contains("dot"));
+        assert_eq!(refusal(NameKind::ExistingSchema, "a.b"), None);
+        assert!(refusal(NameKind::ExistingSchema, "..").unwrap().starts_with("schema name"));
         assert!(refusal(NameKind::Table, &"x".repeat(256)).is_some());
         for name in ["orders", "Orders 2026", "orders.v2", "ü-ñ", "t@1"] {
             assert_eq!(refusal(NameKind::Table, name), None, "{name:?}");

@@ -137,7 +137,7 @@ pub async fn run(args: Args) -> Result<()> {
             let problems = findings.iter().filter(|f| f.problem.is_some()).count();
             return match problems {
                 0 => Ok(()),
-                n => Err(Error::Config(format!("sluice doctor found {n} problem(s), listed above"))),
+                n => Err(Error::Unhealthy(n)),
             };
         }
         None => {}

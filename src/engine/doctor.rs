@@ -30,13 +30,15 @@ impl Engine {
     /// catalog; one finding per object.
     pub async fn doctor(&self) -> Vec<Finding> {
         let ledger_file = self.home.join("ledger.db").display().to_string();
-        let ledger_problem = match (&self.ledger_damage, self.ledger.check(true).await) {
-            (Some(damage), _) => Some(format!(
+        let ledger_problem = match &self.ledger_damage {
+            Some(damage) => Some(format!(
                 "{damage}: move the file aside to start a new ledger (its pipelines and run history are then gone)"
             )),
-            (None, Ok(problems)) if problems.is_empty() => None,
-            (None, Ok(problems)) => Some(problems.join("; ")),
-            (None, Err(e)) => Some(e.to_string()),
+            None => match self.ledger.check(true).await {
+                Ok(problems) if problems.is_empty() => None,
+                Ok(problems) => Some(problems.join("; ")),
+                Err(e) => Some(e.to_string()),
+            },
         };
         let mut findings = vec![Finding::new("ledger", ledger_file, ledger_problem)];
         for (name, catalog) in &self.catalogs {

@@ -26,8 +26,8 @@ use datafusion::sql::parser::{CopyToSource, CopyToStatement, Statement as DFStat
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::catalog::{
-    CatalogConfig, CatalogList, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog, PartitionField, TableName,
-    load_catalogs,
+    CatalogConfig, CatalogError, CatalogList, DeltaCatalog, IcebergCatalog, IcebergSqlConfig, LakeCatalog,
+    PartitionField, TableName, load_catalogs,
 };
 use crate::coordinator::{
     Coordinator, ExportFormat, FileMerge, Resolution, RunJob, RunReport, Runner, TableCommit, WriteMode,
@@ -35,7 +35,8 @@ use crate::coordinator::{
 use crate::error::{Error, Result};
 use crate::events::{EventLog, RunEvent};
 use crate::ledger::{
-    Ledger, PipelineRecord, RunRecord, RunStatus, SYSTEM_SCHEMA, SystemSchema, now_ms, pipelines_batch, runs_batch,
+    Ledger, LedgerError, PipelineRecord, RunRecord, RunStatus, SYSTEM_SCHEMA, SystemSchema, now_ms, pipelines_batch,
+    runs_batch,
 };
 use crate::parser::{self, CreatePipeline, Located, Statement};
 use crate::pipeline::{self, PipelineError, PipelineOptions};
@@ -217,13 +218,14 @@ impl EngineBuilder {
         // runs on a ledger in memory, and the commands that need the file say so.
         let (ledger, ledger_damage) = match Ledger::open(&home.join("ledger.db")).await {
             Ok(ledger) => (ledger, None),
-            Err(e) => {
+            Err(e @ LedgerError::Damaged { .. }) => {
                 let damage = e.to_string();
                 tracing::error!(
                     "{damage}; tables stay readable and writable, pipelines and runs are unavailable (run `sluice doctor`)"
                 );
                 (Ledger::in_memory().await?, Some(damage))
             }
+            Err(other) => return Err(other.into()),
         };
         let system = match &ledger_damage {
             None => SystemSchema::new(ledger.clone()),
@@ -479,7 +481,8 @@ impl Engine {
     /// Settles every run left `staging` or `committing` by a process that is gone: committed
     /// ones are marked succeeded, the others' staged files deleted (DESIGN §4 step 7). Runs
     /// whose catalog or table is gone are left as they are, with a warning. Runs whose lease is
-    /// still live are listed as [`Resolution::StillRunning`], untouched.
+    /// still live are listed as [`Resolution::StillRunning`], untouched. Files that failed runs'
+    /// rollbacks deleted are deleted once more, then marked verified.
     pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
         self.require_ledger()?;
         let mut settled = Vec::new();
@@ -518,34 +521,50 @@ impl Engine {
 
     /// Deletes once more the files that failed runs' rollbacks deleted (confined to each
     /// table's own location): a write that outlived its run, or a file system that reported a
-    /// deletion it did not make, cannot leave an unreferenced file for good.
+    /// deletion it did not make, cannot leave an unreferenced file for good. Files of a table
+    /// dropped since (its folder went with it) and of exports (whose parts each shard writes
+    /// itself, with no upload outliving it) are only marked verified.
     async fn verify_deletions(&self) -> Result<()> {
-        let mut writers: BTreeMap<String, Option<Arc<dyn crate::sinks::TableWriter>>> = BTreeMap::new();
+        let mut writers: BTreeMap<String, Verifier> = BTreeMap::new();
         for (run_id, target, path) in self.ledger.unverified_deletions().await? {
-            let writer = match writers.get(&target) {
-                Some(writer) => writer.clone(),
-                None => {
-                    let table = TableName::parse(&target).filter(|_| !Path::new(&target).is_absolute());
-                    let writer = match table.as_ref().and_then(|t| self.catalog_of(&t.catalog).map(|c| (t, c))) {
-                        Some((table, catalog)) => catalog.writer(table).await.ok(),
-                        None => None,
-                    };
-                    writers.insert(target.clone(), writer.clone());
-                    writer
+            if !writers.contains_key(&target) {
+                let verifier = self.verifier(&target).await;
+                writers.insert(target.clone(), verifier);
+            }
+            let writer = match &writers[&target] {
+                Verifier::Delete(writer) if crate::catalog::names::is_inside(writer.location(), &path) => writer,
+                Verifier::Delete(_) | Verifier::Later => continue,
+                Verifier::Nothing => {
+                    self.ledger.verified(&path).await?;
+                    continue;
                 }
             };
-            // Exports' parts and tables that no longer load are left to the run's own cleanup.
-            let Some(writer) = writer else { continue };
-            if !crate::catalog::names::is_inside(writer.location(), &path)
-                || !self.ledger.claim_verification(&path).await?
-            {
+            if !self.ledger.claim_verification(&path).await? {
                 continue;
             }
-            if let Err(e) = writer.delete_file(&path).await {
-                tracing::warn!(%run_id, "deleting {path} again failed: {e}");
+            match writer.delete_file(&path).await {
+                Ok(()) => self.ledger.verified(&path).await?,
+                Err(e) => tracing::warn!(%run_id, "deleting {path} again failed: {e}"),
             }
         }
         Ok(())
+    }
+
+    /// How the deleted files of runs into `target` are verified.
+    async fn verifier(&self, target: &str) -> Verifier {
+        if Path::new(target).is_absolute() {
+            return Verifier::Nothing;
+        }
+        let Some(table) = TableName::parse(target) else { return Verifier::Later };
+        let Some(catalog) = self.catalog_of(&table.catalog) else { return Verifier::Later };
+        match catalog.writer(&table).await {
+            Ok(writer) => Verifier::Delete(writer),
+            Err(CatalogError::TableNotFound(_)) => Verifier::Nothing,
+            Err(e) => {
+                tracing::warn!(%target, "cannot verify the deletions of failed runs yet: {e}");
+                Verifier::Later
+            }
+        }
     }
 
     /// Runs one parsed statement; errors say on which line it starts.
@@ -962,6 +981,16 @@ impl Engine {
         ];
         Ok(Output::rows(RecordBatch::try_new(schema, columns)?))
     }
+}
+
+/// How recovery verifies the deletions of a target's failed runs.
+enum Verifier {
+    /// Delete each file again through the table's writer.
+    Delete(Arc<dyn crate::sinks::TableWriter>),
+    /// Nothing can be left (an export, a dropped table): mark the files verified.
+    Nothing,
+    /// Not now (an undeclared catalog, an unreadable table): the next recovery tries again.
+    Later,
 }
 
 /// The report of a run the ledger has settled.

@@ -71,6 +71,16 @@ fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError
     move |source| LedgerError::Query { context, source }
 }
 
+/// Whether SQLite says the file is damaged or not a database (`SQLITE_CORRUPT`,
+/// `SQLITE_NOTADB`, and their extended codes).
+fn is_damage(error: &sqlx::Error) -> bool {
+    let code = match error {
+        sqlx::Error::Database(e) => e.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    matches!(code.map(|c| c & 0xff), Some(11 | 26))
+}
+
 /// Milliseconds since the Unix epoch, the ledger's time unit.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -278,7 +288,7 @@ CREATE TABLE IF NOT EXISTS staged_files (
 );
 CREATE INDEX IF NOT EXISTS staged_files_by_run ON staged_files (run_id);
 -- Recovery looks for files deleted once and not yet verified on every start.
-CREATE INDEX IF NOT EXISTS staged_files_deleted ON staged_files (state) WHERE state = 'deleted';
+CREATE INDEX IF NOT EXISTS staged_files_unverified ON staged_files (state) WHERE state IN ('deleted', 'verifying');
 CREATE TABLE IF NOT EXISTS session_tables (
     name       TEXT PRIMARY KEY,
     definition TEXT NOT NULL
@@ -302,16 +312,22 @@ impl Ledger {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
-        let ledger = Self { pool };
         let damaged = |detail: String| LedgerError::Damaged { path: path.display().to_string(), detail };
+        // A damaged file is told apart from other failures (permissions, a full disk): only the
+        // former lets the engine go on without it.
+        let failed = |source: sqlx::Error| match is_damage(&source) {
+            true => damaged(source.to_string()),
+            false => open_error(source),
+        };
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(failed)?;
+        let ledger = Self { pool };
         match ledger.check(false).await {
             Ok(problems) if problems.is_empty() => {}
             Ok(problems) => return Err(damaged(problems.join("; "))),
-            Err(LedgerError::Query { source, .. }) => return Err(damaged(source.to_string())),
+            Err(LedgerError::Query { source, .. }) => return Err(failed(source)),
             Err(other) => return Err(other),
         }
-        sqlx::raw_sql(SCHEMA).execute(&ledger.pool).await.map_err(open_error)?;
+        sqlx::raw_sql(SCHEMA).execute(&ledger.pool).await.map_err(failed)?;
         Ok(ledger)
     }
 
@@ -572,7 +588,7 @@ impl Ledger {
     pub async fn mark_staged_files_deleted(&self, run_id: &str) -> Result<()> {
         sqlx::query(
             "UPDATE staged_files SET state = CASE state WHEN 'staged' THEN 'deleted' ELSE 'verified' END
-             WHERE run_id = ? AND state IN ('staged', 'deleted')",
+             WHERE run_id = ? AND state IN ('staged', 'deleted', 'verifying')",
         )
         .bind(run_id)
         .execute(&self.pool)
@@ -587,7 +603,7 @@ impl Ledger {
     pub async fn unverified_deletions(&self) -> Result<Vec<(String, String, String)>> {
         let rows = sqlx::query(
             "SELECT f.run_id, r.target, f.path FROM staged_files f JOIN runs r ON r.run_id = f.run_id
-             WHERE f.state = 'deleted' AND r.status = 'failed' ORDER BY f.run_id, f.path",
+             WHERE f.state IN ('deleted', 'verifying') AND r.status = 'failed' ORDER BY f.run_id, f.path",
         )
         .fetch_all(&self.pool)
         .await
@@ -595,17 +611,28 @@ impl Ledger {
         Ok(rows.iter().map(|r| (r.get("run_id"), r.get("target"), r.get("path"))).collect())
     }
 
-    /// Claims a deleted file of a failed run for its second deletion; false when its run was
-    /// retried meanwhile (the path is the retry's now, not ours to delete).
+    /// Claims a deleted file of a failed run for its second deletion (`verifying`, so that a
+    /// recovery killed half-way takes it up again); false when its run was retried meanwhile
+    /// (the path is the retry's now, not ours to delete).
     pub async fn claim_verification(&self, path: &str) -> Result<bool> {
+        self.set_verification(path, "verifying", "claiming a deleted file").await
+    }
+
+    /// Records that a claimed file is gone for good.
+    pub async fn verified(&self, path: &str) -> Result<()> {
+        self.set_verification(path, "verified", "marking a deleted file verified").await.map(|_| ())
+    }
+
+    async fn set_verification(&self, path: &str, state: &str, context: &'static str) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE staged_files SET state = 'verified' WHERE path = ? AND state = 'deleted'
+            "UPDATE staged_files SET state = ? WHERE path = ? AND state IN ('deleted', 'verifying')
              AND run_id IN (SELECT run_id FROM runs WHERE status = 'failed')",
         )
+        .bind(state)
         .bind(path)
         .execute(&self.pool)
         .await
-        .map_err(query_error("claiming a deleted file"))?;
+        .map_err(query_error(context))?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -503,3 +503,46 @@ fn random_table_names_stay_under_their_root_and_drop_deletes_only_their_table() 
     });
     assert_eq!(std::fs::read_to_string(outside.join("x/y/precious.txt")).unwrap(), "keep");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_deletes_again_a_file_that_came_back_after_its_rollback() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = crate::support::engine(home.path(), 2).await;
+    engine
+        .sql("CREATE SCHEMA lake.v; CREATE TABLE lake.v.t (id BIGINT); CREATE TABLE lake.v.gone (id BIGINT)")
+        .await
+        .unwrap();
+    for table in ["t", "gone"] {
+        let failpoint = format!("before-commit/lake.v.{table}");
+        fail::cfg(&failpoint, "return").unwrap();
+        let sql = format!("INSERT INTO lake.v.{table} SELECT value FROM generate_series(1, 1000)");
+        engine.sql(&sql).await.expect_err("the fault fails the run");
+        fail::remove(&failpoint);
+    }
+    let deleted = engine.ledger().unverified_deletions().await.unwrap();
+    assert_eq!(
+        deleted.iter().map(|(_, target, _)| target.as_str()).collect::<BTreeSet<_>>(),
+        ["lake.v.gone", "lake.v.t"].into()
+    );
+    // A write that outlived its run puts one of the files back; the other table is dropped.
+    let (_, _, came_back) = deleted.iter().find(|(_, target, _)| target == "lake.v.t").unwrap();
+    let came_back = PathBuf::from(came_back.strip_prefix("file://").unwrap());
+    std::fs::write(&came_back, b"PAR1 late").unwrap();
+    engine.sql("DROP TABLE lake.v.gone").await.unwrap();
+
+    engine.recover().await.unwrap();
+    assert!(!came_back.exists(), "recovery deleted {} again", came_back.display());
+    assert!(
+        engine.ledger().unverified_deletions().await.unwrap().is_empty(),
+        "every deletion is verified, the dropped table's too"
+    );
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.v.t").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_that_cannot_be_opened_but_is_not_damaged_stops_the_engine() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("ledger.db")).unwrap();
+    let error = Engine::builder().home(home.path()).build().await.expect_err("no ledger, no engine").to_string();
+    assert!(error.contains("cannot open the run ledger") && error.contains("ledger.db"), "{error}");
+}

@@ -5,8 +5,10 @@
 //! loses a race deletes what it wrote; REST catalogs get a fast append through iceberg-rust's
 //! transaction.
 //!
-//! File names are deterministic per (run, shard, n), so a replayed commit is also rejected by
-//! Iceberg's duplicate-file check.
+//! Before every commit attempt the table's history is searched for the run, and the hand-built
+//! swap only succeeds on the metadata that search saw, so a run never lands twice. File names
+//! are deterministic per (run, shard, n), so where iceberg-rust's transaction rebases an append
+//! on its own (REST catalogs, v1 tables), Iceberg's duplicate-file check rejects a replay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
