@@ -1,5 +1,5 @@
 //! The commit path alone: 10, 1,000 and 10,000 staged files published in ONE Iceberg snapshot
-//! and ONE Delta version, through the same `TableWriter::commit` a run uses.
+//! and ONE Delta version, through the same `TableFormat::commit` a run uses.
 //!
 //! One real file is staged through the table's writer (so each file carries the metrics a shard
 //! produces: column sizes, counts, bounds); the N files of a commit are that description under N
@@ -15,11 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use iceberg::spec::DataFileBuilder;
+use deltalake::kernel::Add;
+use iceberg::spec::{DataFile, DataFileBuilder};
 use sluice::Engine;
-use sluice::catalog::{CatalogConfig, DeltaConfig, TableName};
-use sluice::coordinator::{RunContext, RunIdentity, StagedFile, TableWriter, WriteMode};
-use sluice::sinks::{Partition, ShardSink};
+use sluice::catalog::{CatalogConfig, DeltaConfig};
+use sluice::formats::delta::{DeltaCatalog, DeltaTableWriter};
+use sluice::formats::iceberg::{IcebergCatalog, IcebergTableWriter};
+use sluice::runtime::{RunContext, ShardSink, TableFormat};
+use sluice::table::{RunIdentity, TableName, WriteMode};
 
 const FILE_COUNTS: [usize; 3] = [10, 1_000, 10_000];
 
@@ -30,6 +33,68 @@ struct Bench {
     engine: Engine,
     runtime: tokio::runtime::Runtime,
     tables: std::sync::atomic::AtomicUsize,
+}
+
+/// A format as the bench drives it: a fresh table's writer, and a staged file's description
+/// under another name.
+trait Format: TableFormat + Sized {
+    /// The catalog its tables are made in.
+    const CATALOG: &'static str;
+    /// The typed writer of table `name`.
+    async fn writer(engine: &Engine, name: &TableName) -> Self;
+    /// `template` renamed to `location`.
+    fn renamed(template: &Self::File, location: String) -> Self::File;
+    /// A new file's location in the (unpartitioned) table.
+    fn new_location(&self, name: &str) -> String;
+}
+
+impl Format for IcebergTableWriter {
+    const CATALOG: &'static str = "lake";
+
+    async fn writer(engine: &Engine, name: &TableName) -> Self {
+        let catalog = engine.catalog("lake").expect("lake").as_any().downcast_ref::<IcebergCatalog>().expect("iceberg");
+        catalog.table_writer(name).await.expect("writer")
+    }
+
+    fn renamed(file: &DataFile, location: String) -> DataFile {
+        DataFileBuilder::default()
+            .content(file.content_type())
+            .file_path(location)
+            .file_format(file.file_format())
+            .partition(file.partition().clone())
+            .record_count(file.record_count())
+            .file_size_in_bytes(file.file_size_in_bytes())
+            .column_sizes(file.column_sizes().clone())
+            .value_counts(file.value_counts().clone())
+            .null_value_counts(file.null_value_counts().clone())
+            .nan_value_counts(file.nan_value_counts().clone())
+            .lower_bounds(file.lower_bounds().clone())
+            .upper_bounds(file.upper_bounds().clone())
+            .partition_spec_id(0)
+            .build()
+            .expect("a data file")
+    }
+
+    fn new_location(&self, name: &str) -> String {
+        self.file_location(&None, name)
+    }
+}
+
+impl Format for DeltaTableWriter {
+    const CATALOG: &'static str = "delta";
+
+    async fn writer(engine: &Engine, name: &TableName) -> Self {
+        let catalog = engine.catalog("delta").expect("delta").as_any().downcast_ref::<DeltaCatalog>().expect("delta");
+        catalog.table_writer(name).await.expect("writer")
+    }
+
+    fn renamed(add: &Add, location: String) -> Add {
+        Add { path: location.rsplit('/').next().expect("a file name").to_string(), ..add.clone() }
+    }
+
+    fn new_location(&self, name: &str) -> String {
+        self.file_location(&Vec::new(), name)
+    }
 }
 
 impl Bench {
@@ -50,17 +115,29 @@ impl Bench {
     }
 
     /// A new, empty `<catalog>.b.t<n>` and its writer.
-    async fn fresh_table(&self, catalog: &str) -> (TableName, Arc<dyn TableWriter>) {
+    async fn fresh_table<W: Format>(&self) -> (TableName, Arc<W>) {
         let n = self.tables.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = TableName::new(catalog, "b", format!("t{n}"));
+        let name = TableName::new(W::CATALOG, "b", format!("t{n}"));
         let sql = format!("CREATE TABLE {name} (id BIGINT NOT NULL, amount DOUBLE, customer VARCHAR, day DATE)");
         self.engine.sql(&sql).await.expect("table");
-        let writer = self.engine.catalog(catalog).expect("catalog").writer(&name).await.expect("writer");
+        let writer = Arc::new(W::writer(&self.engine, &name).await);
         (name, writer)
     }
 
+    /// The context of a run into `name` (a commit records its own files there).
+    fn run(&self, name: &TableName) -> RunContext {
+        let identity = RunIdentity {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            pipeline: None,
+            sequence: 1,
+            base: None,
+            attempt: 1,
+        };
+        RunContext::new(identity, name.to_string(), 1, self.engine.ledger().clone())
+    }
+
     /// One file staged for real through `writer`: the description every copy starts from.
-    async fn template(&self, name: &TableName, writer: &Arc<dyn TableWriter>) -> StagedFile {
+    async fn template<W: Format>(&self, name: &TableName, writer: &Arc<W>) -> W::File {
         let rows = self
             .engine
             .session()
@@ -70,50 +147,48 @@ impl Bench {
             )
             .await
             .expect("query");
-        let run = RunContext::new(identity(), name.to_string(), 1, self.engine.ledger().clone());
+        let run = self.run(name);
         let stream = rows.execute_stream().await.expect("stream");
         let mut files = ShardSink::new(&run, name, writer.clone()).write_shard(0, stream).await.expect("staged");
         files.pop().expect("one file")
     }
-}
 
-fn identity() -> RunIdentity {
-    RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline: None, sequence: 1, base: None }
-}
-
-/// `count` copies of `template` under new names in `writer`'s table.
-fn copies(template: &StagedFile, writer: &dyn TableWriter, count: usize) -> Vec<StagedFile> {
-    (0..count)
-        .map(|i| {
-            let location = writer.file_location(&Partition::Unpartitioned, &format!("bench-{i:06}.parquet"));
-            match template {
-                StagedFile::Iceberg(file) => StagedFile::Iceberg(Box::new(
-                    DataFileBuilder::default()
-                        .content(file.content_type())
-                        .file_path(location)
-                        .file_format(file.file_format())
-                        .partition(file.partition().clone())
-                        .record_count(file.record_count())
-                        .file_size_in_bytes(file.file_size_in_bytes())
-                        .column_sizes(file.column_sizes().clone())
-                        .value_counts(file.value_counts().clone())
-                        .null_value_counts(file.null_value_counts().clone())
-                        .nan_value_counts(file.nan_value_counts().clone())
-                        .lower_bounds(file.lower_bounds().clone())
-                        .upper_bounds(file.upper_bounds().clone())
-                        .partition_spec_id(0)
-                        .build()
-                        .expect("a data file"),
-                )),
-                StagedFile::Delta(add) => {
-                    let mut add = add.clone();
-                    add.path = location.rsplit('/').next().expect("a file name").to_string();
-                    StagedFile::Delta(add)
-                }
-                StagedFile::Part { .. } => unreachable!("tables stage table files"),
-            }
-        })
-        .collect()
+    /// Measures commits of 10, 1,000 and 10,000 files into fresh tables of format `W`.
+    fn measure<W: Format>(
+        &self,
+        group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        samples: &Samples,
+    ) {
+        let format = W::CATALOG;
+        let format = if format == "lake" { "iceberg" } else { format };
+        let template = self.runtime.block_on(async {
+            let (name, writer) = self.fresh_table::<W>().await;
+            self.template(&name, &writer).await
+        });
+        for files in FILE_COUNTS {
+            group.throughput(Throughput::Elements(files as u64));
+            group.bench_with_input(BenchmarkId::new(format, files), &files, |b, &files| {
+                b.iter_custom(|iterations| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let elapsed = self.runtime.block_on(async {
+                            let (name, writer) = self.fresh_table::<W>().await;
+                            let staged = (0..files)
+                                .map(|i| W::renamed(&template, writer.new_location(&format!("bench-{i:06}.parquet"))))
+                                .collect();
+                            let run = self.run(&name);
+                            let started = Instant::now();
+                            writer.commit(staged, &run, WriteMode::Append).await.expect("commit");
+                            started.elapsed()
+                        });
+                        samples.lock().unwrap().entry((format, files)).or_default().push(elapsed);
+                        total += elapsed;
+                    }
+                    total
+                });
+            });
+        }
+    }
 }
 
 fn commits(c: &mut Criterion) {
@@ -128,32 +203,8 @@ fn commits(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5));
-    for (format, catalog) in [("iceberg", "lake"), ("delta", "delta")] {
-        let template = bench.runtime.block_on(async {
-            let (name, writer) = bench.fresh_table(catalog).await;
-            bench.template(&name, &writer).await
-        });
-        for files in FILE_COUNTS {
-            group.throughput(Throughput::Elements(files as u64));
-            group.bench_with_input(BenchmarkId::new(format, files), &files, |b, &files| {
-                b.iter_custom(|iterations| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iterations {
-                        let elapsed = bench.runtime.block_on(async {
-                            let (_, writer) = bench.fresh_table(catalog).await;
-                            let staged = copies(&template, writer.as_ref(), files);
-                            let started = Instant::now();
-                            writer.commit(staged, &identity(), WriteMode::Append).await.expect("commit");
-                            started.elapsed()
-                        });
-                        samples.lock().unwrap().entry((format, files)).or_default().push(elapsed);
-                        total += elapsed;
-                    }
-                    total
-                });
-            });
-        }
-    }
+    bench.measure::<IcebergTableWriter>(&mut group, &samples);
+    bench.measure::<DeltaTableWriter>(&mut group, &samples);
     group.finish();
     report(&samples.lock().unwrap());
 }

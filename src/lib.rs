@@ -7,13 +7,30 @@
 //! nothing becomes visible.
 //!
 //! ```text
-//!  SQL ─► parser ─► planner (N shards) ─► runtime (a task per shard) ─► sinks (staged files)
-//!                                                                         │
-//!            ledger (runs, staged files)  ◄──────────────  coordinator ◄──┘
-//!                                                             │ one snapshot
-//!                                                             ▼
-//!                                                          catalog
+//!  SQL ─► parser ─► pipeline ─► planner (N shards) ─► runtime (a task per shard, staged files)
+//!                                                        │  through a table format
+//!            ledger (runs, staged files)  ◄────  coordinator (runner, commit) ◄─┘
+//!                                                        │ one snapshot / version
+//!                                                        ▼
+//!                                   formats (iceberg, delta) behind catalog
 //! ```
+//!
+//! Modules, lowest layer first; each imports only from those above it in this list:
+//!
+//! | module | role |
+//! |---|---|
+//! | [`table`], [`clock`], [`paths`] | shared words (table names, partitioning, write modes, run identity), injected time, location checks |
+//! | [`ledger`] | the SQLite store of pipelines, runs, shard tasks, staged files, events |
+//! | [`events`] | run events, to subscribers and the ledger |
+//! | [`parser`], [`pipeline`] | SQL with Sluice's extensions; pipeline definitions and options |
+//! | [`runtime`] | shards as tasks, [`runtime::RunContext`], the shard loop, the table-format traits |
+//! | [`planner`] | the shard split of a physical plan |
+//! | [`coordinator`] | the [`coordinator::Coordinator`] trait, the runner, the table commit, composites, exports |
+//! | [`catalog`] | the catalog trait, catalog files, name checks, the session's catalog list |
+//! | [`formats`] | Iceberg and Delta: each format's catalog, writer and commit |
+//! | [`functions`] | table functions (`generate_series`, `range`) |
+//! | [`system`] | `sluice.*` system tables and every result batch |
+//! | [`engine`] | the [`Engine`]: builder, statement dispatch, DDL, writes, runs and recovery |
 //!
 //! The coordinator is a trait ([`coordinator::Coordinator`]): built-ins commit to Iceberg or
 //! Delta, merge a `COPY` export into one file, or chain several; a library user adds their own
@@ -53,19 +70,22 @@
 //! ```
 
 pub mod catalog;
-pub mod cli;
+pub mod clock;
 pub mod coordinator;
 pub mod engine;
 pub mod error;
 pub mod events;
-pub mod failpoint;
+mod failpoint;
+pub mod formats;
 pub mod functions;
 pub mod ledger;
 pub mod parser;
+pub mod paths;
 pub mod pipeline;
 pub mod planner;
 pub mod runtime;
-pub mod sinks;
+pub mod system;
+pub mod table;
 
 pub use coordinator::RunReport;
 pub use engine::{Engine, EngineBuilder, Output};

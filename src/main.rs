@@ -1,4 +1,7 @@
-//! The `sluice` command: parses arguments and hands over to [`sluice::cli`].
+//! The `sluice` command: parses arguments and hands over to `cli`, the command line and REPL
+//! (the binary's own; the library does not depend on clap, rustyline or tracing-subscriber).
+
+mod cli;
 
 use std::process::ExitCode;
 
@@ -10,9 +13,10 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = sluice::cli::Args::parse();
-    sluice::cli::init_tracing();
-    let _failpoints = sluice::failpoint::from_environment();
+    let args = cli::Args::parse();
+    cli::init_tracing();
+    // Test builds read failpoints from `FAILPOINTS` (release builds have none).
+    let _failpoints = fail::has_failpoints().then(fail::FailScenario::setup);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice::cli::run(args)) {
+    match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

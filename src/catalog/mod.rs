@@ -1,13 +1,10 @@
 //! Table catalogs: where tables live and how DataFusion sees them.
 //!
 //! A [`LakeCatalog`] is a DataFusion catalog (schemas and tables for queries) that also creates
-//! and drops schemas and tables and hands the coordinator a [`TableWriter`] for a table. Two
-//! kinds exist:
-//!
-//! - [`IcebergCatalog`]: an Iceberg SQL catalog (SQLite or PostgreSQL) or REST catalog. The
-//!   embedded default `lake` is one, on SQLite (`<home>/catalog.db`, the JDBC `iceberg_tables`
-//!   layout that pyiceberg's `SqlCatalog` also reads) with a local warehouse folder.
-//! - [`DeltaCatalog`]: a folder of Delta tables, `<root>/<schema>/<table>`.
+//! and drops schemas and tables and hands the engine a [`CommitTarget`] for a table. The
+//! formats implement it (`crate::formats`): an Iceberg SQL or REST catalog, and a folder of
+//! Delta tables. This module holds what they share: the trait, the errors, catalog files,
+//! name checks, the listing behind `SHOW TABLES`, and the session's list of catalogs.
 //!
 //! Table lookups are live (every statement sees the latest commit, including other processes');
 //! the name lists behind `SHOW TABLES` are refreshed before each statement that plans SQL. Two suffixes on a
@@ -15,8 +12,6 @@
 //! or Delta version (time travel), and, for Iceberg, `"t$snapshots"` lists its snapshots.
 
 mod config;
-mod delta;
-mod iceberg;
 pub mod names;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,9 +25,8 @@ use datafusion::catalog::{CatalogProvider, CatalogProviderList};
 pub use self::config::{
     CatalogConfig, CatalogConfigError, DeltaConfig, IcebergRestConfig, IcebergSqlConfig, load_catalogs, parse_catalog,
 };
-pub use self::delta::DeltaCatalog;
-pub use self::iceberg::{IcebergCatalog, MetadataPointer};
-use crate::sinks::TableWriter;
+use crate::coordinator::CommitTarget;
+use crate::table::{PartitionField, TableName};
 
 /// Errors of the catalog layer. Every variant names the catalog object it is about.
 #[derive(Debug, thiserror::Error)]
@@ -129,33 +123,6 @@ pub enum CatalogError {
 /// Result of the catalog layer.
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
-/// A fully qualified table name: `catalog.schema.table`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    /// Catalog name.
-    pub catalog: String,
-    /// Schema (Iceberg namespace, Delta folder) name.
-    pub schema: String,
-    /// Table name.
-    pub table: String,
-}
-
-impl TableName {
-    /// A table name from its three parts.
-    pub fn new(catalog: impl Into<String>, schema: impl Into<String>, table: impl Into<String>) -> Self {
-        Self { catalog: catalog.into(), schema: schema.into(), table: table.into() }
-    }
-
-    /// Reads back a name written by `Display` (`catalog.schema.table`).
-    pub fn parse(name: &str) -> Option<Self> {
-        let mut parts = name.splitn(3, '.');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(catalog), Some(schema), Some(table)) => Some(Self::new(catalog, schema, table)),
-            _ => None,
-        }
-    }
-}
-
 impl TableName {
     /// Refuses a schema or table name that could leave its folder (see [`names::refusal`]).
     pub fn check(&self) -> Result<()> {
@@ -177,7 +144,7 @@ pub fn check_schema_name(kind: names::NameKind, schema: &str) -> Result<()> {
 }
 
 /// Refuses a partitioning that names one field twice.
-fn check_partitioning(name: &TableName, partitioning: &[PartitionField]) -> Result<()> {
+pub(crate) fn check_partitioning(name: &TableName, partitioning: &[PartitionField]) -> Result<()> {
     for (i, field) in partitioning.iter().enumerate() {
         if partitioning[..i].contains(field) {
             return Err(CatalogError::BadPartition {
@@ -188,56 +155,6 @@ fn check_partitioning(name: &TableName, partitioning: &[PartitionField]) -> Resu
         }
     }
     Ok(())
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.catalog, self.schema, self.table)
-    }
-}
-
-/// How a partition value is derived from its source column (Iceberg's transforms; Delta tables
-/// partition by plain columns, i.e. [`Transform::Identity`] only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transform {
-    /// The column's value.
-    Identity,
-    /// Years since 1970 of a date or timestamp.
-    Year,
-    /// Months since 1970-01.
-    Month,
-    /// The date.
-    Day,
-    /// Hours since the epoch.
-    Hour,
-    /// A hash of the value modulo N.
-    Bucket(u32),
-    /// The value truncated to width W (strings: the first W characters).
-    Truncate(u32),
-}
-
-/// One partition field of a table: a source column and its transform.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionField {
-    /// The source column.
-    pub column: String,
-    /// How the partition value is derived from it.
-    pub transform: Transform,
-}
-
-impl fmt::Display for PartitionField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let column = &self.column;
-        match self.transform {
-            Transform::Identity => write!(f, "{column}"),
-            Transform::Year => write!(f, "year({column})"),
-            Transform::Month => write!(f, "month({column})"),
-            Transform::Day => write!(f, "day({column})"),
-            Transform::Hour => write!(f, "hour({column})"),
-            Transform::Bucket(n) => write!(f, "bucket({n}, {column})"),
-            Transform::Truncate(w) => write!(f, "truncate({w}, {column})"),
-        }
-    }
 }
 
 /// A catalog of tables Sluice can create, read and write.
@@ -270,7 +187,7 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     /// Drops a table and deletes its files.
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()>;
     /// A writer for one run into the table as it is now.
-    async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>>;
+    async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>>;
 }
 
 /// The session's catalogs: Sluice's own, as they are, and DataFusion's (the in-memory session
@@ -315,14 +232,17 @@ impl CatalogProviderList for CatalogList {
 
 /// The part of a table name before a time-travel (`@`) or metadata (`$`) suffix, and the suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TableRequest<'a> {
+pub(crate) enum TableRequest<'a> {
+    /// The latest state.
     Current(&'a str),
+    /// `t@<id>`: as of a snapshot / version.
     AsOf(&'a str, i64),
+    /// `t$snapshots`: the snapshot list.
     Snapshots(&'a str),
 }
 
 impl<'a> TableRequest<'a> {
-    fn parse(name: &'a str) -> Self {
+    pub(crate) fn parse(name: &'a str) -> Self {
         if let Some(base) = name.strip_suffix("$snapshots") {
             return TableRequest::Snapshots(base);
         }
@@ -334,7 +254,7 @@ impl<'a> TableRequest<'a> {
         TableRequest::Current(name)
     }
 
-    fn base(self) -> &'a str {
+    pub(crate) fn base(self) -> &'a str {
         match self {
             TableRequest::Current(base) | TableRequest::AsOf(base, _) | TableRequest::Snapshots(base) => base,
         }
@@ -344,24 +264,24 @@ impl<'a> TableRequest<'a> {
 /// Schema and table names as of the last refresh: what `SHOW TABLES` and `information_schema`
 /// list (DataFusion asks for names synchronously; tables themselves are always loaded live).
 #[derive(Debug, Default)]
-struct Listing(RwLock<BTreeMap<String, BTreeSet<String>>>);
+pub(crate) struct Listing(RwLock<BTreeMap<String, BTreeSet<String>>>);
 
 impl Listing {
-    fn replace(&self, listing: BTreeMap<String, BTreeSet<String>>) {
+    pub(crate) fn replace(&self, listing: BTreeMap<String, BTreeSet<String>>) {
         *self.0.write().expect("catalog listing lock") = listing;
     }
 
-    fn schema_names(&self) -> Vec<String> {
+    pub(crate) fn schema_names(&self) -> Vec<String> {
         self.0.read().expect("catalog listing lock").keys().cloned().collect()
     }
 
-    fn tables(&self, schema: &str) -> Option<BTreeSet<String>> {
+    pub(crate) fn tables(&self, schema: &str) -> Option<BTreeSet<String>> {
         self.0.read().expect("catalog listing lock").get(schema).cloned()
     }
 }
 
 /// Checks every column of a new table's schema with `supported`, naming the first one that fails.
-fn check_columns(
+pub(crate) fn check_columns(
     table: &TableName,
     schema: &ArrowSchema,
     format: &'static str,

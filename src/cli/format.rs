@@ -7,7 +7,7 @@ use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
 use datafusion::arrow::json::ArrayWriter;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
-use crate::engine::Output;
+use sluice::engine::Output;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

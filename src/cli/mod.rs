@@ -1,6 +1,6 @@
 //! The command line: `sluice` (REPL), `sluice -c SQL`, `sluice -f FILE.sql`.
 //!
-//! A thin layer over [`crate::Engine`]: it reads statements, runs them one by one, prints each
+//! A thin layer over `sluice::Engine`: it reads statements, runs them one by one, prints each
 //! result, and stops at the first error.
 
 mod format;
@@ -9,14 +9,11 @@ mod repl;
 use std::io::Write;
 use std::path::PathBuf;
 
-use std::sync::Arc;
-
 use clap::{Parser, ValueEnum};
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
-use crate::Engine;
-use crate::error::{Error, Result};
+use sluice::Engine;
+use sluice::engine::Output;
+use sluice::error::{Error, Result};
+use sluice::system::{findings_batch, settled_batch};
 
 pub use format::{Format, print_output};
 
@@ -125,14 +122,14 @@ pub async fn run(args: Args) -> Result<()> {
             let engine = builder.recover_on_start(false).build().await?;
             let settled = engine.recover().await;
             engine.close().await?;
-            let output = crate::engine::Output::rows(settled_batch(&settled?));
+            let output = Output::rows(settled_batch(&settled?));
             return print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error);
         }
         Some(Command::Doctor) => {
             let engine = builder.recover_on_start(false).build().await?;
             let findings = engine.doctor().await;
             engine.close().await?;
-            let output = crate::engine::Output::rows(crate::engine::findings_batch(&findings));
+            let output = Output::rows(findings_batch(&findings));
             print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error)?;
             let problems = findings.iter().filter(|f| f.problem.is_some()).count();
             return match problems {
@@ -167,40 +164,10 @@ async fn run_statements(engine: &Engine, args: &Args, format: Format) -> Result<
     Ok(())
 }
 
-/// What `sluice recover` settled: each abandoned run and its outcome.
-fn settled_batch(settled: &[(crate::ledger::RunRecord, crate::coordinator::Resolution)]) -> RecordBatch {
-    use crate::coordinator::Resolution;
-    let outcome = |r: &Resolution| match r {
-        Resolution::Committed(id) => format!("committed (snapshot {id}): marked succeeded"),
-        Resolution::RolledBack => "not committed: staged files deleted, marked failed".to_string(),
-        Resolution::StillRunning => "still running: a live process holds its lease; left alone".to_string(),
-    };
-    let lease = |run: &crate::ledger::RunRecord| {
-        run.lease_until_ms
-            .and_then(datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime)
-            .map(|until| format!("{} UTC", until.format("%Y-%m-%d %H:%M:%S")))
-    };
-    let schema = Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("target", DataType::Utf8, false),
-        Field::new("outcome", DataType::Utf8, false),
-        Field::new("leased_until", DataType::Utf8, true),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(settled.iter().map(|(run, _)| run.run_id.as_str()))),
-        Arc::new(StringArray::from_iter_values(settled.iter().map(|(run, _)| run.target.as_str()))),
-        Arc::new(StringArray::from_iter_values(settled.iter().map(|(_, r)| outcome(r)))),
-        Arc::new(StringArray::from_iter(
-            settled.iter().map(|(run, r)| (*r == Resolution::StillRunning).then(|| lease(run)).flatten()),
-        )),
-    ];
-    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match their schema")
-}
-
 /// Parses all of `sql` (a syntax error runs nothing), then runs and prints statement by statement.
 async fn run_script(engine: &Engine, sql: &str, format: Format) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    for statement in crate::parser::parse(sql)? {
+    for statement in sluice::parser::parse(sql)? {
         let output = engine.execute(&statement).await?;
         if let Err(e) = print_output(&mut stdout, &output, format) {
             return stdout_error(e);

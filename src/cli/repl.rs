@@ -10,8 +10,8 @@ use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Editor, Helper};
 
 use super::{Format, print_output};
-use crate::Engine;
-use crate::error::{Error, Result};
+use sluice::Engine;
+use sluice::error::{Error, Result};
 
 const HELP: &str = r"Statements end with `;` and may span lines.
   \d            list tables
@@ -28,7 +28,7 @@ struct SqlHelper;
 impl Validator for SqlHelper {
     fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
         let input = ctx.input();
-        if input.trim().is_empty() || input.trim_start().starts_with('\\') || crate::parser::is_complete(input) {
+        if input.trim().is_empty() || input.trim_start().starts_with('\\') || sluice::parser::is_complete(input) {
             Ok(ValidationResult::Valid(None))
         } else {
             Ok(ValidationResult::Incomplete)
@@ -112,7 +112,7 @@ pub async fn run(engine: &Engine, format: Format) -> Result<()> {
 
 async fn run_statements(engine: &Engine, sql: &str, format: Format) -> Result<()> {
     let mut stdout = std::io::stdout();
-    for statement in crate::parser::parse(sql)? {
+    for statement in sluice::parser::parse(sql)? {
         let started = std::time::Instant::now();
         let output = engine.execute(&statement).await?;
         print_output(&mut stdout, &output, format).map_err(|source| Error::Io { path: "<stdout>".into(), source })?;

@@ -1,8 +1,9 @@
-//! The Iceberg and Delta commit coordinators: shards stage Parquet data files through the
-//! table's [`TableWriter`]; `on_finish` publishes all of them in one snapshot (Iceberg) or
-//! version (Delta); `on_error` deletes them.
+//! The table commit coordinator: shards stage Parquet data files through the table's
+//! [`TableFormat`]; `on_finish` publishes all of them in one snapshot (Iceberg) or version
+//! (Delta); `on_error` deletes them. Generic over the format, so each format's file descriptions
+//! reach its own commit as they are; [`CommitTarget`] hides the format from the engine.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::Schema;
@@ -11,45 +12,68 @@ use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use tokio::sync::Semaphore;
 
 use super::{Coordinator, CoordinatorError, RunContext, ShardResult};
-use crate::catalog::TableName;
 use crate::planner;
-use crate::runtime::ShardError;
-use crate::sinks::{CommitError, RunIdentity, ShardSink, StagedFile, TableWriter, WriteMode};
+use crate::runtime::{self, CommitError, Fence, ShardError, ShardSink, StagedFile, TableFormat, TableWriter};
+use crate::table::{TableName, WriteMode};
+
+/// A table being written, whatever its format: what a catalog hands the engine.
+pub trait CommitTarget: TableWriter {
+    /// The coordinator of one run into `table`: rows split into shards by `partition_key`
+    /// (expressions over the input; empty: round-robin), committed as `mode` says.
+    fn coordinator(
+        self: Arc<Self>,
+        table: TableName,
+        partition_key: Vec<Arc<dyn PhysicalExpr>>,
+        mode: WriteMode,
+    ) -> Arc<dyn Coordinator>;
+}
+
+impl<W: TableFormat> CommitTarget for W {
+    fn coordinator(
+        self: Arc<Self>,
+        table: TableName,
+        partition_key: Vec<Arc<dyn PhysicalExpr>>,
+        mode: WriteMode,
+    ) -> Arc<dyn Coordinator> {
+        Arc::new(TableCommit::new(table, self, partition_key, mode))
+    }
+}
 
 /// Commits a run into an Iceberg or Delta table: one snapshot / version, or nothing.
 #[derive(Debug)]
-pub struct TableCommit {
+pub struct TableCommit<W: TableFormat> {
     name: String,
     table: TableName,
-    writer: Arc<dyn TableWriter>,
+    writer: Arc<W>,
     partition_key: Vec<Arc<dyn PhysicalExpr>>,
     mode: WriteMode,
     /// Files the run's shards may write at once when their input has ended: one per core.
     writers: Arc<Semaphore>,
+    /// What the shards staged, as the format describes it, for the commit.
+    staged: Mutex<Vec<W::File>>,
 }
 
-impl TableCommit {
-    /// Commits into `table` through `writer` (which knows the format: `iceberg-commit` or
-    /// `delta-commit`), splitting rows into shards by `partition_key` (expressions over the
-    /// input; empty: round-robin), appending or replacing as `mode` says.
-    pub fn new(
-        table: TableName,
-        writer: Arc<dyn TableWriter>,
-        partition_key: Vec<Arc<dyn PhysicalExpr>>,
-        mode: WriteMode,
-    ) -> Self {
+impl<W: TableFormat> TableCommit<W> {
+    /// Commits into `table` through `writer` (`iceberg-commit` or `delta-commit`, after its
+    /// format), splitting rows into shards by `partition_key`, appending or replacing as `mode`
+    /// says.
+    pub fn new(table: TableName, writer: Arc<W>, partition_key: Vec<Arc<dyn PhysicalExpr>>, mode: WriteMode) -> Self {
         let name = format!("{}-commit", writer.format());
-        let writers = Arc::new(Semaphore::new(planner::default_shards()));
-        Self { name, table, writer, partition_key, mode, writers }
+        let writers = Arc::new(Semaphore::new(runtime::default_shards()));
+        Self { name, table, writer, partition_key, mode, writers, staged: Mutex::new(Vec::new()) }
     }
 
     fn error(&self, source: impl Into<crate::runtime::BoxError>) -> CoordinatorError {
         CoordinatorError::new(&self.name, source)
     }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Vec<W::File>> {
+        self.staged.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[async_trait]
-impl Coordinator for TableCommit {
+impl<W: TableFormat> Coordinator for TableCommit<W> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -71,53 +95,71 @@ impl Coordinator for TableCommit {
         shard: usize,
         input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
-        ShardSink::new(run, &self.table, self.writer.clone())
+        let files = ShardSink::new(run, &self.table, self.writer.clone())
             .with_writers(self.writers.clone())
             .write_shard(shard, input)
-            .await
+            .await?;
+        let described = files.iter().map(|file| self.writer.describe(file)).collect();
+        self.staged().extend(files);
+        Ok(described)
     }
 
     /// Appending nothing, or replacing the partitions of no rows, changes nothing; replacing the
-    /// whole table with no rows empties it. When the commit fails, the table may still have taken
-    /// it (the answer was lost): the run is looked up in the table's history before giving up.
-    async fn on_finish(&self, run: &RunContext, shards: &[ShardResult]) -> Result<Option<i64>, CoordinatorError> {
-        let files: Vec<StagedFile> = shards.iter().flat_map(|s| s.files.iter().cloned()).collect();
+    /// whole table with no rows empties it. When the commit's outcome is unknown, the table may
+    /// still have taken it (the answer was lost): the run is looked up in the table's history.
+    async fn on_finish(&self, run: &RunContext, _shards: &[ShardResult]) -> Result<Option<i64>, CoordinatorError> {
+        let files = std::mem::take(&mut *self.staged());
         if files.is_empty() && self.mode != WriteMode::Overwrite {
             return Ok(None);
         }
-        match commit_through_failpoints(self.writer.as_ref(), files, run.identity(), self.mode, run.target()).await {
+        match commit_through_failpoints(self.writer.as_ref(), files, run, self.mode).await {
             Ok(id) => Ok(Some(id)),
-            Err(error) => match self.writer.find_run(run.identity()).await {
+            Err(error @ CommitError::OutcomeUnknown(_)) => match self.writer.find_run(run.identity()).await {
                 Ok(Some(id)) => Ok(Some(id)),
-                _ => Err(self.error(error)),
+                Ok(None) => {
+                    Err(self.error(format!("{error}; the run is not in the table's history, so it did not land")))
+                }
+                Err(lookup) => Err(CoordinatorError::commit(
+                    &self.name,
+                    CommitError::OutcomeUnknown(
+                        format!("{error}; and the table's history could not be read: {lookup}").into(),
+                    ),
+                )),
             },
+            Err(error) => Err(CoordinatorError::commit(&self.name, error)),
         }
     }
 
     async fn on_error(&self, run: &RunContext, _error: &str) -> Result<(), CoordinatorError> {
+        self.staged().clear();
         let root = self.writer.location();
-        run.delete_staged(&self.name, root, |location| async move { self.writer.delete_file(&location).await }).await
+        let delete = |location: String| async move { self.writer.delete_file(&location).await };
+        run.delete_staged(root, delete).await.map_err(|e| self.error(e))
     }
 
     async fn find_commit(&self, run: &RunContext) -> Result<Option<i64>, CoordinatorError> {
-        self.writer.find_run(run.identity()).await.map_err(|e| self.error(e))
+        self.writer.find_run(run.identity()).await.map_err(|e| CoordinatorError::commit(&self.name, e))
+    }
+
+    async fn fence(&self, run: &RunContext) -> Result<Fence, CoordinatorError> {
+        self.writer.fence(run.identity()).await.map_err(|e| CoordinatorError::commit(&self.name, e))
     }
 }
 
 /// The table's commit, with the test failpoints around the catalog call: `commit-refused` (the
 /// request never reaches the catalog) and `commit-response-lost` (the catalog took the commit,
 /// but its answer never came back: the outcome is unknown to the caller).
-async fn commit_through_failpoints(
-    writer: &dyn TableWriter,
-    files: Vec<StagedFile>,
-    run: &RunIdentity,
+async fn commit_through_failpoints<W: TableFormat>(
+    writer: &W,
+    files: Vec<W::File>,
+    run: &RunContext,
     mode: WriteMode,
-    target: &str,
 ) -> Result<i64, CommitError> {
-    let injected = |failpoint: String| CommitError::new(format!("injected failure at failpoint `{failpoint}`"));
-    crate::failpoint::check("commit-refused", target).map_err(injected)?;
+    let injected = |failpoint: String| format!("injected failure at failpoint `{failpoint}`");
+    crate::failpoint::check("commit-refused", run.target()).map_err(|f| CommitError::Refused(injected(f).into()))?;
     let committed = writer.commit(files, run, mode).await?;
-    crate::failpoint::check("commit-response-lost", target).map_err(injected)?;
+    crate::failpoint::check("commit-response-lost", run.target())
+        .map_err(|f| CommitError::OutcomeUnknown(injected(f).into()))?;
     Ok(committed)
 }
 

@@ -6,15 +6,15 @@ use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Coordinator, CoordinatorError, RunContext, ShardResult};
+use super::{Coordinator, CoordinatorError, Fence, RunContext, ShardResult, StagedFile};
 use crate::runtime::ShardError;
-use crate::sinks::StagedFile;
 
 /// Chains coordinators. The first member writes the shards; the others observe.
 ///
 /// Order: `prepare_shards`, `on_start` and `on_finish` go first to last (each member's
 /// `prepare_shards` gets the plan the one before it returned); `on_error` goes last to first, as
-/// an unwinding would. `find_commit` asks each member in order and takes the first answer.
+/// an unwinding would. `find_commit` asks each member in order and takes the first answer;
+/// `fence` is the first member's (the one that writes).
 ///
 /// Errors: the first member whose `on_start` or `on_finish` fails stops the chain; the run fails
 /// with its error, and `on_error` then reaches every member that was started, except one that
@@ -131,5 +131,9 @@ impl Coordinator for Composite {
             }
         }
         Ok(None)
+    }
+
+    async fn fence(&self, run: &RunContext) -> Result<Fence, CoordinatorError> {
+        self.members[0].fence(run).await
     }
 }

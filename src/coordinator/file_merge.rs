@@ -32,10 +32,8 @@ use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 
-use super::{Coordinator, CoordinatorError, RunContext, ShardResult};
-use crate::planner;
+use super::{Coordinator, CoordinatorError, RunContext, ShardResult, StagedFile};
 use crate::runtime::{BoxError, ShardError};
-use crate::sinks::StagedFile;
 
 /// The format of an exported file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +150,7 @@ impl Coordinator for FileMerge {
         }
         let _ = self.schema.set(input.schema());
         let shards = if input.output_ordering().is_some() { 1 } else { shards };
-        planner::shard_plan(input, shards, vec![]).map_err(|e| CoordinatorError::new(NAME, e))
+        crate::planner::shard_plan(input, shards, vec![]).map_err(|e| CoordinatorError::new(NAME, e))
     }
 
     async fn on_start(&self, run: &RunContext) -> Result<(), CoordinatorError> {
@@ -189,18 +187,12 @@ impl Coordinator for FileMerge {
         }
         let Some(part) = part else { return Ok(vec![]) };
         let bytes = part.finish().map_err(write_error)?;
-        Ok(vec![StagedFile::Part { location, rows, bytes }])
+        Ok(vec![StagedFile { location, rows, bytes }])
     }
 
     async fn on_finish(&self, run: &RunContext, shards: &[ShardResult]) -> Result<Option<i64>, CoordinatorError> {
-        let parts: Vec<PathBuf> = shards
-            .iter()
-            .flat_map(|s| &s.files)
-            .filter_map(|file| match file {
-                StagedFile::Part { location, .. } => Some(PathBuf::from(location)),
-                _ => None,
-            })
-            .collect();
+        let parts: Vec<PathBuf> =
+            shards.iter().flat_map(|s| &s.files).map(|file| PathBuf::from(&file.location)).collect();
         // Merging reads and writes whole files: off the async workers, so that the run's
         // heartbeat keeps renewing its lease however long it takes.
         let (format, schema) = (self.format, self.schema.get().expect("prepare_shards saw the schema").clone());
@@ -213,9 +205,9 @@ impl Coordinator for FileMerge {
         .map_err(|e| CoordinatorError::new(NAME, e))??;
         // The export is in place: leftover parts are only litter now, not a reason to fail it.
         let parts_dir = self.parts_dir(run).display().to_string();
-        let cleaned = match run.delete_staged(NAME, &parts_dir, remove_file).await {
+        let cleaned = match run.delete_staged(&parts_dir, remove_file).await {
             Ok(()) => std::fs::remove_dir(self.parts_dir(run)).map_err(|e| self.error(&self.parts_dir(run), e)),
-            Err(e) => Err(e),
+            Err(e) => Err(CoordinatorError::new(NAME, e)),
         };
         if let Err(e) = cleaned {
             tracing::warn!(run_id = %run.run_id(), "the export is in place, but cleaning up its parts failed: {e}");
@@ -224,7 +216,8 @@ impl Coordinator for FileMerge {
     }
 
     async fn on_error(&self, run: &RunContext, _error: &str) -> Result<(), CoordinatorError> {
-        run.delete_staged(NAME, &self.parts_dir(run).display().to_string(), remove_file).await?;
+        let parts = self.parts_dir(run).display().to_string();
+        run.delete_staged(&parts, remove_file).await.map_err(|e| CoordinatorError::new(NAME, e))?;
         remove_file(self.merged_path(run).display().to_string()).await.map_err(|e| CoordinatorError::new(NAME, e))?;
         let parts_dir = self.parts_dir(run);
         match std::fs::remove_dir_all(&parts_dir) {

@@ -1,29 +1,8 @@
 //! `sluice doctor`: checks the run ledger and every table of every catalog, and says what is
 //! wrong with each, one row per object.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
 use super::Engine;
-
-/// One object `sluice doctor` looked at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// What kind of object: `ledger`, `catalog`, `table`.
-    pub kind: &'static str,
-    /// The object: the ledger file, a catalog or a table name.
-    pub object: String,
-    /// The problem, or `None` when it is sound.
-    pub problem: Option<String>,
-}
-
-impl Finding {
-    fn new(kind: &'static str, object: impl Into<String>, problem: Option<String>) -> Self {
-        Self { kind, object: object.into(), problem }
-    }
-}
+use crate::system::Finding;
 
 impl Engine {
     /// Checks the ledger (SQLite's full integrity check) and loads every table of every
@@ -61,23 +40,4 @@ impl Engine {
         }
         findings
     }
-}
-
-/// Findings as rows: `kind`, `object`, `status` (`ok` or `problem`), `detail`.
-pub fn findings_batch(findings: &[Finding]) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("object", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("detail", DataType::Utf8, true),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(findings.iter().map(|f| f.kind))),
-        Arc::new(StringArray::from_iter_values(findings.iter().map(|f| f.object.as_str()))),
-        Arc::new(StringArray::from_iter_values(
-            findings.iter().map(|f| if f.problem.is_some() { "problem" } else { "ok" }),
-        )),
-        Arc::new(StringArray::from_iter(findings.iter().map(|f| f.problem.as_deref()))),
-    ];
-    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match their schema")
 }

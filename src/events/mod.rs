@@ -10,7 +10,7 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::ledger::{Ledger, now_ms};
+use crate::ledger::Ledger;
 
 /// Events a slow subscriber may fall behind by before it misses some (it is then told how many).
 pub const EVENTS_BUFFERED_MAX: usize = 4096;
@@ -124,7 +124,9 @@ impl EventLog {
     /// failing to record one is logged, never allowed to fail the run.
     pub async fn emit(&self, event: RunEvent) {
         let detail = serde_json::to_string(&event).unwrap_or_default();
-        if let Err(e) = self.ledger.record_event(event.run_id(), event.kind(), now_ms(), &detail).await {
+        if let Err(e) =
+            self.ledger.record_event(event.run_id(), event.kind(), self.ledger.clock().now_ms(), &detail).await
+        {
             tracing::warn!(run_id = event.run_id(), "could not record a run event: {e}");
         }
         let _ = self.sender.send(event); // no subscriber is fine

@@ -11,16 +11,19 @@
 //!                    └─────────────┴──────► failed   (staged files deleted)
 //! ```
 
-mod system;
-
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
 
-pub use system::{SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
+use crate::clock::ClockRef;
+
+/// A statement with its arguments bound.
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// Errors of the ledger layer.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +82,6 @@ fn is_damage(error: &sqlx::Error) -> bool {
         _ => None,
     };
     matches!(code.map(|c| c & 0xff), Some(11 | 26))
-}
-
-/// Milliseconds since the Unix epoch, the ledger's time unit.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Where a run is in the commit protocol (DESIGN §4).
@@ -174,6 +172,8 @@ pub struct RunRecord {
     pub base: Option<i64>,
     /// While the run is open, until when its process holds it (renewed by a heartbeat).
     pub lease_until_ms: Option<i64>,
+    /// Which attempt of the run this is: 1, then one more for each `RETRY RUN`.
+    pub attempt: i64,
 }
 
 /// How a new run is opened.
@@ -239,6 +239,7 @@ impl std::iter::Sum for ShardTotals {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: SqlitePool,
+    clock: ClockRef,
 }
 
 const SCHEMA: &str = r#"
@@ -265,7 +266,8 @@ CREATE TABLE IF NOT EXISTS runs (
     sequence       INTEGER NOT NULL,
     statement      TEXT NOT NULL,
     base           INTEGER,
-    lease_until_ms INTEGER
+    lease_until_ms INTEGER,
+    attempt        INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at_ms);
 CREATE TABLE IF NOT EXISTS shard_tasks (
@@ -305,7 +307,8 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, at_ms);
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`, after SQLite's quick integrity check: a
     /// damaged file is reported as [`LedgerError::Damaged`], not met halfway through a run.
-    pub async fn open(path: &Path) -> Result<Self> {
+    /// Times come from `clock`.
+    pub async fn open(path: &Path, clock: ClockRef) -> Result<Self> {
         let open_error = |source| LedgerError::Open { path: path.display().to_string(), source };
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -320,7 +323,7 @@ impl Ledger {
             false => open_error(source),
         };
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(failed)?;
-        let ledger = Self { pool };
+        let ledger = Self { pool, clock };
         match ledger.check(false).await {
             Ok(problems) if problems.is_empty() => {}
             Ok(problems) => return Err(damaged(problems.join("; "))),
@@ -328,12 +331,13 @@ impl Ledger {
             Err(other) => return Err(other),
         }
         sqlx::raw_sql(SCHEMA).execute(&ledger.pool).await.map_err(failed)?;
+        ledger.upgrade().await?;
         Ok(ledger)
     }
 
     /// A ledger that lives in memory only, for a process whose ledger file is damaged: its runs
     /// still stage and roll back, but nothing survives the process.
-    pub async fn in_memory() -> Result<Self> {
+    pub async fn in_memory(clock: ClockRef) -> Result<Self> {
         let open_error = |source| LedgerError::Open { path: ":memory:".to_string(), source };
         let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(open_error)?;
         // One connection, kept for the pool's life: each connection to `:memory:` is its own database.
@@ -346,14 +350,48 @@ impl Ledger {
             .await
             .map_err(open_error)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
-        Ok(Self { pool })
+        Ok(Self { pool, clock })
+    }
+
+    /// Brings a ledger file an older version wrote up to this version's tables.
+    async fn upgrade(&self) -> Result<()> {
+        let columns = self.fetch_all("reading the runs table", sqlx::query("PRAGMA table_info(runs)")).await?;
+        if !columns.iter().any(|c| c.get::<String, _>("name") == "attempt") {
+            let add = sqlx::query("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1");
+            self.execute("adding the attempt column to runs", add).await?;
+        }
+        Ok(())
+    }
+
+    /// The clock the ledger's times come from (the engine's).
+    pub fn clock(&self) -> &ClockRef {
+        &self.clock
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Runs a statement; returns the rows it changed.
+    async fn execute(&self, context: &'static str, query: Query<'_>) -> Result<u64> {
+        Ok(query.execute(&self.pool).await.map_err(query_error(context))?.rows_affected())
+    }
+
+    /// Runs a query; returns its rows.
+    async fn fetch_all(&self, context: &'static str, query: Query<'_>) -> Result<Vec<SqliteRow>> {
+        query.fetch_all(&self.pool).await.map_err(query_error(context))
+    }
+
+    /// Runs a query; returns its one row, if any.
+    async fn fetch_optional(&self, context: &'static str, query: Query<'_>) -> Result<Option<SqliteRow>> {
+        query.fetch_optional(&self.pool).await.map_err(query_error(context))
     }
 
     /// SQLite's `integrity_check` (`thorough`) or `quick_check`: the problems found, none when
     /// the file is sound.
     pub async fn check(&self, thorough: bool) -> Result<Vec<String>> {
         let sql = if thorough { "PRAGMA integrity_check" } else { "PRAGMA quick_check" };
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(query_error("checking the file"))?;
+        let rows = self.fetch_all("checking the file", sqlx::query(sql)).await?;
         let lines: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
         Ok(lines.into_iter().filter(|line| line != "ok").collect())
     }
@@ -361,10 +399,7 @@ impl Ledger {
     /// Moves everything from the write-ahead log into the database file (on exit: the ledger's
     /// data should not live only in `ledger.db-wal`).
     pub async fn checkpoint(&self) -> Result<()> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("checkpointing the write-ahead log"))?;
+        self.execute("checkpointing the write-ahead log", sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")).await?;
         Ok(())
     }
 
@@ -391,38 +426,30 @@ impl Ledger {
 
     /// The pipeline called `name`, if any.
     pub async fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>> {
-        let row = sqlx::query("SELECT * FROM pipelines WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("reading a pipeline"))?;
+        let row = self
+            .fetch_optional("reading a pipeline", sqlx::query("SELECT * FROM pipelines WHERE name = ?").bind(name))
+            .await?;
         Ok(row.map(|r| pipeline_from_row(&r)))
     }
 
     /// All pipelines, by name.
     pub async fn pipelines(&self) -> Result<Vec<PipelineRecord>> {
-        let rows = sqlx::query("SELECT * FROM pipelines ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("listing pipelines"))?;
+        let rows = self.fetch_all("listing pipelines", sqlx::query("SELECT * FROM pipelines ORDER BY name")).await?;
         Ok(rows.iter().map(pipeline_from_row).collect())
     }
 
     /// Removes a pipeline (its runs stay in the history); false when there was none.
     pub async fn drop_pipeline(&self, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM pipelines WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("dropping a pipeline"))?;
-        Ok(done.rows_affected() > 0)
+        let done =
+            self.execute("dropping a pipeline", sqlx::query("DELETE FROM pipelines WHERE name = ?").bind(name)).await?;
+        Ok(done > 0)
     }
 
     /// Step 1 of the protocol: records a new run in `staging` and returns its sequence number
     /// within its pipeline. A pipeline run is refused while another run of the pipeline holds its
     /// lease (checked and inserted in one statement, so two processes cannot both pass).
     pub async fn open_run(&self, run: &NewRun<'_>) -> Result<i64> {
-        let row = sqlx::query(
+        let row = self.fetch_optional("opening a run", sqlx::query(
             "INSERT INTO runs (run_id, pipeline, target, status, shards, started_at_ms, sequence, statement, base, lease_until_ms)
              SELECT ?1, ?2, ?3, 'staging', ?4, ?5,
                     (SELECT COALESCE(MAX(sequence), 0) + 1 FROM runs WHERE pipeline IS ?2), ?6, ?7, ?8
@@ -434,22 +461,16 @@ impl Ledger {
         .bind(run.pipeline)
         .bind(run.target)
         .bind(run.shards as i64)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(run.statement)
         .bind(run.base)
-        .bind(run.lease_until_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("opening a run"))?;
+        .bind(run.lease_until_ms)).await?;
         match (row, run.pipeline) {
             (Some(row), _) => Ok(row.get("sequence")),
             (None, Some(pipeline)) => {
-                let open = sqlx::query("SELECT run_id FROM runs WHERE pipeline = ? AND status IN ('staging', 'committing') AND lease_until_ms > ?")
+                let open = self.fetch_optional("opening a run", sqlx::query("SELECT run_id FROM runs WHERE pipeline = ? AND status IN ('staging', 'committing') AND lease_until_ms > ?")
                     .bind(pipeline)
-                    .bind(now_ms())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(query_error("opening a run"))?;
+                    .bind(self.now_ms())).await?;
                 let run_id = open.map(|r| r.get::<String, _>("run_id")).unwrap_or_default();
                 Err(LedgerError::PipelineBusy { pipeline: pipeline.to_string(), run_id })
             }
@@ -457,31 +478,36 @@ impl Ledger {
         }
     }
 
-    /// Opens a failed run again under its id (`RETRY RUN`), in `staging` with a new lease.
-    pub async fn reopen_run(&self, run_id: &str, base: Option<i64>, lease_until_ms: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET status = 'staging', started_at_ms = ?, finished_at_ms = NULL, error = NULL,
-                             rows = 0, files = 0, bytes = 0, snapshot_id = NULL, base = ?, lease_until_ms = ?
-             WHERE run_id = ?",
-        )
-        .bind(now_ms())
-        .bind(base)
-        .bind(lease_until_ms)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("reopening a run"))?;
-        Ok(())
+    /// Opens a failed run again under its id (`RETRY RUN`), in `staging` with a new lease, as
+    /// its next attempt; returns the attempt's number.
+    pub async fn reopen_run(&self, run_id: &str, base: Option<i64>, lease_until_ms: i64) -> Result<i64> {
+        let row = self
+            .fetch_optional(
+                "reopening a run",
+                sqlx::query(
+                    "UPDATE runs SET status = 'staging', started_at_ms = ?, finished_at_ms = NULL, error = NULL,
+                                 rows = 0, files = 0, bytes = 0, snapshot_id = NULL, base = ?, lease_until_ms = ?,
+                                 attempt = attempt + 1
+                     WHERE run_id = ? RETURNING attempt",
+                )
+                .bind(self.now_ms())
+                .bind(base)
+                .bind(lease_until_ms)
+                .bind(run_id),
+            )
+            .await?;
+        Ok(row.map_or(1, |row| row.get("attempt")))
     }
 
     /// Extends an open run's lease (the run's heartbeat).
     pub async fn renew_lease(&self, run_id: &str, lease_until_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE runs SET lease_until_ms = ? WHERE run_id = ? AND status IN ('staging', 'committing')")
-            .bind(lease_until_ms)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("renewing a run's lease"))?;
+        self.execute(
+            "renewing a run's lease",
+            sqlx::query("UPDATE runs SET lease_until_ms = ? WHERE run_id = ? AND status IN ('staging', 'committing')")
+                .bind(lease_until_ms)
+                .bind(run_id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -501,22 +527,22 @@ impl Ledger {
         let sql = format!(
             "SELECT * FROM runs WHERE status IN ('staging', 'committing') AND {lease} ORDER BY started_at_ms, run_id"
         );
-        let rows =
-            sqlx::query(&sql).bind(now_ms()).fetch_all(&self.pool).await.map_err(query_error("listing open runs"))?;
+        let rows = self.fetch_all("listing open runs", sqlx::query(&sql).bind(self.now_ms())).await?;
         rows.iter().map(run_from_row).collect()
     }
 
     /// Records that a shard task started.
     pub async fn shard_started(&self, run_id: &str, shard: usize) -> Result<()> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO shard_tasks (run_id, shard, status, started_at_ms) VALUES (?, ?, 'running', ?)",
+        self.execute(
+            "recording a shard start",
+            sqlx::query(
+                "INSERT OR REPLACE INTO shard_tasks (run_id, shard, status, started_at_ms) VALUES (?, ?, 'running', ?)",
+            )
+            .bind(run_id)
+            .bind(shard as i64)
+            .bind(self.now_ms()),
         )
-        .bind(run_id)
-        .bind(shard as i64)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("recording a shard start"))?;
+        .await?;
         Ok(())
     }
 
@@ -531,21 +557,22 @@ impl Ledger {
             Ok(totals) => ("succeeded", totals, None),
             Err(e) => ("failed", ShardTotals::default(), Some(e)),
         };
-        sqlx::query(
-            "UPDATE shard_tasks SET status = ?, finished_at_ms = ?, rows = ?, files = ?, bytes = ?, error = ?
+        self.execute(
+            "recording a shard end",
+            sqlx::query(
+                "UPDATE shard_tasks SET status = ?, finished_at_ms = ?, rows = ?, files = ?, bytes = ?, error = ?
              WHERE run_id = ? AND shard = ?",
+            )
+            .bind(status)
+            .bind(self.now_ms())
+            .bind(totals.rows as i64)
+            .bind(totals.files as i64)
+            .bind(totals.bytes as i64)
+            .bind(error)
+            .bind(run_id)
+            .bind(shard as i64),
         )
-        .bind(status)
-        .bind(now_ms())
-        .bind(totals.rows as i64)
-        .bind(totals.files as i64)
-        .bind(totals.bytes as i64)
-        .bind(error)
-        .bind(run_id)
-        .bind(shard as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("recording a shard end"))?;
+        .await?;
         Ok(())
     }
 
@@ -577,8 +604,7 @@ impl Ledger {
     /// The run's staged files in states matching `state`.
     async fn files_of(&self, run_id: &str, state: &str) -> Result<Vec<String>> {
         let sql = format!("SELECT path FROM staged_files WHERE run_id = ? AND {state} ORDER BY path");
-        let rows =
-            sqlx::query(&sql).bind(run_id).fetch_all(&self.pool).await.map_err(query_error("listing staged files"))?;
+        let rows = self.fetch_all("listing staged files", sqlx::query(&sql).bind(run_id)).await?;
         Ok(rows.iter().map(|r| r.get::<String, _>("path")).collect())
     }
 
@@ -586,14 +612,15 @@ impl Ledger {
     /// were deleted before are now `verified` (deleted a second time, after every writer of the
     /// run had long stopped).
     pub async fn mark_staged_files_deleted(&self, run_id: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE staged_files SET state = CASE state WHEN 'staged' THEN 'deleted' ELSE 'verified' END
+        self.execute(
+            "marking staged files deleted",
+            sqlx::query(
+                "UPDATE staged_files SET state = CASE state WHEN 'staged' THEN 'deleted' ELSE 'verified' END
              WHERE run_id = ? AND state IN ('staged', 'deleted', 'verifying')",
+            )
+            .bind(run_id),
         )
-        .bind(run_id)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("marking staged files deleted"))?;
+        .await?;
         Ok(())
     }
 
@@ -601,13 +628,15 @@ impl Ledger {
     /// target, path). Recovery deletes each again (a writer that outlived its run could have
     /// put one back) and marks it verified.
     pub async fn unverified_deletions(&self) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT f.run_id, r.target, f.path FROM staged_files f JOIN runs r ON r.run_id = f.run_id
+        let rows = self
+            .fetch_all(
+                "listing deleted files to verify",
+                sqlx::query(
+                    "SELECT f.run_id, r.target, f.path FROM staged_files f JOIN runs r ON r.run_id = f.run_id
              WHERE f.state IN ('deleted', 'verifying') AND r.status = 'failed' ORDER BY f.run_id, f.path",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("listing deleted files to verify"))?;
+                ),
+            )
+            .await?;
         Ok(rows.iter().map(|r| (r.get("run_id"), r.get("target"), r.get("path"))).collect())
     }
 
@@ -624,45 +653,51 @@ impl Ledger {
     }
 
     async fn set_verification(&self, path: &str, state: &str, context: &'static str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE staged_files SET state = ? WHERE path = ? AND state IN ('deleted', 'verifying')
+        let done = self
+            .execute(
+                context,
+                sqlx::query(
+                    "UPDATE staged_files SET state = ? WHERE path = ? AND state IN ('deleted', 'verifying')
              AND run_id IN (SELECT run_id FROM runs WHERE status = 'failed')",
-        )
-        .bind(state)
-        .bind(path)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error(context))?;
-        Ok(done.rows_affected() == 1)
+                )
+                .bind(state)
+                .bind(path),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     /// Step 4: the run enters `committing`, if it is still `staging`; false when recovery has
     /// meanwhile settled it (its process had let the lease lapse): then it must not commit.
     pub async fn set_committing(&self, run_id: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE runs SET status = 'committing' WHERE run_id = ? AND status = 'staging'")
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("marking a run committing"))?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .execute(
+                "marking a run committing",
+                sqlx::query("UPDATE runs SET status = 'committing' WHERE run_id = ? AND status = 'staging'")
+                    .bind(run_id),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     /// Recovery's claim on an abandoned run: marks it failed with `error` if it is still open
     /// and its lease has lapsed. False when it is not (settled by another, or alive again), in
     /// which case the caller must leave its files alone.
     pub async fn claim_abandoned(&self, run_id: &str, error: &str) -> Result<bool> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE runs SET status = 'failed', finished_at_ms = ?1, error = ?2, lease_until_ms = NULL
+        let now = self.now_ms();
+        let done = self
+            .execute(
+                "claiming an abandoned run",
+                sqlx::query(
+                    "UPDATE runs SET status = 'failed', finished_at_ms = ?1, error = ?2, lease_until_ms = NULL
              WHERE run_id = ?3 AND status IN ('staging', 'committing') AND COALESCE(lease_until_ms, 0) < ?1",
-        )
-        .bind(now)
-        .bind(error)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("claiming an abandoned run"))?;
-        Ok(done.rows_affected() == 1)
+                )
+                .bind(now)
+                .bind(error)
+                .bind(run_id),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     /// Step 6: the run succeeded with this snapshot; its staged files are now table files.
@@ -673,7 +708,7 @@ impl Ledger {
                              lease_until_ms = NULL
              WHERE run_id = ?",
         )
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(totals.rows as i64)
         .bind(totals.files as i64)
         .bind(totals.bytes as i64)
@@ -692,97 +727,102 @@ impl Ledger {
 
     /// The run failed; `error` says why.
     pub async fn run_failed(&self, run_id: &str, error: &str) -> Result<()> {
-        sqlx::query(
+        self.execute("marking a run failed", sqlx::query(
             "UPDATE runs SET status = 'failed', finished_at_ms = ?, error = ?, lease_until_ms = NULL WHERE run_id = ?",
         )
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(error)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("marking a run failed"))?;
+        .bind(run_id)).await?;
         Ok(())
     }
 
     /// One run.
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT * FROM runs WHERE run_id = ?")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("reading a run"))?;
+        let row = self
+            .fetch_optional("reading a run", sqlx::query("SELECT * FROM runs WHERE run_id = ?").bind(run_id))
+            .await?;
         row.map(|r| run_from_row(&r)).transpose()
     }
 
     /// Runs, oldest first; only those of `pipeline` when given.
     pub async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query("SELECT * FROM runs WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY started_at_ms, run_id")
-            .bind(pipeline)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("listing runs"))?;
+        let rows = self
+            .fetch_all(
+                "listing runs",
+                sqlx::query("SELECT * FROM runs WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY started_at_ms, run_id")
+                    .bind(pipeline),
+            )
+            .await?;
         rows.iter().map(run_from_row).collect()
     }
 
     /// Keeps the definition of an external table of the session (`CREATE EXTERNAL TABLE`).
     pub async fn save_session_table(&self, name: &str, definition: &str) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO session_tables (name, definition) VALUES (?, ?)")
-            .bind(name)
-            .bind(definition)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("saving an external table"))?;
+        self.execute(
+            "saving an external table",
+            sqlx::query("INSERT OR REPLACE INTO session_tables (name, definition) VALUES (?, ?)")
+                .bind(name)
+                .bind(definition),
+        )
+        .await?;
         Ok(())
     }
 
     /// Forgets a session table (after `DROP TABLE`); nothing happens for other tables.
     pub async fn drop_session_table(&self, name: &str) -> Result<()> {
-        sqlx::query("DELETE FROM session_tables WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("forgetting an external table"))?;
+        self.execute(
+            "forgetting an external table",
+            sqlx::query("DELETE FROM session_tables WHERE name = ?").bind(name),
+        )
+        .await?;
         Ok(())
     }
 
     /// The kept external-table definitions, as (name, SQL).
     pub async fn session_tables(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT name, definition FROM session_tables ORDER BY rowid")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("listing external tables"))?;
+        let rows = self
+            .fetch_all(
+                "listing external tables",
+                sqlx::query("SELECT name, definition FROM session_tables ORDER BY rowid"),
+            )
+            .await?;
         Ok(rows.iter().map(|r| (r.get("name"), r.get("definition"))).collect())
     }
 
     /// Records a run event (its kind, and the whole event as JSON).
     pub async fn record_event(&self, run_id: &str, kind: &str, at_ms: i64, detail: &str) -> Result<()> {
-        sqlx::query("INSERT INTO events (run_id, at_ms, kind, detail) VALUES (?, ?, ?, ?)")
-            .bind(run_id)
-            .bind(at_ms)
-            .bind(kind)
-            .bind(detail)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("recording a run event"))?;
+        self.execute(
+            "recording a run event",
+            sqlx::query("INSERT INTO events (run_id, at_ms, kind, detail) VALUES (?, ?, ?, ?)")
+                .bind(run_id)
+                .bind(at_ms)
+                .bind(kind)
+                .bind(detail),
+        )
+        .await?;
         Ok(())
     }
 
     /// Run events as (run id, time, kind, JSON detail), in the order they were recorded.
     pub async fn events(&self) -> Result<Vec<(String, i64, String, String)>> {
-        let rows = sqlx::query("SELECT run_id, at_ms, kind, detail FROM events ORDER BY rowid")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("listing run events"))?;
+        let rows = self
+            .fetch_all(
+                "listing run events",
+                sqlx::query("SELECT run_id, at_ms, kind, detail FROM events ORDER BY rowid"),
+            )
+            .await?;
         Ok(rows.iter().map(|r| (r.get("run_id"), r.get("at_ms"), r.get("kind"), r.get("detail"))).collect())
     }
 
     /// Shard tasks, by run and shard; only those of `run_id` when given.
     pub async fn shard_tasks(&self, run_id: Option<&str>) -> Result<Vec<ShardTaskRecord>> {
-        let rows = sqlx::query("SELECT * FROM shard_tasks WHERE ?1 IS NULL OR run_id = ?1 ORDER BY run_id, shard")
-            .bind(run_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("listing shard tasks"))?;
+        let rows = self
+            .fetch_all(
+                "listing shard tasks",
+                sqlx::query("SELECT * FROM shard_tasks WHERE ?1 IS NULL OR run_id = ?1 ORDER BY run_id, shard")
+                    .bind(run_id),
+            )
+            .await?;
         Ok(rows
             .iter()
             .map(|r| ShardTaskRecord {
@@ -830,5 +870,6 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
         statement: r.get("statement"),
         base: r.get("base"),
         lease_until_ms: r.get("lease_until_ms"),
+        attempt: r.get("attempt"),
     })
 }

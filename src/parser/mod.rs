@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
-use crate::catalog::{PartitionField, Transform};
+use crate::table::{PartitionField, Transform};
 
 /// A syntax error, with the line and column (1-based) where the parser gave up.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! so it always reads the latest state of its sources.
 
 use crate::parser::{self, CreatePipeline, Statement};
-use crate::sinks::WriteMode;
+use crate::table::WriteMode;
 
 /// Errors about pipeline definitions.
 #[derive(Debug, thiserror::Error)]

@@ -18,12 +18,7 @@ use datafusion::logical_expr::{Expr, lit};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, PhysicalExpr};
 
-use crate::catalog::{PartitionField, Transform};
-
-/// The default number of shards: the cores available to this process.
-pub fn default_shards() -> usize {
-    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
-}
+use crate::table::{PartitionField, Transform};
 
 /// Expressions over the input whose values are equal for all rows of one table partition (they
 /// may put several partitions together, never split one). `bucket` fields are left out (their

@@ -1,4 +1,6 @@
-//! The runtime: runs each output partition of a physical plan as its own task (a shard).
+//! The runtime: runs each output partition of a physical plan as its own task (a shard), each
+//! streaming its rows through the shard loop ([`ShardSink`]) into a table format's files
+//! ([`TableFormat`]), for the run described by a [`RunContext`].
 //!
 //! All shards run concurrently; DataFusion's repartitioning feeds them through bounded channels,
 //! so they must be driven together. When one shard fails, the others are cancelled and the runtime
@@ -21,8 +23,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ledger::LedgerError;
 
+mod context;
+pub mod format;
+mod sink;
+
+pub use context::RunContext;
+pub use format::{CommitError, Fence, FileWriter, StagedFile, TableFormat, TableWriter};
+pub use sink::{ShardSink, conform};
+
 /// Boxed error from a table-format writer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The default number of shards: the cores available to this process.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
 
 /// Why a shard failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use deltalake::DeltaTableBuilder;
 use sluice::Engine;
-use sluice::catalog::{CatalogConfig, DeltaConfig, TableName};
-use sluice::coordinator::RunContext;
+use sluice::catalog::{CatalogConfig, DeltaConfig};
+use sluice::formats::delta::{DeltaCatalog, DeltaTableWriter};
 use sluice::ledger::RunStatus;
-use sluice::sinks::delta::DeltaTableWriter;
-use sluice::sinks::{RunIdentity, ShardSink, TableWriter, WriteMode};
+use sluice::runtime::{RunContext, ShardSink, TableFormat, TableWriter};
+use sluice::table::{RunIdentity, TableName, WriteMode};
 
 use crate::support::{files_under, rows, value};
 
@@ -92,19 +92,24 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
     engine.sql("CREATE SCHEMA delta.r; CREATE TABLE delta.r.t (id BIGINT NOT NULL)").await.unwrap();
     let name = TableName::new("delta", "r", "t");
     let table_url = deltalake::ensure_table_uri(home.path().join("delta/r/t").display().to_string()).unwrap();
-    let catalog = engine.catalog("delta").unwrap();
+    let catalog = engine.catalog("delta").unwrap().as_any().downcast_ref::<DeltaCatalog>().unwrap();
 
     // A pipeline run (found again through its txn) and an ad-hoc run (found in the history).
     for (round, pipeline) in [(1u64, Some("p".to_string())), (2, None)] {
-        let writer = catalog.writer(&name).await.unwrap();
+        let writer = std::sync::Arc::new(catalog.table_writer(&name).await.unwrap());
         let base = round - 1;
-        let run =
-            RunIdentity { run_id: uuid::Uuid::now_v7().to_string(), pipeline, sequence: 1, base: Some(base as i64) };
+        let run = RunIdentity {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            pipeline,
+            sequence: 1,
+            base: Some(base as i64),
+            attempt: 1,
+        };
         let input = engine.session().sql("SELECT value AS id FROM generate_series(1, 1000)").await.unwrap();
         let stream = input.execute_stream().await.unwrap();
         let context = RunContext::new(run.clone(), name.to_string(), 1, engine.ledger().clone());
         let staged = ShardSink::new(&context, &name, writer.clone()).write_shard(0, stream).await.unwrap();
-        let version = writer.commit(staged.clone(), &run, WriteMode::Append).await.unwrap();
+        let version = writer.commit(staged.clone(), &context, WriteMode::Append).await.unwrap();
         assert_eq!(version as u64, base + 1);
 
         // The retry: a new writer on the table as of the run's start, the same files, the same run.
@@ -113,7 +118,7 @@ async fn retrying_a_commit_that_already_landed_adds_no_version() {
         let retry = DeltaTableWriter::new(as_of_start).unwrap();
         assert_eq!(retry.find_run(&run).await.unwrap(), Some(version));
         assert_eq!(
-            retry.commit(staged, &run, WriteMode::Append).await.unwrap(),
+            retry.commit(staged, &context, WriteMode::Append).await.unwrap(),
             version,
             "the same version, not a new one"
         );

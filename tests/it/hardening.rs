@@ -306,7 +306,7 @@ async fn recover_says_which_runs_are_still_leased_and_until_when() {
     let home = tempfile::tempdir().unwrap();
     let engine = crate::support::engine(home.path(), 2).await;
     engine.sql("CREATE SCHEMA lake.s; CREATE TABLE lake.s.t (id BIGINT)").await.unwrap();
-    let until = sluice::ledger::now_ms() + 3_600_000;
+    let until = sluice::clock::Clock::now_ms(&sluice::clock::SystemClock) + 3_600_000;
     let run = NewRun {
         run_id: "01900000-0000-7000-8000-000000000001",
         pipeline: None,
@@ -481,7 +481,7 @@ fn random_table_names_stay_under_their_root_and_drop_deletes_only_their_table() 
             }
             let table_dir = catalog_root.join("s").join(&name);
             assert!(
-                sluice::catalog::names::is_inside(
+                sluice::paths::is_inside(
                     &catalog_root.join("s").display().to_string(),
                     &table_dir.display().to_string()
                 ),

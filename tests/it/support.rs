@@ -6,7 +6,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use iceberg::table::Table;
 use sluice::Engine;
-use sluice::catalog::{IcebergCatalog, TableName};
+use sluice::formats::iceberg::IcebergCatalog;
+use sluice::table::TableName;
 
 /// An engine on `home` with a fixed shard count.
 pub async fn engine(home: &Path, shards: usize) -> Engine {

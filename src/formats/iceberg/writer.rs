@@ -1,4 +1,4 @@
-//! Iceberg: data files through iceberg-rust's writers (so every file carries the metrics Iceberg
+//! The Iceberg writer: data files through iceberg-rust's writers (so every file carries the metrics Iceberg
 //! needs: row counts, sizes, bounds, null counts), committed as one snapshot whose summary holds
 //! `sluice.run-id` and `sluice.pipeline`. On SQL catalogs every snapshot is built by hand and
 //! published by a compare-and-swap of the metadata pointer (`snapshot.rs`), so an attempt that
@@ -38,13 +38,11 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, TableIdent};
 
-use self::snapshot::SnapshotCommit;
-
-mod snapshot;
-
-use super::{CommitError, FileWriter, Partition, RunIdentity, StagedFile, TableWriter, WriteMode};
-use crate::catalog::{MetadataPointer, PartitionField, Transform};
-use crate::runtime::BoxError;
+use super::catalog::MetadataPointer;
+use super::snapshot::{self, SnapshotCommit};
+use crate::runtime::format::{DICTIONARY_PAGE_BYTES, split_rows};
+use crate::runtime::{BoxError, CommitError, Fence, FileWriter, RunContext, StagedFile, TableFormat, TableWriter};
+use crate::table::{PartitionField, RunIdentity, Transform, WriteMode};
 
 /// Snapshot summary key holding the run id.
 pub const RUN_ID_PROPERTY: &str = "sluice.run-id";
@@ -52,6 +50,9 @@ pub const RUN_ID_PROPERTY: &str = "sluice.run-id";
 pub const PIPELINE_PROPERTY: &str = "sluice.pipeline";
 /// Most commit attempts of an append that keeps losing to concurrent writers.
 pub const COMMIT_ATTEMPTS_MAX: usize = 12;
+/// Table properties starting with this fence a run off (the run id follows; the value is the
+/// attempt fenced off, and every earlier one): see [`TableWriter::fence`].
+pub const FENCE_PROPERTY_PREFIX: &str = "sluice.fenced-run.";
 
 /// The snapshot of `table` whose summary carries `run_id`, if it is in the table's history.
 pub fn snapshot_of_run(table: &Table, run_id: &str) -> Option<i64> {
@@ -90,7 +91,7 @@ impl std::fmt::Debug for IcebergTableWriter {
 }
 
 /// The table's Parquet codec (`write.parquet.compression-codec`, default zstd, as in Iceberg 1.4+)
-/// and dictionary size (`write.parquet.dict-size-bytes`, default [`super::DICTIONARY_PAGE_BYTES`]).
+/// and dictionary size (`write.parquet.dict-size-bytes`, default [`DICTIONARY_PAGE_BYTES`]).
 fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> {
     let properties = table.metadata().properties();
     let codec = properties.get("write.parquet.compression-codec").map(String::as_str).unwrap_or("zstd");
@@ -108,7 +109,7 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
         )
     })?;
     let dictionary = match properties.get("write.parquet.dict-size-bytes") {
-        None => super::DICTIONARY_PAGE_BYTES,
+        None => DICTIONARY_PAGE_BYTES,
         Some(bytes) => bytes.parse().map_err(|e| {
             iceberg::Error::new(
                 iceberg::ErrorKind::DataInvalid,
@@ -120,7 +121,7 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
 }
 
 /// Splits batches by an Iceberg partition spec: the transforms run over whole columns, rows are
-/// grouped on the transformed values ([`super::split_rows`]), and each partition's key is built
+/// grouped on the transformed values ([`split_rows`]), and each partition's key is built
 /// once, from its first row (iceberg-rust's own splitter converts every row to a literal and
 /// filters the batch once per partition).
 #[derive(Debug)]
@@ -140,7 +141,7 @@ impl Splitter {
 
     fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>, BoxError> {
         let values = self.calculator.calculate(batch)?;
-        super::split_rows(batch, values.as_struct().columns())?
+        split_rows(batch, values.as_struct().columns())?
             .into_iter()
             .map(|(first, rows)| {
                 let key = match arrow_struct_to_literal(&values.slice(first, 1), &self.partition_type)?.pop() {
@@ -221,13 +222,6 @@ impl IcebergTableWriter {
     }
 }
 
-fn partition_key(partition: &Partition) -> Option<&PartitionKey> {
-    match partition {
-        Partition::Iceberg(key) => Some(key),
-        _ => None,
-    }
-}
-
 /// A file-name generator that always answers the one name the shard chose (and recorded).
 #[derive(Debug, Clone)]
 struct ChosenName(String);
@@ -243,7 +237,7 @@ struct IcebergFile {
 }
 
 #[async_trait]
-impl FileWriter for IcebergFile {
+impl FileWriter<DataFile> for IcebergFile {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), BoxError> {
         Ok(self.writer.write(batch).await?)
     }
@@ -252,12 +246,41 @@ impl FileWriter for IcebergFile {
         self.writer.current_written_size()
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<StagedFile, BoxError> {
+    async fn finish(mut self: Box<Self>) -> Result<DataFile, BoxError> {
         let mut files = self.writer.close().await?;
         match (files.pop(), files.is_empty()) {
-            (Some(file), true) => Ok(StagedFile::Iceberg(Box::new(file))),
+            (Some(file), true) => Ok(file),
             _ => Err("the Iceberg writer did not produce exactly one data file".into()),
         }
+    }
+
+    /// Nothing is in flight between writes: iceberg-rust writes each batch's bytes before
+    /// `write` returns, so dropping the writer stops it (the partial file is the rollback's).
+    async fn abort(self: Box<Self>) {}
+}
+
+/// The table property that fences `run_id` off: set by recovery, checked by every commit attempt.
+fn fence_property(run_id: &str) -> String {
+    format!("{FENCE_PROPERTY_PREFIX}{run_id}")
+}
+
+/// The latest attempt of `run` that recovery has fenced off in `table`, if any.
+fn fenced_attempt(table: &Table, run: &RunIdentity) -> Option<i64> {
+    table.metadata().properties().get(&fence_property(&run.run_id)).and_then(|attempt| attempt.parse().ok())
+}
+
+/// Refuses to commit an attempt of a run that recovery has fenced off (a later attempt, a
+/// `RETRY RUN`, may commit).
+fn check_not_fenced(table: &Table, run: &RunIdentity) -> Result<(), CommitError> {
+    match fenced_attempt(table, run) {
+        Some(fenced) if fenced >= run.attempt => Err(CommitError::Refused(
+            format!(
+                "attempt {} of run {} was fenced off by recovery (its lease had lapsed); it may not commit",
+                run.attempt, run.run_id
+            )
+            .into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -283,36 +306,6 @@ impl TableWriter for IcebergTableWriter {
         &self.partitioning
     }
 
-    fn target_file_size(&self) -> usize {
-        self.target_file_size
-    }
-
-    fn split(&self, batch: RecordBatch) -> Result<Vec<(Partition, RecordBatch)>, BoxError> {
-        match &self.splitter {
-            None => Ok(vec![(Partition::Unpartitioned, batch)]),
-            Some(splitter) => {
-                Ok(splitter.split(&batch)?.into_iter().map(|(key, rows)| (Partition::Iceberg(key), rows)).collect())
-            }
-        }
-    }
-
-    fn file_location(&self, partition: &Partition, name: &str) -> String {
-        self.location.generate_location(partition_key(partition), name)
-    }
-
-    async fn open_file(&self, partition: &Partition, location: &str) -> Result<Box<dyn FileWriter>, BoxError> {
-        let name = location.rsplit('/').next().unwrap_or(location).to_string();
-        let files = RollingFileWriterBuilder::new(
-            self.parquet.clone(),
-            usize::MAX, // the shard loop decides when to roll, so that each new file is recorded first
-            self.file_io.clone(),
-            self.location.clone(),
-            ChosenName(name),
-        );
-        let writer = DataFileWriterBuilder::new(files).build(partition_key(partition).cloned()).await?;
-        Ok(Box::new(IcebergFile { writer }))
-    }
-
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
         self.file_io.delete(location).await?;
         // Verified: a file that is back (a write that outlived its run) fails the rollback,
@@ -323,34 +316,113 @@ impl TableWriter for IcebergTableWriter {
         }
     }
 
+    async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
+        let table = self.load().await.map_err(CommitError::OutcomeUnknown)?;
+        Ok(snapshot_of_run(&table, &run.run_id))
+    }
+
+    /// A new metadata file with the fence property, swapped in like a commit: every commit
+    /// attempt checks the property on the metadata it swaps from, so an attempt that loaded
+    /// the table before the fence loses its swap, and every later one sees the fence. Tables
+    /// committed through iceberg-rust's transaction (REST catalogs, v1 tables) retry inside it,
+    /// past any check of ours: there, no fence.
+    async fn fence(&self, run: &RunIdentity) -> Result<Fence, CommitError> {
+        let Some(pointer) = &self.pointer else { return Ok(Fence::Unsupported) };
+        for _ in 0..COMMIT_ATTEMPTS_MAX {
+            let table = self.load().await.map_err(CommitError::OutcomeUnknown)?;
+            if let Some(snapshot_id) = snapshot_of_run(&table, &run.run_id) {
+                return Ok(Fence::Landed(snapshot_id));
+            }
+            if table.metadata().format_version() != FormatVersion::V2 {
+                return Ok(Fence::Unsupported);
+            }
+            if check_not_fenced(&table, run).is_err() {
+                return Ok(Fence::Fenced);
+            }
+            let property = HashMap::from([(fence_property(&run.run_id), run.attempt.to_string())]);
+            if snapshot::set_properties(&table, &self.ident, pointer, property).await? {
+                return Ok(Fence::Fenced);
+            }
+        }
+        Err(CommitError::AttemptsExhausted {
+            attempts: COMMIT_ATTEMPTS_MAX,
+            last: format!("could not fence run {} off: `{}` kept changing", run.run_id, self.ident).into(),
+        })
+    }
+}
+
+#[async_trait]
+impl TableFormat for IcebergTableWriter {
+    type Partition = Option<PartitionKey>;
+    type File = DataFile;
+
+    fn target_file_size(&self) -> usize {
+        self.target_file_size
+    }
+
+    fn split(&self, batch: RecordBatch) -> Result<Vec<(Self::Partition, RecordBatch)>, BoxError> {
+        match &self.splitter {
+            None => Ok(vec![(None, batch)]),
+            Some(splitter) => Ok(splitter.split(&batch)?.into_iter().map(|(key, rows)| (Some(key), rows)).collect()),
+        }
+    }
+
+    fn partition_path(&self, partition: &Self::Partition) -> String {
+        partition.as_ref().map(PartitionKey::to_path).unwrap_or_default()
+    }
+
+    fn file_location(&self, partition: &Self::Partition, name: &str) -> String {
+        self.location.generate_location(partition.as_ref(), name)
+    }
+
+    async fn open_file(
+        &self,
+        partition: &Self::Partition,
+        location: &str,
+    ) -> Result<Box<dyn FileWriter<DataFile>>, BoxError> {
+        let name = location.rsplit('/').next().unwrap_or(location).to_string();
+        let files = RollingFileWriterBuilder::new(
+            self.parquet.clone(),
+            usize::MAX, // the shard loop decides when to roll, so that each new file is recorded first
+            self.file_io.clone(),
+            self.location.clone(),
+            ChosenName(name),
+        );
+        let writer = DataFileWriterBuilder::new(files).build(partition.clone()).await?;
+        Ok(Box::new(IcebergFile { writer }))
+    }
+
+    fn describe(&self, file: &DataFile) -> StagedFile {
+        StagedFile {
+            location: file.file_path().to_string(),
+            rows: file.record_count(),
+            bytes: file.file_size_in_bytes(),
+        }
+    }
+
     /// Retries (bounded, jittered exponential backoff) when a concurrent writer won the race.
     /// Before every attempt the table's history is checked for the run, so an attempt whose
-    /// response was lost is never applied twice.
-    async fn commit(&self, files: Vec<StagedFile>, run: &RunIdentity, mode: WriteMode) -> Result<i64, CommitError> {
-        let files: Vec<DataFile> = files
-            .into_iter()
-            .map(|file| match file {
-                StagedFile::Iceberg(file) => Ok(*file),
-                other => Err(CommitError::new(format!("{other:?} is not an Iceberg data file"))),
-            })
-            .collect::<Result<_, _>>()?;
+    /// response was lost is never applied twice, and the table's properties for a fence.
+    async fn commit(&self, files: Vec<DataFile>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError> {
         if mode != WriteMode::Append {
             return self.overwrite(files, run, mode).await;
         }
+        let identity = run.identity();
         let attempt = || async {
-            let table = self.catalog.load_table(&self.ident).await.map_err(CommitError::new)?;
-            if let Some(snapshot_id) = snapshot_of_run(&table, &run.run_id) {
+            let table = self.load().await.map_err(CommitError::Refused)?;
+            if let Some(snapshot_id) = snapshot_of_run(&table, &identity.run_id) {
                 return Ok(snapshot_id);
             }
+            check_not_fenced(&table, identity)?;
             match &self.pointer {
                 // iceberg-rust's transaction for v1 tables (the hand-built snapshot is v2 only).
                 Some(pointer) if table.metadata().format_version() == FormatVersion::V2 => {
                     let ident = &self.ident;
                     SnapshotCommit { base: &table, ident, pointer, run, mode }.commit(files.clone()).await
                 }
-                _ => self.append(&table, files.clone(), run).await.map_err(|e| match e.kind() {
-                    iceberg::ErrorKind::CatalogCommitConflicts => CommitError::conflict(e),
-                    _ => CommitError::new(e),
+                _ => self.append(&table, files.clone(), identity).await.map_err(|e| match e.kind() {
+                    iceberg::ErrorKind::CatalogCommitConflicts => CommitError::Conflict(e.into()),
+                    _ => CommitError::OutcomeUnknown(e.into()),
                 }),
             }
         };
@@ -359,31 +431,38 @@ impl TableWriter for IcebergTableWriter {
             .with_min_delay(Duration::from_millis(20))
             .with_max_delay(Duration::from_secs(2))
             .with_max_times(COMMIT_ATTEMPTS_MAX - 1);
-        attempt
+        let committed = attempt
             .retry(backoff)
-            .when(|e: &CommitError| e.conflict)
-            .notify(|e, delay| tracing::info!(run_id = %run.run_id, table = %self.ident, ?delay, "commit conflict, retrying: {e}"))
-            .await
-    }
-
-    async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError> {
-        let table = self.catalog.load_table(&self.ident).await.map_err(CommitError::new)?;
-        Ok(snapshot_of_run(&table, &run.run_id))
+            .when(|e: &CommitError| matches!(e, CommitError::Conflict(_)))
+            .notify(|e, delay| tracing::info!(run_id = %identity.run_id, table = %self.ident, ?delay, "commit conflict, retrying: {e}"))
+            .await;
+        committed.map_err(|e| match e {
+            CommitError::Conflict(last) => CommitError::AttemptsExhausted { attempts: COMMIT_ATTEMPTS_MAX, last },
+            other => other,
+        })
     }
 }
 
 impl IcebergTableWriter {
+    /// The table as the catalog has it now.
+    async fn load(&self) -> Result<Table, BoxError> {
+        Ok(self.catalog.load_table(&self.ident).await?)
+    }
+
     /// One attempt: the table must still be as the run found it, or the overwrite is a conflict.
-    async fn overwrite(&self, files: Vec<DataFile>, run: &RunIdentity, mode: WriteMode) -> Result<i64, CommitError> {
-        if let Some(snapshot_id) = self.find_run(run).await? {
+    async fn overwrite(&self, files: Vec<DataFile>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError> {
+        if let Some(snapshot_id) = self.find_run(run.identity()).await? {
             return Ok(snapshot_id);
         }
         let pointer = self.pointer.as_ref().ok_or_else(|| {
-            CommitError::new(format!(
-                "{} into `{}` needs an Iceberg SQL catalog: iceberg-rust 0.10 cannot send an overwrite to a REST catalog",
-                mode.as_str(),
-                self.ident
-            ))
+            CommitError::Refused(
+                format!(
+                    "{} into `{}` needs an Iceberg SQL catalog: iceberg-rust 0.10 cannot send an overwrite to a REST catalog",
+                    mode.as_str(),
+                    self.ident
+                )
+                .into(),
+            )
         })?;
         SnapshotCommit { base: &self.base, ident: &self.ident, pointer, run, mode }.commit(files).await
     }

@@ -13,7 +13,9 @@
 //!  catalog pointer: compare-and-swap from the metadata the attempt started on (lost race: conflict)
 //! ```
 //!
-//! Everything written before the swap is deleted again when the swap does not happen.
+//! Every file the commit writes is recorded with the run's staged files before it is written, so
+//! recovery deletes what a process killed mid-commit left; everything written is deleted again
+//! at once when the swap certainly did not happen, and kept when its outcome is unknown.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -21,15 +23,16 @@ use std::str::FromStr;
 use iceberg::io::FileIO;
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestList,
-    ManifestListWriter, ManifestWriterBuilder, Operation, PartitionSpec, Snapshot, Struct, Summary,
+    ManifestListWriter, ManifestWriterBuilder, Operation, PartitionSpec, Snapshot, Struct, Summary, TableMetadata,
     TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableIdent};
 
-use super::{PIPELINE_PROPERTY, RUN_ID_PROPERTY};
-use crate::catalog::MetadataPointer;
-use crate::sinks::{CommitError, RunIdentity, WriteMode};
+use super::catalog::MetadataPointer;
+use super::writer::{PIPELINE_PROPERTY, RUN_ID_PROPERTY};
+use crate::runtime::{BoxError, CommitError, RunContext};
+use crate::table::{RunIdentity, WriteMode};
 
 /// Which live files a commit replaces.
 enum Replaced {
@@ -70,10 +73,21 @@ impl Totals {
 /// Files written so far, deleted again if the commit does not go through.
 struct Written<'a> {
     file_io: &'a FileIO,
+    /// The run the files are recorded for (`None`: the fence, which stages nothing).
+    run: Option<&'a RunContext>,
     locations: Vec<String>,
 }
 
 impl Written<'_> {
+    /// Records `location` (with the run's staged files) before it is written.
+    async fn add(&mut self, location: String) -> Result<String, CommitError> {
+        if let Some(run) = self.run {
+            run.stage_files(run.shards(), std::slice::from_ref(&location)).await.map_err(refused)?;
+        }
+        self.locations.push(location.clone());
+        Ok(location)
+    }
+
     async fn discard(self) {
         for location in self.locations {
             if let Err(e) = self.file_io.delete(&location).await {
@@ -83,23 +97,27 @@ impl Written<'_> {
     }
 }
 
+fn refused(e: impl Into<BoxError>) -> CommitError {
+    CommitError::Refused(e.into())
+}
+
 /// One commit attempt on a table as it was loaded (`base`), for `run`.
 #[derive(Clone, Copy)]
 pub(super) struct SnapshotCommit<'a> {
     pub base: &'a Table,
     pub ident: &'a TableIdent,
     pub pointer: &'a MetadataPointer,
-    pub run: &'a RunIdentity,
+    pub run: &'a RunContext,
     pub mode: WriteMode,
 }
 
 impl SnapshotCommit<'_> {
     /// Adds `files` to the table (replacing files, for overwrites) in one snapshot; returns its id.
-    /// Whatever was written is deleted again when the snapshot does not become current.
+    /// Whatever was written is deleted again when the snapshot certainly did not become current.
     pub async fn commit(self, files: Vec<DataFile>) -> Result<i64, CommitError> {
-        let mut written = Written { file_io: self.base.file_io(), locations: Vec::new() };
+        let mut written = Written { file_io: self.base.file_io(), run: Some(self.run), locations: Vec::new() };
         let result = self.build_and_swap(files, &mut written).await;
-        if result.is_err() {
+        if result.as_ref().is_err_and(CommitError::nothing_landed) {
             written.discard().await;
         }
         result
@@ -110,14 +128,13 @@ impl SnapshotCommit<'_> {
         let metadata = base.metadata();
         let file_io = base.file_io();
         if metadata.format_version() != FormatVersion::V2 {
-            return Err(CommitError::new(format!(
+            return Err(refused(format!(
                 "{} needs an Iceberg v2 table, `{ident}` is {}",
                 mode.as_str(),
                 metadata.format_version()
             )));
         }
-        let current_location =
-            base.metadata_location().ok_or_else(|| CommitError::new("the table has no metadata location"))?;
+        let current_location = base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))?;
         let spec = metadata.default_partition_spec();
         let replaced = match mode {
             WriteMode::Append => Replaced::Nothing,
@@ -130,12 +147,12 @@ impl SnapshotCommit<'_> {
         let snapshot_id = unique_snapshot_id(base);
         let sequence_number = metadata.next_sequence_number();
         let parent = metadata.current_snapshot();
-        let error = |e: iceberg::Error| CommitError::new(e);
+        let error = refused;
+        let attempt = uuid::Uuid::now_v7();
         // The `n`th manifest of the snapshot, its location recorded before it exists (for cleanup).
-        let new_manifest = |n: usize, spec: &PartitionSpec, written: &mut Written<'_>| {
-            let location = format!("{}/metadata/{}-m{n}.avro", metadata.location(), uuid::Uuid::now_v7());
+        let new_manifest = async |n: usize, spec: &PartitionSpec, written: &mut Written<'_>| {
+            let location = written.add(format!("{}/metadata/{attempt}-m{n}.avro", metadata.location())).await?;
             let output = file_io.new_output(&location).map_err(error)?;
-            written.locations.push(location);
             let builder = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone());
             Ok::<_, CommitError>(builder.build_v2_data())
         };
@@ -156,14 +173,13 @@ impl SnapshotCommit<'_> {
                     manifests.push(manifest_file.clone());
                     continue;
                 }
-                let spec = metadata.partition_spec_by_id(manifest_file.partition_spec_id).ok_or_else(|| {
-                    CommitError::new(format!("unknown partition spec {}", manifest_file.partition_spec_id))
-                })?;
-                let mut writer = new_manifest(manifests.len(), spec.as_ref(), written)?;
+                let spec = metadata
+                    .partition_spec_by_id(manifest_file.partition_spec_id)
+                    .ok_or_else(|| refused(format!("unknown partition spec {}", manifest_file.partition_spec_id)))?;
+                let mut writer = new_manifest(manifests.len(), spec.as_ref(), written).await?;
                 for entry in live {
-                    let sequence = entry
-                        .sequence_number()
-                        .ok_or_else(|| CommitError::new("a live entry has no sequence number"))?;
+                    let sequence =
+                        entry.sequence_number().ok_or_else(|| refused("a live entry has no sequence number"))?;
                     let data_file = entry.data_file().clone();
                     if replaced.covers(&data_file) {
                         deleted.add(&data_file);
@@ -182,10 +198,10 @@ impl SnapshotCommit<'_> {
         // The run's files, ADDED.
         let mut added = Totals::default();
         if !files.is_empty() {
-            let mut writer = new_manifest(manifests.len(), spec.as_ref(), written)?;
+            let mut writer = new_manifest(manifests.len(), spec.as_ref(), written).await?;
             for file in files {
                 if file.content_type() != DataContentType::Data {
-                    return Err(CommitError::new("only data files can be committed"));
+                    return Err(refused("only data files can be committed"));
                 }
                 added.add(&file);
                 writer.add_file(file, sequence_number).map_err(error)?;
@@ -194,9 +210,8 @@ impl SnapshotCommit<'_> {
         }
 
         let list_location =
-            format!("{}/metadata/snap-{snapshot_id}-0-{}.avro", metadata.location(), uuid::Uuid::now_v7());
+            written.add(format!("{}/metadata/snap-{snapshot_id}-0-{attempt}.avro", metadata.location())).await?;
         let list_output = file_io.new_output(&list_location).map_err(error)?;
-        written.locations.push(list_location.clone());
         let mut list = ManifestListWriter::v2(
             list_output.writer().await.map_err(error)?,
             snapshot_id,
@@ -210,9 +225,9 @@ impl SnapshotCommit<'_> {
             .with_snapshot_id(snapshot_id)
             .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
             .with_sequence_number(sequence_number)
-            .with_timestamp_ms(crate::ledger::now_ms())
+            .with_timestamp_ms(run.clock().now_ms())
             .with_manifest_list(list_location)
-            .with_summary(summary(parent.map(|p| p.summary()), &added, &deleted, run, mode))
+            .with_summary(summary(parent.map(|p| p.summary()), &added, &deleted, run.identity(), mode))
             .with_schema_id(metadata.current_schema_id())
             .build();
         let next = TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(current_location.to_string()))
@@ -221,22 +236,64 @@ impl SnapshotCommit<'_> {
             .build()
             .map_err(error)?
             .metadata;
-        let next_location = MetadataLocation::from_str(current_location).map_err(error)?.with_next_version();
-        written.locations.push(next_location.to_string());
-        next.write_to(file_io, &next_location).await.map_err(error)?;
-
-        let swapped = pointer
-            .swap(ident, current_location, &next_location.to_string())
-            .await
-            .map_err(|e| CommitError::new(format!("catalog update failed: {e}")))?;
-        if !swapped {
-            return Err(CommitError::conflict(format!(
-                "`{ident}` changed while this {} ran (another commit landed first); nothing was written",
-                mode.as_str()
-            )));
+        if !swap(base, ident, pointer, next, written, Some(run.target())).await? {
+            return Err(CommitError::Conflict(
+                format!(
+                    "`{ident}` changed while this {} ran (another commit landed first); nothing was written",
+                    mode.as_str()
+                )
+                .into(),
+            ));
         }
         Ok(snapshot_id)
     }
+}
+
+/// Writes `next` as the table's next metadata file and swaps the catalog's pointer to it from
+/// `base`'s: true when swapped, false when another commit moved the pointer first. `failpoints`
+/// names the run's target, for the test failpoint `commit-stall` just before the swap.
+async fn swap(
+    base: &Table,
+    ident: &TableIdent,
+    pointer: &MetadataPointer,
+    next: TableMetadata,
+    written: &mut Written<'_>,
+    failpoints: Option<&str>,
+) -> Result<bool, CommitError> {
+    let current = base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))?;
+    let next_location = MetadataLocation::from_str(current).map_err(refused)?.with_next_version();
+    written.add(next_location.to_string()).await?;
+    next.write_to(base.file_io(), &next_location).await.map_err(refused)?;
+    if let Some(target) = failpoints {
+        crate::failpoint::check("commit-stall", target).map_err(refused)?;
+    }
+    pointer
+        .swap(ident, current, &next_location.to_string())
+        .await
+        .map_err(|e| CommitError::OutcomeUnknown(format!("catalog update failed: {e}").into()))
+}
+
+/// Sets table properties by a metadata swap, as a commit would (recovery's fence); false when
+/// another commit moved the pointer first. Nothing is left behind when it does not swap.
+pub(super) async fn set_properties(
+    base: &Table,
+    ident: &TableIdent,
+    pointer: &MetadataPointer,
+    properties: HashMap<String, String>,
+) -> Result<bool, CommitError> {
+    let current = base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))?;
+    let next = TableMetadataBuilder::new_from_metadata(base.metadata().clone(), Some(current.to_string()))
+        .set_properties(properties)
+        .map_err(refused)?
+        .build()
+        .map_err(refused)?
+        .metadata;
+    let mut written = Written { file_io: base.file_io(), run: None, locations: Vec::new() };
+    let swapped = swap(base, ident, pointer, next, &mut written, None).await;
+    if matches!(swapped, Ok(false)) || swapped.as_ref().is_err_and(CommitError::nothing_landed) {
+        written.discard().await;
+    }
+    swapped
 }
 
 /// A positive snapshot id the table does not use yet.

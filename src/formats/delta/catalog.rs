@@ -16,12 +16,14 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
 
-use super::{
-    CatalogError, DeltaConfig, LakeCatalog, Listing, PartitionField, Result, TableName, TableRequest, Transform,
-    check_columns, check_partitioning, check_schema_name, names,
+use super::writer::DeltaTableWriter;
+use crate::catalog::{
+    CatalogError, DeltaConfig, LakeCatalog, Listing, Result, TableRequest, check_columns, check_partitioning,
+    check_schema_name, names,
 };
-use crate::sinks::TableWriter;
-use crate::sinks::delta::DeltaTableWriter;
+use crate::coordinator::CommitTarget;
+use crate::paths;
+use crate::table::{PartitionField, TableName, Transform};
 
 /// Loads the Delta table in `dir`, at `version` or the latest, without its list of files.
 ///
@@ -116,7 +118,7 @@ impl DeltaCatalog {
         }
         std::fs::create_dir_all(&root).map_err(|e| open_error(e.to_string()))?;
         let root = std::path::absolute(&root).map_err(|e| open_error(e.to_string()))?;
-        let root = names::normalize(&root).ok_or_else(|| open_error("the root climbs above `/`".into()))?;
+        let root = paths::normalize(&root).ok_or_else(|| open_error("the root climbs above `/`".into()))?;
         let catalog = Arc::new(Self {
             name: name.to_string(),
             location: root.display().to_string(),
@@ -152,7 +154,7 @@ impl DeltaCatalog {
     /// `dir`, if it lies inside the root (a second line of defence behind the name checks).
     fn confined(&self, what: &str, dir: PathBuf) -> Result<PathBuf> {
         let root = self.root.display().to_string();
-        if names::is_inside(&root, &dir.display().to_string()) {
+        if paths::is_inside(&root, &dir.display().to_string()) {
             return Ok(dir);
         }
         Err(CatalogError::Escapes {
@@ -161,6 +163,13 @@ impl DeltaCatalog {
             location: dir.display().to_string(),
             root,
         })
+    }
+
+    /// A writer for one run into table `name` as it is now (what [`LakeCatalog::writer`] hands
+    /// out, typed).
+    pub async fn table_writer(&self, name: &TableName) -> Result<DeltaTableWriter> {
+        let table = self.load_table(name).await?;
+        DeltaTableWriter::new(table).map_err(self.error(format!("preparing a write into `{name}`")))
     }
 
     /// Loads the table at its latest version.
@@ -294,10 +303,8 @@ impl LakeCatalog for DeltaCatalog {
         self.refresh().await
     }
 
-    async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>> {
-        let table = self.load_table(name).await?;
-        let writer = DeltaTableWriter::new(table).map_err(self.error(format!("preparing a write into `{name}`")))?;
-        Ok(Arc::new(writer))
+    async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>> {
+        Ok(Arc::new(self.table_writer(name).await?))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Iceberg SQL catalogs as DataFusion catalogs whose schemas are Iceberg namespaces.
+//! Iceberg SQL and REST catalogs as DataFusion catalogs whose schemas are Iceberg namespaces.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,12 +26,14 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
-use super::{
-    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, PartitionField, Result, TableName,
-    TableRequest, Transform, check_columns, check_partitioning, check_schema_name, names,
+use super::writer::IcebergTableWriter;
+use crate::catalog::{
+    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, TableRequest, check_columns,
+    check_partitioning, check_schema_name, names,
 };
-use crate::sinks::TableWriter;
-use crate::sinks::iceberg::IcebergTableWriter;
+use crate::coordinator::CommitTarget;
+use crate::paths;
+use crate::table::{PartitionField, TableName, Transform};
 
 fn ident(name: &TableName) -> TableIdent {
     TableIdent::new(NamespaceIdent::new(name.schema.clone()), name.table.clone())
@@ -109,7 +111,7 @@ impl IcebergCatalog {
         std::fs::create_dir_all(&warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
         let warehouse_dir = std::path::absolute(&warehouse)
             .ok()
-            .and_then(|path| names::normalize(&path))
+            .and_then(|path| paths::normalize(&path))
             .ok_or_else(|| open_error(format!("{warehouse}: not a usable folder")))?;
         let warehouse = format!("file://{}", warehouse_dir.display());
         // `?` for SQLite, `$1` for PostgreSQL, as the JDBC catalog does.
@@ -194,6 +196,15 @@ impl IcebergCatalog {
         Ok(catalog)
     }
 
+    /// A writer for one run into table `name` as it is now (what [`LakeCatalog::writer`] hands
+    /// out, typed).
+    pub async fn table_writer(&self, name: &TableName) -> Result<IcebergTableWriter> {
+        let table = self.load_table(name).await?;
+        self.confined(&format!("the location of `{name}`"), table.metadata().location())?;
+        IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &table)
+            .map_err(self.error(format!("preparing a write into `{name}`")))
+    }
+
     /// The underlying Iceberg catalog.
     pub fn iceberg(&self) -> &Arc<dyn Catalog> {
         &self.inner
@@ -229,8 +240,8 @@ impl IcebergCatalog {
     /// Refuses `location` unless it lies inside the local warehouse (REST catalogs: anywhere).
     fn confined(&self, what: &str, location: &str) -> Result<()> {
         let Some(warehouse) = &self.warehouse else { return Ok(()) };
-        let inside = names::local_path(location)
-            .is_some_and(|path| names::is_inside(&warehouse.display().to_string(), &path.display().to_string()));
+        let inside = paths::local_path(location)
+            .is_some_and(|path| paths::is_inside(&warehouse.display().to_string(), &path.display().to_string()));
         if inside {
             return Ok(());
         }
@@ -246,8 +257,8 @@ impl IcebergCatalog {
     /// iceberg-rust) or `<warehouse>/<schema>.db/<table>` (pyiceberg, Spark). Only such a folder
     /// is deleted whole when the table is dropped; it cannot hold another table.
     fn is_own_folder(&self, name: &TableName, location: &str) -> bool {
-        let (Some(warehouse), Some(path)) = (&self.warehouse, names::local_path(location)) else { return false };
-        let Some(path) = names::normalize(&path) else { return false };
+        let (Some(warehouse), Some(path)) = (&self.warehouse, paths::local_path(location)) else { return false };
+        let Some(path) = paths::normalize(&path) else { return false };
         [name.schema.clone(), format!("{}.db", name.schema)]
             .iter()
             .any(|schema| path == warehouse.join(schema).join(&name.table))
@@ -270,7 +281,7 @@ impl IcebergCatalog {
             tracing::warn!(table = %name, "dropped; its files at {location} were left: that is not the table's own folder inside the warehouse");
             return Ok(());
         }
-        let folder = names::local_path(&location).expect("an own folder is local");
+        let folder = paths::local_path(&location).expect("an own folder is local");
         match std::fs::remove_dir_all(&folder) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(table = %name, "dropped, but deleting its folder {} failed: {e}", folder.display());
@@ -450,12 +461,8 @@ impl LakeCatalog for IcebergCatalog {
         self.refresh().await
     }
 
-    async fn writer(&self, name: &TableName) -> Result<Arc<dyn TableWriter>> {
-        let table = self.load_table(name).await?;
-        self.confined(&format!("the location of `{name}`"), table.metadata().location())?;
-        let writer = IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &table)
-            .map_err(self.error(format!("preparing a write into `{name}`")))?;
-        Ok(Arc::new(writer))
+    async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>> {
+        Ok(Arc::new(self.table_writer(name).await?))
     }
 }
 

@@ -6,12 +6,15 @@
 //! each other's faults, e.g. `fail::cfg("shard-write/lake.faults.t", "1*off->return")`.
 //!
 //! The `sluice` binary reads them from `FAILPOINTS` (e.g.
-//! `FAILPOINTS='before-commit/lake.s.t=return(abort)'` kills it after staging).
+//! `FAILPOINTS='before-commit/lake.s.t=return(abort)'` kills it after staging). Not part of the
+//! library's API.
 //!
 //! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
 //! catalog not yet called), `commit-refused` (the commit request fails before the catalog has
 //! it), `commit-response-lost` (the catalog took the commit, the answer is lost), `after-commit`
-//! (committed, the ledger not yet told: a crash there).
+//! (committed, the ledger not yet told: a crash there), `commit-stall` (inside an Iceberg SQL
+//! catalog's commit, its metadata written, just before the pointer swap: `pause` stalls it,
+//! `return(abort)` kills the process there).
 
 /// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now; with
 /// `return(abort)` the process dies on the spot instead, as in a crash.
@@ -25,10 +28,4 @@ pub(crate) fn check(point: &str, scope: &str) -> Result<(), String> {
         Some(_) => Err(name),
         None => Ok(()),
     }
-}
-
-/// Configures failpoints from the `FAILPOINTS` environment variable (`name=actions;...`), for
-/// tests that drive the `sluice` binary; a no-op in builds without failpoints.
-pub fn from_environment() -> Option<fail::FailScenario<'static>> {
-    fail::has_failpoints().then(fail::FailScenario::setup)
 }

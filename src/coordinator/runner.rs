@@ -1,0 +1,470 @@
+//! The [`Runner`]: every run through the same lifecycle, each state a value that only the
+//! step before can make:
+//!
+//! ```text
+//!  RunJob ──open──► Opened ──stage──► Staged ──prepare──► Prepared ──commit──► RunReport
+//!                     │ (ledger: staging)  │ (shards' files)   │ (ledger: committing)
+//!                     └────────────────────┴───────────────────┴──► rolled back (ledger: failed)
+//!                                                               └──► outcome unknown: left
+//!                                                                    committing, for recovery
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+
+use super::{Coordinator, CoordinatorError, Fence, Resolution, RunContext, RunJob, RunOrigin, RunReport, ShardResult};
+use crate::events::{EventLog, RunEvent};
+use crate::ledger::{Ledger, LedgerError, NewRun, RunRecord, ShardTotals};
+use crate::runtime::{self, ShardError};
+use crate::table::RunIdentity;
+
+/// Errors of a run. Each names the run and its target.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The coordinator could not split the input into shards (the rows do not fit the table,
+    /// say); raised before anything is recorded or written.
+    #[error("cannot write into `{target}`: {source}")]
+    Prepare {
+        /// The table or file.
+        target: String,
+        /// The coordinator's error.
+        source: CoordinatorError,
+    },
+    /// A shard failed; the run was rolled back.
+    #[error("run {run_id} into `{target}` failed and was rolled back: {source}")]
+    Shard {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+        /// The shard's error.
+        source: ShardError,
+    },
+    /// The coordinator's `on_start` or `on_finish` failed; the run was rolled back.
+    #[error("run {run_id} into `{target}` failed to {step} and was rolled back: {source}")]
+    Coordinator {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+        /// `start` or `commit`.
+        step: &'static str,
+        /// The coordinator's error.
+        source: CoordinatorError,
+    },
+    /// The run committed, and a coordinator after the commit (a notification) failed. The
+    /// commit stands and the run is recorded as succeeded: retrying it would write nothing.
+    #[error(
+        "run {run_id} into `{target}` committed (snapshot {snapshot_id}), but coordinator `{}` failed after the commit: {source}",
+        .source.coordinator
+    )]
+    AfterCommit {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+        /// The snapshot / version committed.
+        snapshot_id: i64,
+        /// The error of the coordinator that failed.
+        source: CoordinatorError,
+    },
+    /// Rolling back failed: some staged files may be left (the ledger still lists them, and
+    /// recovery deletes them on a later start).
+    #[error("run {run_id} into `{target}` failed ({error}), and rolling it back failed too: {source}")]
+    RollBack {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+        /// Why the run failed.
+        error: String,
+        /// Why the rollback failed.
+        source: CoordinatorError,
+    },
+    /// A test failpoint stopped the run (rolled back, or left as a crash would leave it).
+    #[error(
+        "run {run_id} into `{target}` stopped by failpoint `{failpoint}`{}",
+        if *.rolled_back { " and was rolled back" } else { "" }
+    )]
+    Injected {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+        /// The failpoint.
+        failpoint: String,
+        /// Whether the staged files were deleted.
+        rolled_back: bool,
+    },
+    /// Recovery settled the run while it was staging (its process had let the lease lapse).
+    #[error("run {run_id} into `{target}` lost its lease: recovery settled it while it ran; nothing was committed")]
+    LeaseLost {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+    },
+    /// The commit's outcome is unknown (its answer was lost and the target's history could not
+    /// be read): the run stays `committing`, its files stay, and recovery settles it once its
+    /// lease has lapsed.
+    #[error(
+        "run {run_id} into `{target}`: the commit's outcome is unknown ({source}); recovery settles it once its lease lapses (sluice recover)"
+    )]
+    OutcomeUnknown {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
+        /// The coordinator's error.
+        source: CoordinatorError,
+    },
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Drives runs through their coordinator's lifecycle, keeping the ledger, the lease and the
+/// events.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    ledger: Ledger,
+    events: EventLog,
+    lease: Duration,
+}
+
+/// Renews a run's lease until dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A run open in the ledger (`staging`), its lease renewed until this is dropped.
+struct Opened {
+    run: RunContext,
+    coordinator: Arc<dyn Coordinator>,
+    plan: Arc<dyn ExecutionPlan>,
+    started: Instant,
+    _heartbeat: Heartbeat,
+}
+
+/// Every shard has written its files.
+struct Staged {
+    shards: Vec<ShardResult>,
+    totals: ShardTotals,
+}
+
+/// The run is `committing` in the ledger: only its commit (or recovery) settles it now.
+struct Prepared(Staged);
+
+impl Opened {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn run_id(&self) -> String {
+        self.run.run_id().to_string()
+    }
+
+    fn target(&self) -> String {
+        self.run.target().to_string()
+    }
+}
+
+impl Runner {
+    /// A runner recording its runs in `ledger` and publishing their events to `events`; a run
+    /// whose process stops renewing its lease for `lease` counts as abandoned.
+    pub fn new(ledger: Ledger, events: EventLog, lease: Duration) -> Self {
+        Self { ledger, events, lease }
+    }
+
+    fn lease_until_ms(&self) -> i64 {
+        self.ledger.clock().now_ms() + self.lease.as_millis() as i64
+    }
+
+    fn heartbeat(&self, run_id: &str) -> Heartbeat {
+        let (runner, run_id) = (self.clone(), run_id.to_string());
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(runner.lease / 3).await;
+                if let Err(e) = runner.ledger.renew_lease(&run_id, runner.lease_until_ms()).await {
+                    tracing::warn!(%run_id, "could not renew the run's lease: {e}");
+                }
+            }
+        }))
+    }
+
+    /// Settles a run left `staging` or `committing` by a process that is gone (DESIGN §4 step 5):
+    /// if the target's history has the run, it succeeded; otherwise a `committing` run is fenced
+    /// off first (its process may only be stalled, with its commit still to come), and then
+    /// `coordinator` deletes what it staged.
+    pub async fn resolve(&self, coordinator: &dyn Coordinator, record: &RunRecord) -> Result<Resolution, RunError> {
+        let identity = RunIdentity {
+            run_id: record.run_id.clone(),
+            pipeline: record.pipeline.clone(),
+            sequence: record.sequence,
+            base: record.base,
+            attempt: record.attempt,
+        };
+        let run = RunContext::new(identity, &record.target, record.shards, self.ledger.clone());
+        let elapsed_ms = || (self.ledger.clock().now_ms() - record.started_at_ms).max(0) as u64;
+        let settle_error = |source| self.roll_back_error(&run, "abandoned by its process", source);
+        let mut found = coordinator.find_commit(&run).await.map_err(settle_error)?;
+        let mut fenced = true;
+        if found.is_none() && record.status == crate::ledger::RunStatus::Committing {
+            match coordinator.fence(&run).await.map_err(settle_error)? {
+                Fence::Landed(snapshot_id) => found = Some(snapshot_id),
+                Fence::Fenced => {}
+                Fence::Unsupported => fenced = false,
+            }
+        }
+        if let Some(snapshot_id) = found {
+            let tasks = self.ledger.shard_tasks(Some(run.run_id())).await?;
+            let totals: ShardTotals = tasks.iter().map(|t| t.totals).sum();
+            self.ledger.run_succeeded(run.run_id(), Some(snapshot_id), totals).await?;
+            self.closed(run.run_id(), Some(snapshot_id), totals, elapsed_ms()).await;
+            return Ok(Resolution::Committed(snapshot_id));
+        }
+        // Claim it first: only then are its files ours to delete.
+        let error = match fenced {
+            true => "abandoned: its process stopped before the commit; staged files deleted",
+            false => {
+                "abandoned while committing; the catalog cannot rule out a late commit, so its staged files were kept"
+            }
+        };
+        if !self.ledger.claim_abandoned(run.run_id(), error).await? {
+            return Ok(Resolution::StillRunning);
+        }
+        if !fenced {
+            self.failed(run.run_id(), error, elapsed_ms()).await;
+            return Ok(Resolution::KeptFiles);
+        }
+        coordinator.on_error(&run, error).await.map_err(|source| self.roll_back_error(&run, error, source))?;
+        self.failed(run.run_id(), error, elapsed_ms()).await;
+        Ok(Resolution::RolledBack)
+    }
+
+    /// Runs `job`: prepare the shards, write every one, then publish them in one step through
+    /// the coordinator, or roll back.
+    pub async fn run(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
+        let opened = self.open(job, &task_ctx).await?;
+        let staged = self.stage(&opened, task_ctx).await?;
+        let prepared = self.prepare(&opened, staged).await?;
+        self.commit(opened, prepared).await
+    }
+
+    /// Splits the input into shards, then records the run (`staging`) and starts its lease.
+    async fn open(&self, job: RunJob, task_ctx: &TaskContext) -> Result<Opened, RunError> {
+        let RunJob { target, coordinator, input, shards, base, origin } = job;
+        let RunOrigin { pipeline, statement, retry_of } = origin;
+        let plan = coordinator
+            .prepare_shards(input, shards)
+            .map_err(|source| RunError::Prepare { target: target.clone(), source })?;
+        let shards = plan.output_partitioning().partition_count();
+        let (run_id, sequence, attempt) = match retry_of {
+            Some((run_id, sequence)) => {
+                let attempt = self.ledger.reopen_run(&run_id, base, self.lease_until_ms()).await?;
+                (run_id, sequence, attempt)
+            }
+            None => {
+                let run_id = uuid::Uuid::now_v7().to_string();
+                let new_run = NewRun {
+                    run_id: &run_id,
+                    pipeline: pipeline.as_deref(),
+                    target: &target,
+                    shards,
+                    statement: &statement,
+                    base,
+                    lease_until_ms: self.lease_until_ms(),
+                };
+                let sequence = self.ledger.open_run(&new_run).await?;
+                (run_id, sequence, 1)
+            }
+        };
+        let identity = RunIdentity { run_id, pipeline, sequence, base, attempt };
+        let run = RunContext::new(identity, target, shards, self.ledger.clone())
+            .with_memory_pool(task_ctx.memory_pool().clone());
+        tracing::info!(run_id = %run.run_id(), target = %run.target(), shards, coordinator = coordinator.name(), "run opened");
+        let opened = RunEvent::Opened {
+            run_id: run.run_id().to_string(),
+            pipeline: run.identity().pipeline.clone(),
+            target: run.target().to_string(),
+            shards,
+        };
+        self.events.emit(opened).await;
+        let heartbeat = self.heartbeat(run.run_id());
+        Ok(Opened { run, coordinator, plan, started: Instant::now(), _heartbeat: heartbeat })
+    }
+
+    /// `on_start`, then every shard at once; rolls back when any fails.
+    async fn stage(&self, opened: &Opened, task_ctx: Arc<TaskContext>) -> Result<Staged, RunError> {
+        let (run, coordinator) = (&opened.run, &opened.coordinator);
+        if let Err(source) = coordinator.on_start(run).await {
+            self.roll_back(opened, &source.to_string()).await?;
+            let (run_id, target) = (opened.run_id(), opened.target());
+            return Err(RunError::Coordinator { run_id, target, step: "start", source });
+        }
+        let shards = runtime::run_shards(opened.plan.clone(), task_ctx, |shard, stream| {
+            self.clone().write_shard(coordinator.clone(), run.clone(), shard, stream)
+        })
+        .await;
+        match shards {
+            Ok(shards) => {
+                let totals = shards.iter().map(|s| s.totals).sum();
+                Ok(Staged { shards, totals })
+            }
+            Err(source) => {
+                self.roll_back(opened, &source.to_string()).await?;
+                Err(RunError::Shard { run_id: opened.run_id(), target: opened.target(), source })
+            }
+        }
+    }
+
+    /// Moves the run to `committing`, unless recovery took it meanwhile (its lease had lapsed):
+    /// then it may not commit, and what it staged since recovery's sweep is deleted.
+    async fn prepare(&self, opened: &Opened, staged: Staged) -> Result<Prepared, RunError> {
+        let (run_id, target) = (opened.run_id(), opened.target());
+        if let Err(failpoint) = crate::failpoint::check("before-commit", &target) {
+            self.roll_back(opened, &format!("injected failure at failpoint `{failpoint}`")).await?;
+            return Err(RunError::Injected { run_id, target, failpoint, rolled_back: true });
+        }
+        if !self.ledger.set_committing(&run_id).await? {
+            let error = "lost its lease";
+            let cleaned = opened.coordinator.on_error(&opened.run, error).await;
+            cleaned.map_err(|source| self.roll_back_error(&opened.run, error, source))?;
+            return Err(RunError::LeaseLost { run_id, target });
+        }
+        Ok(Prepared(staged))
+    }
+
+    /// `on_finish` publishes the run: succeeded, or rolled back, or (outcome unknown) left
+    /// `committing` for recovery.
+    async fn commit(&self, opened: Opened, prepared: Prepared) -> Result<RunReport, RunError> {
+        let Prepared(Staged { shards, totals }) = prepared;
+        let (run_id, target) = (opened.run_id(), opened.target());
+        let snapshot_id = match opened.coordinator.on_finish(&opened.run, &shards).await {
+            Ok(snapshot_id) => snapshot_id,
+            // The commit stands (DESIGN §4): what failed came after it.
+            Err(source) if source.committed.is_some() => {
+                let snapshot_id = source.committed.expect("matched");
+                if let Err(e) = opened.coordinator.on_error(&opened.run, &source.to_string()).await {
+                    tracing::warn!(%run_id, "after the commit, a coordinator's on_error failed too: {e}");
+                }
+                self.ledger.run_succeeded(&run_id, Some(snapshot_id), totals).await?;
+                self.closed(&run_id, Some(snapshot_id), totals, opened.elapsed_ms()).await;
+                return Err(RunError::AfterCommit { run_id, target, snapshot_id, source });
+            }
+            Err(source) if source.outcome_unknown => {
+                tracing::warn!(%run_id, "the commit's outcome is unknown; left for recovery: {source}");
+                return Err(RunError::OutcomeUnknown { run_id, target, source });
+            }
+            Err(source) => {
+                self.roll_back(&opened, &source.to_string()).await?;
+                return Err(RunError::Coordinator { run_id, target, step: "commit", source });
+            }
+        };
+        if let Err(failpoint) = crate::failpoint::check("after-commit", &target) {
+            // As if the process died between the commit and the ledger update: the run stays
+            // `committing` and its files, now part of the table, stay.
+            return Err(RunError::Injected { run_id, target, failpoint, rolled_back: false });
+        }
+        self.ledger.run_succeeded(&run_id, snapshot_id, totals).await?;
+        self.closed(&run_id, snapshot_id, totals, opened.elapsed_ms()).await;
+        tracing::info!(%run_id, %target, rows = totals.rows, files = totals.files, ?snapshot_id, "run committed");
+        Ok(RunReport {
+            run_id,
+            pipeline: opened.run.identity().pipeline.clone(),
+            target,
+            shards: opened.run.shards(),
+            rows: totals.rows,
+            files: totals.files,
+            bytes: totals.bytes,
+            snapshot_id,
+            elapsed: opened.started.elapsed(),
+        })
+    }
+
+    /// One shard's task: the coordinator writes it; the ledger and the events learn how it ended.
+    async fn write_shard(
+        self,
+        coordinator: Arc<dyn Coordinator>,
+        run: RunContext,
+        shard: usize,
+        input: SendableRecordBatchStream,
+    ) -> Result<ShardResult, ShardError> {
+        let started = Instant::now();
+        let ledger_error = |source| ShardError::Ledger { shard, source };
+        self.ledger.shard_started(run.run_id(), shard).await.map_err(ledger_error)?;
+        let written = coordinator.write_shard(&run, shard, input).await;
+        let elapsed = started.elapsed();
+        let result = written.map(|files| ShardResult {
+            shard,
+            totals: ShardTotals {
+                rows: files.iter().map(|f| f.rows).sum(),
+                files: files.len() as u64,
+                bytes: files.iter().map(|f| f.bytes).sum(),
+            },
+            files,
+            elapsed,
+        });
+        let totals = result.as_ref().map(|r| r.totals).unwrap_or_default();
+        let error = result.as_ref().err().map(ToString::to_string);
+        let finished = RunEvent::ShardFinished {
+            run_id: run.run_id().to_string(),
+            shard,
+            rows: totals.rows,
+            files: totals.files,
+            bytes: totals.bytes,
+            elapsed_ms: elapsed.as_millis() as u64,
+            error: error.clone(),
+        };
+        self.events.emit(finished).await;
+        let outcome = match &error {
+            None => Ok(totals),
+            Some(error) => Err(error.as_str()),
+        };
+        let recorded = self.ledger.shard_finished(run.run_id(), shard, outcome).await;
+        let result = result?;
+        recorded.map_err(ledger_error)?;
+        Ok(result)
+    }
+
+    /// Announces a committed run: `Committed`, then `Closed`.
+    async fn closed(&self, run_id: &str, snapshot_id: Option<i64>, totals: ShardTotals, elapsed_ms: u64) {
+        let run_id = run_id.to_string();
+        let (rows, files, bytes) = (totals.rows, totals.files, totals.bytes);
+        self.events.emit(RunEvent::Committed { run_id: run_id.clone(), snapshot_id, rows, files, bytes }).await;
+        self.events.emit(RunEvent::Closed { run_id, status: "succeeded".into(), elapsed_ms }).await;
+    }
+
+    /// Has the coordinator delete what the run staged, and marks the run failed.
+    async fn roll_back(&self, opened: &Opened, error: &str) -> Result<(), RunError> {
+        let run = &opened.run;
+        tracing::warn!(run_id = %run.run_id(), error, "rolling back run");
+        // If the cleanup fails the run stays open: once its lease lapses, recovery tries again.
+        opened.coordinator.on_error(run, error).await.map_err(|source| self.roll_back_error(run, error, source))?;
+        self.ledger.run_failed(run.run_id(), error).await?;
+        self.failed(run.run_id(), error, opened.elapsed_ms()).await;
+        Ok(())
+    }
+
+    fn roll_back_error(&self, run: &RunContext, error: &str, source: CoordinatorError) -> RunError {
+        RunError::RollBack {
+            run_id: run.run_id().to_string(),
+            target: run.target().to_string(),
+            error: error.to_string(),
+            source,
+        }
+    }
+
+    /// Announces a failed run: `Failed`, then `Closed`.
+    async fn failed(&self, run_id: &str, error: &str, elapsed_ms: u64) {
+        self.events.emit(RunEvent::Failed { run_id: run_id.to_string(), error: error.to_string() }).await;
+        self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status: "failed".into(), elapsed_ms }).await;
+    }
+}

@@ -1,0 +1,201 @@
+//! Each statement to its handler: Sluice's extensions here, DataFusion's statements planned by
+//! DataFusion and, where they touch our catalogs, handed to `ddl.rs` and `write.rs`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::TableReference;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use super::runs::not_a_catalog_insert;
+use super::{Engine, Output};
+use crate::error::{Error, Result};
+use crate::ledger::PipelineRecord;
+use crate::parser::{CreatePipeline, Statement};
+use crate::pipeline::{PipelineError, PipelineOptions};
+use crate::system::{catalogs_batch, pipelines_batch, properties_batch, runs_batch};
+use crate::table::{PartitionField, TableName};
+
+impl Engine {
+    pub(super) async fn execute_statement(&self, statement: &Statement, source: &str) -> Result<Output> {
+        let plans_sql = matches!(
+            statement,
+            Statement::DataFusion(_)
+                | Statement::CreatePartitionedTable { .. }
+                | Statement::CreatePipeline(_)
+                | Statement::RunPipeline { .. }
+                | Statement::RetryRun { .. }
+        );
+        if plans_sql {
+            self.refresh_catalogs().await;
+        }
+        let needs_ledger = matches!(
+            statement,
+            Statement::CreatePipeline(_)
+                | Statement::ShowPipelines
+                | Statement::DescribePipeline { .. }
+                | Statement::DropPipeline { .. }
+                | Statement::ShowRuns { .. }
+        );
+        if needs_ledger {
+            self.require_ledger()?;
+        }
+        match statement {
+            Statement::DataFusion(statement) => self.execute_datafusion(statement.as_ref().clone(), &[], source).await,
+            Statement::CreatePartitionedTable { create, partition_by } => {
+                self.execute_datafusion(DFStatement::Statement(create.clone()), partition_by, source).await
+            }
+            Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
+            Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
+            Statement::RetryRun { run_id } => Ok(Output::run(self.retry_run(run_id).await?)),
+            Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch())),
+            Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
+            Statement::DescribePipeline { name } => self.describe_pipeline(name).await,
+            Statement::DropPipeline { name, if_exists } => {
+                if !self.ledger.drop_pipeline(name).await? && !if_exists {
+                    return Err(PipelineError::NotFound(name.clone()).into());
+                }
+                Ok(Output::empty())
+            }
+            Statement::ShowRuns { pipeline } => {
+                if let Some(name) = pipeline
+                    && self.ledger.pipeline(name).await?.is_none()
+                    && self.ledger.runs(Some(name)).await?.is_empty()
+                {
+                    return Err(PipelineError::NotFound(name.clone()).into());
+                }
+                Ok(Output::rows(runs_batch(&self.ledger.runs(pipeline.as_deref()).await?)))
+            }
+        }
+    }
+
+    /// Re-reads every catalog's schema and table names (other processes may have changed them).
+    /// A catalog that cannot be reached keeps its last listing: statements that do not touch it
+    /// still run, and those that do get its own error.
+    pub(super) async fn refresh_catalogs(&self) {
+        for (name, catalog) in &self.catalogs {
+            if let Err(e) = catalog.refresh().await {
+                tracing::warn!(catalog = %name, "could not refresh the catalog's listing: {e}");
+            }
+        }
+    }
+
+    pub(super) async fn plan_sql_statement(&self, statement: SqlStatement) -> Result<LogicalPlan> {
+        let statement = DFStatement::Statement(Box::new(statement));
+        Ok(self.ctx.state().statement_to_plan(statement).await?)
+    }
+
+    /// Plans a DataFusion statement; runs it through a catalog when it touches one. `partition_by`
+    /// comes with `CREATE TABLE ... PARTITIONED BY`, which only catalog tables can have.
+    /// `source` is the statement as written (kept for external tables: DataFusion's own display
+    /// of `CREATE EXTERNAL TABLE` does not read back).
+    pub(super) async fn execute_datafusion(
+        &self,
+        statement: DFStatement,
+        partition_by: &[PartitionField],
+        source: &str,
+    ) -> Result<Output> {
+        if let DFStatement::CopyTo(copy) = &statement {
+            self.check_export_target(&copy.target)?;
+            if let Some(output) = self.export(copy, source).await? {
+                return Ok(output);
+            }
+        }
+        let state = self.ctx.state();
+        let text = statement.to_string();
+        let plan = state.statement_to_plan(statement).await?;
+        if let Some(output) = self.execute_catalog_plan(&plan, partition_by, text.clone()).await? {
+            return Ok(output);
+        }
+        if !partition_by.is_empty() {
+            return Err(Error::Unsupported(
+                "PARTITIONED BY on a table outside a catalog (name it catalog.schema.table)".to_string(),
+            ));
+        }
+        // External tables live in DataFusion's session; their definitions are kept in the ledger
+        // so that later processes (a scheduled RUN PIPELINE) find them too.
+        let session_table = match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => Some((self.resolve(&create.name), true)),
+            LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => Some((self.resolve(&drop.name), false)),
+            _ => None,
+        };
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        match session_table {
+            Some((name, true)) => self.ledger.save_session_table(&name.to_string(), source).await?,
+            Some((name, false)) => self.ledger.drop_session_table(&name.to_string()).await?,
+            None => {}
+        }
+        Ok(Output { schema, batches, run: None })
+    }
+
+    /// Registers again the external tables earlier processes created; one whose files are gone
+    /// is skipped with a warning (and stays in the ledger, for when they are back).
+    pub(super) async fn restore_session_tables(&self) -> Result<()> {
+        for (name, definition) in self.ledger.session_tables().await? {
+            if let Err(e) = self.sql(&definition).await {
+                tracing::warn!(table = %name, "could not register the external table again: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn resolve(&self, reference: &TableReference) -> TableName {
+        let state = self.ctx.state();
+        let defaults = &state.config_options().catalog;
+        let resolved = reference.clone().resolve(&defaults.default_catalog, &defaults.default_schema);
+        TableName::new(resolved.catalog.as_ref(), resolved.schema.as_ref(), resolved.table.as_ref())
+    }
+
+    pub(super) async fn create_pipeline(&self, create: &CreatePipeline, statement: &Statement) -> Result<Output> {
+        let options = PipelineOptions::parse(&create.name, &create.options)?;
+        // Plan the body now, so that unknown tables or columns are reported at CREATE time.
+        let plan = self.plan_sql_statement(create.body.as_ref().clone()).await?;
+        let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
+        options.write_mode(&create.name, insert.mode)?;
+        let record = PipelineRecord {
+            name: create.name.clone(),
+            definition: statement.to_string(),
+            target: insert.table.to_string(),
+            shards: options.shards,
+            created_at_ms: self.clock.now_ms(),
+        };
+        match self.ledger.save_pipeline(&record, create.or_replace).await {
+            Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),
+            other => other.map(|_| Output::empty()).map_err(Into::into),
+        }
+    }
+
+    /// Every catalog: ours with type and location, and DataFusion's in-memory session catalog.
+    pub(super) fn catalogs_batch(&self) -> RecordBatch {
+        let mut rows: Vec<(String, &str, String)> =
+            self.catalogs.iter().map(|(name, c)| (name.clone(), c.kind(), c.location().to_string())).collect();
+        for name in self.ctx.catalog_names() {
+            if !self.catalogs.contains_key(&name) {
+                rows.push((name, "memory", "session (tables live until the process ends)".to_string()));
+            }
+        }
+        rows.sort();
+        catalogs_batch(&rows)
+    }
+
+    pub(super) async fn describe_pipeline(&self, name: &str) -> Result<Output> {
+        let record = self.ledger.pipeline(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
+        let runs = self.ledger.runs(Some(name)).await?;
+        let last = runs.last();
+        let shards = record.shards.map_or_else(|| format!("default ({})", self.shards), |s| s.to_string());
+        let properties: Vec<(&str, String)> = vec![
+            ("name", record.name.clone()),
+            ("target", record.target.clone()),
+            ("shards", shards),
+            ("definition", record.definition.clone()),
+            ("runs", runs.len().to_string()),
+            ("last_run_id", last.map(|r| r.run_id.clone()).unwrap_or_default()),
+            ("last_status", last.map(|r| r.status.as_str().to_string()).unwrap_or_default()),
+        ];
+        Ok(Output::rows(properties_batch(&properties)))
+    }
+}

@@ -1,0 +1,246 @@
+//! Pipelines, `RETRY RUN` and recovery: runs started from the ledger rather than from a
+//! statement, and runs a process that is gone left open.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use super::write::Insert;
+use crate::catalog::CatalogError;
+use crate::coordinator::{CommitTarget, Coordinator, ExportFormat, FileMerge, Resolution, RunOrigin, RunReport};
+use crate::error::{Error, Result};
+use crate::ledger::{RunRecord, RunStatus};
+use crate::parser::{self, CreatePipeline, Statement};
+use crate::pipeline::{self, PipelineError, PipelineOptions};
+use crate::table::{TableName, WriteMode};
+
+impl Engine {
+    /// Runs the pipeline called `name` and returns its run report.
+    pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
+        self.require_ledger()?;
+        let (create, options) =
+            self.pipeline_definition(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
+        let statement = create.body.to_string();
+        let plan = self.plan_sql_statement(*create.body).await?;
+        let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
+        let (insert, shards) = with_options(&options, name, insert, self.shards)?;
+        let origin = RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None };
+        self.write(insert, shards, origin).await
+    }
+
+    /// The pipeline called `name` as the ledger keeps it: its definition and options.
+    pub(super) async fn pipeline_definition(&self, name: &str) -> Result<Option<(CreatePipeline, PipelineOptions)>> {
+        let Some(record) = self.ledger.pipeline(name).await? else { return Ok(None) };
+        let create = pipeline::parse_definition(name, &record.definition)?;
+        let options = PipelineOptions::parse(name, &create.options)?;
+        Ok(Some((create, options)))
+    }
+
+    /// Runs a failed (or abandoned) run again under its id and sequence number. A run whose
+    /// commit turns out to have landed is only marked succeeded: nothing is written twice.
+    pub async fn retry_run(&self, run_id: &str) -> Result<RunReport> {
+        self.require_ledger()?;
+        let started = std::time::Instant::now();
+        let cannot = |reason: String| Error::CannotRetry { run_id: run_id.to_string(), reason };
+        let record = self
+            .ledger
+            .run(run_id)
+            .await?
+            .ok_or_else(|| cannot("there is no such run (SHOW RUNS lists them)".into()))?;
+        if Path::new(&record.target).is_absolute() {
+            return Err(cannot(format!("it exported `{}` (run the COPY again instead)", record.target)));
+        }
+        let table =
+            TableName::parse(&record.target).ok_or_else(|| cannot(format!("unreadable target `{}`", record.target)))?;
+        let catalog = self
+            .catalog_of(&table.catalog)
+            .ok_or_else(|| cannot(format!("catalog `{}` is not declared", table.catalog)))?;
+        match record.status {
+            RunStatus::Succeeded => {
+                let snapshot = record.snapshot_id.map_or_else(|| "no rows".to_string(), |s| format!("snapshot {s}"));
+                return Err(cannot(format!("it already succeeded ({snapshot}); there is nothing to retry")));
+            }
+            RunStatus::Staging | RunStatus::Committing
+                if record.lease_until_ms.is_some_and(|until| until > self.clock.now_ms()) =>
+            {
+                return Err(cannot("it is still running (its process holds the lease)".into()));
+            }
+            RunStatus::Staging | RunStatus::Committing => {
+                let commit = catalog.writer(&table).await?.coordinator(table.clone(), vec![], WriteMode::Append);
+                match self.runner.resolve(commit.as_ref(), &record).await? {
+                    Resolution::Committed(_) => {
+                        let settled = self
+                            .ledger
+                            .run(run_id)
+                            .await?
+                            .ok_or_else(|| cannot("it vanished from the ledger".into()))?;
+                        return Ok(report_of(&settled, started.elapsed()));
+                    }
+                    Resolution::StillRunning => {
+                        return Err(cannot("it is still running (its process holds the lease)".into()));
+                    }
+                    // A retry's commit looks for the run in the table's history first, so even a
+                    // late commit of the old attempt (files kept) is not applied twice.
+                    Resolution::RolledBack | Resolution::KeptFiles => {}
+                }
+            }
+            RunStatus::Failed => {}
+        }
+        let mut statements = parser::parse(&record.statement)?;
+        let Some(Statement::DataFusion(statement)) = statements.pop().map(|s| s.statement) else {
+            return Err(cannot("its statement is not an INSERT".into()));
+        };
+        let plan = self.ctx.state().statement_to_plan(*statement).await?;
+        let not_insert = || cannot("it was not an INSERT (run a CREATE TABLE AS again instead)".into());
+        let insert = self.insert_target(plan)?.ok_or_else(not_insert)?;
+        // A pipeline's current options decide, as they would for a new run.
+        let (insert, shards) = match &record.pipeline {
+            Some(name) => match self.pipeline_definition(name).await? {
+                Some((_, options)) => with_options(&options, run_id, insert, record.shards)?,
+                None => (insert, record.shards),
+            },
+            None => (insert, record.shards),
+        };
+        let origin = RunOrigin {
+            pipeline: record.pipeline.clone(),
+            statement: record.statement.clone(),
+            retry_of: Some((record.run_id.clone(), record.sequence)),
+        };
+        self.write(insert, shards, origin).await
+    }
+
+    /// Settles every run left `staging` or `committing` by a process that is gone: committed
+    /// ones are marked succeeded, the others' staged files deleted (DESIGN §4 step 7). Runs
+    /// whose catalog or table is gone are left as they are, with a warning. Runs whose lease is
+    /// still live are listed as [`Resolution::StillRunning`], untouched. Files that failed runs'
+    /// rollbacks deleted are deleted once more, then marked verified.
+    pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
+        self.require_ledger()?;
+        let mut settled = Vec::new();
+        for record in self.ledger.abandoned_runs().await? {
+            // An export's target is the file's absolute path; a table's is `catalog.schema.table`.
+            let table = (!Path::new(&record.target).is_absolute()).then(|| TableName::parse(&record.target)).flatten();
+            let coordinator: Arc<dyn Coordinator> = match table {
+                None => {
+                    let path = PathBuf::from(&record.target);
+                    let format = ExportFormat::of_path(&path).unwrap_or(ExportFormat::Csv);
+                    Arc::new(FileMerge::new(path, format))
+                }
+                Some(table) => {
+                    let Some(catalog) = self.catalog_of(&table.catalog) else {
+                        tracing::warn!(run_id = %record.run_id, "cannot recover: catalog `{}` is not declared", table.catalog);
+                        continue;
+                    };
+                    match catalog.writer(&table).await {
+                        Ok(writer) => writer.coordinator(table, vec![], WriteMode::Append),
+                        Err(e) => {
+                            tracing::warn!(run_id = %record.run_id, "cannot recover: {e}");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let resolution = self.runner.resolve(coordinator.as_ref(), &record).await?;
+            settled.push((record, resolution));
+        }
+        for record in self.ledger.leased_runs().await? {
+            settled.push((record, Resolution::StillRunning));
+        }
+        self.verify_deletions().await?;
+        Ok(settled)
+    }
+
+    /// Deletes once more the files that failed runs' rollbacks deleted (confined to each
+    /// table's own location): a write that outlived its run, or a file system that reported a
+    /// deletion it did not make, cannot leave an unreferenced file for good. Files of a table
+    /// dropped since (its folder went with it) and of exports (whose parts each shard writes
+    /// itself, with no upload outliving it) are only marked verified.
+    async fn verify_deletions(&self) -> Result<()> {
+        let mut writers: BTreeMap<String, Verifier> = BTreeMap::new();
+        for (run_id, target, path) in self.ledger.unverified_deletions().await? {
+            if !writers.contains_key(&target) {
+                let verifier = self.verifier(&target).await;
+                writers.insert(target.clone(), verifier);
+            }
+            let writer = match &writers[&target] {
+                Verifier::Delete(writer) if crate::paths::is_inside(writer.location(), &path) => writer,
+                Verifier::Delete(_) | Verifier::Later => continue,
+                Verifier::Nothing => {
+                    self.ledger.verified(&path).await?;
+                    continue;
+                }
+            };
+            if !self.ledger.claim_verification(&path).await? {
+                continue;
+            }
+            match writer.delete_file(&path).await {
+                Ok(()) => self.ledger.verified(&path).await?,
+                Err(e) => tracing::warn!(%run_id, "deleting {path} again failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// How the deleted files of runs into `target` are verified.
+    async fn verifier(&self, target: &str) -> Verifier {
+        if Path::new(target).is_absolute() {
+            return Verifier::Nothing;
+        }
+        let Some(table) = TableName::parse(target) else { return Verifier::Later };
+        let Some(catalog) = self.catalog_of(&table.catalog) else { return Verifier::Later };
+        match catalog.writer(&table).await {
+            Ok(writer) => Verifier::Delete(writer),
+            Err(CatalogError::TableNotFound(_)) => Verifier::Nothing,
+            Err(e) => {
+                tracing::warn!(%target, "cannot verify the deletions of failed runs yet: {e}");
+                Verifier::Later
+            }
+        }
+    }
+}
+
+/// How recovery verifies the deletions of a target's failed runs.
+enum Verifier {
+    /// Delete each file again through the table's writer.
+    Delete(Arc<dyn CommitTarget>),
+    /// Nothing can be left (an export, a dropped table): mark the files verified.
+    Nothing,
+    /// Not now (an undeclared catalog, an unreadable table): the next recovery tries again.
+    Later,
+}
+
+/// The report of a run the ledger has settled.
+fn report_of(record: &RunRecord, elapsed: Duration) -> RunReport {
+    RunReport {
+        run_id: record.run_id.clone(),
+        pipeline: record.pipeline.clone(),
+        target: record.target.clone(),
+        shards: record.shards,
+        rows: record.rows,
+        files: record.files,
+        bytes: record.bytes,
+        snapshot_id: record.snapshot_id,
+        elapsed,
+    }
+}
+
+/// A pipeline's options applied to its insert: the write mode, and the shard count
+/// (`default_shards` when the options set none). `who` names the pipeline or run in errors.
+fn with_options(
+    options: &PipelineOptions,
+    who: &str,
+    insert: Insert,
+    default_shards: usize,
+) -> Result<(Insert, usize)> {
+    let mode = options.write_mode(who, insert.mode)?;
+    Ok((Insert { mode, ..insert }, options.shards.unwrap_or(default_shards)))
+}
+
+/// The error for a pipeline whose body is not an insert into a catalog table.
+pub(super) fn not_a_catalog_insert(pipeline: &str) -> Error {
+    Error::Unsupported(format!(
+        "pipeline `{pipeline}`: the body must INSERT INTO a catalog table (catalog.schema.table)"
+    ))
+}

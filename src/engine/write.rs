@@ -1,0 +1,126 @@
+//! Writes as runs: `INSERT [OVERWRITE]` and `CREATE TABLE ... AS` into a catalog table through
+//! the table's commit coordinator, and `COPY ... TO 'file'` through the file merge.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::{CopyToSource, CopyToStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use super::{Engine, Output};
+use crate::coordinator::{Coordinator, ExportFormat, FileMerge, RunJob, RunOrigin, RunReport};
+use crate::error::{Error, Result};
+use crate::paths;
+use crate::planner;
+use crate::table::{TableName, WriteMode};
+
+/// An `INSERT [OVERWRITE] INTO <catalog table>`: the table, the rows, and how they change it.
+#[derive(Debug)]
+pub(super) struct Insert {
+    pub table: TableName,
+    pub input: LogicalPlan,
+    pub mode: WriteMode,
+}
+
+impl Engine {
+    /// The insert a plan makes into a catalog table of ours, if it is one.
+    pub(super) fn insert_target(&self, plan: LogicalPlan) -> Result<Option<Insert>> {
+        let LogicalPlan::Dml(DmlStatement { table_name, op: WriteOp::Insert(op), input, .. }) = plan else {
+            return Ok(None);
+        };
+        let table = self.resolve(&table_name);
+        if self.catalog_of(&table.catalog).is_none() {
+            return Ok(None);
+        }
+        let mode = match op {
+            InsertOp::Append => WriteMode::Append,
+            InsertOp::Overwrite => WriteMode::Overwrite,
+            InsertOp::Replace => {
+                return Err(Error::Unsupported(format!("REPLACE INTO `{table}` (use INSERT OVERWRITE)")));
+            }
+        };
+        Ok(Some(Insert { table, input: input.as_ref().clone(), mode }))
+    }
+
+    /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
+    pub(super) async fn write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
+        let Insert { table, input, mode } = insert;
+        let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
+        let writer = catalog.writer(&table).await?;
+        let state = self.ctx.state();
+        let input = state.create_physical_plan(&input).await?;
+        let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
+        let base = writer.base();
+        let target = table.to_string();
+        let coordinator = self.layered(writer.coordinator(table, partition_key, mode));
+        let job = RunJob { target, coordinator, input, shards, base, origin };
+        Ok(self.runner.run(job, state.task_ctx()).await?)
+    }
+
+    /// `COPY (SELECT ...) TO 'file.csv'` (or `.jsonl`, `.json`, `.parquet`, or `STORED AS`): the
+    /// shards write part files that the file-merge coordinator merges into the one file.
+    /// `None` leaves the statement to DataFusion: a folder, partitioned output, format options,
+    /// or a URL.
+    pub(super) async fn export(&self, copy: &CopyToStatement, statement: &str) -> Result<Option<Output>> {
+        let path = PathBuf::from(&copy.target);
+        let format = match &copy.stored_as {
+            Some(name) => ExportFormat::parse(name),
+            None => ExportFormat::of_path(&path),
+        };
+        let is_file = path.extension().is_some() && !copy.target.contains("://") && !copy.target.ends_with('/');
+        let (Some(format), true, true, true) =
+            (format, is_file, copy.partitioned_by.is_empty(), copy.options.is_empty())
+        else {
+            return Ok(None);
+        };
+        let plan = match &copy.source {
+            CopyToSource::Query(query) => self.plan_sql_statement(SqlStatement::Query(query.clone())).await?,
+            CopyToSource::Relation(name) => self.ctx.table(name.to_string().as_str()).await?.into_unoptimized_plan(),
+        };
+        let path = std::path::absolute(&path).map_err(|source| Error::Io { path: copy.target.clone(), source })?;
+        let state = self.ctx.state();
+        let input = state.create_physical_plan(&plan).await?;
+        let merge = Arc::new(FileMerge::new(path.clone(), format));
+        let job = RunJob {
+            target: path.display().to_string(),
+            coordinator: self.layered(merge),
+            input,
+            shards: self.shards,
+            base: None,
+            origin: RunOrigin { statement: statement.to_string(), ..RunOrigin::default() },
+        };
+        Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
+    }
+
+    /// Refuses a `COPY` into the home folder (the ledger, the catalog database) or into a
+    /// catalog's warehouse or root (tables' data and metadata), or a folder holding either;
+    /// symbolic links are followed first. URLs other than `file://` go to their object store.
+    pub(super) fn check_export_target(&self, target: &str) -> Result<()> {
+        let refused = |reason: String| Error::ExportRefused { target: target.to_string(), reason };
+        let Some(path) = paths::local_path(target) else { return Ok(()) };
+        let path = paths::resolve(&path).ok_or_else(|| refused("the path climbs above `/`".into()))?;
+        let mut protected = vec![("the Sluice home".to_string(), self.home.clone())];
+        for (name, catalog) in &self.catalogs {
+            if let Some(root) = catalog.local_root() {
+                protected.push((format!("the tables of catalog `{name}`"), root.to_path_buf()));
+            }
+        }
+        for (what, root) in protected {
+            let root = paths::resolve(&root).unwrap_or(root);
+            if paths::overlaps(&path, &root) {
+                return Err(refused(format!("{} would write into {what} at {}", path.display(), root.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's coordinator: the built-in one, wrapped by the layer the engine was built with.
+    pub(super) fn layered(&self, builtin: Arc<dyn Coordinator>) -> Arc<dyn Coordinator> {
+        match &self.layer {
+            Some(layer) => layer(builtin),
+            None => builtin,
+        }
+    }
+}

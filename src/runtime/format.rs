@@ -1,0 +1,176 @@
+//! What a table format must provide for the shard loop and the commit: [`TableWriter`] (what
+//! everyone may ask of a table being written, usable as a trait object) and [`TableFormat`]
+//! (the typed part: how rows map to partitions, how a file is written and described, how the
+//! run is committed). Each format owns its partition and file types; nothing here names a format.
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::row::{RowConverter, SortField};
+use std::collections::HashMap;
+
+use super::{BoxError, RunContext};
+use crate::table::{PartitionField, RunIdentity, WriteMode};
+
+/// The dictionary page size at which a column chunk falls back to plain encoding (parquet-rs:
+/// 1 MiB). A high-cardinality column (keys, prices) otherwise hashes its first 1 MiB of values
+/// into a dictionary it then abandons, in every file: at 32 KiB the TPC-H writes run faster and
+/// their files come out smaller (benches/README.md), while low-cardinality columns (a few
+/// thousand distinct values) stay dictionary-encoded.
+pub const DICTIONARY_PAGE_BYTES: usize = 32 * 1024;
+
+/// A staged file as every layer sees it: where it is and what it holds. The format's own
+/// description (an Iceberg data file, a Delta `add`) stays with the format's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFile {
+    /// Where it is.
+    pub location: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// Why a commit did not publish the run. The variants say what the caller may do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another commit won the race; nothing of this one landed. An append may try again on the
+    /// new state; an overwrite may not (its answer would change).
+    #[error("conflict: {0}")]
+    Conflict(BoxError),
+    /// Every attempt lost to concurrent writers; nothing of this run landed.
+    #[error("gave up after {attempts} attempts lost to concurrent commits: {last}")]
+    AttemptsExhausted {
+        /// Attempts made.
+        attempts: usize,
+        /// The last attempt's conflict.
+        last: BoxError,
+    },
+    /// The catalog may or may not have taken the commit (a lost answer, a failed request):
+    /// only the table's history can tell.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(BoxError),
+    /// The commit was refused before the catalog had it (the table or request cannot be
+    /// committed, or recovery has fenced the run off): nothing landed.
+    #[error("{0}")]
+    Refused(BoxError),
+}
+
+impl CommitError {
+    /// Whether nothing of the run can have landed.
+    pub fn nothing_landed(&self) -> bool {
+        !matches!(self, CommitError::OutcomeUnknown(_))
+    }
+}
+
+/// What a table being written is, as the coordinator, rollback and recovery see it; a trait
+/// object ([`TableFormat`] adds the typed part).
+#[async_trait]
+pub trait TableWriter: Send + Sync + std::fmt::Debug {
+    /// The table format: `iceberg` or `delta`.
+    fn format(&self) -> &'static str;
+    /// The table's own location (a URL or path): every file the writer stages lies inside it,
+    /// and rollback deletes nothing outside it.
+    fn location(&self) -> &str;
+    /// The Arrow schema batches are written with (the table's current schema).
+    fn schema(&self) -> &SchemaRef;
+    /// The table's snapshot id (Iceberg) or version (Delta) as the writer found it.
+    fn base(&self) -> Option<i64>;
+    /// The table's partition fields (empty when unpartitioned); shards are split by them.
+    fn partitioning(&self) -> &[PartitionField];
+    /// Deletes a staged file and checks that it is gone; a file that is not there is not an
+    /// error.
+    async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
+    /// The snapshot / version that `run` committed, if the table's history has one.
+    async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError>;
+    /// Makes a late commit of `run` impossible (recovery of a run whose process was committing
+    /// when it went silent): afterwards the run's commit is refused, whatever state it was in.
+    /// Returns [`Fence::Landed`] if the run turned out to have landed, [`Fence::Fenced`] once it
+    /// is fenced off, and [`Fence::Unsupported`] when the catalog cannot express a fence.
+    async fn fence(&self, run: &RunIdentity) -> Result<Fence, CommitError>;
+}
+
+/// The result of [`TableWriter::fence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The run had landed, in this snapshot / version.
+    Landed(i64),
+    /// The run can no longer land.
+    Fenced,
+    /// The catalog offers no fence: whether a late commit lands cannot be ruled out, so the
+    /// run's files must be kept.
+    Unsupported,
+}
+
+/// Writes one data file of a format whose description of a finished file is `F`.
+#[async_trait]
+pub trait FileWriter<F>: Send {
+    /// Appends a batch (already cast to the table's schema).
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), BoxError>;
+    /// Bytes written so far, including what is still buffered.
+    fn written_bytes(&self) -> usize;
+    /// Finishes the file and describes it for the commit.
+    async fn finish(self: Box<Self>) -> Result<F, BoxError>;
+    /// Abandons the file: any upload still in flight is stopped before this returns, so the
+    /// file cannot appear after a rollback has deleted it.
+    async fn abort(self: Box<Self>);
+}
+
+/// A table format's typed writer: splits rows by partition, writes files, commits them.
+#[async_trait]
+pub trait TableFormat: TableWriter + 'static {
+    /// A partition of the table (its key and folder).
+    type Partition: Send + Sync + 'static;
+    /// A finished data file, described as the format's commit needs it.
+    type File: Send + Sync + Clone + std::fmt::Debug + 'static;
+
+    /// Roll to a new file once the current one is this large.
+    fn target_file_size(&self) -> usize;
+    /// Splits a batch (in [`TableWriter::schema`]) by partition.
+    fn split(&self, batch: RecordBatch) -> Result<Vec<(Self::Partition, RecordBatch)>, BoxError>;
+    /// The partition's folder under the table's data location (empty when unpartitioned): also
+    /// how a shard tells partitions apart.
+    fn partition_path(&self, partition: &Self::Partition) -> String;
+    /// The full location of a new data file called `name` in `partition` (what the ledger records).
+    fn file_location(&self, partition: &Self::Partition, name: &str) -> String;
+    /// Opens a data file of `partition` at a location from [`TableFormat::file_location`].
+    async fn open_file(
+        &self,
+        partition: &Self::Partition,
+        location: &str,
+    ) -> Result<Box<dyn FileWriter<Self::File>>, BoxError>;
+    /// Where a finished file is and what it holds.
+    fn describe(&self, file: &Self::File) -> StagedFile;
+    /// Publishes all `files` in one snapshot / version tagged with the run; returns its id. Any
+    /// file the commit itself writes (manifests, metadata) is recorded with the run's staged
+    /// files before it is written. An append retries (bounded) when concurrent writers win the
+    /// race; an overwrite is one attempt and fails with a conflict when any other commit landed
+    /// since the run started. Every attempt is refused once recovery has fenced the run off.
+    async fn commit(&self, files: Vec<Self::File>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError>;
+}
+
+/// Splits `batch` by the values of `keys` (columns as long as the batch): for each group, in
+/// order of first appearance, the index of its first row in `batch` and its rows. Keys are
+/// compared in Arrow's row format, so nothing is formatted or converted per row (callers
+/// describe each partition once, from its first row). Each group's rows are gathered into
+/// buffers of their own, so a group that waits to be written holds only its own rows, not the
+/// whole batch.
+pub fn split_rows(batch: &RecordBatch, keys: &[ArrayRef]) -> Result<Vec<(usize, RecordBatch)>, ArrowError> {
+    let fields = keys.iter().map(|key| SortField::new(key.data_type().clone())).collect();
+    let rows = RowConverter::new(fields)?.convert_columns(keys)?;
+    let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<_, usize> = HashMap::new();
+    for (row, key) in rows.iter().enumerate() {
+        let group = *index.entry(key).or_insert_with(|| {
+            groups.push((row, Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].1.push(row as u32);
+    }
+    if let [(first, _)] = groups.as_slice() {
+        return Ok(vec![(*first, batch.clone())]);
+    }
+    groups.into_iter().map(|(first, rows)| Ok((first, take_record_batch(batch, &UInt32Array::from(rows))?))).collect()
+}

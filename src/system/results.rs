@@ -1,0 +1,94 @@
+//! The result tables of statements and commands that are not queries.
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
+
+use super::ResultBatch;
+use crate::coordinator::{Resolution, RunReport};
+use crate::ledger::RunRecord;
+
+/// A run report as a one-row batch: the result of `RUN PIPELINE`, `INSERT` and `COPY`.
+pub fn run_report_batch(report: &RunReport) -> RecordBatch {
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from(vec![report.run_id.as_str()]))
+        .column("pipeline", true, StringArray::from(vec![report.pipeline.as_deref()]))
+        .column("target", false, StringArray::from(vec![report.target.as_str()]))
+        .column("shards", false, UInt64Array::from(vec![report.shards as u64]))
+        .column("rows", false, UInt64Array::from(vec![report.rows]))
+        .column("files", false, UInt64Array::from(vec![report.files]))
+        .column("bytes", false, UInt64Array::from(vec![report.bytes]))
+        .column("snapshot_id", true, Int64Array::from(vec![report.snapshot_id]))
+        .column("elapsed_ms", false, UInt64Array::from(vec![report.elapsed.as_millis() as u64]))
+        .build()
+}
+
+/// `SHOW CATALOGS`: each catalog's name, type and location.
+pub fn catalogs_batch(catalogs: &[(String, &str, String)]) -> RecordBatch {
+    ResultBatch::default()
+        .column("name", false, StringArray::from_iter_values(catalogs.iter().map(|c| c.0.as_str())))
+        .column("type", false, StringArray::from_iter_values(catalogs.iter().map(|c| c.1)))
+        .column("location", false, StringArray::from_iter_values(catalogs.iter().map(|c| c.2.as_str())))
+        .build()
+}
+
+/// Property / value rows (`DESCRIBE PIPELINE`).
+pub fn properties_batch(properties: &[(&str, String)]) -> RecordBatch {
+    ResultBatch::default()
+        .column("property", false, StringArray::from_iter_values(properties.iter().map(|(k, _)| *k)))
+        .column("value", false, StringArray::from_iter_values(properties.iter().map(|(_, v)| v.as_str())))
+        .build()
+}
+
+/// What `sluice recover` settled: each abandoned run and its outcome (a run left alone shows
+/// until when its process holds it).
+pub fn settled_batch(settled: &[(RunRecord, Resolution)]) -> RecordBatch {
+    let outcome = |r: &Resolution| match r {
+        Resolution::Committed(id) => format!("committed (snapshot {id}): marked succeeded"),
+        Resolution::RolledBack => "not committed: staged files deleted, marked failed".to_string(),
+        Resolution::StillRunning => "still running: a live process holds its lease; left alone".to_string(),
+        Resolution::KeptFiles => {
+            "not committed, but the catalog cannot fence a late commit: marked failed, staged files kept".to_string()
+        }
+    };
+    let lease = |run: &RunRecord| {
+        run.lease_until_ms
+            .and_then(timestamp_ms_to_datetime)
+            .map(|until| format!("{} UTC", until.format("%Y-%m-%d %H:%M:%S")))
+    };
+    let leases = settled.iter().map(|(run, r)| (*r == Resolution::StillRunning).then(|| lease(run)).flatten());
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from_iter_values(settled.iter().map(|(run, _)| run.run_id.as_str())))
+        .column("target", false, StringArray::from_iter_values(settled.iter().map(|(run, _)| run.target.as_str())))
+        .column("outcome", false, StringArray::from_iter_values(settled.iter().map(|(_, r)| outcome(r))))
+        .column("leased_until", true, StringArray::from_iter(leases))
+        .build()
+}
+
+/// One object `sluice doctor` looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What kind of object: `ledger`, `catalog`, `table`.
+    pub kind: &'static str,
+    /// The object: the ledger file, a catalog or a table name.
+    pub object: String,
+    /// The problem, or `None` when it is sound.
+    pub problem: Option<String>,
+}
+
+impl Finding {
+    /// A finding about `object`.
+    pub fn new(kind: &'static str, object: impl Into<String>, problem: Option<String>) -> Self {
+        Self { kind, object: object.into(), problem }
+    }
+}
+
+/// Findings as rows: `kind`, `object`, `status` (`ok` or `problem`), `detail`.
+pub fn findings_batch(findings: &[Finding]) -> RecordBatch {
+    let status = findings.iter().map(|f| if f.problem.is_some() { "problem" } else { "ok" });
+    ResultBatch::default()
+        .column("kind", false, StringArray::from_iter_values(findings.iter().map(|f| f.kind)))
+        .column("object", false, StringArray::from_iter_values(findings.iter().map(|f| f.object.as_str())))
+        .column("status", false, StringArray::from_iter_values(status))
+        .column("detail", true, StringArray::from_iter(findings.iter().map(|f| f.problem.as_deref())))
+        .build()
+}

@@ -1,0 +1,139 @@
+//! The ledger as system tables: `sluice.pipelines`, `sluice.runs`, `sluice.shard_tasks`,
+//! `sluice.events`.
+//! Each query reads the ledger afresh, so runs by other processes show up at once.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result};
+
+use super::ResultBatch;
+use crate::ledger::{Ledger, LedgerError, PipelineRecord, RunRecord, ShardTaskRecord};
+
+/// The schema holding the system tables.
+pub const SYSTEM_SCHEMA: &str = "sluice";
+const TABLES: [&str; 4] = ["pipelines", "runs", "shard_tasks", "events"];
+
+/// A DataFusion schema whose tables are views of the ledger.
+#[derive(Debug)]
+pub struct SystemSchema {
+    /// The ledger, or why it cannot be read (every query of a system table then says so).
+    ledger: std::result::Result<Ledger, String>,
+}
+
+impl SystemSchema {
+    /// System tables over `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger: Ok(ledger) }
+    }
+
+    /// System tables whose ledger file cannot be used: each query fails with `reason`.
+    pub fn unavailable(reason: String) -> Self {
+        Self { ledger: Err(reason) }
+    }
+}
+
+fn ledger_error(e: LedgerError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|t| t.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if !TABLES.contains(&name) {
+            return Ok(None);
+        }
+        let ledger = self.ledger.as_ref().map_err(|reason| DataFusionError::Plan(reason.clone()))?;
+        let batch = match name {
+            "pipelines" => pipelines_batch(&ledger.pipelines().await.map_err(ledger_error)?),
+            "runs" => runs_batch(&ledger.runs(None).await.map_err(ledger_error)?),
+            "shard_tasks" => shard_tasks_batch(&ledger.shard_tasks(None).await.map_err(ledger_error)?),
+            _ => events_batch(&ledger.events().await.map_err(ledger_error)?),
+        };
+        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}
+
+/// Times in the ledger (ms since the epoch) as UTC timestamps.
+fn timestamps(values: impl Iterator<Item = Option<i64>>) -> TimestampMillisecondArray {
+    TimestampMillisecondArray::from_iter(values).with_timezone("UTC")
+}
+
+fn elapsed_ms(started: i64, finished: Option<i64>) -> Option<u64> {
+    finished.map(|f| (f - started).max(0) as u64)
+}
+
+/// Pipelines as rows (what `SHOW PIPELINES` prints).
+pub fn pipelines_batch(pipelines: &[PipelineRecord]) -> RecordBatch {
+    ResultBatch::default()
+        .column("name", false, StringArray::from_iter_values(pipelines.iter().map(|p| p.name.as_str())))
+        .column("target", false, StringArray::from_iter_values(pipelines.iter().map(|p| p.target.as_str())))
+        .column("shards", true, UInt64Array::from_iter(pipelines.iter().map(|p| p.shards.map(|s| s as u64))))
+        .column("created_at", false, timestamps(pipelines.iter().map(|p| Some(p.created_at_ms))))
+        .column("definition", false, StringArray::from_iter_values(pipelines.iter().map(|p| p.definition.as_str())))
+        .build()
+}
+
+/// Runs as rows (what `SHOW RUNS` prints).
+pub fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from_iter_values(runs.iter().map(|r| r.run_id.as_str())))
+        .column("pipeline", true, StringArray::from_iter(runs.iter().map(|r| r.pipeline.as_deref())))
+        .column("target", false, StringArray::from_iter_values(runs.iter().map(|r| r.target.as_str())))
+        .column("status", false, StringArray::from_iter_values(runs.iter().map(|r| r.status.as_str())))
+        .column("shards", false, UInt64Array::from_iter_values(runs.iter().map(|r| r.shards as u64)))
+        .column("rows", false, UInt64Array::from_iter_values(runs.iter().map(|r| r.rows)))
+        .column("files", false, UInt64Array::from_iter_values(runs.iter().map(|r| r.files)))
+        .column("bytes", false, UInt64Array::from_iter_values(runs.iter().map(|r| r.bytes)))
+        .column("snapshot_id", true, Int64Array::from_iter(runs.iter().map(|r| r.snapshot_id)))
+        .column("started_at", false, timestamps(runs.iter().map(|r| Some(r.started_at_ms))))
+        .column(
+            "elapsed_ms",
+            true,
+            UInt64Array::from_iter(runs.iter().map(|r| elapsed_ms(r.started_at_ms, r.finished_at_ms))),
+        )
+        .column("error", true, StringArray::from_iter(runs.iter().map(|r| r.error.as_deref())))
+        .build()
+}
+
+fn shard_tasks_batch(tasks: &[ShardTaskRecord]) -> RecordBatch {
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from_iter_values(tasks.iter().map(|t| t.run_id.as_str())))
+        .column("shard", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.shard as u64)))
+        .column("status", false, StringArray::from_iter_values(tasks.iter().map(|t| t.status.as_str())))
+        .column("rows", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.rows)))
+        .column("files", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.files)))
+        .column("bytes", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.bytes)))
+        .column("started_at", false, timestamps(tasks.iter().map(|t| Some(t.started_at_ms))))
+        .column(
+            "elapsed_ms",
+            true,
+            UInt64Array::from_iter(tasks.iter().map(|t| elapsed_ms(t.started_at_ms, t.finished_at_ms))),
+        )
+        .column("error", true, StringArray::from_iter(tasks.iter().map(|t| t.error.as_deref())))
+        .build()
+}
+
+fn events_batch(events: &[(String, i64, String, String)]) -> RecordBatch {
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from_iter_values(events.iter().map(|e| e.0.as_str())))
+        .column("at", false, timestamps(events.iter().map(|e| Some(e.1))))
+        .column("kind", false, StringArray::from_iter_values(events.iter().map(|e| e.2.as_str())))
+        .column("detail", false, StringArray::from_iter_values(events.iter().map(|e| e.3.as_str())))
+        .build()
+}
