@@ -12,9 +12,9 @@
 //! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
 //! catalog not yet called), `commit-refused` (the commit request fails before the catalog has
 //! it), `commit-response-lost` (the catalog took the commit, the answer is lost), `after-commit`
-//! (committed, the ledger not yet told: a crash there), `commit-stall` (inside an Iceberg SQL
-//! catalog's commit, its metadata written, just before the pointer swap: `pause` stalls it,
-//! `return(abort)` kills the process there).
+//! (committed, the ledger not yet told: a crash there), `commit-stall` (inside a commit attempt,
+//! just before the catalog call: on Iceberg SQL catalogs with the attempt's manifests and
+//! metadata written; `pause` stalls it, `return(abort)` kills the process there).
 
 /// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now; with
 /// `return(abort)` the process dies on the spot instead, as in a crash.

@@ -168,3 +168,33 @@ async fn commits_write_a_checkpoint_every_checkpoint_interval_versions() {
     assert_eq!(table.snapshot().unwrap().log_data().num_files(), 5);
     assert_eq!(value(&engine, "SELECT sum(id) FROM delta.c.t").await, (3 + 6 + 10 + 15 + 21).to_string());
 }
+
+/// A file abandoned mid-upload (its shard failed or was cancelled) is aborted before the
+/// rollback: neither the file nor any uploaded part of it is left, so nothing can appear after
+/// the rollback deleted what the ledger lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_file_leaves_nothing_behind() {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    let home = tempfile::tempdir().unwrap();
+    let engine = delta_engine(home.path()).await;
+    engine.sql("CREATE SCHEMA delta.a; CREATE TABLE delta.a.t (id BIGINT NOT NULL)").await.unwrap();
+    let catalog = engine.catalog("delta").unwrap().as_any().downcast_ref::<DeltaCatalog>().unwrap();
+    let writer = catalog.table_writer(&TableName::new("delta", "a", "t")).await.unwrap();
+    let location = writer.file_location(&Vec::new(), "aborted.parquet");
+    let mut file = writer.open_file(&Vec::new(), &location).await.unwrap();
+    // Three row groups of scrambled (incompressible) values, about 24 MiB: past the 10 MiB
+    // upload buffer, so the multipart upload is under way when the file is abandoned.
+    for group in 0..3i64 {
+        let ids = (0..1_048_576i64).map(|i| (group << 20 | i).wrapping_mul(6_364_136_223_846_793_005));
+        let batch =
+            RecordBatch::try_new(writer.schema().clone(), vec![std::sync::Arc::new(Int64Array::from_iter_values(ids))]);
+        file.write(batch.unwrap()).await.unwrap();
+    }
+    assert!(file.written_bytes() > 16 << 20, "{} bytes", file.written_bytes());
+    file.abort().await;
+    let left: Vec<_> = files_under(&home.path().join("delta/a/t"))
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().contains("_delta_log"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

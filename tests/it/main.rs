@@ -7,6 +7,7 @@ mod coordinators;
 mod delta;
 mod events;
 mod faults;
+mod fencing;
 mod hardening;
 mod interop;
 mod kill;

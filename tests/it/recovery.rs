@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sluice::Engine;
 use sluice::catalog::{CatalogConfig, DeltaConfig};
+use sluice::clock::TestClock;
 use sluice::coordinator::Resolution;
 use sluice::ledger::RunStatus;
 
@@ -16,12 +17,19 @@ use crate::support::{files_under, rows, value};
 const LEASE: Duration = Duration::from_millis(300);
 
 async fn engine(home: &Path) -> Engine {
+    engine_at(home, &TestClock::new()).await
+}
+
+/// [`engine`], its time `clock` (recovery runs on start: move the clock on first to settle runs
+/// whose lease has lapsed).
+async fn engine_at(home: &Path, clock: &TestClock) -> Engine {
     let delta = DeltaConfig { root: home.join("delta").display().to_string() };
     Engine::builder()
         .home(home)
         .catalog("delta", CatalogConfig::Delta(delta))
         .shards(2)
         .run_lease(LEASE)
+        .clock(std::sync::Arc::new(clock.clone()))
         .build()
         .await
         .unwrap()
@@ -64,8 +72,9 @@ async fn crash_before_commit(table: &str) {
     assert_eq!(on_disk(home.path()), staged.len(), "the staged files are on disk, unreferenced");
     drop(engine);
 
-    // `sluice recover` (after the lease ran out: the default lease of the dead process was 30 s,
-    // so the ledger row is aged here the way time would age it).
+    // `sluice recover`, a process of its own, after the lease ran out: the dead process's lease
+    // was the default 30 s, so the ledger row is aged here the way time would age it (a test
+    // clock reaches only into this process).
     sqlx_age_leases(home.path()).await;
     let recover = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("--home")
@@ -86,7 +95,7 @@ async fn crash_before_commit(table: &str) {
     assert!(again.contains("already succeeded"), "{again}");
 }
 
-/// Ages every open run's lease, as the passing of its 30 s would.
+/// Ages every open run's lease, as the passing of its 30 s would (for processes of their own).
 async fn sqlx_age_leases(home: &Path) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", home.join("ledger.db").display())).await.unwrap();
     sqlx::query("UPDATE runs SET lease_until_ms = 0 WHERE status IN ('staging', 'committing')")
@@ -110,7 +119,8 @@ async fn a_delta_run_killed_before_its_commit_is_rolled_back_and_retried_once() 
 /// succeeded by recovery: its snapshot is found in the table's history, nothing is re-written.
 async fn crash_after_commit(table: &str) {
     let home = tempfile::tempdir().unwrap();
-    let engine = engine(home.path()).await;
+    let clock = TestClock::new();
+    let engine = engine_at(home.path(), &clock).await;
     let schema = table.rsplit_once('.').unwrap().0;
     engine.sql(&format!("CREATE SCHEMA {schema}; CREATE TABLE {table} (id BIGINT)")).await.unwrap();
     let failpoint = format!("after-commit/{table}");
@@ -127,7 +137,7 @@ async fn crash_after_commit(table: &str) {
         "a run within its lease is left alone, and listed"
     );
     assert_eq!(engine.ledger().run(&run.run_id).await.unwrap().unwrap().status, RunStatus::Committing);
-    tokio::time::sleep(LEASE * 2).await;
+    clock.advance(LEASE * 2);
     let settled = engine.recover().await.unwrap();
     assert_eq!(settled.len(), 1);
     let run = engine.ledger().run(&run.run_id).await.unwrap().unwrap();
@@ -193,9 +203,17 @@ async fn a_failed_run_is_retried_under_its_id_and_runs_of_a_pipeline_never_overl
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_lease_lapsed_is_settled_once_and_cannot_commit_afterwards() {
     let home = tempfile::tempdir().unwrap();
-    // A long lease: the heartbeat does not renew it during the test; the ledger is aged instead.
+    // A long lease: the heartbeat does not renew it during the test; the clock moves on instead.
+    let clock = TestClock::new();
     let engine = std::sync::Arc::new(
-        Engine::builder().home(home.path()).shards(2).run_lease(Duration::from_secs(30)).build().await.unwrap(),
+        Engine::builder()
+            .home(home.path())
+            .shards(2)
+            .run_lease(Duration::from_secs(30))
+            .clock(std::sync::Arc::new(clock.clone()))
+            .build()
+            .await
+            .unwrap(),
     );
     engine.sql("CREATE SCHEMA lake.l; CREATE TABLE lake.l.t (id BIGINT)").await.unwrap();
     fail::cfg("before-commit/lake.l.t", "1*sleep(1500)").unwrap();
@@ -206,7 +224,7 @@ async fn a_run_whose_lease_lapsed_is_settled_once_and_cannot_commit_afterwards()
         )
     };
     tokio::time::sleep(Duration::from_millis(500)).await; // staged, waiting before its commit
-    sqlx_age_leases(home.path()).await;
+    clock.advance(Duration::from_secs(60));
     let settled = engine.recover().await.unwrap();
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].1, Resolution::RolledBack);
@@ -240,8 +258,9 @@ async fn an_export_killed_before_its_rename_is_cleaned_up_by_recovery() {
     assert!(!crashed.status.success(), "the process was to die before its rename");
     assert!(files_under(out.path()).len() > 1, "the parts are on disk: {:?}", files_under(out.path()));
 
-    sqlx_age_leases(home.path()).await;
-    let engine = engine(home.path()).await; // recovery runs on start
+    let clock = TestClock::new();
+    clock.advance(Duration::from_secs(60)); // past the dead process's 30 s lease
+    let engine = engine_at(home.path(), &clock).await; // recovery runs on start
     let run = engine.ledger().runs(None).await.unwrap().pop().unwrap();
     assert_eq!((run.status, run.target.as_str()), (RunStatus::Failed, target.to_str().unwrap()));
     assert_eq!(files_under(out.path()), std::slice::from_ref(&target), "only the old file is left");

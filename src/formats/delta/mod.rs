@@ -3,6 +3,7 @@
 //! per run with a `txn` action, one conditional put per attempt).
 
 mod catalog;
+mod file;
 mod stats;
 mod writer;
 

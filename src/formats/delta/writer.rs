@@ -18,7 +18,6 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::object_store::ObjectStoreExt;
-use datafusion::object_store::path::Path;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::arrow::async_writer::ParquetObjectWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -32,7 +31,7 @@ use deltalake::{DeltaTable, DeltaTableError, checkpoints};
 use futures::TryStreamExt;
 use serde_json::json;
 
-use super::stats::file_stats;
+use super::file::{DeltaFile, escape_path_value, object_path};
 use crate::runtime::format::{DICTIONARY_PAGE_BYTES, split_rows};
 use crate::runtime::{BoxError, CommitError, Fence, FileWriter, RunContext, StagedFile, TableFormat, TableWriter};
 use crate::table::{PartitionField, RunIdentity, Transform, WriteMode};
@@ -188,9 +187,12 @@ impl DeltaTableWriter {
             }
             None => run.base.map(|v| v as u64).or(self.base_version).map_or(0, |base| base + 1),
         };
+        // The run's tag in `commitInfo`, as serde_json writes it (a fence's `txn` names the run
+        // too, and must not count).
+        let tag = format!("\"{RUN_ID_KEY}\":{}", json!(run.run_id));
         for version in (oldest..=latest).rev() {
             let Some(entry) = log.read_commit_entry(version).await? else { continue };
-            if String::from_utf8_lossy(&entry).contains(&run.run_id) {
+            if String::from_utf8_lossy(&entry).contains(&tag) {
                 return Ok(Some(version as i64));
             }
         }
@@ -210,9 +212,10 @@ impl DeltaTableWriter {
         &self,
         table: DeltaTable,
         adds: &[Add],
-        run: &RunIdentity,
+        context: &RunContext,
         mode: WriteMode,
     ) -> Result<i64, CommitError> {
+        let run = context.identity();
         if let Some(version) = self.find_run_in(&table, run).await.map_err(refused)? {
             return Ok(version);
         }
@@ -239,6 +242,7 @@ impl DeltaTableWriter {
         let operation = DeltaOperation::Write { mode: save_mode, partition_by, predicate: None };
         let actions = adds.iter().cloned().map(Action::Add).chain(removes.into_iter().map(Action::Remove)).collect();
         let snapshot = table.snapshot().map_err(refused)?;
+        crate::failpoint::check("commit-stall", context.target()).map_err(refused)?;
         let committed = CommitBuilder::from(properties.with_metadata(metadata))
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
@@ -271,46 +275,6 @@ fn is_lost_race(error: &DeltaTableError) -> bool {
                     | TransactionError::CommitConflict(_)
             }
     )
-}
-
-struct DeltaFile {
-    path: String,
-    schema: SchemaRef,
-    partition_values: HashMap<String, Option<String>>,
-    writer: AsyncArrowWriter<ParquetObjectWriter>,
-}
-
-#[async_trait]
-impl FileWriter<Add> for DeltaFile {
-    async fn write(&mut self, batch: RecordBatch) -> Result<(), BoxError> {
-        Ok(self.writer.write(&batch).await?)
-    }
-
-    fn written_bytes(&self) -> usize {
-        self.writer.bytes_written() + self.writer.in_progress_size()
-    }
-
-    /// The `add` action; its modification time is set when the run commits.
-    async fn finish(mut self: Box<Self>) -> Result<Add, BoxError> {
-        let metadata = self.writer.finish().await?;
-        Ok(Add {
-            path: self.path.clone(),
-            size: self.writer.bytes_written() as i64,
-            data_change: true,
-            partition_values: std::mem::take(&mut self.partition_values),
-            stats: Some(file_stats(&metadata, &self.schema)?),
-            ..Default::default()
-        })
-    }
-
-    /// Aborts the multipart upload, waiting for it: its parts are removed and the file never
-    /// appears.
-    async fn abort(self: Box<Self>) {
-        let mut upload = self.writer.into_inner().into_inner();
-        if let Err(e) = upload.abort().await {
-            tracing::warn!(path = %self.path, "aborting an unfinished upload: {e}");
-        }
-    }
 }
 
 #[async_trait]
@@ -454,7 +418,7 @@ impl TableFormat for DeltaTableWriter {
             .build();
         let output = ParquetObjectWriter::new(self.store.clone(), object_path(&path)?);
         let writer = AsyncArrowWriter::try_new(output, self.file_schema.clone(), Some(properties))?;
-        Ok(Box::new(DeltaFile { path, schema: self.file_schema.clone(), partition_values, writer }))
+        Ok(Box::new(DeltaFile::new(path, self.file_schema.clone(), partition_values, writer)))
     }
 
     fn describe(&self, add: &Add) -> StagedFile {
@@ -468,7 +432,7 @@ impl TableFormat for DeltaTableWriter {
         let identity = run.identity();
         let attempt = || async {
             let table = self.latest().await.map_err(refused)?;
-            self.commit_once(table, &adds, identity, mode).await
+            self.commit_once(table, &adds, run, mode).await
         };
         if mode != WriteMode::Append {
             // One attempt: another commit since the run started is a conflict, not something to rebase on.
@@ -489,24 +453,4 @@ impl TableFormat for DeltaTableWriter {
             other => other,
         })
     }
-}
-
-/// Hive-style folder-name escaping: `%XX` for anything but letters, digits, `-`, `_` and `.`.
-fn escape_path_value(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
-            escaped.push(byte as char);
-        } else {
-            escaped.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    escaped
-}
-
-/// The object-store path of a file's table-relative path. Partition folders are already escaped
-/// (`region=a%2Fb`), so the path is taken as it is: `Path::from` would escape the `%` again and put
-/// the file where the log does not point.
-fn object_path(relative: &str) -> Result<Path, BoxError> {
-    Ok(Path::parse(relative)?)
 }

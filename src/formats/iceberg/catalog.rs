@@ -1,18 +1,15 @@
 //! Iceberg SQL and REST catalogs as DataFusion catalogs whose schemas are Iceberg namespaces.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
-use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
-use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::logical_expr::TableType;
-use futures::TryStreamExt;
+use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type};
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{PartitionSpec, Schema as TableSchema, Transform as IcebergTransform};
@@ -22,14 +19,14 @@ use iceberg_catalog_rest::{REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE, R
 use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder,
 };
-use iceberg_datafusion::IcebergStaticTableProvider;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+use super::schema::IcebergSchema;
 use super::writer::IcebergTableWriter;
 use crate::catalog::{
-    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, TableRequest, check_columns,
-    check_partitioning, check_schema_name, names,
+    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, check_columns, check_partitioning,
+    check_schema_name, names,
 };
 use crate::coordinator::CommitTarget;
 use crate::paths;
@@ -484,86 +481,4 @@ impl CatalogProvider for IcebergCatalog {
             inner: self.inner.clone(),
         }))
     }
-}
-
-/// One Iceberg namespace seen as a DataFusion schema.
-#[derive(Debug)]
-struct IcebergSchema {
-    catalog: String,
-    schema: String,
-    tables: BTreeSet<String>,
-    inner: Arc<dyn Catalog>,
-}
-
-fn external(e: iceberg::Error) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
-}
-
-#[async_trait]
-impl SchemaProvider for IcebergSchema {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn table_names(&self) -> Vec<String> {
-        self.tables.iter().cloned().collect()
-    }
-
-    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
-        let request = TableRequest::parse(name);
-        let base = request.base();
-        TableName::new(&self.catalog, &self.schema, base).check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        let table = match self
-            .inner
-            .load_table(&TableIdent::new(NamespaceIdent::new(self.schema.clone()), base.into()))
-            .await
-        {
-            Ok(table) => table,
-            Err(e) if matches!(e.kind(), ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound) => return Ok(None),
-            Err(e) => return Err(external(e)),
-        };
-        let provider: Arc<dyn TableProvider> = match request {
-            TableRequest::Current(_) => {
-                Arc::new(IcebergStaticTableProvider::try_new_from_table(table).await.map_err(external)?)
-            }
-            TableRequest::AsOf(_, snapshot_id) => {
-                if table.metadata().snapshot_by_id(snapshot_id).is_none() {
-                    let (catalog, schema) = (&self.catalog, &self.schema);
-                    return Err(DataFusionError::Plan(format!(
-                        "table `{catalog}.{schema}.{base}` has no snapshot {snapshot_id} \
-                         (list them with SELECT * FROM {catalog}.{schema}.\"{base}$snapshots\")"
-                    )));
-                }
-                Arc::new(
-                    IcebergStaticTableProvider::try_new_from_table_snapshot(table, snapshot_id)
-                        .await
-                        .map_err(external)?,
-                )
-            }
-            TableRequest::Snapshots(_) => snapshots_table(&table).await?,
-        };
-        Ok(Some(provider))
-    }
-
-    /// From the listing, without loading the table: `SHOW TABLES` and `information_schema` ask
-    /// this of every table, and one table with unreadable metadata must not fail them all.
-    async fn table_type(&self, name: &str) -> DFResult<Option<TableType>> {
-        Ok(self.tables.contains(name).then_some(TableType::Base))
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        self.tables.contains(name)
-    }
-}
-
-/// The table's snapshots (id, parent, time, operation, summary) as an in-memory table.
-async fn snapshots_table(table: &Table) -> DFResult<Arc<dyn TableProvider>> {
-    let inspect = table.inspect();
-    let snapshots = inspect.snapshots();
-    let batches: Vec<_> = snapshots.scan().await.map_err(external)?.try_collect().await.map_err(external)?;
-    let schema: SchemaRef = match batches.first() {
-        Some(batch) => batch.schema(),
-        None => Arc::new(iceberg::arrow::schema_to_arrow_schema(&snapshots.schema()).map_err(external)?),
-    };
-    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }

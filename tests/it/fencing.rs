@@ -1,0 +1,152 @@
+//! The lease race closed: a run whose lease lapsed while its catalog commit was in flight never
+//! publishes a snapshot that references files recovery deleted. Recovery fences a `committing`
+//! run off (Iceberg: a table property swapped in like a commit; Delta: a log version of its own)
+//! before it deletes anything; the stalled commit, released, is refused; a `RETRY RUN` (the next
+//! attempt) commits once. Time is a test clock: no test waits for a lease to lapse.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, mpsc};
+
+use sluice::Engine;
+use sluice::catalog::{CatalogConfig, DeltaConfig};
+use sluice::clock::TestClock;
+use sluice::coordinator::Resolution;
+use sluice::engine::DEFAULT_RUN_LEASE;
+use sluice::ledger::RunStatus;
+
+use crate::support::{files_under, rows, value};
+
+/// An engine on `home` (with a Delta catalog) whose time is `clock`.
+async fn engine(home: &Path, clock: &TestClock) -> Engine {
+    let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+    Engine::builder()
+        .home(home)
+        .catalog("delta", CatalogConfig::Delta(delta))
+        .shards(2)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Stops every commit attempt into `table` at the failpoint `commit-stall` until released;
+/// returns (reached, release).
+fn stall_commits(table: &str) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (reached_tx, reached) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    fail::cfg_callback(format!("commit-stall/{table}"), move || {
+        reached_tx.send(()).ok();
+        release_rx.lock().unwrap().recv().ok();
+    })
+    .unwrap();
+    (reached, release)
+}
+
+/// The files under `dir` whose name contains `needle`.
+fn files_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    files_under(dir).into_iter().filter(|f| f.to_string_lossy().contains(needle)).collect()
+}
+
+/// The metadata files of the Iceberg table in `dir`, by kind: (`*.metadata.json`, `*.avro`).
+fn iceberg_metadata(dir: &Path) -> (usize, usize) {
+    let files = files_under(&dir.join("metadata"));
+    let count = |suffix: &str| files.iter().filter(|f| f.to_string_lossy().ends_with(suffix)).count();
+    (count(".metadata.json"), count(".avro"))
+}
+
+async fn stalled_commit_is_fenced_off(table: &str, table_dir: impl Fn(&Path) -> PathBuf) {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let engine = Arc::new(engine(home.path(), &clock).await);
+    let schema = table.rsplit_once('.').unwrap().0;
+    engine.sql(&format!("CREATE SCHEMA {schema}; CREATE TABLE {table} (id BIGINT)")).await.unwrap();
+    engine.sql(&format!("INSERT INTO {table} VALUES (-1), (-2)")).await.unwrap();
+    let metadata_before = iceberg_metadata(&table_dir(home.path()));
+
+    let (reached, release) = stall_commits(table);
+    let run = {
+        let (engine, sql) =
+            (engine.clone(), format!("INSERT INTO {table} SELECT value FROM generate_series(1, 50000)"));
+        tokio::spawn(async move { engine.sql(&sql).await })
+    };
+    tokio::task::spawn_blocking(move || reached.recv().unwrap()).await.unwrap();
+    let record = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!(record.status, RunStatus::Committing, "stalled inside its commit");
+
+    // The lease lapses (the process is only stalled); recovery fences the run off, then deletes.
+    clock.advance(DEFAULT_RUN_LEASE * 2);
+    let settled = engine.recover().await.unwrap();
+    let settled: Vec<_> = settled.into_iter().map(|(run, how)| (run.run_id, how)).collect();
+    assert_eq!(settled, [(record.run_id.clone(), Resolution::RolledBack)]);
+    assert!(files_named(home.path(), &record.run_id).is_empty(), "recovery deleted the run's files");
+
+    // Released, the commit is refused: nothing of the run is published.
+    fail::remove(format!("commit-stall/{table}"));
+    release.send(()).unwrap();
+    let error = run.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains("fenced off by recovery"), "{error}");
+    assert_eq!(rows(&engine, &format!("SELECT count(*), min(id) FROM {table}")).await, [["2", "-2"]]);
+    assert!(files_named(home.path(), &record.run_id).is_empty(), "no file of the run came back");
+    let (json, avro) = iceberg_metadata(&table_dir(home.path()));
+    if metadata_before.0 > 0 {
+        assert_eq!((json, avro), (metadata_before.0 + 1, metadata_before.1), "only the fence's metadata file is new");
+    }
+    assert_eq!(engine.ledger().run(&record.run_id).await.unwrap().unwrap().status, RunStatus::Failed);
+
+    // The next attempt of the run may commit, once.
+    let retried = engine.retry_run(&record.run_id).await.unwrap();
+    assert_eq!((retried.run_id.as_str(), retried.rows), (record.run_id.as_str(), 50_000));
+    assert_eq!(rows(&engine, &format!("SELECT count(*), count(DISTINCT id) FROM {table}")).await, [["50002", "50002"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_iceberg_commit_stalled_past_its_lease_is_fenced_off_by_recovery() {
+    stalled_commit_is_fenced_off("lake.fence.t", |home| home.join("warehouse/fence/t")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delta_commit_stalled_past_its_lease_is_fenced_off_by_recovery() {
+    stalled_commit_is_fenced_off("delta.fence.t", |home| home.join("delta/fence/t")).await;
+}
+
+/// A process killed inside the Iceberg commit (its manifests, manifest list and metadata file
+/// written, the catalog not yet swapped) leaves no unreferenced file behind after recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_inside_the_iceberg_commit_leaves_no_metadata_file_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let sluice = |failpoints: &str, sql: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["--shards", "2", "-c", sql])
+            .env("FAILPOINTS", failpoints)
+            .output()
+            .unwrap()
+    };
+    let setup =
+        sluice("", "CREATE SCHEMA lake.fk; CREATE TABLE lake.fk.t (id BIGINT); INSERT INTO lake.fk.t VALUES (1)");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let table_dir = home.path().join("warehouse/fk/t");
+    let before = iceberg_metadata(&table_dir);
+    let crashed = sluice(
+        "commit-stall/lake.fk.t=return(abort)",
+        "INSERT INTO lake.fk.t SELECT value FROM generate_series(2, 10001)",
+    );
+    assert!(!crashed.status.success(), "the process was to die inside its commit");
+    let (json, avro) = iceberg_metadata(&table_dir);
+    assert!(json > before.0 && avro > before.1, "the commit had written its metadata: {before:?} -> {json}, {avro}");
+
+    // Recovery, once the dead process's lease has lapsed (the clock moved on, nobody waits).
+    let clock = TestClock::new();
+    clock.advance(DEFAULT_RUN_LEASE * 2);
+    let engine = engine(home.path(), &clock).await;
+    let run = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!(run.status, RunStatus::Failed, "{:?}", run.error);
+    assert_eq!(iceberg_metadata(&table_dir), (before.0 + 1, before.1), "only the fence's metadata file is new");
+    assert!(files_named(home.path(), &run.run_id).is_empty(), "no data file of the run is left");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.fk.t").await, "1");
+    engine.retry_run(&run.run_id).await.unwrap();
+    assert_eq!(rows(&engine, "SELECT count(*), count(DISTINCT id) FROM lake.fk.t").await, [["10001", "10001"]]);
+}
