@@ -20,8 +20,8 @@
 //!  ledger: succeeded (snapshot id, rows, files, bytes)                 Committed, Closed
 //! ```
 //!
-//! Built-ins: [`TableCommit`], the Iceberg and Delta commit coordinators (one snapshot or
-//! version through a [`TableWriter`]); [`FileMerge`], for `COPY (SELECT ...) TO 'out.csv'`
+//! Built-ins: [`TableCommit`], the Iceberg and Delta commit coordinator (one snapshot or
+//! version through the table's [`crate::runtime::TableFormat`]); [`FileMerge`], for `COPY (SELECT ...) TO 'out.csv'`
 //! (JSONL, Parquet): part files merged into the one requested file and renamed into place; and
 //! [`Composite`], which chains several (commit, then notify) with a defined order and error
 //! semantics. A library user plugs in their own through

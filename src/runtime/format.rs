@@ -3,7 +3,11 @@
 //! (the typed part: how rows map to partitions, how a file is written and described, how the
 //! run is committed). Each format owns its partition and file types; nothing here names a format.
 
+use std::future::Future;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -149,6 +153,31 @@ pub trait TableFormat: TableWriter + 'static {
     /// race; an overwrite is one attempt and fails with a conflict when any other commit landed
     /// since the run started. Every attempt is refused once recovery has fenced the run off.
     async fn commit(&self, files: Vec<Self::File>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError>;
+}
+
+/// Runs a commit `attempt` again while it loses to concurrent commits ([`CommitError::Conflict`]),
+/// at most `attempts` times in all, with jittered exponential backoff (20 ms, doubling, up to
+/// 2 s) between; when every attempt lost, [`CommitError::AttemptsExhausted`]. `run_id` and
+/// `table` name the commit in the log.
+pub async fn retry_conflicts<F, Fut>(attempts: usize, run_id: &str, table: &str, attempt: F) -> Result<i64, CommitError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<i64, CommitError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(attempts.saturating_sub(1));
+    let committed = attempt
+        .retry(backoff)
+        .when(|e: &CommitError| matches!(e, CommitError::Conflict(_)))
+        .notify(|e, delay| tracing::info!(%run_id, %table, ?delay, "commit conflict, retrying: {e}"))
+        .await;
+    committed.map_err(|e| match e {
+        CommitError::Conflict(last) => CommitError::AttemptsExhausted { attempts, last },
+        other => other,
+    })
 }
 
 /// Splits `batch` by the values of `keys` (columns as long as the batch): for each group, in

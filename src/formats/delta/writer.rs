@@ -10,10 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -32,7 +30,7 @@ use futures::TryStreamExt;
 use serde_json::json;
 
 use super::file::{DeltaFile, escape_path_value, object_path};
-use crate::runtime::format::{DICTIONARY_PAGE_BYTES, split_rows};
+use crate::runtime::format::{DICTIONARY_PAGE_BYTES, retry_conflicts, split_rows};
 use crate::runtime::{BoxError, CommitError, Fence, FileWriter, RunContext, StagedFile, TableFormat, TableWriter};
 use crate::table::{PartitionField, RunIdentity, Transform, WriteMode};
 
@@ -438,19 +436,6 @@ impl TableFormat for DeltaTableWriter {
             // One attempt: another commit since the run started is a conflict, not something to rebase on.
             return attempt().await;
         }
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(COMMIT_ATTEMPTS_MAX - 1);
-        let committed = attempt
-            .retry(backoff)
-            .when(|e: &CommitError| matches!(e, CommitError::Conflict(_)))
-            .notify(|e, delay| tracing::info!(run_id = %identity.run_id, table = %self.root, ?delay, "commit conflict, retrying: {e}"))
-            .await;
-        committed.map_err(|e| match e {
-            CommitError::Conflict(last) => CommitError::AttemptsExhausted { attempts: COMMIT_ATTEMPTS_MAX, last },
-            other => other,
-        })
+        retry_conflicts(COMMIT_ATTEMPTS_MAX, &identity.run_id, &self.root, attempt).await
     }
 }

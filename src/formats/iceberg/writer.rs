@@ -12,10 +12,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::basic::Compression;
@@ -40,7 +38,7 @@ use iceberg::{Catalog, TableIdent};
 
 use super::catalog::MetadataPointer;
 use super::snapshot::{self, SnapshotCommit};
-use crate::runtime::format::{DICTIONARY_PAGE_BYTES, split_rows};
+use crate::runtime::format::{DICTIONARY_PAGE_BYTES, retry_conflicts, split_rows};
 use crate::runtime::{BoxError, CommitError, Fence, FileWriter, RunContext, StagedFile, TableFormat, TableWriter};
 use crate::table::{PartitionField, RunIdentity, Transform, WriteMode};
 
@@ -426,20 +424,7 @@ impl TableFormat for IcebergTableWriter {
                 }),
             }
         };
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(COMMIT_ATTEMPTS_MAX - 1);
-        let committed = attempt
-            .retry(backoff)
-            .when(|e: &CommitError| matches!(e, CommitError::Conflict(_)))
-            .notify(|e, delay| tracing::info!(run_id = %identity.run_id, table = %self.ident, ?delay, "commit conflict, retrying: {e}"))
-            .await;
-        committed.map_err(|e| match e {
-            CommitError::Conflict(last) => CommitError::AttemptsExhausted { attempts: COMMIT_ATTEMPTS_MAX, last },
-            other => other,
-        })
+        retry_conflicts(COMMIT_ATTEMPTS_MAX, &identity.run_id, &self.ident.to_string(), attempt).await
     }
 }
 
