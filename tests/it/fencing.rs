@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 
 use sluice::Engine;
 use sluice::catalog::{CatalogConfig, DeltaConfig};
@@ -15,7 +15,7 @@ use sluice::coordinator::Resolution;
 use sluice::engine::DEFAULT_RUN_LEASE;
 use sluice::ledger::RunStatus;
 
-use crate::support::{files_under, rows, value};
+use crate::support::{Stall, files_under, rows, value};
 
 /// An engine on `home` (with a Delta catalog) whose time is `clock`.
 async fn engine(home: &Path, clock: &TestClock) -> Engine {
@@ -28,20 +28,6 @@ async fn engine(home: &Path, clock: &TestClock) -> Engine {
         .build()
         .await
         .unwrap()
-}
-
-/// Stops every commit attempt into `table` at the failpoint `commit-stall` until released;
-/// returns (reached, release).
-fn stall_commits(table: &str) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
-    let (reached_tx, reached) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    fail::cfg_callback(format!("commit-stall/{table}"), move || {
-        reached_tx.send(()).ok();
-        release_rx.lock().unwrap().recv().ok();
-    })
-    .unwrap();
-    (reached, release)
 }
 
 /// The files under `dir` whose name contains `needle`.
@@ -65,13 +51,13 @@ async fn stalled_commit_is_fenced_off(table: &str, table_dir: impl Fn(&Path) -> 
     engine.sql(&format!("INSERT INTO {table} VALUES (-1), (-2)")).await.unwrap();
     let metadata_before = iceberg_metadata(&table_dir(home.path()));
 
-    let (reached, release) = stall_commits(table);
+    let mut stall = Stall::at(format!("commit-stall/{table}"));
     let run = {
         let (engine, sql) =
             (engine.clone(), format!("INSERT INTO {table} SELECT value FROM generate_series(1, 50000)"));
         tokio::spawn(async move { engine.sql(&sql).await })
     };
-    tokio::task::spawn_blocking(move || reached.recv().unwrap()).await.unwrap();
+    stall.reached().await;
     let record = engine.ledger().runs(None).await.unwrap().pop().unwrap();
     assert_eq!(record.status, RunStatus::Committing, "stalled inside its commit");
 
@@ -83,8 +69,7 @@ async fn stalled_commit_is_fenced_off(table: &str, table_dir: impl Fn(&Path) -> 
     assert!(files_named(home.path(), &record.run_id).is_empty(), "recovery deleted the run's files");
 
     // Released, the commit is refused: nothing of the run is published.
-    fail::remove(format!("commit-stall/{table}"));
-    release.send(()).unwrap();
+    stall.release();
     let error = run.await.unwrap().unwrap_err().to_string();
     assert!(error.contains("fenced off by recovery"), "{error}");
     assert_eq!(rows(&engine, &format!("SELECT count(*), min(id) FROM {table}")).await, [["2", "-2"]]);

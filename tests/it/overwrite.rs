@@ -3,13 +3,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sluice::Engine;
 use sluice::catalog::{CatalogConfig, DeltaConfig};
 use sluice::ledger::RunStatus;
 
-use crate::support::{files_under, rows};
+use crate::support::{Stall, files_under, rows};
 
 async fn engine(home: &Path) -> Arc<Engine> {
     let delta = DeltaConfig { root: home.join("delta").display().to_string() };
@@ -22,17 +21,16 @@ async fn engine(home: &Path) -> Arc<Engine> {
 /// commits, then lets it try. Returns the overwrite's error.
 async fn overwrite_against_an_append(engine: &Arc<Engine>, table: &str) -> String {
     engine.sql(&format!("CREATE TABLE {table} (id BIGINT); INSERT INTO {table} VALUES (1), (2)")).await.unwrap();
-    let failpoint = format!("before-commit/{table}");
-    fail::cfg(&failpoint, "1*sleep(2000)").unwrap();
+    let mut stall = Stall::at(format!("before-commit/{table}"));
     let overwrite = {
         let (engine, sql) =
             (engine.clone(), format!("INSERT OVERWRITE {table} SELECT value FROM generate_series(100, 199)"));
         tokio::spawn(async move { engine.sql(&sql).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await; // the overwrite is staged and waiting
+    stall.reached().await; // the overwrite is staged and held
     engine.sql(&format!("INSERT INTO {table} VALUES (3)")).await.unwrap();
+    stall.release();
     let error = overwrite.await.unwrap().expect_err("the overwrite lost the race").to_string();
-    fail::remove(&failpoint);
 
     assert!(error.contains("conflict") && error.contains("rolled back"), "{error}");
     assert_eq!(rows(engine, &format!("SELECT id FROM {table} ORDER BY id")).await, [["1"], ["2"], ["3"]]);

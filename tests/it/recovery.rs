@@ -12,7 +12,7 @@ use sluice::clock::TestClock;
 use sluice::coordinator::Resolution;
 use sluice::ledger::RunStatus;
 
-use crate::support::{files_under, rows, value};
+use crate::support::{Stall, files_under, rows, value};
 
 const LEASE: Duration = Duration::from_millis(300);
 
@@ -182,16 +182,16 @@ async fn a_failed_run_is_retried_under_its_id_and_runs_of_a_pipeline_never_overl
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.r.t").await, "100000");
 
     // While a run of the pipeline holds its lease, another is refused.
-    fail::cfg("before-commit/lake.r.t", "1*sleep(1500)").unwrap();
+    let mut stall = Stall::at("before-commit/lake.r.t");
     let first = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.run_pipeline("fill").await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stall.reached().await;
     let refused = engine.run_pipeline("fill").await.unwrap_err().to_string();
     assert!(refused.contains("pipeline `fill` is already running"), "{refused}");
+    stall.release();
     first.await.unwrap().unwrap();
-    fail::remove("before-commit/lake.r.t");
     engine.run_pipeline("fill").await.unwrap();
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.r.t").await, "300000");
     let unknown = engine.sql("RETRY RUN 'nope'").await.unwrap_err().to_string();
@@ -216,22 +216,22 @@ async fn a_run_whose_lease_lapsed_is_settled_once_and_cannot_commit_afterwards()
             .unwrap(),
     );
     engine.sql("CREATE SCHEMA lake.l; CREATE TABLE lake.l.t (id BIGINT)").await.unwrap();
-    fail::cfg("before-commit/lake.l.t", "1*sleep(1500)").unwrap();
+    let mut stall = Stall::at("before-commit/lake.l.t");
     let run = {
         let engine = engine.clone();
         tokio::spawn(
             async move { engine.sql("INSERT INTO lake.l.t SELECT value FROM generate_series(1, 50000)").await },
         )
     };
-    tokio::time::sleep(Duration::from_millis(500)).await; // staged, waiting before its commit
+    stall.reached().await; // staged, held before its commit
     clock.advance(Duration::from_secs(60));
     let settled = engine.recover().await.unwrap();
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].1, Resolution::RolledBack);
     assert!(engine.recover().await.unwrap().is_empty(), "settled once");
 
+    stall.release();
     let error = run.await.unwrap().unwrap_err().to_string();
-    fail::remove("before-commit/lake.l.t");
     assert!(error.contains("lost its lease"), "{error}");
     let record = engine.ledger().runs(None).await.unwrap().pop().unwrap();
     assert_eq!(record.status, RunStatus::Failed);

@@ -93,3 +93,46 @@ pub fn python() -> PathBuf {
     );
     python
 }
+
+/// A failpoint that holds the first thread reaching it until released (later ones pass): the
+/// test learns when a run got there (no sleeping on a guess) and decides when it goes on.
+pub struct Stall {
+    failpoint: String,
+    reached: Option<std::sync::mpsc::Receiver<()>>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl Stall {
+    /// Stalls at `failpoint` (e.g. `before-commit/lake.s.t`) from now on.
+    pub fn at(failpoint: impl Into<String>) -> Self {
+        let failpoint = failpoint.into();
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        fail::cfg_callback(failpoint.clone(), move || {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                reached_tx.send(()).ok();
+                release_rx.lock().unwrap().recv().ok();
+            }
+        })
+        .unwrap();
+        Self { failpoint, reached: Some(reached), release }
+    }
+
+    /// Waits until a thread has reached the failpoint (and is held there).
+    pub async fn reached(&mut self) {
+        let reached = self.reached.take().expect("waited for once");
+        let reached = tokio::task::spawn_blocking(move || {
+            reached.recv().unwrap();
+            reached
+        });
+        self.reached = Some(reached.await.unwrap());
+    }
+
+    /// Removes the failpoint and lets the held thread go on.
+    pub fn release(self) {
+        fail::remove(&self.failpoint);
+        self.release.send(()).unwrap();
+    }
+}
