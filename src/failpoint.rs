@@ -11,7 +11,8 @@
 //!
 //! Points: `shard-write` (after a shard wrote a batch), `before-commit` (all shards staged, the
 //! catalog not yet called), `commit-refused` (the commit request fails before the catalog has
-//! it), `commit-response-lost` (the catalog took the commit, the answer is lost), `after-commit`
+//! it), `commit-request-lost` (the same, but reported as an unknown outcome),
+//! `commit-response-lost` (the catalog took the commit, the answer is lost), `after-commit`
 //! (committed, the ledger not yet told: a crash there), `commit-stall` (inside a commit attempt,
 //! just before the catalog call: on Iceberg SQL catalogs with the attempt's manifests and
 //! metadata written; `pause` stalls it, `return(abort)` kills the process there).

@@ -70,6 +70,28 @@ impl<W: TableFormat> TableCommit<W> {
     fn staged(&self) -> std::sync::MutexGuard<'_, Vec<W::File>> {
         self.staged.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Settles a commit whose answer was lost: landed (its snapshot / version), or certainly not
+    /// (an error; the run is rolled back), or still unknown (an error that leaves the run to
+    /// recovery, its files kept).
+    async fn settle_unknown(&self, run: &RunContext, error: CommitError) -> Result<Option<i64>, CoordinatorError> {
+        let unknown = |detail: String| {
+            CoordinatorError::commit(&self.name, CommitError::OutcomeUnknown(format!("{error}; {detail}").into()))
+        };
+        let not_landed = |detail: &str| self.error(format!("{error}; {detail}"));
+        match self.writer.fence(run.identity()).await {
+            Ok(Fence::Landed(id)) => Ok(Some(id)),
+            Ok(Fence::Fenced) => Err(not_landed("the run is not in the table's history and is fenced off now")),
+            // No fence: the commit call has returned, so no retry of ours is still under way;
+            // the history decides.
+            Ok(Fence::Unsupported) => match self.writer.find_run(run.identity()).await {
+                Ok(Some(id)) => Ok(Some(id)),
+                Ok(None) => Err(not_landed("the run is not in the table's history, so it did not land")),
+                Err(lookup) => Err(unknown(format!("and the table's history could not be read: {lookup}"))),
+            },
+            Err(fence) => Err(unknown(format!("and the run could not be fenced off: {fence}"))),
+        }
+    }
 }
 
 #[async_trait]
@@ -106,7 +128,8 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
 
     /// Appending nothing, or replacing the partitions of no rows, changes nothing; replacing the
     /// whole table with no rows empties it. When the commit's outcome is unknown, the table may
-    /// still have taken it (the answer was lost): the run is looked up in the table's history.
+    /// still have taken it (the answer was lost): the run is fenced off, which first looks for it
+    /// in the table's history, so that it has either landed or never can.
     async fn on_finish(&self, run: &RunContext, _shards: &[ShardResult]) -> Result<Option<i64>, CoordinatorError> {
         let files = std::mem::take(&mut *self.staged());
         if files.is_empty() && self.mode != WriteMode::Overwrite {
@@ -114,18 +137,7 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         }
         match commit_through_failpoints(self.writer.as_ref(), files, run, self.mode).await {
             Ok(id) => Ok(Some(id)),
-            Err(error @ CommitError::OutcomeUnknown(_)) => match self.writer.find_run(run.identity()).await {
-                Ok(Some(id)) => Ok(Some(id)),
-                Ok(None) => {
-                    Err(self.error(format!("{error}; the run is not in the table's history, so it did not land")))
-                }
-                Err(lookup) => Err(CoordinatorError::commit(
-                    &self.name,
-                    CommitError::OutcomeUnknown(
-                        format!("{error}; and the table's history could not be read: {lookup}").into(),
-                    ),
-                )),
-            },
+            Err(error @ CommitError::OutcomeUnknown(_)) => self.settle_unknown(run, error).await,
             Err(error) => Err(CoordinatorError::commit(&self.name, error)),
         }
     }
@@ -147,8 +159,9 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
 }
 
 /// The table's commit, with the test failpoints around the catalog call: `commit-refused` (the
-/// request never reaches the catalog) and `commit-response-lost` (the catalog took the commit,
-/// but its answer never came back: the outcome is unknown to the caller).
+/// request never reaches the catalog), `commit-request-lost` (it never reaches it either, but
+/// the caller cannot tell: the outcome is unknown) and `commit-response-lost` (the catalog took
+/// the commit, but its answer never came back: the outcome is unknown to the caller).
 async fn commit_through_failpoints<W: TableFormat>(
     writer: &W,
     files: Vec<W::File>,
@@ -157,6 +170,8 @@ async fn commit_through_failpoints<W: TableFormat>(
 ) -> Result<i64, CommitError> {
     let injected = |failpoint: String| format!("injected failure at failpoint `{failpoint}`");
     crate::failpoint::check("commit-refused", run.target()).map_err(|f| CommitError::Refused(injected(f).into()))?;
+    crate::failpoint::check("commit-request-lost", run.target())
+        .map_err(|f| CommitError::OutcomeUnknown(injected(f).into()))?;
     let committed = writer.commit(files, run, mode).await?;
     crate::failpoint::check("commit-response-lost", run.target())
         .map_err(|f| CommitError::OutcomeUnknown(injected(f).into()))?;

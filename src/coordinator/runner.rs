@@ -237,7 +237,9 @@ impl Runner {
                 "abandoned while committing; the catalog cannot rule out a late commit, so its staged files were kept"
             }
         };
-        if !self.ledger.claim_abandoned(run.run_id(), error).await? {
+        // Claimed only in the state it was settled for: a run that moved from `staging` to
+        // `committing` meanwhile may be committing now, and is left for a recovery that fences.
+        if !self.ledger.claim_abandoned(run.run_id(), record.status, error).await? {
             return Ok(Resolution::StillRunning);
         }
         if !fenced {

@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::records::run_from_row;
-use super::{Ledger, LedgerError, NewRun, Result, RunRecord, ShardTaskRecord, ShardTotals, query_error};
+use super::{Ledger, LedgerError, NewRun, Result, RunRecord, RunStatus, ShardTaskRecord, ShardTotals, query_error};
 
 impl Ledger {
     /// Step 1 of the protocol: records a new run in `staging` and returns its sequence number
@@ -151,21 +151,24 @@ impl Ledger {
         Ok(done == 1)
     }
 
-    /// Recovery's claim on an abandoned run: marks it failed with `error` if it is still open
-    /// and its lease has lapsed. False when it is not (settled by another, or alive again), in
-    /// which case the caller must leave its files alone.
-    pub async fn claim_abandoned(&self, run_id: &str, error: &str) -> Result<bool> {
+    /// Recovery's claim on an abandoned run: marks it failed with `error` if it is still in
+    /// `status` (what recovery saw, and settled it for) and its lease has lapsed. False when it is
+    /// not (settled by another, alive again, or moved on from `staging` to `committing`, where
+    /// only a fence makes its files safe to delete), in which case the caller must leave its
+    /// files alone.
+    pub async fn claim_abandoned(&self, run_id: &str, status: RunStatus, error: &str) -> Result<bool> {
         let now = self.now_ms();
         let done = self
             .execute(
                 "claiming an abandoned run",
                 sqlx::query(
                     "UPDATE runs SET status = 'failed', finished_at_ms = ?1, error = ?2, lease_until_ms = NULL
-             WHERE run_id = ?3 AND status IN ('staging', 'committing') AND COALESCE(lease_until_ms, 0) < ?1",
+             WHERE run_id = ?3 AND status = ?4 AND COALESCE(lease_until_ms, 0) < ?1",
                 )
                 .bind(now)
                 .bind(error)
-                .bind(run_id),
+                .bind(run_id)
+                .bind(status.as_str()),
             )
             .await?;
         Ok(done == 1)

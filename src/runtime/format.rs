@@ -3,6 +3,7 @@
 //! (the typed part: how rows map to partitions, how a file is written and described, how the
 //! run is committed). Each format owns its partition and file types; nothing here names a format.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,7 +14,6 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, SortField};
-use std::collections::HashMap;
 
 use super::{BoxError, RunContext};
 use crate::table::{PartitionField, RunIdentity, WriteMode};
@@ -147,11 +147,13 @@ pub trait TableFormat: TableWriter + 'static {
     ) -> Result<Box<dyn FileWriter<Self::File>>, BoxError>;
     /// Where a finished file is and what it holds.
     fn describe(&self, file: &Self::File) -> StagedFile;
-    /// Publishes all `files` in one snapshot / version tagged with the run; returns its id. Any
-    /// file the commit itself writes (manifests, metadata) is recorded with the run's staged
-    /// files before it is written. An append retries (bounded) when concurrent writers win the
-    /// race; an overwrite is one attempt and fails with a conflict when any other commit landed
-    /// since the run started. Every attempt is refused once recovery has fenced the run off.
+    /// Publishes all `files` in one snapshot / version tagged with the run; returns its id. A
+    /// file the commit writes itself (manifests, metadata) is recorded with the run's staged
+    /// files before it is written (files a library writes inside its own transaction cannot
+    /// be). An append retries (bounded) when concurrent writers win the race; an overwrite is
+    /// one attempt and fails with a conflict when any other commit landed since the run started.
+    /// Where the format can fence (see [`TableWriter::fence`]), every attempt of a fenced-off
+    /// run is refused.
     async fn commit(&self, files: Vec<Self::File>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError>;
 }
 

@@ -35,6 +35,26 @@ fn files_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
     files_under(dir).into_iter().filter(|f| f.to_string_lossy().contains(needle)).collect()
 }
 
+/// The table's metadata files in `dir` that a fence adds to: Iceberg's `metadata/*.metadata.json`
+/// or Delta's `_delta_log/*.json`.
+fn versions(dir: &Path) -> Vec<PathBuf> {
+    let mut files = files_under(&dir.join("metadata"));
+    files.extend(files_under(&dir.join("_delta_log")));
+    files.retain(|f| f.extension().is_some_and(|e| e == "json"));
+    files
+}
+
+/// Checks that the only metadata file added since `before` is a fence of `run_id` (and that no
+/// manifest was added: `avro_before` is the table's count of them).
+fn only_the_fence_is_new(dir: &Path, before: &[PathBuf], avro_before: usize, run_id: &str) {
+    let new: Vec<_> = versions(dir).into_iter().filter(|f| !before.contains(f)).collect();
+    assert_eq!(new.len(), 1, "one new metadata file: {new:?}");
+    let fence = std::fs::read_to_string(&new[0]).unwrap();
+    let marker = [format!("sluice.fenced-run.{run_id}"), format!("sluice-fence/{run_id}")];
+    assert!(marker.iter().any(|m| fence.contains(m)), "{} is the run's fence: {fence}", new[0].display());
+    assert_eq!(iceberg_metadata(dir).1, avro_before, "no manifest of the run is left");
+}
+
 /// The metadata files of the Iceberg table in `dir`, by kind: (`*.metadata.json`, `*.avro`).
 fn iceberg_metadata(dir: &Path) -> (usize, usize) {
     let files = files_under(&dir.join("metadata"));
@@ -49,7 +69,8 @@ async fn stalled_commit_is_fenced_off(table: &str, table_dir: impl Fn(&Path) -> 
     let schema = table.rsplit_once('.').unwrap().0;
     engine.sql(&format!("CREATE SCHEMA {schema}; CREATE TABLE {table} (id BIGINT)")).await.unwrap();
     engine.sql(&format!("INSERT INTO {table} VALUES (-1), (-2)")).await.unwrap();
-    let metadata_before = iceberg_metadata(&table_dir(home.path()));
+    let (versions_before, avro_before) =
+        (versions(&table_dir(home.path())), iceberg_metadata(&table_dir(home.path())).1);
 
     let mut stall = Stall::at(format!("commit-stall/{table}"));
     let run = {
@@ -74,10 +95,7 @@ async fn stalled_commit_is_fenced_off(table: &str, table_dir: impl Fn(&Path) -> 
     assert!(error.contains("fenced off by recovery"), "{error}");
     assert_eq!(rows(&engine, &format!("SELECT count(*), min(id) FROM {table}")).await, [["2", "-2"]]);
     assert!(files_named(home.path(), &record.run_id).is_empty(), "no file of the run came back");
-    let (json, avro) = iceberg_metadata(&table_dir(home.path()));
-    if metadata_before.0 > 0 {
-        assert_eq!((json, avro), (metadata_before.0 + 1, metadata_before.1), "only the fence's metadata file is new");
-    }
+    only_the_fence_is_new(&table_dir(home.path()), &versions_before, avro_before, &record.run_id);
     assert_eq!(engine.ledger().run(&record.run_id).await.unwrap().unwrap().status, RunStatus::Failed);
 
     // The next attempt of the run may commit, once.
@@ -134,4 +152,42 @@ async fn a_kill_inside_the_iceberg_commit_leaves_no_metadata_file_behind() {
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.fk.t").await, "1");
     engine.retry_run(&run.run_id).await.unwrap();
     assert_eq!(rows(&engine, "SELECT count(*), count(DISTINCT id) FROM lake.fk.t").await, [["10001", "10001"]]);
+}
+
+/// A commit whose request is lost (the process cannot tell whether the catalog took it) is
+/// fenced off at once by its own process, which then rolls back knowing that it never lands; the
+/// next attempt commits once.
+async fn a_lost_request_is_fenced_off_and_rolled_back(table: &str, table_dir: impl Fn(&Path) -> PathBuf) {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), &TestClock::new()).await;
+    let schema = table.rsplit_once('.').unwrap().0;
+    engine.sql(&format!("CREATE SCHEMA {schema}; CREATE TABLE {table} (id BIGINT)")).await.unwrap();
+    let (versions_before, avro_before) =
+        (versions(&table_dir(home.path())), iceberg_metadata(&table_dir(home.path())).1);
+    let failpoint = format!("commit-request-lost/{table}");
+    fail::cfg(&failpoint, "1*return").unwrap();
+    let error = engine.sql(&format!("INSERT INTO {table} SELECT value FROM generate_series(1, 1000)")).await;
+    fail::remove(&failpoint);
+    let error = error.unwrap_err().to_string();
+    assert!(
+        error.contains("outcome unknown") && error.contains("fenced off now") && error.contains("rolled back"),
+        "{error}"
+    );
+    let record = engine.ledger().runs(None).await.unwrap().pop().unwrap();
+    assert_eq!(record.status, RunStatus::Failed);
+    assert!(files_named(home.path(), &record.run_id).is_empty(), "the run's files are deleted");
+    only_the_fence_is_new(&table_dir(home.path()), &versions_before, avro_before, &record.run_id);
+    assert_eq!(value(&engine, &format!("SELECT count(*) FROM {table}")).await, "0");
+    engine.retry_run(&record.run_id).await.unwrap();
+    assert_eq!(rows(&engine, &format!("SELECT count(*), count(DISTINCT id) FROM {table}")).await, [["1000", "1000"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_iceberg_commit_whose_request_is_lost_is_fenced_off_and_rolled_back() {
+    a_lost_request_is_fenced_off_and_rolled_back("lake.lost.t", |home| home.join("warehouse/lost/t")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delta_commit_whose_request_is_lost_is_fenced_off_and_rolled_back() {
+    a_lost_request_is_fenced_off_and_rolled_back("delta.lost.t", |home| home.join("delta/lost/t")).await;
 }
