@@ -42,14 +42,6 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// An error while running a SQL file.
-    #[error("{path}: {source}")]
-    InFile {
-        /// The file.
-        path: String,
-        /// The error.
-        source: Box<Error>,
-    },
     /// `RETRY RUN` of a run that cannot be retried.
     #[error("cannot retry run {run_id}: {reason}")]
     CannotRetry {
@@ -79,9 +71,9 @@ pub enum Error {
         "{0}. This needs the run ledger: run `sluice doctor` for details; to start a new ledger, move the file aside (the pipelines and run history in it are then gone from Sluice)"
     )]
     LedgerUnavailable(String),
-    /// `sluice doctor` found problems (listed in its output).
-    #[error("sluice doctor found {0} problem(s), listed above")]
-    Unhealthy(usize),
+    /// The statement was cancelled before it finished; it changed nothing.
+    #[error("cancelled")]
+    Cancelled,
     /// Bad engine configuration.
     #[error("configuration: {0}")]
     Config(String),

@@ -19,7 +19,7 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`table`], [`clock`], [`paths`] | shared words (table names, partitioning, write modes, run identity), injected time, location checks |
+//! | [`table`], [`clock`], [`paths`], [`suggest`] | shared words (table names, partitioning, write modes, run identity), injected time, location checks, "did you mean" |
 //! | [`ledger`] | the SQLite store of pipelines, runs, shard tasks, staged files, events |
 //! | [`events`] | run events, to subscribers and the ledger |
 //! | [`parser`], [`pipeline`] | SQL with Sluice's extensions; pipeline definitions and options |
@@ -84,6 +84,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod planner;
 pub mod runtime;
+pub mod suggest;
 pub mod system;
 pub mod table;
 

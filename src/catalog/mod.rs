@@ -9,7 +9,8 @@
 //! Table lookups are live (every statement sees the latest commit, including other processes');
 //! the name lists behind `SHOW TABLES` are refreshed before each statement that plans SQL. Two suffixes on a
 //! table name reach past the latest state: `"t@<id>"` reads the table as of that Iceberg snapshot
-//! or Delta version (time travel), and, for Iceberg, `"t$snapshots"` lists its snapshots.
+//! or Delta version (time travel); `"t$snapshots"`, `"t$files"` and `"t$partitions"` describe an
+//! Iceberg table's snapshots and current files, `"t$history"` a Delta table's commits.
 
 mod config;
 pub mod names;
@@ -237,14 +238,49 @@ pub(crate) enum TableRequest<'a> {
     Current(&'a str),
     /// `t@<id>`: as of a snapshot / version.
     AsOf(&'a str, i64),
-    /// `t$snapshots`: the snapshot list.
-    Snapshots(&'a str),
+    /// `t$snapshots`, `t$files`, ...: a table about the table.
+    Metadata(&'a str, MetadataTable),
+}
+
+/// The metadata tables: `t$snapshots`, `t$files`, `t$partitions` (Iceberg), `t$history` (Delta).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetadataTable {
+    /// Every snapshot (Iceberg).
+    Snapshots,
+    /// The data files of the current snapshot (Iceberg).
+    Files,
+    /// Rows, files and bytes per partition of the current snapshot (Iceberg).
+    Partitions,
+    /// Every commit, newest first (Delta).
+    History,
+}
+
+impl MetadataTable {
+    const ALL: [MetadataTable; 4] =
+        [MetadataTable::Snapshots, MetadataTable::Files, MetadataTable::Partitions, MetadataTable::History];
+
+    /// The suffix after `$`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            MetadataTable::Snapshots => "snapshots",
+            MetadataTable::Files => "files",
+            MetadataTable::Partitions => "partitions",
+            MetadataTable::History => "history",
+        }
+    }
+
+    /// The error for a metadata table the format does not have.
+    pub(crate) fn unsupported(self, table: &TableName, format: &str, has: &str) -> String {
+        format!("`{table}` is a {format} table: it has no `${}` metadata table (it has {has})", self.name())
+    }
 }
 
 impl<'a> TableRequest<'a> {
     pub(crate) fn parse(name: &'a str) -> Self {
-        if let Some(base) = name.strip_suffix("$snapshots") {
-            return TableRequest::Snapshots(base);
+        for table in MetadataTable::ALL {
+            if let Some(base) = name.strip_suffix(table.name()).and_then(|n| n.strip_suffix('$')) {
+                return TableRequest::Metadata(base, table);
+            }
         }
         if let Some((base, id)) = name.rsplit_once('@')
             && let Ok(id) = id.parse()
@@ -256,7 +292,7 @@ impl<'a> TableRequest<'a> {
 
     pub(crate) fn base(self) -> &'a str {
         match self {
-            TableRequest::Current(base) | TableRequest::AsOf(base, _) | TableRequest::Snapshots(base) => base,
+            TableRequest::Current(base) | TableRequest::AsOf(base, _) | TableRequest::Metadata(base, _) => base,
         }
     }
 }
@@ -306,7 +342,8 @@ mod tests {
     fn table_name_suffixes() {
         assert_eq!(TableRequest::parse("t"), TableRequest::Current("t"));
         assert_eq!(TableRequest::parse("t@42"), TableRequest::AsOf("t", 42));
-        assert_eq!(TableRequest::parse("t$snapshots"), TableRequest::Snapshots("t"));
+        assert_eq!(TableRequest::parse("t$snapshots"), TableRequest::Metadata("t", MetadataTable::Snapshots));
+        assert_eq!(TableRequest::parse("t$history"), TableRequest::Metadata("t", MetadataTable::History));
         assert_eq!(TableRequest::parse("a@b"), TableRequest::Current("a@b"));
         assert_eq!(TableRequest::parse("t@42").base(), "t");
     }

@@ -1,21 +1,30 @@
-//! The command line: `sluice` (REPL), `sluice -c SQL`, `sluice -f FILE.sql`.
+//! The command line: `sluice` (REPL), `sluice -c SQL`, `sluice -f FILE.sql`, `sluice FILE.sql`,
+//! and SQL piped into stdin.
 //!
 //! A thin layer over `sluice::Engine`: it reads statements, runs them one by one, prints each
-//! result, and stops at the first error.
+//! result, and (but in the REPL) stops at the first error with a non-zero exit.
+//!
+//! - `shell.rs`: a session: statements and backslash commands, Ctrl-C cancelling a statement;
+//! - `commands.rs`: the backslash commands;
+//! - `repl.rs`: the interactive prompt, history and completion;
+//! - `format.rs`: printing results.
 
+mod commands;
 mod format;
 mod repl;
+mod shell;
 
-use std::io::Write;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use sluice::Engine;
 use sluice::engine::Output;
-use sluice::error::{Error, Result};
+use sluice::error::Error;
 use sluice::system::{findings_batch, settled_batch};
 
-pub use format::{Format, print_output};
+pub use format::{Format, Printer};
+use shell::{Flow, Shell};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -24,21 +33,24 @@ pub struct Args {
     /// What to do instead of running SQL.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// A SQL file to run, as with -f (runs after the -c commands and -f files).
+    #[arg(value_name = "SCRIPT")]
+    pub script: Option<PathBuf>,
     /// Home folder holding the catalog, warehouse and run ledger.
     #[arg(long, env = "SLUICE_HOME", default_value = ".sluice")]
     pub home: PathBuf,
     /// Also read catalog files (NAME.toml) from this folder, besides HOME/catalogs (repeatable).
     #[arg(long = "catalogs", value_name = "DIR")]
     pub catalog_dirs: Vec<PathBuf>,
-    /// Run these statements and exit (repeatable; runs before any -f).
+    /// Run these statements or backslash commands and exit (repeatable; runs before any -f).
     #[arg(short = 'c', long = "command", value_name = "SQL")]
     pub commands: Vec<String>,
-    /// Run the statements in these files and exit (repeatable).
+    /// Run the statements in these files (`-` for stdin) and exit (repeatable).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format of query results.
-    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
-    pub format: FormatArg,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// Default number of shards for writes (default: available cores).
     #[arg(long)]
     pub shards: Option<usize>,
@@ -56,23 +68,45 @@ pub enum Command {
     Doctor,
 }
 
-/// `--format` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
-    /// Aligned table.
-    Table,
-    /// CSV with a header row.
-    Csv,
-    /// JSON array of objects.
-    Json,
+/// Errors of the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The engine's error.
+    #[error(transparent)]
+    Sluice(#[from] Error),
+    /// A backslash command used wrongly, or the terminal failed.
+    #[error("{0}")]
+    Usage(String),
+    /// A file could not be read, or stdout written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An error in a SQL file.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// The error.
+        source: Box<CliError>,
+    },
+    /// `sluice doctor` found problems (listed in its output).
+    #[error("sluice doctor found {0} problem(s), listed above")]
+    Unhealthy(usize),
+    /// Output ended because its reader went away (`sluice ... | head`): not reported.
+    #[error("stdout closed")]
+    Closed,
 }
 
-impl From<FormatArg> for Format {
-    fn from(arg: FormatArg) -> Self {
-        match arg {
-            FormatArg::Table => Format::Table,
-            FormatArg::Csv => Format::Csv,
-            FormatArg::Json => Format::Json,
+impl CliError {
+    /// A closed pipe ends output quietly, like other Unix tools.
+    fn stdout(source: std::io::Error) -> Self {
+        match source.kind() {
+            std::io::ErrorKind::BrokenPipe => CliError::Closed,
+            _ => CliError::Io { path: "<stdout>".to_string(), source },
         }
     }
 }
@@ -97,15 +131,20 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 /// Logs go to stderr, filtered by `SLUICE_LOG` (default `warn`; delta-kernel's own error logs,
-/// e.g. on probing a table that does not exist yet, are off: its errors reach us as results).
+/// e.g. on probing a table that does not exist yet, are off: its errors reach us as results),
+/// coloured only when stderr is a terminal.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Runs the command line.
-pub async fn run(args: Args) -> Result<()> {
+pub async fn run(args: Args) -> Result<(), CliError> {
     let mut builder = Engine::builder().home(&args.home);
     for dir in &args.catalog_dirs {
         builder = builder.catalogs_dir(dir);
@@ -116,70 +155,58 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(limit) = args.memory_limit {
         builder = builder.memory_limit(limit);
     }
-    let format = Format::from(args.format);
-    match args.command {
-        Some(Command::Recover) => {
-            let engine = builder.recover_on_start(false).build().await?;
-            let settled = engine.recover().await;
-            engine.close().await?;
-            let output = Output::rows(settled_batch(&settled?));
-            return print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error);
-        }
-        Some(Command::Doctor) => {
-            let engine = builder.recover_on_start(false).build().await?;
-            let findings = engine.doctor().await;
-            engine.close().await?;
-            let output = Output::rows(findings_batch(&findings));
-            print_output(&mut std::io::stdout(), &output, format).or_else(stdout_error)?;
-            let problems = findings.iter().filter(|f| f.problem.is_some()).count();
-            return match problems {
-                0 => Ok(()),
-                n => Err(Error::Unhealthy(n)),
-            };
-        }
-        None => {}
+    let mut printer = Printer::new(args.format, None);
+    if let Some(command) = args.command {
+        let engine = builder.recover_on_start(false).build().await?;
+        let result = match command {
+            Command::Recover => engine.recover().await.map(|settled| (Output::rows(settled_batch(&settled)), 0)),
+            Command::Doctor => {
+                let findings = engine.doctor().await;
+                let problems = findings.iter().filter(|f| f.problem.is_some()).count();
+                Ok((Output::rows(findings_batch(&findings)), problems))
+            }
+        };
+        engine.close().await?;
+        let (output, problems) = result?;
+        let mut stdout = std::io::stdout().lock();
+        printer.print(&mut stdout, &output).and_then(|()| printer.finish(&mut stdout)).map_err(CliError::stdout)?;
+        return if problems == 0 { Ok(()) } else { Err(CliError::Unhealthy(problems)) };
     }
     let engine = builder.build().await?;
-    let result = run_statements(&engine, &args, format).await;
+    let result = run_statements(&engine, &args, printer).await;
     // The ledger is checkpointed on every exit, failed or not.
     let closed = engine.close().await;
-    result.and(closed)
+    match result {
+        Err(CliError::Closed) => Ok(()),
+        other => other.and(closed.map_err(CliError::from)),
+    }
 }
 
-/// The REPL, or the `-c` commands and then the `-f` files.
-async fn run_statements(engine: &Engine, args: &Args, format: Format) -> Result<()> {
-    if args.commands.is_empty() && args.files.is_empty() {
-        return repl::run(engine, format).await;
+/// The `-c` commands, the `-f` files and the script; else stdin when it is not a terminal
+/// (as `-f -`); else the REPL, which shows at most 40 rows of a table.
+async fn run_statements(engine: &Engine, args: &Args, mut printer: Printer) -> Result<(), CliError> {
+    let scripted = !args.commands.is_empty() || !args.files.is_empty() || args.script.is_some();
+    if !scripted && std::io::stdin().is_terminal() {
+        printer.max_rows = Some(40);
+        return repl::run(&mut Shell::new(engine, printer)).await;
     }
-    for sql in &args.commands {
-        run_script(engine, sql, format).await?;
-    }
-    for file in &args.files {
-        let sql =
-            std::fs::read_to_string(file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
-        run_script(engine, &sql, format)
-            .await
-            .map_err(|source| Error::InFile { path: file.display().to_string(), source: Box::new(source) })?;
-    }
-    Ok(())
+    let mut shell = Shell::new(engine, printer);
+    let result = run_script(&mut shell, args, scripted).await;
+    // A JSON document is closed even after an error, so what was printed still parses.
+    let finished = shell.finish();
+    result.and(finished)
 }
 
-/// Parses all of `sql` (a syntax error runs nothing), then runs and prints statement by statement.
-async fn run_script(engine: &Engine, sql: &str, format: Format) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    for statement in sluice::parser::parse(sql)? {
-        let output = engine.execute(&statement).await?;
-        if let Err(e) = print_output(&mut stdout, &output, format) {
-            return stdout_error(e);
+async fn run_script(shell: &mut Shell<'_>, args: &Args, scripted: bool) -> Result<(), CliError> {
+    for input in &args.commands {
+        if shell.run_input(input).await? == Flow::Quit {
+            return Ok(());
         }
     }
-    stdout.flush().or_else(stdout_error)
-}
-
-/// A closed pipe (`sluice ... | head`) ends output quietly, like other Unix tools.
-fn stdout_error(e: std::io::Error) -> Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        return Ok(());
+    let stdin = PathBuf::from("-");
+    let files = args.files.iter().chain(&args.script).chain((!scripted).then_some(&stdin));
+    for file in files {
+        shell.run_file(file).await?;
     }
-    Err(Error::Io { path: "<stdout>".to_string(), source: e })
+    Ok(())
 }

@@ -43,7 +43,9 @@ pub use file_merge::{ExportFormat, FileMerge};
 pub use runner::{RunError, Runner};
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
@@ -187,6 +189,9 @@ pub struct RunJob {
     pub base: Option<i64>,
     /// Where the run comes from.
     pub origin: RunOrigin,
+    /// Cancels the run: before its commit it is rolled back and recorded `cancelled`; once it
+    /// is committing, the commit goes on to its end (see [`Runner::run`]).
+    pub cancel: CancellationToken,
 }
 
 /// Where a run comes from: what the ledger keeps of it besides its target.

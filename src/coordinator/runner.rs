@@ -4,20 +4,27 @@
 //! ```text
 //!  RunJob ──open──► Opened ──stage──► Staged ──prepare──► Prepared ──commit──► RunReport
 //!                     │ (ledger: staging)  │ (shards' files)   │ (ledger: committing)
-//!                     └────────────────────┴───────────────────┴──► rolled back (ledger: failed)
+//!                     └────────────────────┴───────────────────┴──► rolled back (ledger: failed,
+//!                                          │                          or cancelled)
+//!                                          └──► cancelled: rolled back (ledger: cancelled)
 //!                                                               └──► outcome unknown: left
 //!                                                                    committing, for recovery
 //! ```
+//!
+//! A run is cancelled by its job's token, or by dropping the future of [`Runner::run`]: until
+//! it is `committing` it rolls back; from then on the commit goes to its end, so a run is never
+//! left half-committed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, CoordinatorError, Fence, Resolution, RunContext, RunJob, RunOrigin, RunReport, ShardResult};
 use crate::events::{EventLog, RunEvent};
-use crate::ledger::{Ledger, LedgerError, NewRun, RunRecord, ShardTotals};
+use crate::ledger::{Ledger, LedgerError, NewRun, RunRecord, RunStatus, ShardTotals};
 use crate::runtime::{self, ShardError};
 use crate::table::RunIdentity;
 
@@ -98,6 +105,14 @@ pub enum RunError {
         failpoint: String,
         /// Whether the staged files were deleted.
         rolled_back: bool,
+    },
+    /// The run was cancelled before its commit: rolled back, recorded `cancelled`.
+    #[error("run {run_id} into `{target}` was cancelled; nothing was committed and its staged files were deleted")]
+    Cancelled {
+        /// The run.
+        run_id: String,
+        /// The table or file.
+        target: String,
     },
     /// Recovery settled the run while it was staging (its process had let the lease lapse).
     #[error("run {run_id} into `{target}` lost its lease: recovery settled it while it ran; nothing was committed")]
@@ -216,7 +231,7 @@ impl Runner {
         let settle_error = |source| self.roll_back_error(&run, "abandoned by its process", source);
         let mut found = coordinator.find_commit(&run).await.map_err(settle_error)?;
         let mut fenced = true;
-        if found.is_none() && record.status == crate::ledger::RunStatus::Committing {
+        if found.is_none() && record.status == RunStatus::Committing {
             match coordinator.fence(&run).await.map_err(settle_error)? {
                 Fence::Landed(snapshot_id) => found = Some(snapshot_id),
                 Fence::Fenced => {}
@@ -243,26 +258,56 @@ impl Runner {
             return Ok(Resolution::StillRunning);
         }
         if !fenced {
-            self.failed(run.run_id(), error, elapsed_ms()).await;
+            self.ended(run.run_id(), error, RunStatus::Failed, elapsed_ms()).await;
             return Ok(Resolution::KeptFiles);
         }
         coordinator.on_error(&run, error).await.map_err(|source| self.roll_back_error(&run, error, source))?;
-        self.failed(run.run_id(), error, elapsed_ms()).await;
+        self.ended(run.run_id(), error, RunStatus::Failed, elapsed_ms()).await;
         Ok(Resolution::RolledBack)
     }
 
     /// Runs `job`: prepare the shards, write every one, then publish them in one step through
     /// the coordinator, or roll back.
+    ///
+    /// The run goes on in a task of its own. Dropping this future cancels it like the job's
+    /// token does: before the commit it rolls back (recorded `cancelled`, staged files deleted);
+    /// a commit under way goes to its end. Either way the run is settled in the background.
     pub async fn run(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
+        let target = job.target.clone();
+        let cancel_on_drop = job.cancel.clone().drop_guard();
+        let runner = self.clone();
+        let joined = tokio::spawn(async move { runner.drive(job, task_ctx).await }).await;
+        cancel_on_drop.disarm();
+        match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: the run stays open for recovery.
+            Err(_) => Err(RunError::Cancelled { run_id: "(not recorded)".to_string(), target }),
+        }
+    }
+
+    async fn drive(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
+        let cancel = job.cancel.clone();
         let opened = self.open(job, &task_ctx).await?;
-        let staged = self.stage(&opened, task_ctx).await?;
+        let staged = self.stage(&opened, task_ctx, &cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(self.cancelled(&opened).await);
+        }
         let prepared = self.prepare(&opened, staged).await?;
         self.commit(opened, prepared).await
     }
 
+    /// Rolls a cancelled run back.
+    async fn cancelled(&self, opened: &Opened) -> RunError {
+        match self.roll_back(opened, "cancelled", RunStatus::Cancelled).await {
+            Ok(()) => RunError::Cancelled { run_id: opened.run_id(), target: opened.target() },
+            Err(e) => e,
+        }
+    }
+
     /// Splits the input into shards, then records the run (`staging`) and starts its lease.
     async fn open(&self, job: RunJob, task_ctx: &TaskContext) -> Result<Opened, RunError> {
-        let RunJob { target, coordinator, input, shards, base, origin } = job;
+        let RunJob { target, coordinator, input, shards, base, origin, cancel: _ } = job;
         let RunOrigin { pipeline, statement, retry_of } = origin;
         let plan = coordinator
             .prepare_shards(input, shards)
@@ -304,14 +349,19 @@ impl Runner {
     }
 
     /// `on_start`, then every shard at once; rolls back when any fails.
-    async fn stage(&self, opened: &Opened, task_ctx: Arc<TaskContext>) -> Result<Staged, RunError> {
+    async fn stage(
+        &self,
+        opened: &Opened,
+        task_ctx: Arc<TaskContext>,
+        cancel: &CancellationToken,
+    ) -> Result<Staged, RunError> {
         let (run, coordinator) = (&opened.run, &opened.coordinator);
         if let Err(source) = coordinator.on_start(run).await {
-            self.roll_back(opened, &source.to_string()).await?;
+            self.roll_back(opened, &source.to_string(), RunStatus::Failed).await?;
             let (run_id, target) = (opened.run_id(), opened.target());
             return Err(RunError::Coordinator { run_id, target, step: "start", source });
         }
-        let shards = runtime::run_shards(opened.plan.clone(), task_ctx, |shard, stream| {
+        let shards = runtime::run_shards(opened.plan.clone(), task_ctx, cancel, |shard, stream| {
             self.clone().write_shard(coordinator.clone(), run.clone(), shard, stream)
         })
         .await;
@@ -320,8 +370,9 @@ impl Runner {
                 let totals = shards.iter().map(|s| s.totals).sum();
                 Ok(Staged { shards, totals })
             }
+            Err(ShardError::Cancelled) => Err(self.cancelled(opened).await),
             Err(source) => {
-                self.roll_back(opened, &source.to_string()).await?;
+                self.roll_back(opened, &source.to_string(), RunStatus::Failed).await?;
                 Err(RunError::Shard { run_id: opened.run_id(), target: opened.target(), source })
             }
         }
@@ -332,7 +383,7 @@ impl Runner {
     async fn prepare(&self, opened: &Opened, staged: Staged) -> Result<Prepared, RunError> {
         let (run_id, target) = (opened.run_id(), opened.target());
         if let Err(failpoint) = crate::failpoint::check("before-commit", &target) {
-            self.roll_back(opened, &format!("injected failure at failpoint `{failpoint}`")).await?;
+            self.roll_back(opened, &format!("injected failure at failpoint `{failpoint}`"), RunStatus::Failed).await?;
             return Err(RunError::Injected { run_id, target, failpoint, rolled_back: true });
         }
         if !self.ledger.set_committing(&run_id).await? {
@@ -366,7 +417,7 @@ impl Runner {
                 return Err(RunError::OutcomeUnknown { run_id, target, source });
             }
             Err(source) => {
-                self.roll_back(&opened, &source.to_string()).await?;
+                self.roll_back(&opened, &source.to_string(), RunStatus::Failed).await?;
                 return Err(RunError::Coordinator { run_id, target, step: "commit", source });
             }
         };
@@ -444,14 +495,14 @@ impl Runner {
         self.events.emit(RunEvent::Closed { run_id, status: "succeeded".into(), elapsed_ms }).await;
     }
 
-    /// Has the coordinator delete what the run staged, and marks the run failed.
-    async fn roll_back(&self, opened: &Opened, error: &str) -> Result<(), RunError> {
+    /// Has the coordinator delete what the run staged, and marks the run failed or cancelled.
+    async fn roll_back(&self, opened: &Opened, error: &str, status: RunStatus) -> Result<(), RunError> {
         let run = &opened.run;
-        tracing::warn!(run_id = %run.run_id(), error, "rolling back run");
+        tracing::debug!(run_id = %run.run_id(), error, "rolling back run");
         // If the cleanup fails the run stays open: once its lease lapses, recovery tries again.
         opened.coordinator.on_error(run, error).await.map_err(|source| self.roll_back_error(run, error, source))?;
-        self.ledger.run_failed(run.run_id(), error).await?;
-        self.failed(run.run_id(), error, opened.elapsed_ms()).await;
+        self.ledger.run_rolled_back(run.run_id(), status, error).await?;
+        self.ended(run.run_id(), error, status, opened.elapsed_ms()).await;
         Ok(())
     }
 
@@ -464,9 +515,10 @@ impl Runner {
         }
     }
 
-    /// Announces a failed run: `Failed`, then `Closed`.
-    async fn failed(&self, run_id: &str, error: &str, elapsed_ms: u64) {
+    /// Announces a run rolled back: `Failed`, then `Closed` with its status.
+    async fn ended(&self, run_id: &str, error: &str, status: RunStatus, elapsed_ms: u64) {
         self.events.emit(RunEvent::Failed { run_id: run_id.to_string(), error: error.to_string() }).await;
-        self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status: "failed".into(), elapsed_ms }).await;
+        let status = status.as_str().to_string();
+        self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status, elapsed_ms }).await;
     }
 }

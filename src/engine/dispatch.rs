@@ -26,6 +26,7 @@ impl Engine {
                 | Statement::CreatePartitionedTable { .. }
                 | Statement::CreatePipeline(_)
                 | Statement::RunPipeline { .. }
+                | Statement::ExplainPipeline { .. }
                 | Statement::RetryRun { .. }
         );
         if plans_sql {
@@ -49,13 +50,14 @@ impl Engine {
             }
             Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
             Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
+            Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
             Statement::RetryRun { run_id } => Ok(Output::run(self.retry_run(run_id).await?)),
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch())),
             Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
             Statement::DescribePipeline { name } => self.describe_pipeline(name).await,
             Statement::DropPipeline { name, if_exists } => {
                 if !self.ledger.drop_pipeline(name).await? && !if_exists {
-                    return Err(PipelineError::NotFound(name.clone()).into());
+                    return Err(self.no_pipeline(name).await);
                 }
                 Ok(Output::empty())
             }
@@ -64,7 +66,7 @@ impl Engine {
                     && self.ledger.pipeline(name).await?.is_none()
                     && self.ledger.runs(Some(name)).await?.is_empty()
                 {
-                    return Err(PipelineError::NotFound(name.clone()).into());
+                    return Err(self.no_pipeline(name).await);
                 }
                 Ok(Output::rows(runs_batch(&self.ledger.runs(pipeline.as_deref()).await?)))
             }
@@ -84,7 +86,7 @@ impl Engine {
 
     pub(super) async fn plan_sql_statement(&self, statement: SqlStatement) -> Result<LogicalPlan> {
         let statement = DFStatement::Statement(Box::new(statement));
-        Ok(self.ctx.state().statement_to_plan(statement).await?)
+        Self::bind_params(self.ctx.state().statement_to_plan(statement).await?)
     }
 
     /// Plans a DataFusion statement; runs it through a catalog when it touches one. `partition_by`
@@ -105,7 +107,7 @@ impl Engine {
         }
         let state = self.ctx.state();
         let text = statement.to_string();
-        let plan = state.statement_to_plan(statement).await?;
+        let plan = Self::bind_params(state.statement_to_plan(statement).await?)?;
         if let Some(output) = self.execute_catalog_plan(&plan, partition_by, text.clone()).await? {
             return Ok(output);
         }
@@ -123,13 +125,13 @@ impl Engine {
         };
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await?;
+        let batches = Self::until_cancelled(async { Ok(frame.collect().await?) }).await?;
         match session_table {
             Some((name, true)) => self.ledger.save_session_table(&name.to_string(), source).await?,
             Some((name, false)) => self.ledger.drop_session_table(&name.to_string()).await?,
             None => {}
         }
-        Ok(Output { schema, batches, run: None })
+        Ok(Output { schema, batches, run: None, details: vec![] })
     }
 
     /// Registers again the external tables earlier processes created; one whose files are gone
@@ -169,6 +171,13 @@ impl Engine {
         }
     }
 
+    /// "pipeline does not exist", with the name of a near one.
+    pub(super) async fn no_pipeline(&self, name: &str) -> Error {
+        let known = self.ledger.pipelines().await.unwrap_or_default();
+        let hint = crate::suggest::did_you_mean(name, known.iter().map(|p| p.name.as_str()));
+        PipelineError::NotFound { name: name.to_string(), hint }.into()
+    }
+
     /// Every catalog: ours with type and location, and DataFusion's in-memory session catalog.
     pub(super) fn catalogs_batch(&self) -> RecordBatch {
         let mut rows: Vec<(String, &str, String)> =
@@ -183,7 +192,7 @@ impl Engine {
     }
 
     pub(super) async fn describe_pipeline(&self, name: &str) -> Result<Output> {
-        let record = self.ledger.pipeline(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
+        let Some(record) = self.ledger.pipeline(name).await? else { return Err(self.no_pipeline(name).await) };
         let runs = self.ledger.runs(Some(name)).await?;
         let last = runs.last();
         let shards = record.shards.map_or_else(|| format!("default ({})", self.shards), |s| s.to_string());

@@ -7,6 +7,18 @@
 //! - `write.rs`: writes (`INSERT`, `CREATE TABLE ... AS`, `COPY`) as runs;
 //! - `runs.rs`: pipelines, `RETRY RUN` and recovery;
 //! - `doctor.rs`: `sluice doctor`.
+//!
+//! # Sharing, runtime, cancel
+//!
+//! [`Engine`] is `Send + Sync`: build one per home and share it in an `Arc` between tasks and
+//! threads; statements may run concurrently (each write is its own run). It needs a multi-threaded
+//! [tokio] runtime (`#[tokio::main]` or `Runtime::new()`); shards run as tasks on it.
+//!
+//! A statement can be cancelled with [`Engine::execute_cancellable`]: a query stops, a write
+//! rolls back (its staged files deleted, the run recorded `cancelled`) before the call returns.
+//! Dropping the future of a statement is safe too: a query stops, and a write that has not begun
+//! to commit is cancelled and rolled back in the background, while one already committing
+//! finishes its commit. A run is never left half-committed.
 
 mod builder;
 mod ddl;
@@ -22,7 +34,10 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
+use tokio_util::sync::CancellationToken;
 
 pub use builder::{CoordinatorLayer, EngineBuilder};
 
@@ -39,7 +54,36 @@ pub const DEFAULT_CATALOG: &str = "lake";
 /// How long a run may go without its heartbeat before it counts as abandoned.
 pub const DEFAULT_RUN_LEASE: Duration = Duration::from_secs(30);
 
+tokio::task_local! {
+    /// What the statement running in this task was given besides its text: how to cancel it,
+    /// and the values of its `$1`-style parameters.
+    static SCOPE: StatementScope;
+}
+
+/// See [`SCOPE`].
+#[derive(Debug, Clone, Default)]
+struct StatementScope {
+    cancel: CancellationToken,
+    params: Option<ParamValues>,
+}
+
+impl StatementScope {
+    fn current() -> Self {
+        SCOPE.try_with(Clone::clone).unwrap_or_default()
+    }
+}
+
 /// An embedded Sluice: SQL in, atomic table commits out.
+///
+/// `Send + Sync`: share one in an `Arc` (see the [module docs](self) for the runtime it needs and
+/// what cancelling or dropping a statement does).
+///
+/// ```no_run
+/// # async fn example() -> sluice::error::Result<()> {
+/// let engine = std::sync::Arc::new(sluice::Engine::builder().home(".sluice").build().await?);
+/// let rows = engine.sql_with_params("SELECT $1 + 1 AS answer", vec![41_i64.into()]).await?;
+/// # Ok(()) }
+/// ```
 pub struct Engine {
     ctx: SessionContext,
     catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
@@ -73,21 +117,24 @@ pub struct Output {
     pub batches: Vec<RecordBatch>,
     /// The run report, for statements that ran a write.
     pub run: Option<RunReport>,
+    /// Facts about the object a `DESCRIBE` is about (format, location, partitioning, ...), as
+    /// (name, value) pairs, shown under its columns.
+    pub details: Vec<(String, String)>,
 }
 
 impl Output {
     fn empty() -> Self {
-        Self { schema: Arc::new(Schema::empty()), batches: vec![], run: None }
+        Self { schema: Arc::new(Schema::empty()), batches: vec![], run: None, details: vec![] }
     }
 
     /// Rows to show.
     pub fn rows(batch: RecordBatch) -> Self {
-        Self { schema: batch.schema(), batches: vec![batch], run: None }
+        Self { schema: batch.schema(), batches: vec![batch], run: None, details: vec![] }
     }
 
     fn run(report: RunReport) -> Self {
         let batch = crate::system::run_report_batch(&report);
-        Self { schema: batch.schema(), batches: vec![batch], run: Some(report) }
+        Self { schema: batch.schema(), batches: vec![batch], run: Some(report), details: vec![] }
     }
 }
 
@@ -155,11 +202,50 @@ impl Engine {
         Ok(last.batches)
     }
 
+    /// Like [`Engine::sql`], with values for the statements' `$1`, `$2`, ... placeholders
+    /// (bound by DataFusion as typed values, never spliced into the SQL text).
+    pub async fn sql_with_params(&self, sql: &str, params: impl Into<ParamValues>) -> Result<Vec<RecordBatch>> {
+        let scope = StatementScope { params: Some(params.into()), ..StatementScope::default() };
+        SCOPE.scope(scope, self.sql(sql)).await
+    }
+
     /// Runs one parsed statement; errors say on which line it starts.
     pub async fn execute(&self, statement: &Located) -> Result<Output> {
         self.execute_statement(&statement.statement, &statement.sql)
             .await
             .map_err(|e| e.at(statement.line, statement.column))
+    }
+
+    /// Runs one parsed statement until `cancel` fires. Then a query stops, and a write rolls
+    /// back (nothing committed, its staged files deleted, the run recorded `cancelled`) before
+    /// this returns [`Error::Cancelled`] or the run's [`crate::coordinator::RunError::Cancelled`].
+    /// A write already committing when `cancel` fires finishes its commit.
+    pub async fn execute_cancellable(&self, statement: &Located, cancel: CancellationToken) -> Result<Output> {
+        let scope = StatementScope { cancel, ..StatementScope::current() };
+        SCOPE.scope(scope, self.execute(statement)).await
+    }
+
+    /// The cancel token of the running statement (a fresh one outside [`Engine::execute_cancellable`]).
+    pub(super) fn cancel_token() -> CancellationToken {
+        StatementScope::current().cancel
+    }
+
+    /// Binds the running statement's parameter values, if it was given any.
+    pub(super) fn bind_params(plan: LogicalPlan) -> Result<LogicalPlan> {
+        match StatementScope::current().params {
+            Some(params) => Ok(plan.with_param_values(params)?),
+            None => Ok(plan),
+        }
+    }
+
+    /// Awaits `work` unless the running statement is cancelled first.
+    pub(super) async fn until_cancelled<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+        let cancel = Self::cancel_token();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(Error::Cancelled),
+            result = work => result,
+        }
     }
 
     /// The engine's clock (what leases and recovery go by).

@@ -6,28 +6,40 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Engine;
 use super::write::Insert;
+use super::{Engine, Output};
 use crate::catalog::CatalogError;
 use crate::coordinator::{CommitTarget, Coordinator, ExportFormat, FileMerge, Resolution, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::ledger::{RunRecord, RunStatus};
 use crate::parser::{self, CreatePipeline, Statement};
-use crate::pipeline::{self, PipelineError, PipelineOptions};
+use crate::pipeline::{self, PipelineOptions};
 use crate::table::{TableName, WriteMode};
 
 impl Engine {
     /// Runs the pipeline called `name` and returns its run report.
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
+        let (insert, shards, origin) = self.pipeline_write(name).await?;
+        self.write(insert, shards, origin).await
+    }
+
+    /// `EXPLAIN RUN PIPELINE name`: the write its run would make.
+    pub(super) async fn explain_pipeline(&self, name: &str) -> Result<Output> {
+        let (insert, shards, _) = self.pipeline_write(name).await?;
+        self.explain_write(insert, shards).await
+    }
+
+    /// The write a run of the pipeline `name` makes, with its shard count and origin.
+    async fn pipeline_write(&self, name: &str) -> Result<(Insert, usize, RunOrigin)> {
         self.require_ledger()?;
-        let (create, options) =
-            self.pipeline_definition(name).await?.ok_or_else(|| PipelineError::NotFound(name.to_string()))?;
+        let Some((create, options)) = self.pipeline_definition(name).await? else {
+            return Err(self.no_pipeline(name).await);
+        };
         let statement = create.body.to_string();
         let plan = self.plan_sql_statement(*create.body).await?;
         let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
         let (insert, shards) = with_options(&options, name, insert, self.shards)?;
-        let origin = RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None };
-        self.write(insert, shards, origin).await
+        Ok((insert, shards, RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None }))
     }
 
     /// The pipeline called `name` as the ledger keeps it: its definition and options.
@@ -86,7 +98,7 @@ impl Engine {
                     Resolution::RolledBack | Resolution::KeptFiles => {}
                 }
             }
-            RunStatus::Failed => {}
+            RunStatus::Failed | RunStatus::Cancelled => {}
         }
         let mut statements = parser::parse(&record.statement)?;
         let Some(Statement::DataFusion(statement)) = statements.pop().map(|s| s.statement) else {

@@ -10,10 +10,13 @@ use datafusion::sql::parser::{CopyToSource, CopyToStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use super::{Engine, Output};
-use crate::coordinator::{Coordinator, ExportFormat, FileMerge, RunJob, RunOrigin, RunReport};
+use datafusion::physical_plan::{ExecutionPlanProperties, displayable};
+
+use crate::coordinator::{Coordinator, ExportFormat, FileMerge, RunError, RunJob, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::paths;
 use crate::planner;
+use crate::system::explain_batch;
 use crate::table::{TableName, WriteMode};
 
 /// An `INSERT [OVERWRITE] INTO <catalog table>`: the table, the rows, and how they change it.
@@ -46,17 +49,45 @@ impl Engine {
 
     /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
     pub(super) async fn write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
+        let (job, _) = self.plan_write(insert, shards, origin).await?;
+        Ok(self.runner.run(job, self.ctx.state().task_ctx()).await?)
+    }
+
+    /// The run a write makes, and a line saying what it writes where.
+    async fn plan_write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<(RunJob, String)> {
         let Insert { table, input, mode } = insert;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
         let writer = catalog.writer(&table).await?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
         let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
+        let fields: Vec<String> = writer.partitioning().iter().map(ToString::to_string).collect();
+        let partitioning = match fields.is_empty() {
+            true => "unpartitioned".to_string(),
+            false => format!("partitioned by {}", fields.join(", ")),
+        };
+        let summary = format!(
+            "{} into {table} ({} table at {}, {partitioning})",
+            mode.as_str(),
+            writer.format(),
+            writer.location()
+        );
         let base = writer.base();
         let target = table.to_string();
         let coordinator = self.layered(writer.coordinator(table, partition_key, mode));
-        let job = RunJob { target, coordinator, input, shards, base, origin };
-        Ok(self.runner.run(job, state.task_ctx()).await?)
+        let job = RunJob { target, coordinator, input, shards, base, origin, cancel: Self::cancel_token() };
+        Ok((job, summary))
+    }
+
+    /// `EXPLAIN` of a write: the target, the mode and the sharded physical plan, without running it.
+    pub(super) async fn explain_write(&self, insert: Insert, shards: usize) -> Result<Output> {
+        let (job, summary) = self.plan_write(insert, shards, RunOrigin::default()).await?;
+        let RunJob { target, coordinator, input, shards, .. } = job;
+        let plan = coordinator.prepare_shards(input, shards).map_err(|source| RunError::Prepare { target, source })?;
+        let shards = plan.output_partitioning().partition_count();
+        let write = format!("{summary}\n{shards} shard(s), each writing its own files; one atomic commit");
+        let plan = displayable(plan.as_ref()).indent(true).to_string();
+        Ok(Output::rows(explain_batch(&[("sluice_write", write), ("physical_plan", plan)])))
     }
 
     /// `COPY (SELECT ...) TO 'file.csv'` (or `.jsonl`, `.json`, `.parquet`, or `STORED AS`): the
@@ -90,6 +121,7 @@ impl Engine {
             shards: self.shards,
             base: None,
             origin: RunOrigin { statement: statement.to_string(), ..RunOrigin::default() },
+            cancel: Self::cancel_token(),
         };
         Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
     }

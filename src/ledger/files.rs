@@ -63,7 +63,7 @@ impl Ledger {
                 "listing deleted files to verify",
                 sqlx::query(
                     "SELECT f.run_id, r.target, f.path FROM staged_files f JOIN runs r ON r.run_id = f.run_id
-             WHERE f.state IN ('deleted', 'verifying') AND r.status = 'failed' ORDER BY f.run_id, f.path",
+             WHERE f.state IN ('deleted', 'verifying') AND r.status IN ('failed', 'cancelled') ORDER BY f.run_id, f.path",
                 ),
             )
             .await?;
@@ -88,7 +88,7 @@ impl Ledger {
                 context,
                 sqlx::query(
                     "UPDATE staged_files SET state = ? WHERE path = ? AND state IN ('deleted', 'verifying')
-             AND run_id IN (SELECT run_id FROM runs WHERE status = 'failed')",
+             AND run_id IN (SELECT run_id FROM runs WHERE status IN ('failed', 'cancelled'))",
                 )
                 .bind(state)
                 .bind(path),

@@ -18,6 +18,9 @@ pub enum RunStatus {
     Succeeded,
     /// Aborted: nothing became visible and the staged files were deleted.
     Failed,
+    /// Cancelled before its commit (Ctrl-C, or its caller gave up on it): nothing became
+    /// visible and the staged files were deleted.
+    Cancelled,
 }
 
 impl RunStatus {
@@ -28,6 +31,7 @@ impl RunStatus {
             RunStatus::Committing => "committing",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -40,6 +44,7 @@ impl FromStr for RunStatus {
             "committing" => RunStatus::Committing,
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
             other => return Err(LedgerError::UnknownStatus(other.to_string())),
         })
     }

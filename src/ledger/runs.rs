@@ -199,14 +199,20 @@ impl Ledger {
         tx.commit().await.map_err(query_error("closing a run"))
     }
 
-    /// The run failed; `error` says why.
-    pub async fn run_failed(&self, run_id: &str, error: &str) -> Result<()> {
-        self.execute("marking a run failed", sqlx::query(
-            "UPDATE runs SET status = 'failed', finished_at_ms = ?, error = ?, lease_until_ms = NULL WHERE run_id = ?",
+    /// The run was rolled back: `status` is [`RunStatus::Failed`] or [`RunStatus::Cancelled`],
+    /// `error` says why.
+    pub async fn run_rolled_back(&self, run_id: &str, status: RunStatus, error: &str) -> Result<()> {
+        self.execute(
+            "marking a run rolled back",
+            sqlx::query(
+                "UPDATE runs SET status = ?, finished_at_ms = ?, error = ?, lease_until_ms = NULL WHERE run_id = ?",
+            )
+            .bind(status.as_str())
+            .bind(self.now_ms())
+            .bind(error)
+            .bind(run_id),
         )
-        .bind(self.now_ms())
-        .bind(error)
-        .bind(run_id)).await?;
+        .await?;
         Ok(())
     }
 

@@ -66,6 +66,11 @@ pub enum Statement {
         /// The pipeline to run.
         name: String,
     },
+    /// Extension: `EXPLAIN RUN PIPELINE name`: the write a run would make, without running it.
+    ExplainPipeline {
+        /// The pipeline.
+        name: String,
+    },
     /// Extension: `CREATE TABLE ... PARTITIONED BY (field, ...)` where a field is a column or an
     /// Iceberg transform of one: `year(c)`, `month(c)`, `day(c)`, `hour(c)`, `bucket(N, c)`,
     /// `truncate(W, c)`. `create` is the statement without the clause.
@@ -152,6 +157,7 @@ impl fmt::Display for Statement {
                 write!(f, " AS {}", c.body)
             }
             Statement::RunPipeline { name } => write!(f, "RUN PIPELINE {name}"),
+            Statement::ExplainPipeline { name } => write!(f, "EXPLAIN RUN PIPELINE {name}"),
             Statement::CreatePartitionedTable { create, partition_by } => {
                 let fields: Vec<String> = partition_by.iter().map(ToString::to_string).collect();
                 let clause = format!("PARTITIONED BY ({})", fields.join(", "));
@@ -301,6 +307,10 @@ impl<'a> SluiceParser<'a> {
         if is_word(&t0, "RUN") && is_word(&t1, "PIPELINE") {
             self.skip(2);
             return Ok(Statement::RunPipeline { name: self.parse_name()? });
+        }
+        if is_keyword(&t0, Keyword::EXPLAIN) && is_word(&t1, "RUN") && is_word(&t2, "PIPELINE") {
+            self.skip(3);
+            return Ok(Statement::ExplainPipeline { name: self.parse_name()? });
         }
         if is_word(&t0, "RETRY") && is_word(&t1, "RUN") {
             self.skip(2);

@@ -10,8 +10,13 @@ use crate::table::WriteMode;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// No pipeline of that name.
-    #[error("pipeline `{0}` does not exist (SHOW PIPELINES lists them)")]
-    NotFound(String),
+    #[error("pipeline `{name}` does not exist{hint} (SHOW PIPELINES lists them)")]
+    NotFound {
+        /// The name used.
+        name: String,
+        /// A "did you mean" for a near name, or empty.
+        hint: String,
+    },
     /// An option this version does not know.
     #[error("pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode)")]
     UnknownOption {

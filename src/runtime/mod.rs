@@ -76,6 +76,9 @@ pub enum ShardError {
         /// Failpoint name.
         failpoint: String,
     },
+    /// The run was cancelled (Ctrl-C, `CANCEL`, or its caller dropped it) while the shard ran.
+    #[error("cancelled while its shards were writing")]
+    Cancelled,
     /// The shard's task panicked.
     #[error("shard {shard}: task panicked: {message}")]
     Panicked {
@@ -88,10 +91,11 @@ pub enum ShardError {
 
 /// Runs partition `i` of `plan` as shard `i`, each in its own tokio task, with `write_shard`
 /// consuming the partition's stream. Returns every shard's output in shard order, or the first
-/// failure once all tasks have stopped.
+/// failure once all tasks have stopped; [`ShardError::Cancelled`] when `run_cancel` fired.
 pub async fn run_shards<T, F, Fut>(
     plan: Arc<dyn ExecutionPlan>,
     task_ctx: Arc<TaskContext>,
+    run_cancel: &CancellationToken,
     write_shard: F,
 ) -> Result<Vec<T>, ShardError>
 where
@@ -104,7 +108,8 @@ where
     let streams = (0..shards)
         .map(|shard| plan.execute(shard, task_ctx.clone()).map_err(|source| ShardError::Input { shard, source }))
         .collect::<Result<Vec<_>, _>>()?;
-    let cancel = CancellationToken::new();
+    // Fired by the first failing shard, or by the run's own cancel.
+    let cancel = run_cancel.child_token();
     let mut tasks = JoinSet::new();
     let mut task_shards = std::collections::HashMap::new();
     for (shard, stream) in streams.into_iter().enumerate() {
@@ -131,6 +136,7 @@ where
         }
     }
     match failure {
+        Some(_) if run_cancel.is_cancelled() => Err(ShardError::Cancelled),
         Some(error) => Err(error),
         None => Ok(outputs.into_iter().map(|o| o.expect("every shard reported")).collect()),
     }
@@ -146,7 +152,7 @@ fn cancellable(input: SendableRecordBatchStream, cancel: CancellationToken) -> S
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    let error = DataFusionError::Execution("cancelled: another shard of the run failed".into());
+                    let error = DataFusionError::Execution("cancelled (the run was cancelled, or another shard failed)".into());
                     Some((Err(error), None))
                 }
                 next = input.next() => next.map(|batch| (batch, Some(input))),

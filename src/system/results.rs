@@ -39,6 +39,14 @@ pub fn properties_batch(properties: &[(&str, String)]) -> RecordBatch {
         .build()
 }
 
+/// `EXPLAIN` rows as DataFusion prints them: (plan_type, plan).
+pub fn explain_batch(rows: &[(&str, String)]) -> RecordBatch {
+    ResultBatch::default()
+        .column("plan_type", false, StringArray::from_iter_values(rows.iter().map(|(k, _)| *k)))
+        .column("plan", false, StringArray::from_iter_values(rows.iter().map(|(_, v)| v.as_str())))
+        .build()
+}
+
 /// What `sluice recover` settled: each abandoned run and its outcome (a run left alone shows
 /// until when its process holds it).
 pub fn settled_batch(settled: &[(RunRecord, Resolution)]) -> RecordBatch {

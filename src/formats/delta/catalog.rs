@@ -7,22 +7,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{StringArray, TimestampMillisecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
-use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::TableType;
-use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{CommitInfo, StructType};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
 
 use super::writer::DeltaTableWriter;
 use crate::catalog::{
-    CatalogError, DeltaConfig, LakeCatalog, Listing, Result, TableRequest, check_columns, check_partitioning,
-    check_schema_name, names,
+    CatalogError, DeltaConfig, LakeCatalog, Listing, MetadataTable, Result, TableRequest, check_columns,
+    check_partitioning, check_schema_name, names,
 };
 use crate::coordinator::CommitTarget;
 use crate::paths;
+use crate::system::ResultBatch;
 use crate::table::{PartitionField, TableName, Transform};
 
 /// Loads the Delta table in `dir`, at `version` or the latest, without its list of files.
@@ -375,7 +377,13 @@ impl SchemaProvider for DeltaSchema {
                 }
                 load(&dir, Some(version)).await.map_err(|e| no_version(e.to_string()))?
             }
-            TableRequest::Snapshots(_) => return Ok(None),
+            TableRequest::Metadata(_, MetadataTable::History) => {
+                let table = load(&dir, None).await.map_err(external)?;
+                return Ok(Some(history_table(&table).await?));
+            }
+            TableRequest::Metadata(_, other) => {
+                return Err(DataFusionError::Plan(other.unsupported(&table_name, "Delta", "$history")));
+            }
         };
         Ok(Some(table.table_provider().await?))
     }
@@ -389,4 +397,27 @@ impl SchemaProvider for DeltaSchema {
     fn table_exist(&self, name: &str) -> bool {
         self.tables.contains(name)
     }
+}
+
+/// `t$history`: every commit of the table, newest first, as delta-rs reads the log (versions
+/// counted down from the latest, as delta-rs's own Python `history()` numbers them).
+async fn history_table(table: &DeltaTable) -> DFResult<Arc<dyn TableProvider>> {
+    let latest = table.version().unwrap_or_default();
+    let commits: Vec<_> = table.history(None).await.map_err(external)?.collect();
+    let versions = (0..commits.len() as u64).map(|i| latest.saturating_sub(i));
+    let text = |f: fn(&CommitInfo) -> Option<String>| StringArray::from_iter(commits.iter().map(f));
+    let batch = ResultBatch::default()
+        .column("version", false, UInt64Array::from_iter_values(versions))
+        .column("timestamp", true, TimestampMillisecondArray::from_iter(commits.iter().map(|c| c.timestamp)))
+        .column("operation", true, text(|c| c.operation.clone()))
+        .column("operation_parameters", true, text(|c| c.operation_parameters.as_ref().map(|p| json(p))))
+        .column("read_version", true, UInt64Array::from_iter(commits.iter().map(|c| c.read_version)))
+        .column("engine_info", true, text(|c| c.engine_info.clone()))
+        .column("info", true, text(|c| (!c.info.is_empty()).then(|| json(&c.info))))
+        .build();
+    Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! snapshot tagged with the run, hand-built and swapped in on SQL catalogs: `snapshot.rs`).
 
 mod catalog;
+mod inspect;
 mod schema;
 mod snapshot;
 mod writer;

@@ -1,21 +1,19 @@
 //! One Iceberg namespace as a DataFusion schema: its tables loaded live, time travel
-//! (`"t@<snapshot>"`) and the snapshot list (`"t$snapshots"`).
+//! (`"t@<snapshot>"`) and the metadata tables (`"t$snapshots"`, ..., in `inspect.rs`).
 
 use std::any::Any;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::TableType;
-use futures::TryStreamExt;
-use iceberg::table::Table;
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 
-use crate::catalog::TableRequest;
+use super::inspect;
+use crate::catalog::{MetadataTable, TableRequest};
 use crate::table::TableName;
 
 /// One Iceberg namespace seen as a DataFusion schema.
@@ -72,7 +70,14 @@ impl SchemaProvider for IcebergSchema {
                         .map_err(external)?,
                 )
             }
-            TableRequest::Snapshots(_) => snapshots_table(&table).await?,
+            TableRequest::Metadata(_, MetadataTable::Snapshots) => inspect::snapshots_table(&table).await?,
+            TableRequest::Metadata(_, MetadataTable::Files) => inspect::files_table(&table).await?,
+            TableRequest::Metadata(_, MetadataTable::Partitions) => inspect::partitions_table(&table).await?,
+            TableRequest::Metadata(_, other @ MetadataTable::History) => {
+                let name = TableName::new(&self.catalog, &self.schema, base);
+                let has = "$snapshots, $files and $partitions";
+                return Err(DataFusionError::Plan(other.unsupported(&name, "Iceberg", has)));
+            }
         };
         Ok(Some(provider))
     }
@@ -86,16 +91,4 @@ impl SchemaProvider for IcebergSchema {
     fn table_exist(&self, name: &str) -> bool {
         self.tables.contains(name)
     }
-}
-
-/// The table's snapshots (id, parent, time, operation, summary) as an in-memory table.
-async fn snapshots_table(table: &Table) -> DFResult<Arc<dyn TableProvider>> {
-    let inspect = table.inspect();
-    let snapshots = inspect.snapshots();
-    let batches: Vec<_> = snapshots.scan().await.map_err(external)?.try_collect().await.map_err(external)?;
-    let schema: SchemaRef = match batches.first() {
-        Some(batch) => batch.schema(),
-        None => Arc::new(iceberg::arrow::schema_to_arrow_schema(&snapshots.schema()).map_err(external)?),
-    };
-    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
