@@ -58,6 +58,18 @@ pub enum Error {
         /// The catalogs there are.
         known: String,
     },
+    /// A pipeline writes into a catalog this process has not loaded.
+    #[error(
+        "pipeline `{pipeline}` writes into catalog `{catalog}`, which is not loaded{declared_in}: pass its folder with --catalogs DIR"
+    )]
+    CatalogNotLoaded {
+        /// The catalog.
+        catalog: String,
+        /// The pipeline.
+        pipeline: String,
+        /// Where the catalog was declared when the pipeline was created, if known.
+        declared_in: String,
+    },
     /// A `COPY` whose target would overwrite the home's own files or a catalog's tables.
     #[error("COPY TO `{target}` refused: {reason}")]
     ExportRefused {
@@ -77,6 +89,19 @@ pub enum Error {
     /// Bad engine configuration.
     #[error("configuration: {0}")]
     Config(String),
+    /// A statement that cannot be planned, said in the user's terms (the table, column or file).
+    #[error("{0}")]
+    Plan(String),
+    /// An error at this position of the SQL text.
+    #[error("at line {line}, column {column}: {source}")]
+    At {
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+        /// The error.
+        source: Box<Error>,
+    },
     /// A statement Sluice does not support (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -96,7 +121,7 @@ impl Error {
     /// Adds the position of the failing statement, unless the error already has one.
     pub fn at(self, line: u64, column: u64) -> Self {
         match self {
-            Error::Parse(_) | Error::Statement { .. } => self,
+            Error::Parse(_) | Error::Statement { .. } | Error::At { .. } => self,
             other => Error::Statement { line, column, source: Box::new(other) },
         }
     }

@@ -271,7 +271,7 @@ impl MetadataTable {
 
     /// The error for a metadata table the format does not have.
     pub(crate) fn unsupported(self, table: &TableName, format: &str, has: &str) -> String {
-        format!("`{table}` is a {format} table: it has no `${}` metadata table (it has {has})", self.name())
+        format!("`{table}` ({format}) has no `${}` metadata table; it has {has}", self.name())
     }
 }
 

@@ -155,15 +155,22 @@ impl EngineBuilder {
                 TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
             runtime = runtime.with_memory_pool(Arc::new(pool));
         }
-        let config = SessionConfig::new().with_information_schema(true).with_target_partitions(shards);
+        let mut config = SessionConfig::new().with_information_schema(true).with_target_partitions(shards);
+        // Planning errors then carry the position of what they are about (DataFusion's `Diagnostic`).
+        config.options_mut().sql_parser.collect_spans = true;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .build();
+        if let Some(dir) = self.catalog_dirs.iter().find(|dir| !dir.is_dir()) {
+            return Err(Error::Config(format!("catalog folder `{}` does not exist", dir.display())));
+        }
         let dirs: Vec<PathBuf> = std::iter::once(home.join("catalogs")).chain(self.catalog_dirs).collect();
+        let loaded = load_catalogs(&dirs)?;
+        let catalog_files = loaded.iter().map(|(name, (file, _))| (name.clone(), file.clone())).collect();
         let mut configs: BTreeMap<String, CatalogConfig> =
-            load_catalogs(&dirs)?.into_iter().map(|(name, (_, config))| (name, config)).collect();
+            loaded.into_iter().map(|(name, (_, config))| (name, config)).collect();
         configs.extend(self.catalogs);
         configs.entry(DEFAULT_CATALOG.to_string()).or_insert_with(|| {
             CatalogConfig::IcebergSql(IcebergSqlConfig {
@@ -208,8 +215,19 @@ impl EngineBuilder {
         default_catalog.register_schema(SYSTEM_SCHEMA, Arc::new(system))?;
         let events = EventLog::new(ledger.clone());
         let runner = Runner::new(ledger.clone(), events.clone(), self.run_lease.unwrap_or(DEFAULT_RUN_LEASE));
-        let engine =
-            Engine { ctx, catalogs, runner, layer: self.layer, events, ledger, ledger_damage, home, shards, clock };
+        let engine = Engine {
+            ctx,
+            catalogs,
+            catalog_files,
+            runner,
+            layer: self.layer,
+            events,
+            ledger,
+            ledger_damage,
+            home,
+            shards,
+            clock,
+        };
         if engine.ledger_damage.is_some() {
             return Ok(engine);
         }

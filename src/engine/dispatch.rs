@@ -7,7 +7,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::common::TableReference;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::ast::{DescribeAlias, ObjectType, ShowCreateObject, Statement as SqlStatement};
 
 use super::runs::not_a_catalog_insert;
 use super::{Engine, Output};
@@ -99,6 +99,75 @@ impl Engine {
         partition_by: &[PartitionField],
         source: &str,
     ) -> Result<Output> {
+        let original = statement.clone();
+        if let DFStatement::Statement(sql) = &statement {
+            match sql.as_ref() {
+                SqlStatement::ExplainTable {
+                    describe_alias: DescribeAlias::Describe | DescribeAlias::Desc,
+                    table_name,
+                    ..
+                } => {
+                    return self.describe_table(table_name).await;
+                }
+                SqlStatement::ShowCreate { obj_type: ShowCreateObject::Table, obj_name } => {
+                    return self.show_create_table(obj_name).await;
+                }
+                _ => {}
+            }
+        }
+        let dropped_pipelines = self.pipelines_of_dropped_tables(&statement).await?;
+        let result = match &statement {
+            DFStatement::Explain(explain) if !explain.analyze => {
+                match self.explain_catalog_write(&explain.statement).await {
+                    Ok(Some(output)) => Ok(output),
+                    Ok(None) => self.execute_plan(statement, partition_by, source).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => self.execute_plan(statement, partition_by, source).await,
+        };
+        match result {
+            Err(Error::DataFusion(e)) => Err(self.diagnose(e, &original).await),
+            Err(e) => Err(e),
+            Ok(output) => {
+                for pipeline in dropped_pipelines {
+                    self.ledger.drop_pipeline(&pipeline).await?;
+                }
+                Ok(output)
+            }
+        }
+    }
+
+    /// The pipelines writing into the tables a `DROP TABLE ... CASCADE` drops (to drop with
+    /// them); without `CASCADE`, an error naming them.
+    async fn pipelines_of_dropped_tables(&self, statement: &DFStatement) -> Result<Vec<String>> {
+        let DFStatement::Statement(sql) = statement else { return Ok(vec![]) };
+        let SqlStatement::Drop { object_type: ObjectType::Table, names, cascade, .. } = sql.as_ref() else {
+            return Ok(vec![]);
+        };
+        if self.ledger_damage.is_some() {
+            return Ok(vec![]);
+        }
+        let tables: Vec<String> =
+            names.iter().map(|n| self.resolve(&TableReference::parse_str(&n.to_string())).to_string()).collect();
+        let pipelines = self.ledger.pipelines().await?;
+        let writers: Vec<&PipelineRecord> = pipelines.iter().filter(|p| tables.contains(&p.target)).collect();
+        if writers.is_empty() || *cascade {
+            return Ok(writers.into_iter().map(|p| p.name.clone()).collect());
+        }
+        let list: Vec<String> = writers.iter().map(|p| format!("`{}` (into {})", p.name, p.target)).collect();
+        Err(Error::Plan(format!(
+            "pipeline(s) {} write into this table: DROP PIPELINE them first, or DROP TABLE ... CASCADE to drop them with it",
+            list.join(", ")
+        )))
+    }
+
+    async fn execute_plan(
+        &self,
+        statement: DFStatement,
+        partition_by: &[PartitionField],
+        source: &str,
+    ) -> Result<Output> {
         if let DFStatement::CopyTo(copy) = &statement {
             self.check_export_target(&copy.target)?;
             if let Some(output) = self.export(copy, source).await? {
@@ -164,6 +233,7 @@ impl Engine {
             target: insert.table.to_string(),
             shards: options.shards,
             created_at_ms: self.clock.now_ms(),
+            catalog_file: self.catalog_files.get(&insert.table.catalog).map(|f| f.display().to_string()),
         };
         match self.ledger.save_pipeline(&record, create.or_replace).await {
             Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),

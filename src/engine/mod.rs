@@ -4,6 +4,8 @@
 //! - `builder.rs`: [`EngineBuilder`], opening the home, the catalogs and the ledger;
 //! - `dispatch.rs`: each statement to its handler, and DataFusion's own statements;
 //! - `ddl.rs`: DDL on our catalogs (schemas, tables);
+//! - `describe.rs`: `DESCRIBE`, `SHOW CREATE TABLE`, finding a table by its bare name;
+//! - `diagnose.rs`: DataFusion's errors said in the user's terms, with positions and "did you mean";
 //! - `write.rs`: writes (`INSERT`, `CREATE TABLE ... AS`, `COPY`) as runs;
 //! - `runs.rs`: pipelines, `RETRY RUN` and recovery;
 //! - `doctor.rs`: `sluice doctor`.
@@ -22,6 +24,8 @@
 
 mod builder;
 mod ddl;
+mod describe;
+mod diagnose;
 mod dispatch;
 mod doctor;
 mod runs;
@@ -87,6 +91,8 @@ impl StatementScope {
 pub struct Engine {
     ctx: SessionContext,
     catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
+    /// The file each catalog declared in a catalog file came from.
+    catalog_files: BTreeMap<String, PathBuf>,
     ledger: Ledger,
     /// Why the home's ledger file could not be used (the engine then runs on one in memory).
     ledger_damage: Option<String>,

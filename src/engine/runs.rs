@@ -43,8 +43,20 @@ impl Engine {
     }
 
     /// The pipeline called `name` as the ledger keeps it: its definition and options.
+    /// Fails when the catalog of its target is not loaded in this process.
     pub(super) async fn pipeline_definition(&self, name: &str) -> Result<Option<(CreatePipeline, PipelineOptions)>> {
         let Some(record) = self.ledger.pipeline(name).await? else { return Ok(None) };
+        if let Some(target) = TableName::parse(&record.target)
+            && self.catalog_of(&target.catalog).is_none()
+        {
+            return Err(Error::CatalogNotLoaded {
+                catalog: target.catalog,
+                pipeline: name.to_string(),
+                declared_in: record
+                    .catalog_file
+                    .map_or_else(String::new, |file| format!(" (it was declared in {file})")),
+            });
+        }
         let create = pipeline::parse_definition(name, &record.definition)?;
         let options = PipelineOptions::parse(name, &create.options)?;
         Ok(Some((create, options)))

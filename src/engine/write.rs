@@ -10,7 +10,9 @@ use datafusion::sql::parser::{CopyToSource, CopyToStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use super::{Engine, Output};
-use datafusion::physical_plan::{ExecutionPlanProperties, displayable};
+use datafusion::logical_expr::DdlStatement;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
+use datafusion::sql::parser::Statement as DFStatement;
 
 use crate::coordinator::{Coordinator, ExportFormat, FileMerge, RunError, RunJob, RunOrigin, RunReport};
 use crate::error::{Error, Result};
@@ -84,10 +86,31 @@ impl Engine {
         let (job, summary) = self.plan_write(insert, shards, RunOrigin::default()).await?;
         let RunJob { target, coordinator, input, shards, .. } = job;
         let plan = coordinator.prepare_shards(input, shards).map_err(|source| RunError::Prepare { target, source })?;
-        let shards = plan.output_partitioning().partition_count();
-        let write = format!("{summary}\n{shards} shard(s), each writing its own files; one atomic commit");
-        let plan = displayable(plan.as_ref()).indent(true).to_string();
-        Ok(Output::rows(explain_batch(&[("sluice_write", write), ("physical_plan", plan)])))
+        Ok(explain_output(&summary, plan.as_ref()))
+    }
+
+    /// `EXPLAIN` of an `INSERT` or `CREATE TABLE ... AS` into a catalog table; `None` for any
+    /// other statement (DataFusion explains it).
+    pub(super) async fn explain_catalog_write(&self, statement: &DFStatement) -> Result<Option<Output>> {
+        let write = matches!(statement, DFStatement::Statement(s)
+            if matches!(s.as_ref(), SqlStatement::Insert(_) | SqlStatement::CreateTable(_)));
+        if !write {
+            return Ok(None);
+        }
+        let state = self.ctx.state();
+        let plan = Self::bind_params(state.statement_to_plan(statement.clone()).await?)?;
+        if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = &plan {
+            let table = self.resolve(&create.name);
+            let Some(catalog) = self.catalog_of(&table.catalog) else { return Ok(None) };
+            let input = state.create_physical_plan(&create.input).await?;
+            let plan = planner::shard_plan(input, self.shards, vec![])?;
+            let summary = format!("create {table} (unpartitioned, in {} catalog `{}`), then append into it", catalog.kind(), table.catalog);
+            return Ok(Some(explain_output(&summary, plan.as_ref())));
+        }
+        match self.insert_target(plan)? {
+            Some(insert) => Ok(Some(self.explain_write(insert, self.shards).await?)),
+            None => Ok(None),
+        }
     }
 
     /// `COPY (SELECT ...) TO 'file.csv'` (or `.jsonl`, `.json`, `.parquet`, or `STORED AS`): the
@@ -155,4 +178,12 @@ impl Engine {
             None => builtin,
         }
     }
+}
+
+/// `EXPLAIN` rows of a write: what it writes where, then its sharded physical plan.
+fn explain_output(summary: &str, plan: &dyn ExecutionPlan) -> Output {
+    let shards = plan.output_partitioning().partition_count();
+    let write = format!("{summary}\n{shards} shard(s), each writing its own files; one atomic commit");
+    let plan = displayable(plan).indent(true).to_string();
+    Output::rows(explain_batch(&[("sluice_write", write), ("physical_plan", plan)]))
 }

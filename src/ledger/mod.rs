@@ -216,6 +216,12 @@ impl Ledger {
             let add = sqlx::query("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1");
             self.execute("adding the attempt column to runs", add).await?;
         }
+        let columns =
+            self.fetch_all("reading the pipelines table", sqlx::query("PRAGMA table_info(pipelines)")).await?;
+        if !columns.iter().any(|c| c.get::<String, _>("name") == "catalog_file") {
+            let add = sqlx::query("ALTER TABLE pipelines ADD COLUMN catalog_file TEXT");
+            self.execute("adding the catalog_file column to pipelines", add).await?;
+        }
         Ok(())
     }
 
@@ -263,13 +269,14 @@ impl Ledger {
     pub async fn save_pipeline(&self, pipeline: &PipelineRecord, replace: bool) -> Result<()> {
         let verb = if replace { "INSERT OR REPLACE" } else { "INSERT" };
         let result = sqlx::query(&format!(
-            "{verb} INTO pipelines (name, definition, target, shards, created_at_ms) VALUES (?, ?, ?, ?, ?)"
+            "{verb} INTO pipelines (name, definition, target, shards, created_at_ms, catalog_file) VALUES (?, ?, ?, ?, ?, ?)"
         ))
         .bind(&pipeline.name)
         .bind(&pipeline.definition)
         .bind(&pipeline.target)
         .bind(pipeline.shards.map(|s| s as i64))
         .bind(pipeline.created_at_ms)
+        .bind(&pipeline.catalog_file)
         .execute(&self.pool)
         .await;
         match result {

@@ -63,6 +63,9 @@ pub struct PipelineRecord {
     pub shards: Option<usize>,
     /// Creation time, ms since the epoch.
     pub created_at_ms: i64,
+    /// The catalog file its target's catalog was declared in, when not the home's own catalog
+    /// (named when a later process runs the pipeline without it).
+    pub catalog_file: Option<String>,
 }
 
 /// One run as the ledger records it.
@@ -170,6 +173,7 @@ pub(super) fn pipeline_from_row(r: &SqliteRow) -> PipelineRecord {
         target: r.get("target"),
         shards: r.get::<Option<i64>, _>("shards").map(|s| s as usize),
         created_at_ms: r.get("created_at_ms"),
+        catalog_file: r.get("catalog_file"),
     }
 }
 

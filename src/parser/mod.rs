@@ -229,10 +229,13 @@ pub fn is_complete(sql: &str) -> bool {
 impl<'a> SluiceParser<'a> {
     /// A parser over `sql` with DataFusion's default (generic) dialect.
     pub fn new(sql: &'a str) -> Result<Self, ParseError> {
-        let df = DFParserBuilder::new(sql)
-            .with_dialect(&DIALECT)
-            .build()
-            .map_err(|e| ParseError::at(Location { line: 1, column: 1 }, e.to_string()))?;
+        let df = DFParserBuilder::new(sql).with_dialect(&DIALECT).build().map_err(|e| match e {
+            // A tokenizer error (an unterminated string or comment) names its own position.
+            datafusion::error::DataFusionError::SQL(e, _) => {
+                ParseError::from_parser(*e, Location { line: 1, column: 1 })
+            }
+            other => ParseError::at(Location { line: 1, column: 1 }, other.to_string()),
+        })?;
         let line = sql.lines().count().max(1);
         let column = if sql.ends_with('\n') { 1 } else { sql.lines().last().map_or(1, |l| l.chars().count() + 1) };
         let end = Location { line: (line + usize::from(sql.ends_with('\n'))) as u64, column: column as u64 };

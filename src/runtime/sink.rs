@@ -347,5 +347,12 @@ pub fn conform(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Da
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let null_in_not_null = target.fields().iter().zip(&columns).find(|(f, c)| !f.is_nullable() && c.null_count() > 0);
+    if let Some((field, _)) = null_in_not_null {
+        return Err(DataFusionError::Execution(format!(
+            "column `{}` is NOT NULL, but the query gives it a NULL",
+            field.name()
+        )));
+    }
     RecordBatch::try_new(target.clone(), columns).map_err(|e| DataFusionError::Execution(e.to_string()))
 }
