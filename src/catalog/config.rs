@@ -39,8 +39,7 @@ pub struct CatalogConfigError {
 }
 
 /// How to reach one catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogConfig {
     /// An Iceberg catalog in a SQL database (the JDBC `iceberg_tables` layout).
     IcebergSql(IcebergSqlConfig),
@@ -113,13 +112,49 @@ fn anchor(base: &Path, location: String) -> String {
 
 /// Parses one catalog file's text; `path` is only used in errors and to anchor relative paths.
 pub fn parse_catalog(path: &Path, text: &str) -> Result<CatalogConfig, CatalogConfigError> {
-    let error = |message: String| CatalogConfigError { path: path.to_path_buf(), message };
-    let config: CatalogConfig = toml::from_str(text).map_err(|e| {
-        // toml's message already names the key and quotes the line; keep it on one line.
-        error(e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
-    })?;
+    let config = parse_typed(text).map_err(|message| CatalogConfigError { path: path.to_path_buf(), message })?;
     let base = path.parent().unwrap_or(Path::new("."));
     Ok(config.anchored(base))
+}
+
+/// Reads `type`, then the rest of the file as that type's settings. (serde's tagged enums read
+/// the file into a buffer first, and their errors lose the line and key.)
+fn parse_typed(text: &str) -> Result<CatalogConfig, String> {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: Option<toml::Spanned<String>>,
+    }
+    let kind = toml::from_str::<Kind>(text).map_err(|e| toml_error(text, &e))?.kind;
+    let Some(kind) = kind else { return Err("missing field `type` (iceberg-sql, iceberg-rest or delta)".into()) };
+    // The settings are the file without its `type` line; the other lines keep their numbers.
+    let span = kind.span();
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[span.end..].find('\n').map_or(text.len(), |i| span.end + i);
+    let settings = format!("{}{}", &text[..line_start], &text[line_end..]);
+    let read = |e: toml::de::Error| toml_error(&settings, &e);
+    match kind.get_ref().as_str() {
+        "iceberg-sql" => toml::from_str(&settings).map(CatalogConfig::IcebergSql).map_err(read),
+        "iceberg-rest" => toml::from_str(&settings).map(CatalogConfig::IcebergRest).map_err(read),
+        "delta" => toml::from_str(&settings).map(CatalogConfig::Delta).map_err(read),
+        other => {
+            Err(format!("unknown variant `{other}` of `type`, expected one of `iceberg-sql`, `iceberg-rest`, `delta`"))
+        }
+    }
+}
+
+/// toml's error on one line: the line, its key, and what is wrong.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    // A missing key has no line of its own.
+    let Some(span) = error.span().filter(|_| !error.message().starts_with("missing field")) else {
+        return error.message().to_string();
+    };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let key = text.lines().nth(line - 1).and_then(|l| l.split('=').next()).map(str::trim).unwrap_or_default();
+    match key.is_empty() {
+        true => format!("line {line}: {}", error.message()),
+        false => format!("line {line}, key `{key}`: {}", error.message()),
+    }
 }
 
 /// Reads every `*.toml` in `dirs` (missing folders are skipped), keyed by catalog name.
@@ -183,6 +218,8 @@ mod tests {
         assert!(unknown.to_string().contains("unknown field `warehous`"), "{unknown}");
         let missing = parse_catalog(path, "type = \"iceberg-sql\"\nuri = \"sqlite:a.db\"\n").unwrap_err();
         assert!(missing.to_string().contains("missing field `warehouse`"), "{missing}");
+        let bad_type = parse_catalog(path, "type = \"delta\"\nroot = 5\n").unwrap_err();
+        assert!(bad_type.to_string().contains("line 2, key `root`: invalid type: integer `5`"), "{bad_type}");
         let kind = parse_catalog(path, "type = \"hive\"\n").unwrap_err();
         assert!(kind.to_string().contains("unknown variant `hive`"), "{kind}");
         assert!(kind.to_string().starts_with("catalog file c.toml: "), "{kind}");

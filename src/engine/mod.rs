@@ -38,10 +38,10 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::common::ParamValues;
+pub use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
 pub use builder::{CoordinatorLayer, EngineBuilder};
 
@@ -85,7 +85,7 @@ impl StatementScope {
 /// ```no_run
 /// # async fn example() -> sluice::error::Result<()> {
 /// let engine = std::sync::Arc::new(sluice::Engine::builder().home(".sluice").build().await?);
-/// let rows = engine.sql_with_params("SELECT $1 + 1 AS answer", vec![41_i64.into()]).await?;
+/// let rows = engine.sql_with_params("SELECT $1 + 1 AS answer", vec![sluice::engine::ScalarValue::from(41_i64)]).await?;
 /// # Ok(()) }
 /// ```
 pub struct Engine {

@@ -104,7 +104,11 @@ impl Engine {
             let Some(catalog) = self.catalog_of(&table.catalog) else { return Ok(None) };
             let input = state.create_physical_plan(&create.input).await?;
             let plan = planner::shard_plan(input, self.shards, vec![])?;
-            let summary = format!("create {table} (unpartitioned, in {} catalog `{}`), then append into it", catalog.kind(), table.catalog);
+            let summary = format!(
+                "create {table} (unpartitioned, in {} catalog `{}`), then append into it",
+                catalog.kind(),
+                table.catalog
+            );
             return Ok(Some(explain_output(&summary, plan.as_ref())));
         }
         match self.insert_target(plan)? {
