@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast::ObjectName;
 use super::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::suggest::did_you_mean;
-use crate::system::{ResultBatch, properties_batch};
+use crate::system::{ResultBatch, SYSTEM_SCHEMA, properties_batch};
 use crate::table::TableName;
 
 use datafusion::arrow::array::StringArray;
@@ -31,7 +31,7 @@ impl Engine {
                 }
             }
         }
-        tables.retain(|t| t.schema != "information_schema");
+        tables.retain(|t| t.schema != "information_schema" && t.schema != SYSTEM_SCHEMA);
         tables
     }
 

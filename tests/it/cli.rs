@@ -1,17 +1,68 @@
-//! The `sluice` binary as a black box: the quickstart, output formats, exit codes and error
-//! positions.
+//! The `sluice` binary as a black box: the quickstart, output formats, exit codes, scripts from
+//! stdin, backslash commands and error messages (as insta snapshots, ids and paths filtered).
 
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn sluice(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    sluice_with_stdin(home, args, "")
+}
+
+/// `sluice --home HOME ARGS...` in the repository, with `stdin` piped in (not a terminal).
+fn sluice_with_stdin(home: &Path, args: &[&str], stdin: &str) -> Output {
+    sluice_in(Path::new(env!("CARGO_MANIFEST_DIR")), home, args, stdin)
+}
+
+/// `sluice --home HOME ARGS...` in `dir`, with `stdin` piped in.
+fn sluice_in(dir: &Path, home: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(dir)
         .arg("--home")
         .arg(home)
         .args(args)
-        .output()
-        .expect("sluice runs")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice runs");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Exit code, stdout and stderr, for a snapshot.
+fn transcript(output: &Output) -> String {
+    format!(
+        "exit code: {}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code().map_or("signal".to_string(), |c| c.to_string()),
+        text(&output.stdout),
+        text(&output.stderr)
+    )
+}
+
+/// Snapshots with run ids, snapshot ids, the home and the working directory filtered out.
+fn filtered(home: &Path, check: impl FnOnce()) {
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(&regex_escape(&home.display().to_string()), "[HOME]");
+    settings.add_filter(&regex_escape(env!("CARGO_MANIFEST_DIR")), "[REPO]");
+    settings.add_filter(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "[RUN_ID]");
+    settings.add_filter(r"\b\d{15,20}\b", "[SNAPSHOT_ID]");
+    // A run report's elapsed time, in CSV.
+    settings.add_filter(r"(?m)\[SNAPSHOT_ID\],\d+$", "[SNAPSHOT_ID],[ELAPSED_MS]");
+    settings.bind(check);
+}
+
+fn regex_escape(text: &str) -> String {
+    let meta = |c: char| ".*+?()[]{}|^$\\".contains(c);
+    text.chars().map(|c| if meta(c) { format!("\\{c}") } else { c.to_string() }).collect()
+}
+
+/// A home with the quickstart's tables and pipeline.
+fn quickstart_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let output = sluice(home.path(), &["-f", "sql/examples/quickstart.sql"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    home
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -40,10 +91,25 @@ fn quickstart_runs_on_a_fresh_home_and_again() {
 #[test]
 fn formats() {
     let home = tempfile::tempdir().unwrap();
-    let json = sluice(home.path(), &["--format", "json", "-c", "SELECT 1 AS a, 'x' AS b"]);
-    assert_eq!(text(&json.stdout).trim(), r#"[{"a":1,"b":"x"}]"#);
+    let two = "SELECT 1 AS a, NULL AS b UNION ALL SELECT 2, 'y' ORDER BY a; SELECT 'x' AS c";
+    let json = sluice(home.path(), &["--format", "json", "-c", two]);
+    let document: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON document");
+    assert_eq!(document, serde_json::json!([{"a": 1, "b": null}, {"a": 2, "b": "y"}, {"c": "x"}]));
+    let empty = sluice(home.path(), &["--format", "json", "-c", "CREATE SCHEMA lake.nothing_to_print"]);
+    assert_eq!(text(&empty.stdout), "[]\n");
+    let jsonl = sluice(home.path(), &["--format", "jsonl", "-c", two]);
     let csv = sluice(home.path(), &["--format", "csv", "-c", "VALUES (1, 'a'), (2, NULL)"]);
-    assert_eq!(text(&csv.stdout), "column1,column2\n1,a\n2,\n");
+    let tsv = sluice(home.path(), &["--format", "tsv", "-c", "VALUES (1, 'a'), (2, NULL)"]);
+    insta::assert_snapshot!(
+        "formats",
+        format!(
+            "--- json\n{}--- jsonl\n{}--- csv\n{}--- tsv\n{}",
+            text(&json.stdout),
+            text(&jsonl.stdout),
+            text(&csv.stdout),
+            text(&tsv.stdout)
+        )
+    );
 }
 
 #[test]
@@ -71,7 +137,7 @@ fn the_first_failing_statement_stops_a_file_and_is_named() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("job.sql: in the statement at line 3, column 1: table 'lake.a.missing' not found"),
+        stderr.contains("job.sql: in the statement at line 3, column 1: table `lake.a.missing` does not exist"),
         "{stderr}"
     );
     let schemas = sluice(
@@ -105,35 +171,6 @@ fn pipelines_persist_across_processes() {
 }
 
 #[test]
-fn the_repl_reads_multi_line_statements_and_backslash_commands() {
-    use std::io::Write;
-    let home = tempfile::tempdir().unwrap();
-    let mut repl = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--home")
-        .arg(home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let session = "CREATE SCHEMA lake.r;\nCREATE TABLE lake.r.t\n  (id BIGINT);\nINSERT INTO lake.r.t\nVALUES (1), (2);\n\\d\n\\?\n\\x\nSELEC 1;\nSELECT sum(id) AS total\nFROM lake.r.t;\n\\q\n";
-    repl.stdin.take().unwrap().write_all(session.as_bytes()).unwrap();
-    let output = repl.wait_with_output().unwrap();
-    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let listed = stdout
-        .lines()
-        .any(|l| l.starts_with("| lake ") && l.contains("| r ") && l.contains("| t ") && l.contains("BASE TABLE"));
-    assert!(listed, "\\d lists the table:\n{stdout}");
-    assert!(stdout.contains("\\q            quit"), "\\? shows the help:\n{stdout}");
-    assert!(stdout.contains("| 3     |"), "the multi-line query ran:\n{stdout}");
-    assert!(stderr.contains("unknown command `\\x`"), "{stderr}");
-    assert!(stderr.contains("syntax error at line 1, column 1"), "errors do not end the session:\n{stderr}");
-    let history = std::fs::read_to_string(home.path().join("history.txt")).unwrap();
-    assert!(history.contains("SELECT sum(id) AS total"), "{history}");
-}
-
-#[test]
 fn external_tables_persist_so_pipelines_reading_them_run_in_later_processes() {
     let home = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -158,7 +195,7 @@ fn external_tables_persist_so_pipelines_reading_them_run_in_later_processes() {
     let dropped = sluice(home.path(), &["-c", "DROP TABLE raw_orders"]);
     assert!(dropped.status.success(), "{}", text(&dropped.stderr));
     let gone = sluice(home.path(), &["-c", "SELECT * FROM raw_orders"]);
-    assert!(text(&gone.stderr).contains("table 'datafusion.public.raw_orders' not found"), "{}", text(&gone.stderr));
+    assert!(text(&gone.stderr).contains("table `raw_orders` does not exist"), "{}", text(&gone.stderr));
     // An external table whose file has gone does not stop later processes from starting.
     let again = sluice(
         home.path(),
@@ -168,4 +205,180 @@ fn external_tables_persist_so_pipelines_reading_them_run_in_later_processes() {
     std::fs::remove_file(&csv).unwrap();
     let starts = sluice(home.path(), &["--format", "csv", "-c", "SELECT 1 AS one"]);
     assert_eq!(text(&starts.stdout), "one\n1\n", "{}", text(&starts.stderr));
+}
+
+#[test]
+fn sql_piped_into_stdin_runs_as_a_script_and_its_first_error_stops_it() {
+    let home = tempfile::tempdir().unwrap();
+    let syntax = sluice_with_stdin(home.path(), &[], "SELECT 42; SELEC 1;");
+    let failing = sluice_with_stdin(home.path(), &[], "SELECT 42 AS answer;\nSELECT * FROM nosuch;\nSELECT 43;\n");
+    let dash = sluice_with_stdin(home.path(), &["-f", "-"], "SELECT 'dash' AS via;");
+    assert_eq!(syntax.status.code(), Some(1), "a cron job learns that it failed");
+    filtered(home.path(), || {
+        insta::assert_snapshot!(
+            "piped_stdin",
+            format!("{}\n{}\n{}", transcript(&syntax), transcript(&failing), transcript(&dash))
+        )
+    });
+}
+
+#[test]
+fn backslash_commands_and_script_files_run_from_the_command_line() {
+    let home = tempfile::tempdir().unwrap();
+    let setup = home.path().join("setup.sql");
+    std::fs::write(
+        &setup,
+        "CREATE SCHEMA lake.i;\nCREATE TABLE lake.i.t (id BIGINT);\nINSERT INTO lake.i.t SELECT value FROM generate_series(1, 100);\n",
+    )
+    .unwrap();
+    let broken = home.path().join("broken.sql");
+    std::fs::write(&broken, "SELECT 1 AS one;\n\nSELECT nope FROM lake.i.t;\n").unwrap();
+    let count = home.path().join("count.sql");
+    std::fs::write(&count, "SELECT count(*) AS n FROM lake.i.t;\n").unwrap();
+    let include = sluice(
+        home.path(),
+        &[
+            "--format",
+            "csv",
+            "-c",
+            &format!("\\i {}", setup.display()),
+            "-c",
+            "\\pset format table",
+            "-c",
+            "\\d lake.i.t",
+        ],
+    );
+    let maxrows = sluice(home.path(), &["-c", "\\pset maxrows 3", "-c", "SELECT id FROM lake.i.t ORDER BY id"]);
+    let unlimited = sluice(home.path(), &["--format", "csv", "-c", "SELECT id FROM lake.i.t"]);
+    assert_eq!(text(&unlimited.stdout).lines().count(), 101, "no row limit outside the REPL's tables");
+    let failing_include = sluice(home.path(), &["-c", &format!("\\i {}", broken.display())]);
+    let positional = sluice(home.path(), &["--format", "csv", count.to_str().unwrap()]);
+    let unknown = sluice(home.path(), &["-c", "\\x"]);
+    let report = [include, maxrows, failing_include, positional, unknown].iter().map(transcript).collect::<Vec<_>>();
+    filtered(home.path(), || insta::assert_snapshot!("backslash_commands", report.join("\n")));
+}
+
+#[test]
+fn error_messages_name_the_problem_and_where_it_is() {
+    let home = quickstart_home();
+    let created = sluice(home.path(), &["-c", "CREATE TABLE lake.shop.nn (id BIGINT NOT NULL, name VARCHAR)"]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let statements = [
+        "SELECT 'abc",
+        "SELECT 1 /* never closed",
+        "SELECT custmer FROM lake.shop.orders",
+        "SELECT *\nFROM lake.shop.orders\nWHERE nosuch > 1",
+        "SELECT * FROM lake.shop.ordrs",
+        "SELECT * FROM ordrs",
+        "SELECT * FROM lakee.shop.orders",
+        "SELECT * FROM 'nosuch.csv'",
+        "RUN PIPELINE customer_total",
+        "INSERT INTO lake.shop.nn VALUES (NULL, 'a')",
+        "INSERT INTO lake.shop.nn SELECT NULL, 'a'",
+        "INSERT INTO lake.shop.nn VALUES (1, 'a', 3)",
+        "INSERT INTO lake.shop.nn VALUES (1, 'a'),\n  ('x', 'b')",
+        "DROP TABLE lake.shop.customer_totals",
+        "SELECT * FROM lake.shop.\"orders$history\"",
+        "\\pset maxrows many",
+    ];
+    let mut report = String::new();
+    for sql in statements {
+        let output = sluice(home.path(), &["-c", sql]);
+        assert_eq!(output.status.code(), Some(1), "{sql} fails");
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one message per failure, no log line: {stderr}");
+        assert!(!stderr.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {stderr}");
+        report.push_str(&format!("> {sql}\n{stderr}\n"));
+    }
+    // Catalogs: a missing folder, a bad key, a pipeline whose catalog is not loaded.
+    let missing = sluice(home.path(), &["--catalogs", "nosuchdir", "-c", "SELECT 1"]);
+    let extra = home.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(extra.join("other.toml"), "type = \"delta\"\nroot = 5\n").unwrap();
+    let bad_key = sluice(home.path(), &["--catalogs", extra.to_str().unwrap(), "-c", "SELECT 1"]);
+    std::fs::write(extra.join("other.toml"), "type = \"delta\"\nroot = \"other\"\n").unwrap();
+    let extra_arg = extra.to_str().unwrap();
+    let created = sluice(
+        home.path(),
+        &[
+            "--catalogs",
+            extra_arg,
+            "-c",
+            "CREATE SCHEMA other.s; CREATE TABLE other.s.t (id BIGINT); CREATE PIPELINE elsewhere AS INSERT INTO other.s.t VALUES (1)",
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let not_loaded = sluice(home.path(), &["-c", "RUN PIPELINE elsewhere"]);
+    for output in [&missing, &bad_key, &not_loaded] {
+        assert_eq!(output.status.code(), Some(1));
+        report.push_str(&format!("{}\n", text(&output.stderr)));
+    }
+    filtered(home.path(), || insta::assert_snapshot!("error_messages", report));
+}
+
+#[test]
+fn describe_show_create_and_explain_say_what_a_table_and_a_write_are() {
+    let home = tempfile::tempdir().unwrap();
+    let setup = "CREATE SCHEMA lake.d;
+        CREATE TABLE lake.d.events (id BIGINT NOT NULL, kind VARCHAR, at TIMESTAMP) PARTITIONED BY (day(at), bucket(4, id));
+        INSERT INTO lake.d.events VALUES (1, 'a', TIMESTAMP '2026-01-01 10:00:00'), (2, 'b', TIMESTAMP '2026-01-02 10:00:00');
+        CREATE PIPELINE copy_events AS INSERT INTO lake.d.events SELECT id + 10, kind, at FROM lake.d.events;";
+    let created = sluice(home.path(), &["-c", setup]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let shown = sluice(
+        home.path(),
+        &[
+            "--shards",
+            "2",
+            "-c",
+            "\\d events",
+            "-c",
+            "SHOW CREATE TABLE lake.d.events",
+            "-c",
+            "EXPLAIN RUN PIPELINE copy_events",
+            "-c",
+            "EXPLAIN INSERT OVERWRITE lake.d.events SELECT * FROM lake.d.events WHERE id > 1",
+            "-c",
+            "SELECT partition, record_count, file_count FROM lake.d.\"events$partitions\" ORDER BY 1",
+            "-c",
+            "SELECT count(*) AS files, sum(record_count) AS rows FROM lake.d.\"events$files\"",
+        ],
+    );
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    // SHOW CREATE TABLE reads back: the statement makes the same table elsewhere.
+    let statement = text(&shown.stdout);
+    let create = statement.split("CREATE TABLE lake.d.events").nth(1).unwrap();
+    assert!(create.contains("PARTITIONED BY (day(at), bucket(4, id))"), "{statement}");
+    filtered(home.path(), || insta::assert_snapshot!("describe_and_explain", text(&shown.stdout)));
+}
+
+/// The `sql` blocks of the README's tour, in order, and its Delta catalog file.
+fn readme_tour() -> (String, String) {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## A five-minute tour").expect("the tour");
+    let end = start + readme[start..].find("\n### ").expect("the section after the tour");
+    let (mut sql, mut toml) = (String::new(), String::new());
+    for block in readme[start..end].split("```").skip(1).step_by(2) {
+        let (language, body) = block.split_once('\n').unwrap();
+        match language {
+            "sql" => sql.push_str(body),
+            "toml" => toml.push_str(body),
+            _ => {}
+        }
+    }
+    (sql, toml)
+}
+
+#[test]
+fn the_readme_tour_runs_on_a_fresh_home_and_after_the_quickstart() {
+    let (sql, toml) = readme_tour();
+    assert!(sql.contains("RUN PIPELINE daily") && toml.contains("type = \"delta\""), "the tour was found");
+    for home in [tempfile::tempdir().unwrap(), quickstart_home()] {
+        std::fs::create_dir_all(home.path().join("catalogs")).unwrap();
+        std::fs::write(home.path().join("catalogs/delta.toml"), &toml).unwrap();
+        let work = tempfile::tempdir().unwrap(); // where `COPY ... TO 'revenue.csv'` writes
+        let output = sluice_in(work.path(), home.path(), &[], &sql);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).contains("delta.shop.daily"), "{}", text(&output.stdout));
+    }
 }
