@@ -6,17 +6,22 @@ use datafusion::common::utils::datafusion_strsim::levenshtein;
 /// close enough to be a typo: at most a third of the name's letters off, and at least one.
 /// Empty when none is.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    match closest(name, candidates) {
+        Some(candidate) if candidate != name => format!(" (did you mean `{candidate}`?)"),
+        _ => String::new(),
+    }
+}
+
+/// The candidate closest to `name`, when it is close enough to be a typo (see [`did_you_mean`]).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let name_lower = name.to_lowercase();
     let limit = (name.chars().count() / 3).max(1);
-    let closest = candidates
+    candidates
         .into_iter()
         .map(|candidate| (levenshtein(&name_lower, &candidate.to_lowercase()), candidate))
         .filter(|(distance, _)| *distance <= limit)
-        .min_by_key(|(distance, _)| *distance);
-    match closest {
-        Some((_, candidate)) if candidate != name => format!(" (did you mean `{candidate}`?)"),
-        _ => String::new(),
-    }
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use datafusion::sql::sqlparser::ast::ObjectName;
 
 use super::{Engine, Output};
 use crate::error::{Error, Result};
-use crate::suggest::did_you_mean;
 use crate::system::{ResultBatch, SYSTEM_SCHEMA, properties_batch};
 use crate::table::TableName;
 
@@ -53,14 +52,7 @@ impl Engine {
         };
         match same.as_slice() {
             [table] => Ok((*table).clone()),
-            [] => {
-                let qualified: Vec<String> = tables.iter().map(ToString::to_string).collect();
-                let hint = match reference {
-                    TableReference::Bare { table } => did_you_mean(&table, tables.iter().map(|t| t.table.as_str())),
-                    _ => did_you_mean(&resolved.to_string(), qualified.iter().map(String::as_str)),
-                };
-                Err(Error::Plan(format!("table `{name}` does not exist{hint}")))
-            }
+            [] => Err(Error::Plan(self.no_table(&name.to_string()))),
             several => {
                 let names: Vec<String> = several.iter().map(ToString::to_string).collect();
                 Err(Error::Plan(format!("`{name}` could be any of {}: name it in full", names.join(", "))))

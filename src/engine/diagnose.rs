@@ -10,7 +10,7 @@ use datafusion::sql::sqlparser::ast::{
 
 use super::Engine;
 use crate::error::Error;
-use crate::suggest::did_you_mean;
+use crate::suggest::{closest, did_you_mean};
 
 /// File extensions DataFusion reads as tables (`SELECT * FROM 'f.csv'`).
 const FILE_EXTENSIONS: [&str; 8] = [".csv", ".tsv", ".parquet", ".json", ".jsonl", ".ndjson", ".avro", ".arrow"];
@@ -49,8 +49,9 @@ impl Engine {
         with_position(Error::Plan(message), located)
     }
 
-    /// "table does not exist", with the file, catalog or table the user may have meant.
-    fn no_table(&self, name: &str) -> String {
+    /// "table does not exist", with the file, catalog or table the user may have meant: a table
+    /// of a near name in the same schema (or, for a bare name, anywhere).
+    pub(super) fn no_table(&self, name: &str) -> String {
         let state = self.ctx.state();
         let defaults = &state.config_options().catalog;
         let default_prefix = format!("{}.{}.", defaults.default_catalog, defaults.default_schema);
@@ -68,10 +69,17 @@ impl Engine {
             return format!("catalog `{catalog}` does not exist{hint} (catalogs: {})", names.join(", "));
         }
         let tables = self.table_names();
-        let qualified: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        let resolved = self.resolve(&reference);
         let hint = match reference {
             TableReference::Bare { .. } => did_you_mean(written, tables.iter().map(|t| t.table.as_str())),
-            _ => did_you_mean(&self.resolve(&reference).to_string(), qualified.iter().map(String::as_str)),
+            _ => {
+                let same_schema =
+                    tables.iter().filter(|t| t.catalog == resolved.catalog && t.schema == resolved.schema);
+                match closest(&resolved.table, same_schema.map(|t| t.table.as_str())) {
+                    Some(table) => format!(" (did you mean `{}.{}.{table}`?)", resolved.catalog, resolved.schema),
+                    None => String::new(),
+                }
+            }
         };
         format!("table `{written}` does not exist{hint}")
     }

@@ -86,7 +86,10 @@ impl Engine {
 
     pub(super) async fn plan_sql_statement(&self, statement: SqlStatement) -> Result<LogicalPlan> {
         let statement = DFStatement::Statement(Box::new(statement));
-        Self::bind_params(self.ctx.state().statement_to_plan(statement).await?)
+        match self.ctx.state().statement_to_plan(statement.clone()).await {
+            Ok(plan) => Self::bind_params(plan),
+            Err(e) => Err(self.diagnose(e, &statement).await),
+        }
     }
 
     /// Plans a DataFusion statement; runs it through a catalog when it touches one. `partition_by`

@@ -342,6 +342,12 @@ fn describe_show_create_and_explain_say_what_a_table_and_a_write_are() {
             "SELECT partition, record_count, file_count FROM lake.d.\"events$partitions\" ORDER BY 1",
             "-c",
             "SELECT count(*) AS files, sum(record_count) AS rows FROM lake.d.\"events$files\"",
+            "-c",
+            "EXPLAIN CREATE TABLE lake.d.copy AS SELECT id, kind FROM lake.d.events",
+            "-c",
+            "DROP TABLE lake.d.events CASCADE",
+            "-c",
+            "SHOW PIPELINES",
         ],
     );
     assert!(shown.status.success(), "{}", text(&shown.stderr));

@@ -52,6 +52,14 @@ async fn each_run_is_one_version_with_its_txn_and_run_id() {
         }
     }
     assert_eq!(value(&engine, "SELECT count(*) FROM delta.s.t").await, "100000");
+    // `t$history`: every commit, newest first, each run's tagged with its run id.
+    let history = rows(&engine, "SELECT version, operation, info IS NOT NULL FROM delta.s.\"t$history\"").await;
+    assert_eq!(history.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["2", "1", "0"]);
+    assert_eq!(history[2][1], "CREATE TABLE");
+    let tagged = value(&engine, "SELECT count(*) FROM delta.s.\"t$history\" WHERE info LIKE '%sluice.run-id%'").await;
+    assert_eq!(tagged, "2");
+    let error = engine.sql("SELECT * FROM delta.s.\"t$files\"").await.unwrap_err().to_string();
+    assert!(error.contains("(Delta) has no `$files` metadata table; it has $history"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -171,7 +171,7 @@ async fn a_duplicate_partition_column_is_refused_and_leaves_no_table() {
             let sql = format!("CREATE TABLE {catalog}.s.t (id BIGINT) PARTITIONED BY (id, id)");
             refused(&engine, &sql, "cannot partition by `id`: it appears twice in PARTITIONED BY").await;
         }
-        refused(&engine, &format!("SELECT * FROM {catalog}.s.t"), "not found").await;
+        refused(&engine, &format!("SELECT * FROM {catalog}.s.t"), "does not exist").await;
         engine.sql(&format!("CREATE TABLE {catalog}.s.t (id BIGINT) PARTITIONED BY (id)")).await.unwrap();
     }
     assert!(files_under(&home.path().join("delta/s")).iter().all(|f| f.starts_with(home.path().join("delta/s/t"))));

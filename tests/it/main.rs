@@ -16,6 +16,7 @@ mod memory;
 mod overwrite;
 mod postgres;
 mod recovery;
+mod repl;
 mod rest;
 mod shards;
 mod slt;

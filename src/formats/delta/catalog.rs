@@ -410,7 +410,7 @@ async fn history_table(table: &DeltaTable) -> DFResult<Arc<dyn TableProvider>> {
         .column("version", false, UInt64Array::from_iter_values(versions))
         .column("timestamp", true, TimestampMillisecondArray::from_iter(commits.iter().map(|c| c.timestamp)))
         .column("operation", true, text(|c| c.operation.clone()))
-        .column("operation_parameters", true, text(|c| c.operation_parameters.as_ref().map(|p| json(p))))
+        .column("operation_parameters", true, text(|c| c.operation_parameters.as_ref().map(json)))
         .column("read_version", true, UInt64Array::from_iter(commits.iter().map(|c| c.read_version)))
         .column("engine_info", true, text(|c| c.engine_info.clone()))
         .column("info", true, text(|c| (!c.info.is_empty()).then(|| json(&c.info))))
