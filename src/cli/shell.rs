@@ -49,7 +49,7 @@ impl<'a> Shell<'a> {
     /// Runs one input: a backslash command, or SQL statements.
     pub async fn run_input(&mut self, input: &str) -> Result<Flow, CliError> {
         let trimmed = input.trim_start();
-        if trimmed.starts_with('\\') || trimmed.starts_with(".read") || is_dot_command(trimmed) {
+        if trimmed.starts_with('\\') || is_dot_command(trimmed) {
             return Box::pin(self.run_command(trimmed)).await;
         }
         self.run_sql(input).await.map(|()| Flow::Continue)

@@ -120,13 +120,15 @@ impl Engine {
         }
         let dropped_pipelines = self.pipelines_of_dropped_tables(&statement).await?;
         let result = match &statement {
-            DFStatement::Explain(explain) if !explain.analyze => {
-                match self.explain_catalog_write(&explain.statement).await {
-                    Ok(Some(output)) => Ok(output),
-                    Ok(None) => self.execute_plan(statement, partition_by, source).await,
-                    Err(e) => Err(e),
-                }
-            }
+            DFStatement::Explain(explain) => match self.explain_catalog_write(&explain.statement).await {
+                Ok(Some(_)) if explain.analyze => Err(Error::Unsupported(
+                    "EXPLAIN ANALYZE of a write (it would run it): EXPLAIN it, or run it and read its report"
+                        .to_string(),
+                )),
+                Ok(Some(output)) => Ok(output),
+                Ok(None) => self.execute_plan(statement, partition_by, source).await,
+                Err(e) => Err(e),
+            },
             _ => self.execute_plan(statement, partition_by, source).await,
         };
         match result {

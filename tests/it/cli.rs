@@ -278,6 +278,7 @@ fn error_messages_name_the_problem_and_where_it_is() {
         "INSERT INTO lake.shop.nn VALUES (1, 'a', 3)",
         "INSERT INTO lake.shop.nn VALUES (1, 'a'),\n  ('x', 'b')",
         "DROP TABLE lake.shop.customer_totals",
+        "EXPLAIN ANALYZE INSERT INTO lake.shop.nn VALUES (1, 'a')",
         "SELECT * FROM lake.shop.\"orders$history\"",
         "\\pset maxrows many",
     ];
