@@ -188,7 +188,7 @@ async fn run_statements(engine: &Engine, args: &Args, mut printer: Printer) -> R
     let scripted = !args.commands.is_empty() || !args.files.is_empty() || args.script.is_some();
     if !scripted && std::io::stdin().is_terminal() {
         printer.max_rows = Some(40);
-        return repl::run(&mut Shell::new(engine, printer)).await;
+        return repl::run(engine, printer).await;
     }
     let mut shell = Shell::new(engine, printer);
     let result = run_script(&mut shell, args, scripted).await;

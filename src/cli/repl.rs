@@ -18,6 +18,7 @@ use rustyline::{Context, Editor, Helper};
 
 use super::CliError;
 use super::commands;
+use super::format::Printer;
 use super::shell::{Flow, Shell};
 use sluice::Engine;
 
@@ -55,7 +56,8 @@ impl Completer for SqlHelper {
 
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
         let is_name_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '.' | '\\' | '$');
-        let start = line[..pos].rfind(|c: char| !is_name_char(c)).map_or(0, |i| i + 1);
+        let before = line[..pos].char_indices().rev().find(|(_, c)| !is_name_char(*c));
+        let start = before.map_or(0, |(i, c)| i + c.len_utf8());
         let word = &line[start..pos];
         if word.is_empty() {
             return Ok((pos, vec![]));
@@ -114,11 +116,14 @@ fn is_exit(line: &str) -> bool {
 }
 
 /// Runs the shell until `\q`, `exit`, `quit` or Ctrl-D.
-pub async fn run(shell: &mut Shell<'_>) -> Result<(), CliError> {
+pub async fn run(engine: &Engine, printer: Printer) -> Result<(), CliError> {
     let terminal = |e: ReadlineError| CliError::Usage(format!("terminal: {e}"));
     let mut editor: Editor<SqlHelper, FileHistory> = Editor::new().map_err(terminal)?;
     editor.set_helper(Some(SqlHelper::default()));
-    let engine = shell.engine();
+    // After the editor: rustyline takes SIGINT for itself when it opens the terminal, and the
+    // shell's Ctrl-C handler must come last to cancel statements (at the prompt, in raw mode,
+    // Ctrl-C is a key that rustyline reads, not a signal).
+    let shell = &mut Shell::new(engine, printer);
     let history = engine.home().join("history.txt");
     let _ = editor.load_history(&history); // absent on first use
     println!("Sluice {} — home {}. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"), engine.home().display());
@@ -132,6 +137,7 @@ pub async fn run(shell: &mut Shell<'_>) -> Result<(), CliError> {
             }
             stale_names = false;
         }
+        shell.forget_interrupt();
         let prompt = if buffer.is_empty() { PROMPT } else { CONTINUE };
         let line = match tokio::task::block_in_place(|| editor.readline(prompt)) {
             Ok(line) => line,
@@ -192,5 +198,9 @@ mod tests {
         assert!(helper.candidates("SEL").contains(&"SELECT".to_string()));
         assert_eq!(helper.candidates("\\ti"), vec!["\\timing"]);
         assert!(is_exit("quit;") && is_exit(" EXIT ") && !is_exit("exits"));
+        let history = rustyline::history::DefaultHistory::new();
+        let context = Context::new(&history);
+        let line = "SELECT '—' FROM lake.shop.o";
+        assert_eq!(helper.complete(line, line.len(), &context).unwrap(), (18, vec!["lake.shop.orders".to_string()]));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sluice::Engine;
@@ -26,31 +27,81 @@ pub enum Flow {
 /// A session over one engine.
 pub struct Shell<'a> {
     engine: &'a Engine,
+    interrupts: Interrupts,
     /// How results print.
     pub printer: Printer,
     /// Print each statement's wall time.
     pub timing: bool,
 }
 
+/// Ctrl-C (SIGINT) for the whole process: one handler, on a thread of its own (shards can keep
+/// every runtime worker busy), so no press is lost. A press cancels the
+/// running statement; one between statements cancels the next as it starts (a script stops
+/// there), unless the REPL forgets it at its prompt.
+#[derive(Debug, Clone, Default)]
+struct Interrupts(Arc<Mutex<InterruptState>>);
+
+#[derive(Debug, Default)]
+struct InterruptState {
+    running: Option<CancellationToken>,
+    pending: bool,
+}
+
+impl Interrupts {
+    fn listen() -> Self {
+        let interrupts = Self::default();
+        let state = interrupts.0.clone();
+        let handled = ctrlc::set_handler(move || {
+            let mut state = state.lock().expect("interrupt state");
+            match state.running.take() {
+                Some(token) => {
+                    eprintln!("cancelling the statement...");
+                    token.cancel();
+                }
+                None => state.pending = true,
+            }
+        });
+        if let Err(e) = handled {
+            tracing::warn!("Ctrl-C will stop the process rather than cancel a statement: {e}");
+        }
+        interrupts
+    }
+
+    /// The token of a statement that starts now.
+    fn begin(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut state = self.0.lock().expect("interrupt state");
+        if std::mem::take(&mut state.pending) {
+            token.cancel();
+        }
+        state.running = Some(token.clone());
+        token
+    }
+
+    fn end(&self) {
+        self.0.lock().expect("interrupt state").running = None;
+    }
+}
+
 const LIST_TABLES: &str = "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables \
      WHERE table_schema <> 'information_schema' ORDER BY 1, 2, 3";
 
 impl<'a> Shell<'a> {
-    /// A session printing with `printer`.
+    /// A session printing with `printer`; it handles Ctrl-C from now on (one session per process).
     pub fn new(engine: &'a Engine, printer: Printer) -> Self {
-        Self { engine, printer, timing: false }
+        Self { engine, interrupts: Interrupts::listen(), printer, timing: false }
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &'a Engine {
-        self.engine
+    /// Forgets a Ctrl-C pressed while no statement ran (the REPL's prompt starts afresh).
+    pub fn forget_interrupt(&self) {
+        self.interrupts.0.lock().expect("interrupt state").pending = false;
     }
 
     /// Runs one input: a backslash command, or SQL statements.
     pub async fn run_input(&mut self, input: &str) -> Result<Flow, CliError> {
         let trimmed = input.trim_start();
         if trimmed.starts_with('\\') || is_dot_command(trimmed) {
-            return Box::pin(self.run_command(trimmed)).await;
+            return self.run_command(trimmed).await;
         }
         self.run_sql(input).await.map(|()| Flow::Continue)
     }
@@ -88,19 +139,10 @@ impl<'a> Shell<'a> {
 
     /// One statement; Ctrl-C cancels it (a write rolls back before this returns).
     async fn execute(&self, statement: &Located) -> Result<Output, CliError> {
-        let cancel = CancellationToken::new();
-        let work = self.engine.execute_cancellable(statement, cancel.clone());
-        tokio::pin!(work);
-        tokio::select! {
-            result = &mut work => Ok(result?),
-            signal = tokio::signal::ctrl_c() => {
-                if signal.is_ok() {
-                    eprintln!("cancelling the statement...");
-                    cancel.cancel();
-                }
-                Ok(work.await?)
-            }
-        }
+        let cancel = self.interrupts.begin();
+        let result = self.engine.execute_cancellable(statement, cancel).await;
+        self.interrupts.end();
+        Ok(result?)
     }
 
     async fn run_command(&mut self, line: &str) -> Result<Flow, CliError> {

@@ -104,6 +104,12 @@ pub struct Engine {
     clock: ClockRef,
 }
 
+// The promise of the docs above, kept by the compiler.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<Engine>();
+};
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")

@@ -49,6 +49,7 @@ fn filtered(home: &Path, check: impl FnOnce()) {
     settings.add_filter(r"\b\d{15,20}\b", "[SNAPSHOT_ID]");
     // A run report's elapsed time, in CSV.
     settings.add_filter(r"(?m)\[SNAPSHOT_ID\],\d+$", "[SNAPSHOT_ID],[ELAPSED_MS]");
+    settings.add_filter(r"Time: \d+\.\d+s", "Time: [ELAPSED]");
     settings.bind(check);
 }
 
@@ -248,7 +249,10 @@ fn backslash_commands_and_script_files_run_from_the_command_line() {
             "\\d lake.i.t",
         ],
     );
-    let maxrows = sluice(home.path(), &["-c", "\\pset maxrows 3", "-c", "SELECT id FROM lake.i.t ORDER BY id"]);
+    let maxrows = sluice(
+        home.path(),
+        &["-c", "\\pset maxrows 3", "-c", "\\timing on", "-c", "SELECT id FROM lake.i.t ORDER BY id"],
+    );
     let unlimited = sluice(home.path(), &["--format", "csv", "-c", "SELECT id FROM lake.i.t"]);
     assert_eq!(text(&unlimited.stdout).lines().count(), 101, "no row limit outside the REPL's tables");
     let failing_include = sluice(home.path(), &["-c", &format!("\\i {}", broken.display())]);

@@ -1,6 +1,7 @@
 //! The REPL driven through a pseudo-terminal, as a person types at it: the continuation prompt,
 //! Tab completion, Ctrl-C at the prompt, Ctrl-C during a long write (the table unchanged, no
-//! staged file left, the run `cancelled`, the REPL answering the next statement), `quit`.
+//! staged file left, the run `cancelled`, the REPL answering the next statement) and during a
+//! long query, `quit`.
 
 use std::path::Path;
 use std::process::Command;
@@ -82,6 +83,20 @@ fn the_repl_completes_names_cancels_a_write_with_ctrl_c_and_goes_on() {
     repl.send_line("SELECT count(*) AS rows_after_cancel FROM lake.r.orders_by_day;").unwrap();
     repl.expect("rows_after_cancel").unwrap();
     repl.expect("| 3 ").unwrap();
+    repl.expect(PROMPT).unwrap();
+
+    // Ctrl-C during a long query stops it.
+    repl.send_line("SELECT count(*) AS never_counted FROM generate_series(1, 100000000000);").unwrap();
+    repl.expect("never_counted").unwrap(); // the statement was read (its echo)
+    // A Ctrl-C that comes before the statement is running is not its to take: press it again
+    // until the query reports it was cancelled.
+    repl.set_expect_timeout(Some(Duration::from_secs(1)));
+    let cancelled = (0..60).any(|_| {
+        repl.send("\x03").unwrap();
+        repl.expect("error: in the statement at line 1, column 1: cancelled").is_ok()
+    });
+    assert!(cancelled, "the query stopped on Ctrl-C");
+    repl.set_expect_timeout(Some(Duration::from_secs(60)));
     repl.expect(PROMPT).unwrap();
 
     repl.send_line("quit").unwrap();
