@@ -99,8 +99,9 @@ fn the_repl_completes_names_cancels_a_write_with_ctrl_c_and_goes_on() {
     repl.set_expect_timeout(Some(Duration::from_secs(60)));
     repl.expect(PROMPT).unwrap();
 
+    // History is on disk while the REPL still runs (written after every statement).
+    let history = std::fs::read_to_string(home.path().join("history.txt")).unwrap();
+    assert!(history.contains("CREATE TABLE lake.r.orders_by_day") && history.contains("never_counted"), "{history}");
     repl.send_line("quit").unwrap();
     repl.expect(Eof).unwrap();
-    let history = std::fs::read_to_string(home.path().join("history.txt")).unwrap();
-    assert!(history.contains("CREATE TABLE lake.r.orders_by_day"), "{history}");
 }
