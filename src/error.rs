@@ -83,6 +83,26 @@ pub enum Error {
         "{0}. This needs the run ledger: run `sluice doctor` for details; to start a new ledger, move the file aside (the pipelines and run history in it are then gone from Sluice)"
     )]
     LedgerUnavailable(String),
+    /// A run of a multi-step pipeline did not commit every step.
+    #[error("pipeline `{pipeline}` run {run_id} {status}: {error} ({steps}); sluice.steps has every step")]
+    PipelineRun {
+        /// The pipeline run.
+        run_id: String,
+        /// The pipeline.
+        pipeline: String,
+        /// `failed` or `cancelled`.
+        status: &'static str,
+        /// What went wrong.
+        error: String,
+        /// Each step that did not commit, with its status and error.
+        steps: String,
+    },
+    /// `CANCEL RUN` of a run that is not running.
+    #[error("run {run_id} is not running (SHOW RUNS and sluice.pipeline_runs list runs)")]
+    CannotCancel {
+        /// The run.
+        run_id: String,
+    },
     /// The statement was cancelled before it finished; it changed nothing.
     #[error("cancelled")]
     Cancelled,
@@ -123,6 +143,17 @@ impl Error {
         match self {
             Error::Parse(_) | Error::Statement { .. } | Error::At { .. } => self,
             other => Error::Statement { line, column, source: Box::new(other) },
+        }
+    }
+}
+
+impl Error {
+    /// The write run the error is about, if any.
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Error::Run(run) => run.run_id(),
+            Error::Statement { source, .. } | Error::At { source, .. } => source.run_id(),
+            _ => None,
         }
     }
 }

@@ -40,7 +40,7 @@ mod runner;
 pub use commit::{CommitTarget, TableCommit};
 pub use composite::Composite;
 pub use file_merge::{ExportFormat, FileMerge};
-pub use runner::{RunError, Runner};
+pub use runner::{CANCEL_POLL, RunError, Runner};
 
 use std::sync::Arc;
 
@@ -242,4 +242,6 @@ pub struct RunReport {
     pub snapshot_id: Option<i64>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// For a run of a pipeline with steps: every step, as `sluice.steps` has it.
+    pub steps: Vec<crate::ledger::StepRecord>,
 }

@@ -141,6 +141,26 @@ pub enum RunError {
     Ledger(#[from] LedgerError),
 }
 
+/// How often a run looks for a `CANCEL RUN` from another process (with its heartbeat).
+pub const CANCEL_POLL: Duration = Duration::from_millis(500);
+
+impl RunError {
+    /// The run the error is about, once it was opened.
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            RunError::Shard { run_id, .. }
+            | RunError::Coordinator { run_id, .. }
+            | RunError::AfterCommit { run_id, .. }
+            | RunError::RollBack { run_id, .. }
+            | RunError::Injected { run_id, .. }
+            | RunError::Cancelled { run_id, .. }
+            | RunError::LeaseLost { run_id, .. }
+            | RunError::OutcomeUnknown { run_id, .. } => Some(run_id),
+            RunError::Prepare { .. } | RunError::Ledger(_) => None,
+        }
+    }
+}
+
 /// Drives runs through their coordinator's lifecycle, keeping the ledger, the lease and the
 /// events.
 #[derive(Debug, Clone)]
@@ -202,13 +222,17 @@ impl Runner {
         self.ledger.clock().now_ms() + self.lease.as_millis() as i64
     }
 
-    fn heartbeat(&self, run_id: &str) -> Heartbeat {
+    /// Renews the run's lease every third of it (checking for a `CANCEL RUN` at least every
+    /// [`CANCEL_POLL`]), and cancels the run when one asked.
+    fn heartbeat(&self, run_id: &str, cancel: CancellationToken) -> Heartbeat {
         let (runner, run_id) = (self.clone(), run_id.to_string());
         Heartbeat(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(runner.lease / 3).await;
-                if let Err(e) = runner.ledger.renew_lease(&run_id, runner.lease_until_ms()).await {
-                    tracing::warn!(%run_id, "could not renew the run's lease: {e}");
+                tokio::time::sleep((runner.lease / 3).min(CANCEL_POLL)).await;
+                match runner.ledger.renew_lease(&run_id, runner.lease_until_ms()).await {
+                    Ok(true) => cancel.cancel(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(%run_id, "could not renew the run's lease: {e}"),
                 }
             }
         }))
@@ -307,7 +331,7 @@ impl Runner {
 
     /// Splits the input into shards, then records the run (`staging`) and starts its lease.
     async fn open(&self, job: RunJob, task_ctx: &TaskContext) -> Result<Opened, RunError> {
-        let RunJob { target, coordinator, input, shards, base, origin, cancel: _ } = job;
+        let RunJob { target, coordinator, input, shards, base, origin, cancel } = job;
         let RunOrigin { pipeline, statement, retry_of } = origin;
         let plan = coordinator
             .prepare_shards(input, shards)
@@ -344,7 +368,7 @@ impl Runner {
             shards,
         };
         self.events.emit(opened).await;
-        let heartbeat = self.heartbeat(run.run_id());
+        let heartbeat = self.heartbeat(run.run_id(), cancel);
         Ok(Opened { run, coordinator, plan, started: Instant::now(), _heartbeat: heartbeat })
     }
 
@@ -439,6 +463,7 @@ impl Runner {
             bytes: totals.bytes,
             snapshot_id,
             elapsed: opened.started.elapsed(),
+            steps: Vec::new(),
         })
     }
 

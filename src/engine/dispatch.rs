@@ -13,7 +13,7 @@ use super::runs::not_a_catalog_insert;
 use super::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::ledger::PipelineRecord;
-use crate::parser::{CreatePipeline, Statement};
+use crate::parser::{CreatePipeline, PipelineBody, Statement};
 use crate::pipeline::{PipelineError, PipelineOptions};
 use crate::system::{catalogs_batch, pipelines_batch, properties_batch, runs_batch};
 use crate::table::{PartitionField, TableName};
@@ -49,8 +49,12 @@ impl Engine {
                 self.execute_datafusion(DFStatement::Statement(create.clone()), partition_by, source).await
             }
             Statement::CreatePipeline(create) => self.create_pipeline(create, statement).await,
-            Statement::RunPipeline { name } => Ok(Output::run(self.run_pipeline(name).await?)),
+            Statement::RunPipeline { name } => {
+                let report = self.run_pipeline(name).await?;
+                Ok(if report.steps.is_empty() { Output::run(report) } else { Self::steps_output(report) })
+            }
             Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
+            Statement::CancelRun { run_id } => self.cancel_run(run_id).await,
             Statement::RetryRun { run_id } => Ok(Output::run(self.retry_run(run_id).await?)),
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch())),
             Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
@@ -156,7 +160,8 @@ impl Engine {
         let tables: Vec<String> =
             names.iter().map(|n| self.resolve(&TableReference::parse_str(&n.to_string())).to_string()).collect();
         let pipelines = self.ledger.pipelines().await?;
-        let writers: Vec<&PipelineRecord> = pipelines.iter().filter(|p| tables.contains(&p.target)).collect();
+        let writers: Vec<&PipelineRecord> =
+            pipelines.iter().filter(|p| p.targets().any(|t| tables.iter().any(|table| table == t))).collect();
         if writers.is_empty() || *cascade {
             return Ok(writers.into_iter().map(|p| p.name.clone()).collect());
         }
@@ -227,9 +232,21 @@ impl Engine {
     }
 
     pub(super) async fn create_pipeline(&self, create: &CreatePipeline, statement: &Statement) -> Result<Output> {
+        let body = match &create.body {
+            PipelineBody::Insert(body) => body,
+            PipelineBody::Steps(steps) => return self.create_steps_pipeline(create, steps, statement).await,
+        };
         let options = PipelineOptions::parse(&create.name, &create.options)?;
+        for option in ["max_parallel_steps", "retries", "retry_backoff", "on_failure", "atomic"] {
+            if create.options.iter().any(|(key, _)| key == option) {
+                return Err(Error::Unsupported(format!(
+                    "option `{option}` on pipeline `{}`: it is for pipelines with steps (AS BEGIN <step>; ... END)",
+                    create.name
+                )));
+            }
+        }
         // Plan the body now, so that unknown tables or columns are reported at CREATE time.
-        let plan = self.plan_sql_statement(create.body.as_ref().clone()).await?;
+        let plan = self.plan_sql_statement(body.as_ref().clone()).await?;
         let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
         options.write_mode(&create.name, insert.mode)?;
         let record = PipelineRecord {

@@ -8,6 +8,7 @@
 //! - `diagnose.rs`: DataFusion's errors said in the user's terms, with positions and "did you mean";
 //! - `write.rs`: writes (`INSERT`, `CREATE TABLE ... AS`, `COPY`) as runs;
 //! - `runs.rs`: pipelines, `RETRY RUN` and recovery;
+//! - `steps.rs`: pipelines with steps: the graph, its runs (parallel steps, retries, cancel);
 //! - `doctor.rs`: `sluice doctor`.
 //!
 //! # Sharing, runtime, cancel
@@ -29,6 +30,7 @@ mod diagnose;
 mod dispatch;
 mod doctor;
 mod runs;
+mod steps;
 mod write;
 
 use std::collections::BTreeMap;

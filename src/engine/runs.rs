@@ -7,38 +7,64 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::write::Insert;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
 use super::{Engine, Output};
 use crate::catalog::CatalogError;
 use crate::coordinator::{CommitTarget, Coordinator, ExportFormat, FileMerge, Resolution, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::ledger::{RunRecord, RunStatus};
-use crate::parser::{self, CreatePipeline, Statement};
+use crate::parser::{self, CreatePipeline, PipelineBody, Statement};
 use crate::pipeline::{self, PipelineOptions};
 use crate::table::{TableName, WriteMode};
 
 impl Engine {
-    /// Runs the pipeline called `name` and returns its run report.
+    /// Runs the pipeline called `name` and returns its run report; for a pipeline with steps,
+    /// the report sums its steps and lists each (`RunReport::steps`).
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
-        let (insert, shards, origin) = self.pipeline_write(name).await?;
-        self.write(insert, shards, origin).await
+        let (create, options) = self.pipeline_or_error(name).await?;
+        match create.body {
+            PipelineBody::Insert(body) => {
+                let (insert, shards, origin) = self.pipeline_write(name, *body, &options).await?;
+                self.write(insert, shards, origin).await
+            }
+            PipelineBody::Steps(steps) => Box::pin(self.run_steps(name, &steps, options)).await,
+        }
     }
 
-    /// `EXPLAIN RUN PIPELINE name`: the write its run would make.
+    /// `EXPLAIN [RUN] PIPELINE name`: the write its run would make; for a pipeline with steps,
+    /// its graph and each step's write.
     pub(super) async fn explain_pipeline(&self, name: &str) -> Result<Output> {
-        let (insert, shards, _) = self.pipeline_write(name).await?;
-        self.explain_write(insert, shards).await
+        let (create, options) = self.pipeline_or_error(name).await?;
+        match create.body {
+            PipelineBody::Insert(body) => {
+                let (insert, shards, _) = self.pipeline_write(name, *body, &options).await?;
+                self.explain_write(insert, shards).await
+            }
+            PipelineBody::Steps(steps) => self.explain_steps(name, &steps, options).await,
+        }
     }
 
-    /// The write a run of the pipeline `name` makes, with its shard count and origin.
-    async fn pipeline_write(&self, name: &str) -> Result<(Insert, usize, RunOrigin)> {
+    async fn pipeline_or_error(&self, name: &str) -> Result<(CreatePipeline, PipelineOptions)> {
         self.require_ledger()?;
-        let Some((create, options)) = self.pipeline_definition(name).await? else {
-            return Err(self.no_pipeline(name).await);
-        };
-        let statement = create.body.to_string();
-        let plan = self.plan_sql_statement(*create.body).await?;
+        match self.pipeline_definition(name).await? {
+            Some(found) => Ok(found),
+            None => Err(self.no_pipeline(name).await),
+        }
+    }
+
+    /// The write a run of the single-statement pipeline `name` makes, with its shard count and
+    /// origin.
+    async fn pipeline_write(
+        &self,
+        name: &str,
+        body: SqlStatement,
+        options: &PipelineOptions,
+    ) -> Result<(Insert, usize, RunOrigin)> {
+        let statement = body.to_string();
+        let plan = self.plan_sql_statement(body).await?;
         let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
-        let (insert, shards) = with_options(&options, name, insert, self.shards)?;
+        let (insert, shards) = with_options(options, name, insert, self.shards)?;
         Ok((insert, shards, RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None }))
     }
 
@@ -46,9 +72,12 @@ impl Engine {
     /// Fails when the catalog of its target is not loaded in this process.
     pub(super) async fn pipeline_definition(&self, name: &str) -> Result<Option<(CreatePipeline, PipelineOptions)>> {
         let Some(record) = self.ledger.pipeline(name).await? else { return Ok(None) };
-        if let Some(target) = TableName::parse(&record.target)
-            && self.catalog_of(&target.catalog).is_none()
-        {
+        let unloaded = record
+            .targets()
+            .filter(|t| !Path::new(t).is_absolute() && !t.starts_with("pipeline "))
+            .filter_map(TableName::parse)
+            .find(|t| self.catalog_of(&t.catalog).is_none());
+        if let Some(target) = unloaded {
             return Err(Error::CatalogNotLoaded {
                 catalog: target.catalog,
                 pipeline: name.to_string(),
@@ -142,6 +171,10 @@ impl Engine {
     /// rollbacks deleted are deleted once more, then marked verified.
     pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
         self.require_ledger()?;
+        let pipelines = self.ledger.settle_abandoned_pipeline_runs().await?;
+        if pipelines > 0 {
+            tracing::info!(pipelines, "marked runs of pipelines with steps left by a stopped process failed");
+        }
         let mut settled = Vec::new();
         for record in self.ledger.abandoned_runs().await? {
             // An export's target is the file's absolute path; a table's is `catalog.schema.table`.
@@ -247,6 +280,7 @@ fn report_of(record: &RunRecord, elapsed: Duration) -> RunReport {
         bytes: record.bytes,
         snapshot_id: record.snapshot_id,
         elapsed,
+        steps: Vec::new(),
     }
 }
 

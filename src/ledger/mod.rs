@@ -25,9 +25,11 @@ use crate::clock::ClockRef;
 mod files;
 mod records;
 mod runs;
+mod steps;
 
 use records::pipeline_from_row;
 pub use records::{NewRun, PipelineRecord, RunRecord, RunStatus, ShardTaskRecord, ShardTotals};
+pub use steps::{PipelineRunRecord, StepRecord, StepTotals};
 
 /// A statement with its arguments bound.
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
@@ -158,6 +160,34 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, at_ms);
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    run_id           TEXT PRIMARY KEY,
+    pipeline         TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    started_at_ms    INTEGER NOT NULL,
+    finished_at_ms   INTEGER,
+    error            TEXT,
+    lease_until_ms   INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (pipeline, status);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id         TEXT NOT NULL,
+    pipeline       TEXT NOT NULL,
+    step           TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    step_run_id    TEXT,
+    started_at_ms  INTEGER,
+    finished_at_ms INTEGER,
+    rows           INTEGER NOT NULL DEFAULT 0,
+    files          INTEGER NOT NULL DEFAULT 0,
+    bytes          INTEGER NOT NULL DEFAULT 0,
+    snapshot_id    INTEGER,
+    error          TEXT,
+    PRIMARY KEY (run_id, step)
+);
 "#;
 
 impl Ledger {
@@ -215,6 +245,10 @@ impl Ledger {
         if !columns.iter().any(|c| c.get::<String, _>("name") == "attempt") {
             let add = sqlx::query("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1");
             self.execute("adding the attempt column to runs", add).await?;
+        }
+        if !columns.iter().any(|c| c.get::<String, _>("name") == "cancel_requested") {
+            let add = sqlx::query("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0");
+            self.execute("adding the cancel_requested column to runs", add).await?;
         }
         let columns =
             self.fetch_all("reading the pipelines table", sqlx::query("PRAGMA table_info(pipelines)")).await?;

@@ -68,6 +68,13 @@ pub struct PipelineRecord {
     pub catalog_file: Option<String>,
 }
 
+impl PipelineRecord {
+    /// The tables (or files) it writes: one, or one per step.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.target.split(", ")
+    }
+}
+
 /// One run as the ledger records it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {

@@ -61,16 +61,21 @@ impl Ledger {
         Ok(row.map_or(1, |row| row.get("attempt")))
     }
 
-    /// Extends an open run's lease (the run's heartbeat).
-    pub async fn renew_lease(&self, run_id: &str, lease_until_ms: i64) -> Result<()> {
-        self.execute(
-            "renewing a run's lease",
-            sqlx::query("UPDATE runs SET lease_until_ms = ? WHERE run_id = ? AND status IN ('staging', 'committing')")
+    /// Extends an open run's lease (the run's heartbeat); true when a `CANCEL RUN` asked for it
+    /// to stop.
+    pub async fn renew_lease(&self, run_id: &str, lease_until_ms: i64) -> Result<bool> {
+        let row = self
+            .fetch_optional(
+                "renewing a run's lease",
+                sqlx::query(
+                    "UPDATE runs SET lease_until_ms = ? WHERE run_id = ? AND status IN ('staging', 'committing')
+                     RETURNING cancel_requested",
+                )
                 .bind(lease_until_ms)
                 .bind(run_id),
-        )
-        .await?;
-        Ok(())
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<i64, _>("cancel_requested") != 0))
     }
 
     /// Runs left `staging` or `committing` whose lease has expired: their process is gone.

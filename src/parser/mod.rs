@@ -17,6 +17,8 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use crate::table::{PartitionField, Transform};
 
+mod steps;
+
 /// A syntax error, with the line and column (1-based) where the parser gave up.
 #[derive(Debug, thiserror::Error)]
 #[error("syntax error at line {line}, column {column}: {message}")]
@@ -66,7 +68,12 @@ pub enum Statement {
         /// The pipeline to run.
         name: String,
     },
-    /// Extension: `EXPLAIN RUN PIPELINE name`: the write a run would make, without running it.
+    /// Extension: `CANCEL RUN '<run id>'`: asks the process running it to stop.
+    CancelRun {
+        /// The run (a pipeline run or a write run).
+        run_id: String,
+    },
+    /// Extension: `EXPLAIN [RUN] PIPELINE name`: what a run would do, without running it.
     ExplainPipeline {
         /// The pipeline.
         name: String,
@@ -108,7 +115,7 @@ pub enum Statement {
     },
 }
 
-/// `CREATE PIPELINE`: a named, persisted write statement with options.
+/// `CREATE PIPELINE`: a named, persisted write statement (or graph of steps) with options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreatePipeline {
     /// Pipeline name (a single identifier).
@@ -119,8 +126,35 @@ pub struct CreatePipeline {
     pub if_not_exists: bool,
     /// `WITH (key = value)` options, keys lower-cased, values as written.
     pub options: Vec<(String, String)>,
-    /// The body: an `INSERT INTO <table> <query>` statement.
-    pub body: Box<SqlStatement>,
+    /// What a run does.
+    pub body: PipelineBody,
+}
+
+/// The body of a pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipelineBody {
+    /// One `INSERT INTO <table> <query>` statement.
+    Insert(Box<SqlStatement>),
+    /// `BEGIN <step>; <step>; ... END`: steps run as a dependency graph (see `steps.rs`).
+    Steps(Vec<PipelineStep>),
+}
+
+/// One step of a multi-step pipeline: `[STEP name [DEPENDS ON (step, ...)] [WITH (...)] AS]
+/// <INSERT | CREATE TABLE ... AS | COPY ... TO | RUN PIPELINE>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineStep {
+    /// The name given with `STEP`; unnamed steps are named after their target.
+    pub name: Option<String>,
+    /// Steps named in `DEPENDS ON (...)`.
+    pub depends_on: Vec<String>,
+    /// `WITH (key = value)` options of the step, keys lower-cased.
+    pub options: Vec<(String, String)>,
+    /// The step's statement.
+    pub statement: Box<Statement>,
+    /// 1-based line where the step starts.
+    pub line: u64,
+    /// 1-based column where the step starts.
+    pub column: u64,
 }
 
 /// A statement with the position of its first token in the source text.
@@ -150,14 +184,21 @@ impl fmt::Display for Statement {
                     write!(f, "IF NOT EXISTS ")?;
                 }
                 write!(f, "{}", c.name)?;
-                if !c.options.is_empty() {
-                    let options: Vec<String> = c.options.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-                    write!(f, " WITH ({})", options.join(", "))?;
+                write_options(f, &c.options)?;
+                match &c.body {
+                    PipelineBody::Insert(body) => write!(f, " AS {body}"),
+                    PipelineBody::Steps(steps) => {
+                        write!(f, " AS BEGIN")?;
+                        for step in steps {
+                            write!(f, " {step};")?;
+                        }
+                        write!(f, " END")
+                    }
                 }
-                write!(f, " AS {}", c.body)
             }
             Statement::RunPipeline { name } => write!(f, "RUN PIPELINE {name}"),
-            Statement::ExplainPipeline { name } => write!(f, "EXPLAIN RUN PIPELINE {name}"),
+            Statement::ExplainPipeline { name } => write!(f, "EXPLAIN PIPELINE {name}"),
+            Statement::CancelRun { run_id } => write!(f, "CANCEL RUN '{run_id}'"),
             Statement::CreatePartitionedTable { create, partition_by } => {
                 let fields: Vec<String> = partition_by.iter().map(ToString::to_string).collect();
                 let clause = format!("PARTITIONED BY ({})", fields.join(", "));
@@ -184,6 +225,18 @@ impl fmt::Display for Statement {
     }
 }
 
+/// ` WITH (k = v, ...)`, or nothing when there are no options.
+fn write_options(f: &mut fmt::Formatter<'_>, options: &[(String, String)]) -> fmt::Result {
+    if options.is_empty() {
+        return Ok(());
+    }
+    // Values read back as written: numbers and words bare, anything else quoted.
+    let plain = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !v.starts_with(|c: char| c.is_ascii_digit() && v.chars().any(|c| c.is_ascii_alphabetic()));
+    let value = |v: &str| if plain(v) { v.to_string() } else { format!("'{}'", v.replace('\'', "''")) };
+    let options: Vec<String> = options.iter().map(|(k, v)| format!("{k} = {}", value(v))).collect();
+    write!(f, " WITH ({})", options.join(", "))
+}
+
 /// Parses SQL text into [`Located`] statements.
 pub struct SluiceParser<'a> {
     df: DFParser<'a>,
@@ -208,7 +261,8 @@ pub fn parse(sql: &str) -> Result<Vec<Located>, ParseError> {
 }
 
 /// True when `sql` holds at least one complete statement and nothing after its last `;`
-/// but whitespace and comments: what the REPL uses to decide whether to read another line.
+/// but whitespace and comments, and every `BEGIN` (or `CASE`) has its `END`: what the REPL uses
+/// to decide whether to read another line.
 pub fn is_complete(sql: &str) -> bool {
     use datafusion::sql::sqlparser::tokenizer::{Tokenizer, Whitespace};
     let Ok(tokens) = Tokenizer::new(&DIALECT, sql).tokenize() else {
@@ -223,7 +277,9 @@ pub fn is_complete(sql: &str) -> bool {
                 | Token::Whitespace(Whitespace::MultiLineComment(_))
         )
     });
-    matches!(significant, Some(Token::SemiColon))
+    let opened = tokens.iter().filter(|t| is_keyword(t, Keyword::BEGIN) || is_keyword(t, Keyword::CASE)).count();
+    let closed = tokens.iter().filter(|t| is_keyword(t, Keyword::END)).count();
+    matches!(significant, Some(Token::SemiColon)) && closed >= opened
 }
 
 impl<'a> SluiceParser<'a> {
@@ -315,6 +371,15 @@ impl<'a> SluiceParser<'a> {
             self.skip(3);
             return Ok(Statement::ExplainPipeline { name: self.parse_name()? });
         }
+        if is_keyword(&t0, Keyword::EXPLAIN) && is_word(&t1, "PIPELINE") {
+            self.skip(2);
+            return Ok(Statement::ExplainPipeline { name: self.parse_name()? });
+        }
+        if is_word(&t0, "CANCEL") && is_word(&t1, "RUN") {
+            self.skip(2);
+            let parsed = self.df.parser.parse_literal_string();
+            return Ok(Statement::CancelRun { run_id: self.wrap(parsed)? });
+        }
         if is_word(&t0, "RETRY") && is_word(&t1, "RUN") {
             self.skip(2);
             let parsed = self.df.parser.parse_literal_string();
@@ -376,6 +441,30 @@ impl<'a> SluiceParser<'a> {
         self.skip(1); // PIPELINE
         let if_not_exists = self.df.parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = self.parse_name()?;
+        let options = self.parse_with_options()?;
+        let parsed = self.df.parser.expect_keyword(Keyword::AS);
+        self.wrap(parsed)?;
+        if is_keyword(&self.df.parser.peek_token_ref().token, Keyword::BEGIN) {
+            let body = PipelineBody::Steps(self.parse_steps()?);
+            return Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, body }));
+        }
+        let body_at = self.here();
+        let parsed = self.df.parser.parse_statement();
+        let body = self.wrap(parsed)?;
+        if !matches!(body, SqlStatement::Insert(_)) {
+            return Err(ParseError::at(
+                body_at,
+                format!(
+                    "the body of a pipeline must be INSERT INTO <table> SELECT ... or BEGIN <step>; ... END, found: {body}"
+                ),
+            ));
+        }
+        let body = PipelineBody::Insert(Box::new(body));
+        Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, body }))
+    }
+
+    /// `[WITH (key = value, ...)]`: keys lower-cased, each given once.
+    fn parse_with_options(&mut self) -> Result<Vec<(String, String)>, ParseError> {
         let options_at = self.here();
         let parsed = self.df.parser.parse_options(Keyword::WITH);
         let options = self.wrap(parsed)?;
@@ -391,18 +480,7 @@ impl<'a> SluiceParser<'a> {
         if let Some((key, _)) = options.iter().enumerate().find_map(|(i, o)| options[..i].iter().find(|p| p.0 == o.0)) {
             return Err(ParseError::at(options_at, format!("option `{key}` is given twice in WITH (...)")));
         }
-        let parsed = self.df.parser.expect_keyword(Keyword::AS);
-        self.wrap(parsed)?;
-        let body_at = self.here();
-        let parsed = self.df.parser.parse_statement();
-        let body = self.wrap(parsed)?;
-        if !matches!(body, SqlStatement::Insert(_)) {
-            return Err(ParseError::at(
-                body_at,
-                format!("the body of a pipeline must be INSERT INTO <table> SELECT ..., found: {body}"),
-            ));
-        }
-        Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, body: Box::new(body) }))
+        Ok(options)
     }
 }
 

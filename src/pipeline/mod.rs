@@ -1,7 +1,13 @@
-//! Pipelines: named, persisted write statements with options.
+//! Pipelines: named, persisted write statements, or graphs of steps (`dag.rs`), with options.
 //!
 //! A pipeline is stored in the ledger as its `CREATE PIPELINE` text and re-planned on every run,
 //! so it always reads the latest state of its sources.
+
+mod dag;
+
+use std::time::Duration;
+
+pub use dag::{Dag, DagStep};
 
 use crate::parser::{self, CreatePipeline, Statement};
 use crate::table::WriteMode;
@@ -18,7 +24,9 @@ pub enum PipelineError {
         hint: String,
     },
     /// An option this version does not know.
-    #[error("pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode)")]
+    #[error(
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode; with steps also max_parallel_steps, retries, retry_backoff, on_failure, atomic; per step: shards, retries, retry_backoff)"
+    )]
     UnknownOption {
         /// The pipeline.
         pipeline: String,
@@ -37,6 +45,21 @@ pub enum PipelineError {
         /// What is allowed.
         expected: &'static str,
     },
+    /// A step of a multi-step pipeline that cannot be: an unknown dependency, a second writer of
+    /// a table, a cycle.
+    #[error("pipeline `{pipeline}`, step `{step}` (line {line}, column {column}): {message}")]
+    Step {
+        /// The pipeline.
+        pipeline: String,
+        /// The step.
+        step: String,
+        /// 1-based line of the step.
+        line: u64,
+        /// 1-based column of the step.
+        column: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// The stored definition no longer parses (written by another version).
     #[error("pipeline `{pipeline}`: stored definition is unreadable: {message}")]
     Corrupt {
@@ -50,13 +73,122 @@ pub enum PipelineError {
 /// Most shards a run may ask for.
 pub const SHARDS_MAX: usize = 1024;
 
-/// Options from `CREATE PIPELINE ... WITH (...)`.
+/// What a failed step does to the rest of its pipeline's run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Independent branches finish; every step downstream of the failed one is `upstream_failed`.
+    #[default]
+    Continue,
+    /// Running steps are cancelled and nothing more starts.
+    Stop,
+}
+
+/// Options from `CREATE PIPELINE ... WITH (...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineOptions {
     /// Fixed shard count; `None` means the engine's default.
     pub shards: Option<usize>,
     /// How runs change the table; `None` means what the body says (INSERT INTO or OVERWRITE).
     pub mode: Option<WriteMode>,
+    /// Steps: at most this many run at once (default 4).
+    pub max_parallel_steps: usize,
+    /// Steps: attempts after the first failed one (default 0).
+    pub retries: u32,
+    /// Steps: the wait before the first retry, doubling (capped at 5 minutes, jittered).
+    pub retry_backoff: Duration,
+    /// Steps: what a failed step does to the others.
+    pub on_failure: OnFailure,
+    /// Steps: publish every target together or nothing.
+    pub atomic: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            mode: None,
+            max_parallel_steps: 4,
+            retries: 0,
+            retry_backoff: Duration::from_secs(2),
+            on_failure: OnFailure::Continue,
+            atomic: false,
+        }
+    }
+}
+
+/// A duration as written in an option: `500ms`, `2s`, `1m`, `1h`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim().to_lowercase();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number * 60)),
+        "h" => Some(Duration::from_secs(number * 3600)),
+        _ => None,
+    }
+}
+
+/// One `key = value` option, checked.
+struct OptionValue<'a> {
+    pipeline: &'a str,
+    option: &'a str,
+    value: &'a str,
+}
+
+impl OptionValue<'_> {
+    fn bad(&self, expected: &'static str) -> PipelineError {
+        PipelineError::BadValue {
+            pipeline: self.pipeline.to_string(),
+            option: self.option.to_string(),
+            value: self.value.to_string(),
+            expected,
+        }
+    }
+
+    fn shards(&self) -> Result<usize, PipelineError> {
+        let shards = self.value.parse::<usize>().ok().filter(|n| (1..=SHARDS_MAX).contains(n));
+        shards.ok_or_else(|| self.bad("an integer from 1 to 1024"))
+    }
+
+    fn retries(&self) -> Result<u32, PipelineError> {
+        self.value.parse::<u32>().ok().filter(|n| *n <= 100).ok_or_else(|| self.bad("an integer from 0 to 100"))
+    }
+
+    fn backoff(&self) -> Result<Duration, PipelineError> {
+        parse_duration(self.value).ok_or_else(|| self.bad("a duration such as '500ms', '2s' or '1m'"))
+    }
+}
+
+/// Options of one step (`STEP x WITH (...) AS ...`), over the pipeline's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Shards for this step's run.
+    pub shards: Option<usize>,
+    /// Retries for this step.
+    pub retries: Option<u32>,
+    /// Backoff for this step.
+    pub retry_backoff: Option<Duration>,
+}
+
+impl StepOptions {
+    /// Validates the options of step `step` of `pipeline`.
+    pub fn parse(pipeline: &str, step: &str, options: &[(String, String)]) -> Result<Self, PipelineError> {
+        let label = format!("{pipeline}.{step}");
+        let mut parsed = Self::default();
+        for (option, value) in options {
+            let checked = OptionValue { pipeline: &label, option, value };
+            match option.as_str() {
+                "shards" => parsed.shards = Some(checked.shards()?),
+                "retries" => parsed.retries = Some(checked.retries()?),
+                "retry_backoff" => parsed.retry_backoff = Some(checked.backoff()?),
+                _ => return Err(PipelineError::UnknownOption { pipeline: label, option: option.clone() }),
+            }
+        }
+        Ok(parsed)
+    }
 }
 
 impl PipelineOptions {
@@ -64,29 +196,35 @@ impl PipelineOptions {
     pub fn parse(pipeline: &str, options: &[(String, String)]) -> Result<Self, PipelineError> {
         let mut parsed = Self::default();
         for (option, value) in options {
+            let checked = OptionValue { pipeline, option, value };
             match option.as_str() {
-                "shards" => {
-                    let shards = value.parse::<usize>().ok().filter(|n| (1..=SHARDS_MAX).contains(n));
-                    parsed.shards = Some(shards.ok_or_else(|| PipelineError::BadValue {
-                        pipeline: pipeline.to_string(),
-                        option: option.clone(),
-                        value: value.clone(),
-                        expected: "an integer from 1 to 1024",
-                    })?);
+                "shards" => parsed.shards = Some(checked.shards()?),
+                "max_parallel_steps" => {
+                    let n = value.parse::<usize>().ok().filter(|n| (1..=64).contains(n));
+                    parsed.max_parallel_steps = n.ok_or_else(|| checked.bad("an integer from 1 to 64"))?;
+                }
+                "retries" => parsed.retries = checked.retries()?,
+                "retry_backoff" => parsed.retry_backoff = checked.backoff()?,
+                "on_failure" => {
+                    parsed.on_failure = match value.to_lowercase().as_str() {
+                        "continue" => OnFailure::Continue,
+                        "stop" => OnFailure::Stop,
+                        _ => return Err(checked.bad("'continue' or 'stop'")),
+                    }
+                }
+                "atomic" => {
+                    parsed.atomic = match value.to_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(checked.bad("true or false")),
+                    }
                 }
                 "mode" => {
                     let mode = match value.to_lowercase().as_str() {
                         "append" => WriteMode::Append,
                         "overwrite" => WriteMode::Overwrite,
                         "overwrite_partitions" => WriteMode::OverwritePartitions,
-                        _ => {
-                            return Err(PipelineError::BadValue {
-                                pipeline: pipeline.to_string(),
-                                option: option.clone(),
-                                value: value.clone(),
-                                expected: "'append', 'overwrite' or 'overwrite_partitions'",
-                            });
-                        }
+                        _ => return Err(checked.bad("'append', 'overwrite' or 'overwrite_partitions'")),
                     };
                     parsed.mode = Some(mode);
                 }

@@ -11,9 +11,10 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{Field, Schema};
 
 pub use results::{
-    Finding, catalogs_batch, explain_batch, findings_batch, properties_batch, run_report_batch, settled_batch,
+    Finding, catalogs_batch, explain_batch, explain_text, findings_batch, properties_batch, run_report_batch,
+    settled_batch,
 };
-pub use tables::{SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch};
+pub use tables::{SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch, steps_batch};
 
 /// Builds a result batch column by column; each column's type is its array's.
 ///

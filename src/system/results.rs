@@ -47,6 +47,23 @@ pub fn explain_batch(rows: &[(&str, String)]) -> RecordBatch {
         .build()
 }
 
+/// The plan text of `EXPLAIN` rows, each row's type and plan on lines of their own.
+pub fn explain_text(batches: &[RecordBatch]) -> String {
+    let mut text = Vec::new();
+    for batch in batches {
+        let (Some(kinds), Some(plans)) = (
+            batch.column(0).as_any().downcast_ref::<StringArray>(),
+            batch.column(1).as_any().downcast_ref::<StringArray>(),
+        ) else {
+            continue;
+        };
+        for row in 0..batch.num_rows() {
+            text.push(format!("{}:\n{}", kinds.value(row), plans.value(row).trim_end()));
+        }
+    }
+    text.join("\n")
+}
+
 /// What `sluice recover` settled: each abandoned run and its outcome (a run left alone shows
 /// until when its process holds it).
 pub fn settled_batch(settled: &[(RunRecord, Resolution)]) -> RecordBatch {

@@ -1,5 +1,5 @@
 //! The ledger as system tables: `sluice.pipelines`, `sluice.runs`, `sluice.shard_tasks`,
-//! `sluice.events`.
+//! `sluice.events`, and for pipelines with steps `sluice.pipeline_runs` and `sluice.steps`.
 //! Each query reads the ledger afresh, so runs by other processes show up at once.
 
 use std::any::Any;
@@ -11,11 +11,11 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 
 use super::ResultBatch;
-use crate::ledger::{Ledger, LedgerError, PipelineRecord, RunRecord, ShardTaskRecord};
+use crate::ledger::{Ledger, LedgerError, PipelineRecord, PipelineRunRecord, RunRecord, ShardTaskRecord, StepRecord};
 
 /// The schema holding the system tables.
 pub const SYSTEM_SCHEMA: &str = "sluice";
-const TABLES: [&str; 4] = ["pipelines", "runs", "shard_tasks", "events"];
+const TABLES: [&str; 6] = ["pipelines", "runs", "shard_tasks", "events", "pipeline_runs", "steps"];
 
 /// A DataFusion schema whose tables are views of the ledger.
 #[derive(Debug)]
@@ -59,6 +59,8 @@ impl SchemaProvider for SystemSchema {
             "pipelines" => pipelines_batch(&ledger.pipelines().await.map_err(ledger_error)?),
             "runs" => runs_batch(&ledger.runs(None).await.map_err(ledger_error)?),
             "shard_tasks" => shard_tasks_batch(&ledger.shard_tasks(None).await.map_err(ledger_error)?),
+            "pipeline_runs" => pipeline_runs_batch(&ledger.pipeline_runs().await.map_err(ledger_error)?),
+            "steps" => steps_batch(&ledger.steps(None).await.map_err(ledger_error)?),
             _ => events_batch(&ledger.events().await.map_err(ledger_error)?),
         };
         Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
@@ -126,6 +128,42 @@ fn shard_tasks_batch(tasks: &[ShardTaskRecord]) -> RecordBatch {
             UInt64Array::from_iter(tasks.iter().map(|t| elapsed_ms(t.started_at_ms, t.finished_at_ms))),
         )
         .column("error", true, StringArray::from_iter(tasks.iter().map(|t| t.error.as_deref())))
+        .build()
+}
+
+/// The steps of pipeline runs (`sluice.steps`, and what `RUN PIPELINE` prints for one with steps).
+pub fn steps_batch(steps: &[StepRecord]) -> RecordBatch {
+    let text = |f: fn(&StepRecord) -> &str| StringArray::from_iter_values(steps.iter().map(f));
+    ResultBatch::default()
+        .column("run_id", false, text(|s| &s.run_id))
+        .column("pipeline", false, text(|s| &s.pipeline))
+        .column("step", false, text(|s| &s.step))
+        .column("target", false, text(|s| &s.target))
+        .column("status", false, text(|s| &s.status))
+        .column("attempt", false, Int64Array::from_iter_values(steps.iter().map(|s| s.attempt)))
+        .column("step_run_id", true, StringArray::from_iter(steps.iter().map(|s| s.step_run_id.as_deref())))
+        .column("started_at", true, timestamps(steps.iter().map(|s| s.started_at_ms)))
+        .column("finished_at", true, timestamps(steps.iter().map(|s| s.finished_at_ms)))
+        .column("rows", false, UInt64Array::from_iter_values(steps.iter().map(|s| s.rows)))
+        .column("files", false, UInt64Array::from_iter_values(steps.iter().map(|s| s.files)))
+        .column("bytes", false, UInt64Array::from_iter_values(steps.iter().map(|s| s.bytes)))
+        .column("snapshot_id", true, Int64Array::from_iter(steps.iter().map(|s| s.snapshot_id)))
+        .column("error", true, StringArray::from_iter(steps.iter().map(|s| s.error.as_deref())))
+        .build()
+}
+
+fn pipeline_runs_batch(runs: &[PipelineRunRecord]) -> RecordBatch {
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from_iter_values(runs.iter().map(|r| r.run_id.as_str())))
+        .column("pipeline", false, StringArray::from_iter_values(runs.iter().map(|r| r.pipeline.as_str())))
+        .column("status", false, StringArray::from_iter_values(runs.iter().map(|r| r.status.as_str())))
+        .column("started_at", false, timestamps(runs.iter().map(|r| Some(r.started_at_ms))))
+        .column(
+            "elapsed_ms",
+            true,
+            UInt64Array::from_iter(runs.iter().map(|r| elapsed_ms(r.started_at_ms, r.finished_at_ms))),
+        )
+        .column("error", true, StringArray::from_iter(runs.iter().map(|r| r.error.as_deref())))
         .build()
 }
 

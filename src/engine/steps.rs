@@ -1,0 +1,432 @@
+//! Multi-step pipelines: `CREATE PIPELINE ... AS BEGIN <step>; ... END` checked and saved, and
+//! runs of them: independent steps at once (at most `max_parallel_steps`), each step a run of
+//! today's coordinator (its own shards and commit) recorded under the pipeline run in
+//! `sluice.steps`; retries with backoff under the step's run identity; `on_failure`; cancel (the
+//! statement's token, or `CANCEL RUN` from any process, seen at the run's heartbeat).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Output, SCOPE, StatementScope};
+use crate::coordinator::{CANCEL_POLL, RunOrigin, RunReport};
+use crate::error::{Error, Result};
+use crate::ledger::{PipelineRecord, StepTotals};
+use crate::parser::{CreatePipeline, PipelineStep, Statement};
+use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions};
+use crate::system::{explain_batch, steps_batch};
+
+/// The longest wait between two attempts of a step.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Where a step stands in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+    UpstreamFailed,
+    Cancelled,
+}
+
+impl Engine {
+    /// The graph of a pipeline's steps, names resolved against the session's defaults.
+    fn dag_of(&self, pipeline: &str, steps: &[PipelineStep]) -> Result<Dag> {
+        let resolve = |name: &datafusion::sql::sqlparser::ast::ObjectName| {
+            self.resolve(&datafusion::common::TableReference::parse_str(&name.to_string())).to_string()
+        };
+        Ok(Dag::build(pipeline, steps, &resolve)?)
+    }
+
+    /// Checks a multi-step `CREATE PIPELINE` (options, steps' options, the graph, `atomic`) and
+    /// saves it.
+    pub(super) async fn create_steps_pipeline(
+        &self,
+        create: &CreatePipeline,
+        steps: &[PipelineStep],
+        statement: &Statement,
+    ) -> Result<Output> {
+        let options = PipelineOptions::parse(&create.name, &create.options)?;
+        if options.mode.is_some() {
+            return Err(PipelineError::BadValue {
+                pipeline: create.name.clone(),
+                option: "mode".into(),
+                value: format!("{:?}", options.mode),
+                expected: "no mode on a pipeline with steps (each step says INSERT INTO or INSERT OVERWRITE)",
+            }
+            .into());
+        }
+        let dag = self.dag_of(&create.name, steps)?;
+        for step in &dag.steps {
+            StepOptions::parse(&create.name, &step.name, &step.step.options)?;
+        }
+        if options.atomic {
+            self.refuse_atomic(&create.name, &dag)?;
+        }
+        let record = PipelineRecord {
+            name: create.name.clone(),
+            definition: statement.to_string(),
+            target: dag.steps.iter().map(|s| s.target.as_str()).collect::<Vec<_>>().join(", "),
+            shards: options.shards,
+            created_at_ms: self.clock.now_ms(),
+            catalog_file: None,
+        };
+        match self.ledger.save_pipeline(&record, create.or_replace).await {
+            Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),
+            other => other.map(|_| Output::empty()).map_err(Into::into),
+        }
+    }
+
+    /// `atomic = true` needs one catalog that can swap several tables' metadata in one
+    /// transaction; none can here yet, and each refusal says why for its catalog.
+    fn refuse_atomic(&self, pipeline: &str, dag: &Dag) -> Result<()> {
+        let kind =
+            |step: &DagStep| self.catalog_of(step.target.split('.').next().unwrap_or_default()).map(|c| c.kind());
+        // The step whose catalog could never publish with the others is the one to name.
+        let never = |step: &&DagStep| !matches!(kind(step), Some("iceberg-sql"));
+        if let Some(step) = dag.steps.iter().find(never).or(dag.steps.first()) {
+            let catalog = step.target.split('.').next().unwrap_or_default();
+            let why = match kind(step) {
+                Some("delta") => format!(
+                    "step `{}` writes into Delta catalog `{catalog}`: a folder of Delta tables commits each table's log on its own, so several tables cannot become visible together",
+                    step.name
+                ),
+                Some("iceberg-rest") => format!(
+                    "step `{}` writes into REST catalog `{catalog}`: this version commits one table per request to a REST catalog",
+                    step.name
+                ),
+                Some(_) => format!(
+                    "step `{}` writes into `{}`: publishing several Iceberg tables in one catalog transaction is not built yet",
+                    step.name, step.target
+                ),
+                None => format!("step `{}` writes `{}`, which is not a catalog table", step.name, step.target),
+            };
+            return Err(PipelineError::BadValue {
+                pipeline: pipeline.to_string(),
+                option: "atomic".into(),
+                value: format!("true ({why})"),
+                expected: "false",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Runs a multi-step pipeline; the report's `steps` say how each ended. The run is
+    /// `succeeded` when every step committed, `cancelled` when it was cancelled, else `failed`
+    /// (an error naming the failed steps).
+    pub(super) async fn run_steps(
+        &self,
+        name: &str,
+        steps: &[PipelineStep],
+        options: PipelineOptions,
+    ) -> Result<RunReport> {
+        let started = Instant::now();
+        let dag = self.dag_of(name, steps)?;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let queued: Vec<(String, String)> = dag.steps.iter().map(|s| (s.name.clone(), s.target.clone())).collect();
+        let lease = super::DEFAULT_RUN_LEASE;
+        let lease_until = || self.clock.now_ms() + lease.as_millis() as i64;
+        self.ledger.open_pipeline_run(&run_id, name, &queued, lease_until()).await?;
+        let cancel = Self::cancel_token().child_token();
+        // The run's heartbeat: its lease, and a `CANCEL RUN` from another process.
+        let heartbeat = {
+            let (ledger, run_id, cancel) = (self.ledger.clone(), run_id.clone(), cancel.clone());
+            let clock = self.clock.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep((lease / 3).min(CANCEL_POLL)).await;
+                    let until = clock.now_ms() + lease.as_millis() as i64;
+                    match ledger.renew_pipeline_lease(&run_id, until).await {
+                        Ok(true) => cancel.cancel(),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(%run_id, "could not renew the pipeline run's lease: {e}"),
+                    }
+                }
+            })
+        };
+        let result = self.schedule(name, &run_id, &dag, options, &cancel).await;
+        heartbeat.abort();
+        let (status, error) = match &result {
+            Ok(states) if states.iter().all(|s| *s == State::Succeeded) => ("succeeded", None),
+            Ok(_) if cancel.is_cancelled() => ("cancelled", Some("cancelled".to_string())),
+            Ok(states) => {
+                let failed: Vec<&str> = dag
+                    .steps
+                    .iter()
+                    .zip(states)
+                    .filter(|(_, s)| **s == State::Failed)
+                    .map(|(step, _)| step.name.as_str())
+                    .collect();
+                ("failed", Some(format!("step(s) {} failed", failed.join(", "))))
+            }
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        self.ledger.pipeline_run_finished(&run_id, status, error.as_deref()).await?;
+        result?;
+        let steps = self.ledger.steps(Some(&run_id)).await?;
+        if let Some(error) = error {
+            let detail: Vec<String> = steps
+                .iter()
+                .filter(|s| s.status != "succeeded")
+                .map(|s| {
+                    format!(
+                        "{}: {}{}",
+                        s.step,
+                        s.status,
+                        s.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            return Err(Error::PipelineRun {
+                run_id,
+                pipeline: name.to_string(),
+                status,
+                error,
+                steps: detail.join("; "),
+            });
+        }
+        Ok(RunReport {
+            run_id,
+            pipeline: Some(name.to_string()),
+            target: format!("{} step(s)", steps.len()),
+            shards: 0,
+            rows: steps.iter().map(|s| s.rows).sum(),
+            files: steps.iter().map(|s| s.files).sum(),
+            bytes: steps.iter().map(|s| s.bytes).sum(),
+            snapshot_id: None,
+            elapsed: started.elapsed(),
+            steps,
+        })
+    }
+
+    /// Starts every step whose dependencies committed (at most `max_parallel_steps` at once)
+    /// until none is left to start; returns how each ended.
+    async fn schedule(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        dag: &Dag,
+        options: PipelineOptions,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<State>> {
+        let mut states = vec![State::Waiting; dag.steps.len()];
+        let step_tokens: Vec<CancellationToken> = dag.steps.iter().map(|_| cancel.child_token()).collect();
+        let mut running = FuturesUnordered::new();
+        let mut stopping = false;
+        loop {
+            // Steps behind a failed one never start.
+            for i in 0..dag.steps.len() {
+                let blocked = dag.steps[i]
+                    .depends_on
+                    .iter()
+                    .any(|&j| matches!(states[j], State::Failed | State::UpstreamFailed | State::Cancelled));
+                if states[i] == State::Waiting && blocked {
+                    states[i] = State::UpstreamFailed;
+                    let why = "a step it depends on did not commit";
+                    self.ledger
+                        .step_finished(run_id, &dag.steps[i].name, "upstream_failed", StepTotals::default(), Some(why))
+                        .await?;
+                }
+            }
+            if stopping || cancel.is_cancelled() {
+                for (i, state) in states.iter_mut().enumerate() {
+                    if *state == State::Waiting {
+                        *state = State::Cancelled;
+                        let step = &dag.steps[i].name;
+                        self.ledger
+                            .step_finished(run_id, step, "cancelled", StepTotals::default(), Some("cancelled"))
+                            .await?;
+                    }
+                }
+            }
+            for i in 0..dag.steps.len() {
+                let ready = states[i] == State::Waiting
+                    && dag.steps[i].depends_on.iter().all(|&j| states[j] == State::Succeeded);
+                if ready && running.len() < options.max_parallel_steps {
+                    states[i] = State::Running;
+                    let step = &dag.steps[i];
+                    let token = step_tokens[i].clone();
+                    running.push(async move { (i, self.run_step(pipeline, run_id, step, options, token).await) });
+                }
+            }
+            let Some((i, outcome)) = running.next().await else { return Ok(states) };
+            let step = &dag.steps[i].name;
+            match outcome {
+                Ok(report) => {
+                    states[i] = State::Succeeded;
+                    let totals = StepTotals {
+                        rows: report.rows,
+                        files: report.files,
+                        bytes: report.bytes,
+                        snapshot_id: report.snapshot_id,
+                    };
+                    self.ledger.step_finished(run_id, step, "succeeded", totals, None).await?;
+                }
+                Err(e) => {
+                    let cancelled = step_tokens[i].is_cancelled();
+                    states[i] = if cancelled { State::Cancelled } else { State::Failed };
+                    let status = if cancelled { "cancelled" } else { "failed" };
+                    self.ledger
+                        .step_finished(run_id, step, status, StepTotals::default(), Some(&e.to_string()))
+                        .await?;
+                    if !cancelled && options.on_failure == OnFailure::Stop {
+                        stopping = true;
+                        step_tokens.iter().for_each(CancellationToken::cancel);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One step, retried up to its `retries` with backoff; a retry of a write reuses the failed
+    /// attempt's run id (its commit looks for the run in the table's history first).
+    async fn run_step(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        step: &DagStep,
+        options: PipelineOptions,
+        cancel: CancellationToken,
+    ) -> Result<RunReport> {
+        let step_options = StepOptions::parse(pipeline, &step.name, &step.step.options)?;
+        let retries = step_options.retries.unwrap_or(options.retries);
+        let backoff = step_options.retry_backoff.unwrap_or(options.retry_backoff);
+        let shards = step_options.shards.or(options.shards).unwrap_or(self.shards);
+        let mut retry_of = None;
+        let mut attempt = 1;
+        loop {
+            self.ledger.step_started(run_id, &step.name, attempt).await?;
+            let scope = StatementScope { cancel: cancel.clone(), params: None };
+            let label = format!("{pipeline}/{}", step.name);
+            let result = SCOPE.scope(scope, Box::pin(self.execute_step(&label, step, shards, retry_of.clone()))).await;
+            let error = match result {
+                Ok(report) => {
+                    self.ledger.step_run(run_id, &step.name, &report.run_id).await?;
+                    return Ok(report);
+                }
+                Err(e) => e,
+            };
+            if let Some(failed) = error.run_id() {
+                self.ledger.step_run(run_id, &step.name, failed).await?;
+                retry_of = self.ledger.run(failed).await?.map(|r| (r.run_id, r.sequence));
+            }
+            if cancel.is_cancelled() || attempt > i64::from(retries) {
+                return Err(error);
+            }
+            tracing::info!(pipeline, step = %step.name, attempt, "step failed, retrying: {error}");
+            let wait = jittered(backoff.saturating_mul(1 << (attempt - 1).min(16)).min(BACKOFF_MAX));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return Err(error),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Runs one step's statement as pipeline `label` (`pipeline/step`).
+    async fn execute_step(
+        &self,
+        label: &str,
+        step: &DagStep,
+        shards: usize,
+        retry_of: Option<(String, i64)>,
+    ) -> Result<RunReport> {
+        let statement = step.step.statement.as_ref();
+        if let Statement::RunPipeline { name } = statement {
+            return self.run_pipeline(name).await;
+        }
+        if let Statement::DataFusion(df) = statement
+            && let datafusion::sql::parser::Statement::Statement(sql) = df.as_ref()
+            && matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_))
+        {
+            let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
+            let insert = self.insert_target(plan)?.ok_or_else(|| super::runs::not_a_catalog_insert(label))?;
+            let origin = RunOrigin { pipeline: Some(label.to_string()), statement: sql.to_string(), retry_of };
+            return self.write(insert, shards, origin).await;
+        }
+        // CREATE TABLE ... AS and COPY: a failed one leaves nothing to retry under its id.
+        let output = self.execute_statement(statement, &statement.to_string()).await?;
+        output.run.ok_or_else(|| Error::Unsupported(format!("step `{}` wrote nothing", step.name)))
+    }
+
+    /// `EXPLAIN PIPELINE name` of a pipeline with steps: its graph (which steps run together),
+    /// then each step's write plan where its tables exist already.
+    pub(super) async fn explain_steps(
+        &self,
+        name: &str,
+        steps: &[PipelineStep],
+        options: PipelineOptions,
+    ) -> Result<Output> {
+        let dag = self.dag_of(name, steps)?;
+        let levels = dag.levels();
+        let mut graph = Vec::new();
+        let top = levels.iter().flatten().max().copied().unwrap_or(0);
+        for level in 0..=top {
+            let at: Vec<&DagStep> =
+                dag.steps.iter().zip(&levels).filter(|(_, l)| **l == Some(level)).map(|(s, _)| s).collect();
+            let names: Vec<String> = at
+                .iter()
+                .map(|s| {
+                    let waits: Vec<&str> = s.depends_on.iter().map(|&j| dag.steps[j].name.as_str()).collect();
+                    match waits.is_empty() {
+                        true => format!("{} -> {}", s.name, s.target),
+                        false => format!("{} -> {} (after {})", s.name, s.target, waits.join(", ")),
+                    }
+                })
+                .collect();
+            graph.push(format!("level {level}: {}", names.join(" | ")));
+        }
+        let mut rows = vec![(
+            "pipeline".to_string(),
+            format!(
+                "{} step(s), at most {} at once, on_failure = {:?}\n{}",
+                dag.steps.len(),
+                options.max_parallel_steps,
+                options.on_failure,
+                graph.join("\n")
+            ),
+        )];
+        for step in &dag.steps {
+            let shards = StepOptions::parse(name, &step.name, &step.step.options)?
+                .shards
+                .or(options.shards)
+                .unwrap_or(self.shards);
+            let plan = match step.step.statement.as_ref() {
+                Statement::DataFusion(df) => match self.explain_catalog_write(df).await {
+                    Ok(Some(output)) => crate::system::explain_text(&output.batches),
+                    Ok(None) => format!("{} (planned when it runs)", step.step.statement),
+                    Err(e) => format!("planned when it runs ({e})"),
+                },
+                other => format!("{other}"),
+            };
+            rows.push((format!("step {}", step.name), format!("{shards} shard(s)\n{plan}")));
+        }
+        let rows: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        Ok(Output::rows(explain_batch(&rows)))
+    }
+
+    /// `CANCEL RUN '<id>'`: asks the process running it (any process on this home) to stop.
+    pub(super) async fn cancel_run(&self, run_id: &str) -> Result<Output> {
+        self.require_ledger()?;
+        if !self.ledger.request_cancel(run_id).await? {
+            return Err(Error::CannotCancel { run_id: run_id.to_string() });
+        }
+        Ok(Output::empty())
+    }
+
+    /// The steps of a pipeline run as the result of `RUN PIPELINE`.
+    pub(super) fn steps_output(report: RunReport) -> Output {
+        let batch = steps_batch(&report.steps);
+        Output { run: Some(report), ..Output::rows(batch) }
+    }
+}
+
+/// `wait`, give or take a fifth, so that retries of many runs do not fall in step.
+fn jittered(wait: Duration) -> Duration {
+    let nanos = uuid::Uuid::now_v7().as_u128() as u64 % 400;
+    wait.mul_f64(0.8 + nanos as f64 / 1000.0)
+}
