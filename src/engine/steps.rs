@@ -395,18 +395,30 @@ impl Engine {
                 .shards
                 .or(options.shards)
                 .unwrap_or(self.shards);
-            let plan = match step.step.statement.as_ref() {
-                Statement::DataFusion(df) => match self.explain_catalog_write(df).await {
-                    Ok(Some(output)) => crate::system::explain_text(&output.batches),
-                    Ok(None) => format!("{} (planned when it runs)", step.step.statement),
-                    Err(e) => format!("planned when it runs ({e})"),
-                },
-                other => format!("{other}"),
+            let plan = match self.explain_step(step, shards).await {
+                Ok(Some(output)) => crate::system::explain_text(&output.batches),
+                Ok(None) => format!("{}", step.step.statement),
+                Err(e) => format!("planned when it runs ({e})"),
             };
             rows.push((format!("step {}", step.name), format!("{shards} shard(s)\n{plan}")));
         }
         let rows: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         Ok(Output::rows(explain_batch(&rows)))
+    }
+
+    /// The write plan of one step, where its tables exist already; `None` for `RUN PIPELINE`.
+    async fn explain_step(&self, step: &DagStep, shards: usize) -> Result<Option<Output>> {
+        let Statement::DataFusion(df) = step.step.statement.as_ref() else { return Ok(None) };
+        if let datafusion::sql::parser::Statement::Statement(sql) = df.as_ref()
+            && matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_))
+        {
+            let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
+            return match self.insert_target(plan)? {
+                Some(insert) => Ok(Some(self.explain_write(insert, shards).await?)),
+                None => Ok(None),
+            };
+        }
+        self.explain_catalog_write(df).await
     }
 
     /// `CANCEL RUN '<id>'`: asks the process running it (any process on this home) to stop.

@@ -68,12 +68,7 @@ impl Engine {
             true => "unpartitioned".to_string(),
             false => format!("partitioned by {}", fields.join(", ")),
         };
-        let summary = format!(
-            "{} into {table} ({} table at {}, {partitioning})",
-            mode.as_str(),
-            writer.format(),
-            writer.location()
-        );
+        let summary = format!("{} into {table} ({} table, {partitioning})", mode.as_str(), writer.format());
         let base = writer.base();
         let target = table.to_string();
         let coordinator = self.layered(writer.coordinator(table, partition_key, mode));

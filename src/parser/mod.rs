@@ -231,7 +231,11 @@ fn write_options(f: &mut fmt::Formatter<'_>, options: &[(String, String)]) -> fm
         return Ok(());
     }
     // Values read back as written: numbers and words bare, anything else quoted.
-    let plain = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !v.starts_with(|c: char| c.is_ascii_digit() && v.chars().any(|c| c.is_ascii_alphabetic()));
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !v.starts_with(|c: char| c.is_ascii_digit() && v.chars().any(|c| c.is_ascii_alphabetic()))
+    };
     let value = |v: &str| if plain(v) { v.to_string() } else { format!("'{}'", v.replace('\'', "''")) };
     let options: Vec<String> = options.iter().map(|(k, v)| format!("{k} = {}", value(v))).collect();
     write!(f, " WITH ({})", options.join(", "))

@@ -50,14 +50,16 @@ impl AsyncDB for SluiceDb {
             types: output.schema.fields().iter().map(|f| column_type(f.data_type())).collect(),
             rows: crate::support::cells(&output.batches)
                 .into_iter()
-                .map(|row| {
-                    row.into_iter()
+                .flat_map(|row| {
+                    let row: Vec<String> = row
+                        .into_iter()
                         .map(|c| match c.as_deref() {
                             None => "NULL".to_string(),
                             Some("") => "(empty)".to_string(),
                             Some(v) => v.to_string(),
                         })
-                        .collect()
+                        .collect();
+                    lines_as_rows(row)
                 })
                 .collect(),
         })
@@ -72,6 +74,17 @@ impl AsyncDB for SluiceDb {
     async fn sleep(duration: std::time::Duration) {
         tokio::time::sleep(duration).await
     }
+}
+
+/// A row whose cells span lines (an EXPLAIN plan) as one row per line; a cell with fewer lines
+/// shows `-` below its last.
+fn lines_as_rows(row: Vec<String>) -> Vec<Vec<String>> {
+    let height = row.iter().map(|c| c.lines().count()).max().unwrap_or(1).max(1);
+    if height == 1 {
+        return vec![row];
+    }
+    let line = |c: &String, i: usize| c.lines().nth(i).map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
+    (0..height).map(|i| row.iter().map(|c| line(c, i).unwrap_or_else(|| "-".into())).collect()).collect()
 }
 
 fn slt_files() -> Vec<PathBuf> {
