@@ -20,5 +20,6 @@ mod repl;
 mod rest;
 mod shards;
 mod slt;
+mod steps;
 mod support;
 mod time_travel;
