@@ -7,10 +7,12 @@
 //! - `shell.rs`: a session: statements and backslash commands, Ctrl-C cancelling a statement;
 //! - `commands.rs`: the backslash commands;
 //! - `repl.rs`: the interactive prompt, history and completion;
-//! - `format.rs`: printing results.
+//! - `format.rs`: printing results;
+//! - `progress.rs`: the progress of running statements on stderr.
 
 mod commands;
 mod format;
+mod progress;
 mod repl;
 mod shell;
 
@@ -57,6 +59,9 @@ pub struct Args {
     /// Memory limit for query execution, e.g. 512M or 2G; spilling operators spill beyond it.
     #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<usize>,
+    /// Show no progress of running writes and steps on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Subcommands.
@@ -182,15 +187,24 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     }
 }
 
+/// A live display on a terminal, lines elsewhere, nothing with `--quiet`.
+fn progress_mode(args: &Args) -> progress::Mode {
+    match (args.quiet, std::io::stderr().is_terminal()) {
+        (true, _) => progress::Mode::Quiet,
+        (false, true) => progress::Mode::Live,
+        (false, false) => progress::Mode::Lines,
+    }
+}
+
 /// The `-c` commands, the `-f` files and the script; else stdin when it is not a terminal
 /// (as `-f -`); else the REPL, which shows at most 40 rows of a table.
 async fn run_statements(engine: &Engine, args: &Args, mut printer: Printer) -> Result<(), CliError> {
     let scripted = !args.commands.is_empty() || !args.files.is_empty() || args.script.is_some();
     if !scripted && std::io::stdin().is_terminal() {
         printer.max_rows = Some(40);
-        return repl::run(engine, printer).await;
+        return repl::run(engine, printer, progress_mode(args)).await;
     }
-    let mut shell = Shell::new(engine, printer);
+    let mut shell = Shell::new(engine, printer, progress_mode(args));
     let result = run_script(&mut shell, args, scripted).await;
     // A JSON document is closed even after an error, so what was printed still parses.
     let finished = shell.finish();

@@ -19,6 +19,7 @@ use rustyline::{Context, Editor, Helper};
 use super::CliError;
 use super::commands;
 use super::format::Printer;
+use super::progress::Mode;
 use super::shell::{Flow, Shell};
 use sluice::Engine;
 
@@ -116,14 +117,14 @@ fn is_exit(line: &str) -> bool {
 }
 
 /// Runs the shell until `\q`, `exit`, `quit` or Ctrl-D.
-pub async fn run(engine: &Engine, printer: Printer) -> Result<(), CliError> {
+pub async fn run(engine: &Engine, printer: Printer, progress: Mode) -> Result<(), CliError> {
     let terminal = |e: ReadlineError| CliError::Usage(format!("terminal: {e}"));
     let mut editor: Editor<SqlHelper, FileHistory> = Editor::new().map_err(terminal)?;
     editor.set_helper(Some(SqlHelper::default()));
     // After the editor: rustyline takes SIGINT for itself when it opens the terminal, and the
     // shell's Ctrl-C handler must come last to cancel statements (at the prompt, in raw mode,
     // Ctrl-C is a key that rustyline reads, not a signal).
-    let shell = &mut Shell::new(engine, printer);
+    let shell = &mut Shell::new(engine, printer, progress);
     let history = engine.home().join("history.txt");
     let _ = editor.load_history(&history); // absent on first use
     println!("Sluice {} — home {}. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"), engine.home().display());

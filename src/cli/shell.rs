@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::commands::{self, Command, HELP};
 use super::format::Printer;
+use super::progress::{Mode, Progress};
 
 /// Whether the session goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,7 @@ pub enum Flow {
 pub struct Shell<'a> {
     engine: &'a Engine,
     interrupts: Interrupts,
+    progress: Mode,
     /// How results print.
     pub printer: Printer,
     /// Print each statement's wall time.
@@ -88,8 +90,8 @@ const LIST_TABLES: &str = "SELECT table_catalog, table_schema, table_name, table
 
 impl<'a> Shell<'a> {
     /// A session printing with `printer`; it handles Ctrl-C from now on (one session per process).
-    pub fn new(engine: &'a Engine, printer: Printer) -> Self {
-        Self { engine, interrupts: Interrupts::listen(), printer, timing: false }
+    pub fn new(engine: &'a Engine, printer: Printer, progress: Mode) -> Self {
+        Self { engine, interrupts: Interrupts::listen(), progress, printer, timing: false }
     }
 
     /// Forgets a Ctrl-C pressed while no statement ran (the REPL's prompt starts afresh).
@@ -140,7 +142,11 @@ impl<'a> Shell<'a> {
     /// One statement; Ctrl-C cancels it (a write rolls back before this returns).
     async fn execute(&self, statement: &Located) -> Result<Output, CliError> {
         let cancel = self.interrupts.begin();
+        let progress = Progress::start(self.engine, self.progress);
         let result = self.engine.execute_cancellable(statement, cancel).await;
+        if let Some(progress) = progress {
+            progress.stop().await;
+        }
         self.interrupts.end();
         Ok(result?)
     }

@@ -285,18 +285,47 @@ impl Engine {
 
     pub(super) async fn describe_pipeline(&self, name: &str) -> Result<Output> {
         let Some(record) = self.ledger.pipeline(name).await? else { return Err(self.no_pipeline(name).await) };
-        let runs = self.ledger.runs(Some(name)).await?;
-        let last = runs.last();
+        let create = crate::pipeline::parse_definition(name, &record.definition)?;
         let shards = record.shards.map_or_else(|| format!("default ({})", self.shards), |s| s.to_string());
-        let properties: Vec<(&str, String)> = vec![
-            ("name", record.name.clone()),
-            ("target", record.target.clone()),
-            ("shards", shards),
-            ("definition", record.definition.clone()),
-            ("runs", runs.len().to_string()),
-            ("last_run_id", last.map(|r| r.run_id.clone()).unwrap_or_default()),
-            ("last_status", last.map(|r| r.status.as_str().to_string()).unwrap_or_default()),
+        let mut properties: Vec<(String, String)> = vec![
+            ("name".into(), record.name.clone()),
+            ("target".into(), record.target.clone()),
+            ("shards".into(), shards),
+            ("definition".into(), record.definition.clone()),
         ];
+        let (runs, last_run_id, last_status) = match &create.body {
+            PipelineBody::Insert(_) => {
+                let runs = self.ledger.runs(Some(name)).await?;
+                let last = runs.last().map(|r| (r.run_id.clone(), r.status.as_str().to_string()));
+                (runs.len(), last.clone().map(|l| l.0), last.map(|l| l.1))
+            }
+            PipelineBody::Steps(steps) => {
+                let options = PipelineOptions::parse(name, &create.options)?;
+                properties.extend([
+                    ("max_parallel_steps".into(), options.max_parallel_steps.to_string()),
+                    ("retries".into(), options.retries.to_string()),
+                    ("retry_backoff".into(), format!("{:?}", options.retry_backoff)),
+                    ("on_failure".into(), format!("{:?}", options.on_failure).to_lowercase()),
+                    ("atomic".into(), options.atomic.to_string()),
+                ]);
+                let dag = self.dag_of(name, steps)?;
+                for step in &dag.steps {
+                    let after: Vec<&str> = step.depends_on.iter().map(|&j| dag.steps[j].name.as_str()).collect();
+                    let after = if after.is_empty() { String::new() } else { format!(" (after {})", after.join(", ")) };
+                    properties.push((format!("step {}", step.name), format!("{}{after}", step.step.statement)));
+                }
+                let runs: Vec<_> =
+                    self.ledger.pipeline_runs().await?.into_iter().filter(|r| r.pipeline == name).collect();
+                let last = runs.last().map(|r| (r.run_id.clone(), r.status.clone()));
+                (runs.len(), last.clone().map(|l| l.0), last.map(|l| l.1))
+            }
+        };
+        properties.extend([
+            ("runs".into(), runs.to_string()),
+            ("last_run_id".into(), last_run_id.unwrap_or_default()),
+            ("last_status".into(), last_status.unwrap_or_default()),
+        ]);
+        let properties: Vec<(&str, String)> = properties.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         Ok(Output::rows(properties_batch(&properties)))
     }
 }

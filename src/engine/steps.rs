@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Engine, Output, SCOPE, StatementScope};
 use crate::coordinator::{CANCEL_POLL, RunOrigin, RunReport};
 use crate::error::{Error, Result};
+use crate::events::RunEvent;
 use crate::ledger::{PipelineRecord, StepTotals};
 use crate::parser::{CreatePipeline, PipelineStep, Statement};
 use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions};
@@ -34,7 +35,7 @@ enum State {
 
 impl Engine {
     /// The graph of a pipeline's steps, names resolved against the session's defaults.
-    fn dag_of(&self, pipeline: &str, steps: &[PipelineStep]) -> Result<Dag> {
+    pub(super) fn dag_of(&self, pipeline: &str, steps: &[PipelineStep]) -> Result<Dag> {
         let resolve = |name: &datafusion::sql::sqlparser::ast::ObjectName| {
             self.resolve(&datafusion::common::TableReference::parse_str(&name.to_string())).to_string()
         };
@@ -227,9 +228,15 @@ impl Engine {
                 if states[i] == State::Waiting && blocked {
                     states[i] = State::UpstreamFailed;
                     let why = "a step it depends on did not commit";
-                    self.ledger
-                        .step_finished(run_id, &dag.steps[i].name, "upstream_failed", StepTotals::default(), Some(why))
-                        .await?;
+                    self.finish_step(
+                        pipeline,
+                        run_id,
+                        &dag.steps[i].name,
+                        "upstream_failed",
+                        StepTotals::default(),
+                        Some(why),
+                    )
+                    .await?;
                 }
             }
             if stopping || cancel.is_cancelled() {
@@ -237,8 +244,7 @@ impl Engine {
                     if *state == State::Waiting {
                         *state = State::Cancelled;
                         let step = &dag.steps[i].name;
-                        self.ledger
-                            .step_finished(run_id, step, "cancelled", StepTotals::default(), Some("cancelled"))
+                        self.finish_step(pipeline, run_id, step, "cancelled", StepTotals::default(), Some("cancelled"))
                             .await?;
                     }
                 }
@@ -264,14 +270,13 @@ impl Engine {
                         bytes: report.bytes,
                         snapshot_id: report.snapshot_id,
                     };
-                    self.ledger.step_finished(run_id, step, "succeeded", totals, None).await?;
+                    self.finish_step(pipeline, run_id, step, "succeeded", totals, None).await?;
                 }
                 Err(e) => {
                     let cancelled = step_tokens[i].is_cancelled();
                     states[i] = if cancelled { State::Cancelled } else { State::Failed };
                     let status = if cancelled { "cancelled" } else { "failed" };
-                    self.ledger
-                        .step_finished(run_id, step, status, StepTotals::default(), Some(&e.to_string()))
+                    self.finish_step(pipeline, run_id, step, status, StepTotals::default(), Some(&e.to_string()))
                         .await?;
                     if !cancelled && options.on_failure == OnFailure::Stop {
                         stopping = true;
@@ -300,6 +305,16 @@ impl Engine {
         let mut attempt = 1;
         loop {
             self.ledger.step_started(run_id, &step.name, attempt).await?;
+            let started = RunEvent::Step {
+                run_id: run_id.to_string(),
+                pipeline: pipeline.to_string(),
+                step: step.name.clone(),
+                status: "running".to_string(),
+                attempt: Some(attempt),
+                rows: 0,
+                error: None,
+            };
+            self.events.emit(started).await;
             let scope = StatementScope { cancel: cancel.clone(), params: None };
             let label = format!("{pipeline}/{}", step.name);
             let result = SCOPE.scope(scope, Box::pin(self.execute_step(&label, step, shards, retry_of.clone()))).await;
@@ -325,6 +340,31 @@ impl Engine {
             }
             attempt += 1;
         }
+    }
+
+    /// A step ends (`succeeded`, `failed`, `upstream_failed` or `cancelled`): recorded in the
+    /// ledger and published.
+    async fn finish_step(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        step: &str,
+        status: &str,
+        totals: StepTotals,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.ledger.step_finished(run_id, step, status, totals, error).await?;
+        let event = RunEvent::Step {
+            run_id: run_id.to_string(),
+            pipeline: pipeline.to_string(),
+            step: step.to_string(),
+            status: status.to_string(),
+            attempt: None,
+            rows: totals.rows,
+            error: error.map(str::to_string),
+        };
+        self.events.emit(event).await;
+        Ok(())
     }
 
     /// Runs one step's statement as pipeline `label` (`pipeline/step`).

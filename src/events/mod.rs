@@ -6,6 +6,8 @@
 //!  Opened ─► ShardFinished × N ─► Committed ─► Closed(succeeded)
 //!                              └─► Failed ────► Closed(failed)
 //! ```
+//!
+//! A run of a pipeline with steps also publishes `Step` for each step's transitions.
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -67,6 +69,24 @@ pub enum RunEvent {
         /// Why.
         error: String,
     },
+    /// A step of a pipeline run with steps started an attempt (`running`) or ended
+    /// (`succeeded`, `failed`, `upstream_failed`, `cancelled`). `run_id` is the pipeline run's.
+    Step {
+        /// The pipeline run.
+        run_id: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The step.
+        step: String,
+        /// Its status now.
+        status: String,
+        /// The attempt starting (1 for the first); `None` when the step ends.
+        attempt: Option<i64>,
+        /// Rows it committed (when it succeeded).
+        rows: u64,
+        /// Why it failed.
+        error: Option<String>,
+    },
     /// The run is over; the ledger has its final status.
     Closed {
         /// The run.
@@ -86,6 +106,7 @@ impl RunEvent {
             | RunEvent::ShardFinished { run_id, .. }
             | RunEvent::Committed { run_id, .. }
             | RunEvent::Failed { run_id, .. }
+            | RunEvent::Step { run_id, .. }
             | RunEvent::Closed { run_id, .. } => run_id,
         }
     }
@@ -97,6 +118,7 @@ impl RunEvent {
             RunEvent::ShardFinished { .. } => "shard_finished",
             RunEvent::Committed { .. } => "committed",
             RunEvent::Failed { .. } => "failed",
+            RunEvent::Step { .. } => "step",
             RunEvent::Closed { .. } => "closed",
         }
     }

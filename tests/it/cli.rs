@@ -393,3 +393,25 @@ fn the_readme_tour_runs_on_a_fresh_home_and_after_the_quickstart() {
         assert!(text(&output.stdout).contains("delta.shop.daily"), "{}", text(&output.stdout));
     }
 }
+
+#[test]
+fn a_pipeline_with_steps_prints_one_line_per_step_transition_when_stderr_is_not_a_terminal() {
+    let home = tempfile::tempdir().unwrap();
+    let setup = "CREATE SCHEMA lake.pg; CREATE TABLE lake.pg.a (id BIGINT); CREATE TABLE lake.pg.b (id BIGINT); CREATE TABLE lake.pg.c (id BIGINT);
+        CREATE PIPELINE nightly WITH (max_parallel_steps = 1) AS BEGIN
+          INSERT INTO lake.pg.a SELECT value FROM generate_series(1, 10);
+          STEP copy AS INSERT INTO lake.pg.b SELECT id * 2 FROM lake.pg.a;
+          STEP broken DEPENDS ON (copy) AS INSERT INTO lake.pg.c SELECT CAST('x' || id AS BIGINT) FROM lake.pg.a;
+        END;";
+    let created = sluice(home.path(), &["-c", setup]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let run = sluice(home.path(), &["--format", "csv", "-c", "RUN PIPELINE nightly"]);
+    let quiet = sluice(home.path(), &["--quiet", "-c", "RUN PIPELINE nightly"]);
+    assert!(!text(&quiet.stderr).contains("running"), "--quiet shows no progress: {}", text(&quiet.stderr));
+    filtered(home.path(), || {
+        let mut settings = insta::Settings::clone_current();
+        settings.add_filter(r"in \d+\.\d+s", "in [ELAPSED]");
+        settings.add_filter(r"shard \d+:", "shard [N]:");
+        settings.bind(|| insta::assert_snapshot!("step_progress", text(&run.stderr)));
+    });
+}

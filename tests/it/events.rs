@@ -44,7 +44,7 @@ async fn runs_publish_opened_shards_committed_or_failed_and_closed() {
                 assert_eq!((*snapshot_id, *rows), (report.snapshot_id, 100_000))
             }
             RunEvent::Closed { status, .. } => assert_eq!(status, "succeeded"),
-            RunEvent::Failed { .. } => panic!("{event:?}"),
+            RunEvent::Failed { .. } | RunEvent::Step { .. } => panic!("{event:?}"),
         }
     }
     assert_eq!((shards, shard_rows), (BTreeSet::from([0, 1, 2]), 100_000));
