@@ -203,6 +203,8 @@ pub struct RunOrigin {
     pub statement: String,
     /// Set when this is a retry of a failed run, which keeps its id and sequence number.
     pub retry_of: Option<(String, i64)>,
+    /// The id a new run gets (its caller named it beforehand); `None`: a fresh UUIDv7.
+    pub run_id: Option<String>,
 }
 
 /// How an abandoned run was settled.

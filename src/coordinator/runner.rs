@@ -332,7 +332,7 @@ impl Runner {
     /// Splits the input into shards, then records the run (`staging`) and starts its lease.
     async fn open(&self, job: RunJob, task_ctx: &TaskContext) -> Result<Opened, RunError> {
         let RunJob { target, coordinator, input, shards, base, origin, cancel } = job;
-        let RunOrigin { pipeline, statement, retry_of } = origin;
+        let RunOrigin { pipeline, statement, retry_of, run_id: named } = origin;
         let plan = coordinator
             .prepare_shards(input, shards)
             .map_err(|source| RunError::Prepare { target: target.clone(), source })?;
@@ -343,7 +343,7 @@ impl Runner {
                 (run_id, sequence, attempt)
             }
             None => {
-                let run_id = uuid::Uuid::now_v7().to_string();
+                let run_id = named.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 let new_run = NewRun {
                     run_id: &run_id,
                     pipeline: pipeline.as_deref(),

@@ -71,11 +71,40 @@ tokio::task_local! {
 struct StatementScope {
     cancel: CancellationToken,
     params: Option<ParamValues>,
+    /// The id the statement's run gets ([`Engine::start_pipeline`] names it beforehand).
+    run_id: Option<String>,
 }
 
 impl StatementScope {
     fn current() -> Self {
         SCOPE.try_with(Clone::clone).unwrap_or_default()
+    }
+}
+
+/// A pipeline run going on in the background ([`Engine::start_pipeline`]).
+#[derive(Debug)]
+pub struct PipelineRun {
+    /// The run's id: the pipeline run's for a pipeline with steps, else its one write run's.
+    pub run_id: String,
+    /// Every run event from the run's start: its own, its steps' and their write runs'.
+    pub events: tokio::sync::broadcast::Receiver<RunEvent>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<RunReport>>,
+}
+
+impl PipelineRun {
+    /// Cancels the run: running steps stop and roll back, committed ones stay.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the run's end: its report, listing every step.
+    pub async fn finish(self) -> Result<RunReport> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::Cancelled),
+        }
     }
 }
 
@@ -216,6 +245,18 @@ impl Engine {
         Ok(last.batches)
     }
 
+    /// Starts a run of the pipeline `name` in the background: the handle has its run id at
+    /// once, every run event from its start, `cancel()`, and the report at the end.
+    pub fn start_pipeline(self: &Arc<Self>, name: &str) -> PipelineRun {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let events = self.subscribe();
+        let cancel = CancellationToken::new();
+        let scope = StatementScope { cancel: cancel.clone(), params: None, run_id: Some(run_id.clone()) };
+        let (engine, name) = (self.clone(), name.to_string());
+        let task = tokio::spawn(SCOPE.scope(scope, async move { engine.run_pipeline(&name).await }));
+        PipelineRun { run_id, events, cancel, task }
+    }
+
     /// Like [`Engine::sql`], with values for the statements' `$1`, `$2`, ... placeholders
     /// (bound by DataFusion as typed values, never spliced into the SQL text).
     pub async fn sql_with_params(&self, sql: &str, params: impl Into<ParamValues>) -> Result<Vec<RecordBatch>> {
@@ -237,6 +278,11 @@ impl Engine {
     pub async fn execute_cancellable(&self, statement: &Located, cancel: CancellationToken) -> Result<Output> {
         let scope = StatementScope { cancel, ..StatementScope::current() };
         SCOPE.scope(scope, self.execute(statement)).await
+    }
+
+    /// The id the running statement's run is to get, when its caller named it.
+    pub(super) fn named_run() -> Option<String> {
+        StatementScope::current().run_id
     }
 
     /// The cancel token of the running statement (a fresh one outside [`Engine::execute_cancellable`]).

@@ -65,7 +65,9 @@ impl Engine {
         let plan = self.plan_sql_statement(body).await?;
         let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
         let (insert, shards) = with_options(options, name, insert, self.shards)?;
-        Ok((insert, shards, RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None }))
+        let origin =
+            RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None, run_id: Self::named_run() };
+        Ok((insert, shards, origin))
     }
 
     /// The pipeline called `name` as the ledger keeps it: its definition and options.
@@ -160,6 +162,7 @@ impl Engine {
             pipeline: record.pipeline.clone(),
             statement: record.statement.clone(),
             retry_of: Some((record.run_id.clone(), record.sequence)),
+            run_id: None,
         };
         self.write(insert, shards, origin).await
     }

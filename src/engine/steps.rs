@@ -127,7 +127,7 @@ impl Engine {
     ) -> Result<RunReport> {
         let started = Instant::now();
         let dag = self.dag_of(name, steps)?;
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let run_id = Self::named_run().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let queued: Vec<(String, String)> = dag.steps.iter().map(|s| (s.name.clone(), s.target.clone())).collect();
         let lease = super::DEFAULT_RUN_LEASE;
         let lease_until = || self.clock.now_ms() + lease.as_millis() as i64;
@@ -315,7 +315,7 @@ impl Engine {
                 error: None,
             };
             self.events.emit(started).await;
-            let scope = StatementScope { cancel: cancel.clone(), params: None };
+            let scope = StatementScope { cancel: cancel.clone(), ..StatementScope::default() };
             let label = format!("{pipeline}/{}", step.name);
             let result = SCOPE.scope(scope, Box::pin(self.execute_step(&label, step, shards, retry_of.clone()))).await;
             let error = match result {
@@ -385,7 +385,8 @@ impl Engine {
         {
             let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
             let insert = self.insert_target(plan)?.ok_or_else(|| super::runs::not_a_catalog_insert(label))?;
-            let origin = RunOrigin { pipeline: Some(label.to_string()), statement: sql.to_string(), retry_of };
+            let origin =
+                RunOrigin { pipeline: Some(label.to_string()), statement: sql.to_string(), retry_of, run_id: None };
             return self.write(insert, shards, origin).await;
         }
         // CREATE TABLE ... AS and COPY: a failed one leaves nothing to retry under its id.

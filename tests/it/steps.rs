@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sluice::Engine;
 use sluice::error::Error;
+use sluice::events::RunEvent;
 use sluice::ledger::StepRecord;
 
 use crate::support::{Stall, engine, files_under, value};
@@ -184,4 +185,43 @@ async fn cancel_run_from_another_process_stops_a_long_step() {
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.cx.quick").await, "1", "a committed step stays");
     let status = value(&engine, &format!("SELECT status FROM sluice.pipeline_runs WHERE run_id = '{run_id}'")).await;
     assert_eq!(status, "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_started_run_has_its_id_at_once_streams_its_events_and_can_be_cancelled() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = Arc::new(engine(home.path(), 2).await);
+    diamond_home(&engine, "dh", "shards = 2", "max_parallel_steps = 2").await;
+    let mut run = engine.start_pipeline("dh");
+    let run_id = run.run_id.clone();
+    let mut step_events = Vec::new();
+    while step_events.len() < 8 {
+        match run.events.recv().await.unwrap() {
+            RunEvent::Step { run_id: of, step, status, .. } if of == run_id => step_events.push((step, status)),
+            _ => {}
+        }
+    }
+    let report = run.finish().await.unwrap();
+    assert_eq!(report.run_id, run_id, "the id the handle had from the start");
+    assert_eq!(report.steps.len(), 4);
+    for name in ["a", "b", "c", "d"] {
+        let seen: Vec<&str> =
+            step_events.iter().filter(|(s, _)| s == name).map(|(_, status)| status.as_str()).collect();
+        assert_eq!(seen, ["running", "succeeded"], "{name}");
+    }
+
+    engine
+        .sql(
+            "CREATE TABLE lake.dh.long (id BIGINT);
+             CREATE PIPELINE long_dh AS BEGIN INSERT INTO lake.dh.long SELECT value FROM generate_series(1, 2000000000); END;",
+        )
+        .await
+        .unwrap();
+    let data = home.path().join("warehouse/dh/long/data");
+    let run = engine.start_pipeline("long_dh");
+    until("the long step to stage files", async || !files_under(&data).is_empty()).await;
+    run.cancel();
+    let error = run.finish().await.unwrap_err();
+    assert!(matches!(&error, Error::PipelineRun { status: "cancelled", .. }), "{error}");
+    assert!(files_under(&data).is_empty(), "no staged file is left");
 }
