@@ -108,7 +108,7 @@ async fn a_failed_export_leaves_the_old_file_and_nothing_else() {
     let path = out.path().join("out.csv");
     std::fs::write(&path, "the old export\n").unwrap();
     let target = path.display().to_string();
-    let _scenario = fail::FailScenario::setup();
+    // (No `fail::FailScenario` here: its setup clears every failpoint, other tests' too.)
     for (failpoint, actions) in [("shard-write", "2*off->return"), ("before-commit", "return")] {
         let name = format!("{failpoint}/{target}");
         fail::cfg(&name, actions).unwrap();

@@ -120,11 +120,14 @@ impl Stall {
         Self { failpoint, reached: Some(reached), release }
     }
 
-    /// Waits until a thread has reached the failpoint (and is held there).
+    /// Waits until a thread has reached the failpoint (and is held there); fails the test
+    /// after a minute rather than hang.
     pub async fn reached(&mut self) {
         let reached = self.reached.take().expect("waited for once");
+        let failpoint = self.failpoint.clone();
         let reached = tokio::task::spawn_blocking(move || {
-            reached.recv().unwrap();
+            let waited = reached.recv_timeout(std::time::Duration::from_secs(60));
+            waited.unwrap_or_else(|e| panic!("failpoint `{failpoint}` was not reached: {e}"));
             reached
         });
         self.reached = Some(reached.await.unwrap());
