@@ -85,6 +85,28 @@ fn the_repl_completes_names_cancels_a_write_with_ctrl_c_and_goes_on() {
     repl.expect("| 3 ").unwrap();
     repl.expect(PROMPT).unwrap();
 
+    // Ctrl-C during a pipeline with steps: the running step stops, the committed one stays.
+    repl.send_line("CREATE TABLE lake.r.first (id BIGINT); CREATE TABLE lake.r.endless (id BIGINT);").unwrap();
+    repl.expect(PROMPT).unwrap();
+    repl.send_line(
+        "CREATE PIPELINE two_steps AS BEGIN INSERT INTO lake.r.first VALUES (1); \
+         STEP endless DEPENDS ON (first) AS INSERT INTO lake.r.endless SELECT value FROM generate_series(1, 2000000000); END;",
+    )
+    .unwrap();
+    repl.expect(PROMPT).unwrap();
+    let endless = home.path().join("warehouse/r/endless/data");
+    repl.send_line("RUN PIPELINE two_steps;").unwrap();
+    wait_for("the endless step to stage files", || !files_under(&endless).is_empty());
+    repl.send("\x03").unwrap();
+    repl.expect("pipeline `two_steps` run").unwrap();
+    repl.expect("cancelled").unwrap();
+    repl.expect(PROMPT).unwrap();
+    assert!(files_under(&endless).is_empty(), "the running step's staged files are gone");
+    repl.send_line("SELECT step || ':' || status AS step_status FROM sluice.steps ORDER BY step;").unwrap();
+    repl.expect("endless:cancelled").unwrap();
+    repl.expect("first:succeeded").unwrap();
+    repl.expect(PROMPT).unwrap();
+
     // Ctrl-C during a long query stops it.
     repl.send_line("SELECT count(*) AS never_counted FROM generate_series(1, 100000000000);").unwrap();
     repl.expect("never_counted").unwrap(); // the statement was read (its echo)
