@@ -229,13 +229,17 @@ impl Ledger {
         row.map(|r| run_from_row(&r)).transpose()
     }
 
-    /// Runs, oldest first; only those of `pipeline` when given.
+    /// Runs, oldest first; only those of `pipeline` when given (with its steps' runs,
+    /// `<pipeline>/<step>`).
     pub async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>> {
         let rows = self
             .fetch_all(
                 "listing runs",
-                sqlx::query("SELECT * FROM runs WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY started_at_ms, run_id")
-                    .bind(pipeline),
+                sqlx::query(
+                    "SELECT * FROM runs WHERE ?1 IS NULL OR pipeline = ?1 OR substr(pipeline, 1, length(?1) + 1) = ?1 || '/'
+                     ORDER BY started_at_ms, run_id",
+                )
+                .bind(pipeline),
             )
             .await?;
         rows.iter().map(run_from_row).collect()

@@ -88,6 +88,10 @@ async fn a_failing_step_is_retried_under_its_run_identity_and_writes_once() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!((runs[0].attempt, c.step_run_id.as_deref()), (3, Some(runs[0].run_id.as_str())));
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.dr.c").await, "500", "each row once");
+    // SHOW RUNS FOR the pipeline lists its steps' runs.
+    let of_pipeline: Vec<String> =
+        engine.ledger().runs(Some("dr")).await.unwrap().into_iter().map(|r| r.pipeline.unwrap()).collect();
+    assert_eq!(of_pipeline, ["dr/a", "dr/b", "dr/c", "dr/d"]);
     assert_eq!(value(&engine, "SELECT count(DISTINCT id) FROM lake.dr.c").await, "500");
     assert_eq!(value(&engine, "SELECT n FROM lake.dr.d").await, "1000");
 }
