@@ -124,21 +124,24 @@ async fn on_failure_stop_cancels_the_running_steps() {
     let home = tempfile::tempdir().unwrap();
     let engine = Arc::new(engine(home.path(), 2).await);
     diamond_home(&engine, "ds", "shards = 1", "on_failure = 'stop'").await;
-    // b is held in its write; c fails; b is then cancelled, not left to commit.
-    let mut stall = Stall::at("shard-write/lake.ds.b");
-    fail::cfg("shard-write/lake.ds.c", "return").unwrap();
+    // b and c are both held inside their writes; then c goes on to fail before its commit
+    // while b is still held; b is then cancelled, not left to commit.
+    let (mut b, mut c) = (Stall::at("shard-write/lake.ds.b"), Stall::at("shard-write/lake.ds.c"));
     let run = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.run_pipeline("ds").await })
     };
-    stall.reached().await;
+    b.reached().await;
+    c.reached().await;
+    fail::cfg("before-commit/lake.ds.c", "return").unwrap();
+    c.release();
     until("c to fail", async || {
         engine.ledger().steps(None).await.unwrap().iter().any(|s| s.step == "c" && s.status == "failed")
     })
     .await;
-    stall.release();
+    b.release();
     let error = run.await.unwrap().unwrap_err();
-    fail::remove("shard-write/lake.ds.c");
+    fail::remove("before-commit/lake.ds.c");
     let Error::PipelineRun { run_id, .. } = &error else { panic!("{error}") };
     let steps = engine.ledger().steps(Some(run_id)).await.unwrap();
     let statuses: Vec<(&str, &str)> = steps.iter().map(|s| (s.step.as_str(), s.status.as_str())).collect();
