@@ -19,6 +19,8 @@ use crate::table::{PartitionField, Transform};
 
 mod steps;
 
+pub use steps::{PipelineBody, PipelineStep};
+
 /// A syntax error, with the line and column (1-based) where the parser gave up.
 #[derive(Debug, thiserror::Error)]
 #[error("syntax error at line {line}, column {column}: {message}")]
@@ -128,33 +130,6 @@ pub struct CreatePipeline {
     pub options: Vec<(String, String)>,
     /// What a run does.
     pub body: PipelineBody,
-}
-
-/// The body of a pipeline.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PipelineBody {
-    /// One `INSERT INTO <table> <query>` statement.
-    Insert(Box<SqlStatement>),
-    /// `BEGIN <step>; <step>; ... END`: steps run as a dependency graph (see `steps.rs`).
-    Steps(Vec<PipelineStep>),
-}
-
-/// One step of a multi-step pipeline: `[STEP name [DEPENDS ON (step, ...)] [WITH (...)] AS]
-/// <INSERT | CREATE TABLE ... AS | COPY ... TO | RUN PIPELINE>`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PipelineStep {
-    /// The name given with `STEP`; unnamed steps are named after their target.
-    pub name: Option<String>,
-    /// Steps named in `DEPENDS ON (...)`.
-    pub depends_on: Vec<String>,
-    /// `WITH (key = value)` options of the step, keys lower-cased.
-    pub options: Vec<(String, String)>,
-    /// The step's statement.
-    pub statement: Box<Statement>,
-    /// 1-based line where the step starts.
-    pub line: u64,
-    /// 1-based column where the step starts.
-    pub column: u64,
 }
 
 /// A statement with the position of its first token in the source text.

@@ -9,7 +9,34 @@ use datafusion::sql::sqlparser::ast::{CreateTable, Statement as SqlStatement};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::{ParseError, PipelineStep, SluiceParser, Statement, is_keyword, is_word, write_options};
+use super::{ParseError, SluiceParser, Statement, is_keyword, is_word, write_options};
+
+/// The body of a pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipelineBody {
+    /// One `INSERT INTO <table> <query>` statement.
+    Insert(Box<SqlStatement>),
+    /// `BEGIN <step>; <step>; ... END`: steps run as a dependency graph.
+    Steps(Vec<PipelineStep>),
+}
+
+/// One step of a multi-step pipeline: `[STEP name [DEPENDS ON (step, ...)] [WITH (...)] AS]
+/// <INSERT | CREATE TABLE ... AS | COPY ... TO | RUN PIPELINE>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineStep {
+    /// The name given with `STEP`; unnamed steps are named after their target.
+    pub name: Option<String>,
+    /// Steps named in `DEPENDS ON (...)`.
+    pub depends_on: Vec<String>,
+    /// `WITH (key = value)` options of the step, keys lower-cased.
+    pub options: Vec<(String, String)>,
+    /// The step's statement.
+    pub statement: Box<Statement>,
+    /// 1-based line where the step starts.
+    pub line: u64,
+    /// 1-based column where the step starts.
+    pub column: u64,
+}
 
 impl fmt::Display for PipelineStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
