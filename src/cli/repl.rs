@@ -110,6 +110,12 @@ async fn completion_names(engine: &Engine) -> BTreeSet<String> {
     names
 }
 
+/// Whether `input` may create, drop or alter tables or pipelines (or runs a file that may).
+fn changes_names(input: &str) -> bool {
+    let first = input.trim_start().split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    matches!(first.as_str(), "CREATE" | "DROP" | "ALTER" | "\\I" | ".READ")
+}
+
 /// Whether a line, alone at the prompt, asks to leave (`exit`, `quit`, as psql and DuckDB take them).
 fn is_exit(line: &str) -> bool {
     let word = line.trim().trim_end_matches(';').trim();
@@ -179,7 +185,8 @@ pub async fn run(engine: &Engine, printer: Printer, progress: Mode) -> Result<()
             Err(e) => eprintln!("error: {e}"),
         }
         shell.finish()?;
-        stale_names = true;
+        // Listing every column loads every table's metadata: only after what can change them.
+        stale_names = changes_names(&input);
     }
     Ok(())
 }
@@ -199,6 +206,7 @@ mod tests {
         assert!(helper.candidates("SEL").contains(&"SELECT".to_string()));
         assert_eq!(helper.candidates("\\ti"), vec!["\\timing"]);
         assert!(is_exit("quit;") && is_exit(" EXIT ") && !is_exit("exits"));
+        assert!(changes_names("create table t (a int);") && changes_names("\\i f.sql") && !changes_names("SELECT 1;"));
         let history = rustyline::history::DefaultHistory::new();
         let context = Context::new(&history);
         let line = "SELECT '—' FROM lake.shop.o";

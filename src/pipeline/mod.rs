@@ -125,8 +125,8 @@ fn parse_duration(text: &str) -> Option<Duration> {
     match unit.trim() {
         "ms" => Some(Duration::from_millis(number)),
         "s" => Some(Duration::from_secs(number)),
-        "m" => Some(Duration::from_secs(number * 60)),
-        "h" => Some(Duration::from_secs(number * 3600)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -277,6 +277,10 @@ mod tests {
         assert_eq!(opts("8").unwrap().shards, Some(8));
         assert!(matches!(opts("0"), Err(PipelineError::BadValue { .. })));
         assert!(matches!(opts("x"), Err(PipelineError::BadValue { .. })));
+        let backoff = |v: &str| PipelineOptions::parse("p", &[("retry_backoff".to_string(), v.to_string())]);
+        assert_eq!(backoff("250ms").unwrap().retry_backoff, Duration::from_millis(250));
+        assert!(matches!(backoff("99999999999999999h"), Err(PipelineError::BadValue { .. })), "no overflow");
+        assert!(matches!(backoff("2 days"), Err(PipelineError::BadValue { .. })));
         let unknown = PipelineOptions::parse("p", &[("shard".to_string(), "2".to_string())]);
         assert!(matches!(unknown, Err(PipelineError::UnknownOption { .. })));
     }
