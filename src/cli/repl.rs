@@ -112,7 +112,7 @@ async fn completion_names(engine: &Engine) -> BTreeSet<String> {
 
 /// Whether `input` may create, drop or alter tables or pipelines (or runs a file that may).
 fn changes_names(input: &str) -> bool {
-    let first = input.trim_start().split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    let first = input.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
     matches!(first.as_str(), "CREATE" | "DROP" | "ALTER" | "\\I" | ".READ")
 }
 
