@@ -14,6 +14,7 @@
 
 mod config;
 pub mod names;
+mod pending;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,7 +27,8 @@ use datafusion::catalog::{CatalogProvider, CatalogProviderList};
 pub use self::config::{
     CatalogConfig, CatalogConfigError, DeltaConfig, IcebergRestConfig, IcebergSqlConfig, load_catalogs, parse_catalog,
 };
-use crate::coordinator::CommitTarget;
+pub use self::pending::{PendingTables, pending_table, reading_pending};
+use crate::coordinator::{CommitError, CommitTarget, HeldCommit};
 use crate::table::{PartitionField, TableName};
 
 /// Errors of the catalog layer. Every variant names the catalog object it is about.
@@ -189,6 +191,19 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()>;
     /// A writer for one run into the table as it is now.
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>>;
+    /// Whether the catalog can publish several tables' commits in one transaction
+    /// ([`LakeCatalog::publish_together`]); if not, why (what an `atomic` pipeline's refusal says).
+    fn can_publish_together(&self) -> std::result::Result<(), &'static str>;
+    /// Publishes every held commit (tables of this catalog) in one transaction: every table
+    /// refreshed, or none. [`CommitError::Conflict`] when a table moved since its commit was
+    /// built; [`CommitError::OutcomeUnknown`] when the transaction's answer was lost.
+    async fn publish_together(&self, commits: &[HeldCommit]) -> std::result::Result<(), CommitError> {
+        let _ = commits;
+        let why = self.can_publish_together().err().unwrap_or("not supported");
+        Err(CommitError::Refused(
+            format!("catalog `{}` cannot publish several tables at once: {why}", self.name()).into(),
+        ))
+    }
 }
 
 /// The session's catalogs: Sluice's own, as they are, and DataFusion's (the in-memory session

@@ -11,7 +11,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use tokio::sync::Semaphore;
 
-use super::{Coordinator, CoordinatorError, RunContext, ShardResult};
+use super::{Coordinator, CoordinatorError, HeldCommit, RunContext, ShardResult};
 use crate::planner;
 use crate::runtime::{self, CommitError, Fence, ShardError, ShardSink, StagedFile, TableFormat, TableWriter};
 use crate::table::{TableName, WriteMode};
@@ -140,6 +140,17 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
             Err(error @ CommitError::OutcomeUnknown(_)) => self.settle_unknown(run, error).await,
             Err(error) => Err(CoordinatorError::commit(&self.name, error)),
         }
+    }
+
+    /// As `on_finish`, up to the catalog's pointer swap, which the caller makes with other
+    /// tables'.
+    async fn on_hold(&self, run: &RunContext, _shards: &[ShardResult]) -> Result<Option<HeldCommit>, CoordinatorError> {
+        let files = std::mem::take(&mut *self.staged());
+        if files.is_empty() && self.mode != WriteMode::Overwrite {
+            return Ok(None);
+        }
+        let held = self.writer.hold(files, run, self.mode).await;
+        held.map(Some).map_err(|e| CoordinatorError::commit(&self.name, e))
     }
 
     async fn on_error(&self, run: &RunContext, _error: &str) -> Result<(), CoordinatorError> {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Coordinator, CoordinatorError, Fence, RunContext, ShardResult, StagedFile};
+use super::{Coordinator, CoordinatorError, Fence, HeldCommit, RunContext, ShardResult, StagedFile};
 use crate::runtime::ShardError;
 
 /// Chains coordinators. The first member writes the shards; the others observe.
@@ -102,6 +102,12 @@ impl Coordinator for Composite {
             }
         }
         Ok(committed)
+    }
+
+    /// The first member (the one that writes) holds the commit; the group's publish happens
+    /// outside the run, so the members after it are not told of it.
+    async fn on_hold(&self, run: &RunContext, shards: &[ShardResult]) -> Result<Option<HeldCommit>, CoordinatorError> {
+        self.members[0].on_hold(run, shards).await
     }
 
     async fn on_error(&self, run: &RunContext, error: &str) -> Result<(), CoordinatorError> {

@@ -40,7 +40,7 @@ mod runner;
 pub use commit::{CommitTarget, TableCommit};
 pub use composite::Composite;
 pub use file_merge::{ExportFormat, FileMerge};
-pub use runner::{CANCEL_POLL, RunError, Runner};
+pub use runner::{CANCEL_POLL, HeldRun, RunError, Runner};
 
 use std::sync::Arc;
 
@@ -53,7 +53,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::ledger::ShardTotals;
 use crate::runtime::{BoxError, ShardError};
-pub use crate::runtime::{CommitError, Fence, RunContext, StagedFile};
+pub use crate::runtime::{CommitError, Fence, HeldCommit, RunContext, StagedFile};
 
 /// A run's lifecycle, as the [`Runner`] drives it: `prepare_shards`, `on_start`, `write_shard`
 /// on every shard at once, then `on_finish` with every shard's result, or `on_error` when any
@@ -105,6 +105,15 @@ pub trait Coordinator: Send + Sync + std::fmt::Debug {
     async fn on_finish(&self, run: &RunContext, shards: &[ShardResult]) -> Result<Option<i64>, CoordinatorError> {
         let _ = (run, shards);
         Ok(None)
+    }
+
+    /// Instead of `on_finish`, for a run published together with others (an atomic pipeline's
+    /// step): writes the commit without publishing it, and hands it over for the group's swap
+    /// ([`HeldCommit`]); `None` when there is nothing to commit. The default refuses: only a
+    /// table commit can be held.
+    async fn on_hold(&self, run: &RunContext, shards: &[ShardResult]) -> Result<Option<HeldCommit>, CoordinatorError> {
+        let _ = (run, shards);
+        Err(CoordinatorError::new(self.name(), "this coordinator cannot hold a commit to publish it with other tables"))
     }
 
     /// Called once when the run failed (in `on_start`, a shard, or `on_finish`), or when

@@ -15,6 +15,7 @@
 //! it is `committing` it rolls back; from then on the commit goes to its end, so a run is never
 //! left half-committed.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,10 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use tokio_util::sync::CancellationToken;
 
-use super::{Coordinator, CoordinatorError, Fence, Resolution, RunContext, RunJob, RunOrigin, RunReport, ShardResult};
+use super::{
+    CommitError, Coordinator, CoordinatorError, Fence, HeldCommit, Resolution, RunContext, RunJob, RunOrigin,
+    RunReport, ShardResult,
+};
 use crate::events::{EventLog, RunEvent};
 use crate::ledger::{Ledger, LedgerError, NewRun, RunRecord, RunStatus, ShardTotals};
 use crate::runtime::{self, ShardError};
@@ -136,6 +140,23 @@ pub enum RunError {
         /// The coordinator's error.
         source: CoordinatorError,
     },
+    /// Held runs could not be published together ([`Runner::publish_together`]).
+    #[error(
+        "publishing {targets} together failed: {error}; {}",
+        if *.rolled_back {
+            "no table was published, and every run was rolled back"
+        } else {
+            "whether the catalog took it is unknown: the runs are left committing, and recovery settles all of them alike (sluice recover)"
+        }
+    )]
+    Publish {
+        /// The tables.
+        targets: String,
+        /// Why.
+        error: String,
+        /// Whether the runs were rolled back (false: the outcome is unknown).
+        rolled_back: bool,
+    },
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -156,7 +177,7 @@ impl RunError {
             | RunError::Cancelled { run_id, .. }
             | RunError::LeaseLost { run_id, .. }
             | RunError::OutcomeUnknown { run_id, .. } => Some(run_id),
-            RunError::Prepare { .. } | RunError::Ledger(_) => None,
+            RunError::Prepare { .. } | RunError::Publish { .. } | RunError::Ledger(_) => None,
         }
     }
 }
@@ -186,6 +207,39 @@ struct Opened {
     plan: Arc<dyn ExecutionPlan>,
     started: Instant,
     _heartbeat: Heartbeat,
+}
+
+/// A run whose commit is written but held, to be published together with other runs' (an
+/// atomic pipeline's steps): `committing` in the ledger, its lease renewed until
+/// [`Runner::publish_together`] publishes it or [`Runner::release`] rolls it back. Dropped
+/// otherwise, it is left to recovery, which fences it off and deletes what it staged.
+pub struct HeldRun {
+    opened: Opened,
+    totals: ShardTotals,
+    commit: Option<HeldCommit>,
+}
+
+impl HeldRun {
+    /// The run.
+    pub fn run_id(&self) -> &str {
+        self.opened.run.run_id()
+    }
+
+    /// The table it writes.
+    pub fn target(&self) -> &str {
+        self.opened.run.target()
+    }
+
+    /// Its commit, waiting for the swap; `None` when it has nothing to commit.
+    pub fn commit(&self) -> Option<&HeldCommit> {
+        self.commit.as_ref()
+    }
+}
+
+impl std::fmt::Debug for HeldRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldRun").field("run_id", &self.run_id()).field("target", &self.target()).finish()
+    }
 }
 
 /// Every shard has written its files.
@@ -297,10 +351,27 @@ impl Runner {
     /// token does: before the commit it rolls back (recorded `cancelled`, staged files deleted);
     /// a commit under way goes to its end. Either way the run is settled in the background.
     pub async fn run(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
+        self.in_task(job, |runner, job| async move { runner.drive(job, task_ctx).await }).await
+    }
+
+    /// Runs `job` up to its commit, which is written but not published: the run is held, to be
+    /// published together with others ([`Runner::publish_together`]) or rolled back
+    /// ([`Runner::release`]). Cancelled (or dropped) before that, it rolls back as in
+    /// [`Runner::run`].
+    pub async fn hold(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<HeldRun, RunError> {
+        self.in_task(job, |runner, job| async move { runner.drive_held(job, task_ctx).await }).await
+    }
+
+    /// Drives `job` in a task of its own, cancelled when this future is dropped.
+    async fn in_task<T, F, Fut>(&self, job: RunJob, drive: F) -> Result<T, RunError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Runner, RunJob) -> Fut,
+        Fut: Future<Output = Result<T, RunError>> + Send + 'static,
+    {
         let target = job.target.clone();
         let cancel_on_drop = job.cancel.clone().drop_guard();
-        let runner = self.clone();
-        let joined = tokio::spawn(async move { runner.drive(job, task_ctx).await }).await;
+        let joined = tokio::spawn(drive(self.clone(), job)).await;
         cancel_on_drop.disarm();
         match joined {
             Ok(result) => result,
@@ -308,6 +379,82 @@ impl Runner {
             // The runtime is shutting down: the run stays open for recovery.
             Err(_) => Err(RunError::Cancelled { run_id: "(not recorded)".to_string(), target }),
         }
+    }
+
+    async fn drive_held(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<HeldRun, RunError> {
+        let cancel = job.cancel.clone();
+        let opened = self.open(job, &task_ctx).await?;
+        let staged = self.stage(&opened, task_ctx, &cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(self.cancelled(&opened).await);
+        }
+        // `committing` before the commit is written: from now on recovery fences the run off
+        // (which fails the group's swap) before it deletes anything.
+        let Prepared(Staged { shards, totals }) = self.prepare(&opened, staged).await?;
+        match opened.coordinator.on_hold(&opened.run, &shards).await {
+            Ok(commit) => Ok(HeldRun { opened, totals, commit }),
+            Err(source) => {
+                self.roll_back(&opened, &source.to_string(), RunStatus::Failed).await?;
+                Err(RunError::Coordinator { run_id: opened.run_id(), target: opened.target(), step: "hold", source })
+            }
+        }
+    }
+
+    /// Publishes held runs together: `publish` swaps every held commit in one catalog
+    /// transaction. Then every run is `succeeded`; when the swap certainly did not happen, every
+    /// run is rolled back; when its outcome is unknown, every run is left `committing`, and
+    /// recovery settles them all alike (the swap was one transaction: each run is in its
+    /// table's history, or none is). `label` names the group for the failpoints
+    /// `before-publish` (failing: all rolled back) and `after-publish` (as a crash right after
+    /// the transaction: the ledger is not told).
+    pub async fn publish_together<F, Fut>(
+        &self,
+        label: &str,
+        held: Vec<HeldRun>,
+        publish: F,
+    ) -> Result<Vec<RunReport>, RunError>
+    where
+        F: FnOnce(Vec<HeldCommit>) -> Fut,
+        Fut: Future<Output = Result<(), CommitError>>,
+    {
+        let targets = held.iter().map(|h| format!("`{}`", h.target())).collect::<Vec<_>>().join(", ");
+        let commits: Vec<HeldCommit> = held.iter().filter_map(|h| h.commit.clone()).collect();
+        let outcome = match crate::failpoint::check("before-publish", label) {
+            Err(failpoint) => Err(CommitError::Refused(format!("injected failure at failpoint `{failpoint}`").into())),
+            Ok(()) if commits.is_empty() => Ok(()),
+            Ok(()) => publish(commits).await,
+        };
+        if let Err(e) = outcome {
+            let (error, rolled_back) = (e.to_string(), e.nothing_landed());
+            if rolled_back {
+                self.release(held, &error, RunStatus::Failed).await?;
+            }
+            return Err(RunError::Publish { targets, error, rolled_back });
+        }
+        if let Err(failpoint) = crate::failpoint::check("after-publish", label) {
+            let error = format!("stopped by failpoint `{failpoint}` after the catalog transaction");
+            return Err(RunError::Publish { targets, error, rolled_back: false });
+        }
+        let mut reports = Vec::with_capacity(held.len());
+        for HeldRun { opened, totals, commit } in held {
+            let snapshot_id = commit.map(|c| c.snapshot_id);
+            self.ledger.run_succeeded(&opened.run_id(), snapshot_id, totals).await?;
+            self.closed(&opened.run_id(), snapshot_id, totals, opened.elapsed_ms()).await;
+            reports.push(report(&opened, totals, snapshot_id));
+        }
+        Ok(reports)
+    }
+
+    /// Rolls held runs back (recorded `status`, with `error`): another run of their group
+    /// failed, or the group was cancelled.
+    pub async fn release(&self, held: Vec<HeldRun>, error: &str, status: RunStatus) -> Result<(), RunError> {
+        let mut first_failure = None;
+        for run in held {
+            if let Err(e) = self.roll_back(&run.opened, error, status).await {
+                first_failure.get_or_insert(e);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     async fn drive(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
@@ -453,18 +600,7 @@ impl Runner {
         self.ledger.run_succeeded(&run_id, snapshot_id, totals).await?;
         self.closed(&run_id, snapshot_id, totals, opened.elapsed_ms()).await;
         tracing::info!(%run_id, %target, rows = totals.rows, files = totals.files, ?snapshot_id, "run committed");
-        Ok(RunReport {
-            run_id,
-            pipeline: opened.run.identity().pipeline.clone(),
-            target,
-            shards: opened.run.shards(),
-            rows: totals.rows,
-            files: totals.files,
-            bytes: totals.bytes,
-            snapshot_id,
-            elapsed: opened.started.elapsed(),
-            steps: Vec::new(),
-        })
+        Ok(report(&opened, totals, snapshot_id))
     }
 
     /// One shard's task: the coordinator writes it; the ledger and the events learn how it ended.
@@ -545,5 +681,21 @@ impl Runner {
         self.events.emit(RunEvent::Failed { run_id: run_id.to_string(), error: error.to_string() }).await;
         let status = status.as_str().to_string();
         self.events.emit(RunEvent::Closed { run_id: run_id.to_string(), status, elapsed_ms }).await;
+    }
+}
+
+/// The report of a committed run.
+fn report(opened: &Opened, totals: ShardTotals, snapshot_id: Option<i64>) -> RunReport {
+    RunReport {
+        run_id: opened.run_id(),
+        pipeline: opened.run.identity().pipeline.clone(),
+        target: opened.target(),
+        shards: opened.run.shards(),
+        rows: totals.rows,
+        files: totals.files,
+        bytes: totals.bytes,
+        snapshot_id,
+        elapsed: opened.started.elapsed(),
+        steps: Vec::new(),
     }
 }

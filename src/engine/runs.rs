@@ -174,10 +174,6 @@ impl Engine {
     /// rollbacks deleted are deleted once more, then marked verified.
     pub async fn recover(&self) -> Result<Vec<(RunRecord, Resolution)>> {
         self.require_ledger()?;
-        let pipelines = self.ledger.settle_abandoned_pipeline_runs().await?;
-        if pipelines > 0 {
-            tracing::info!(pipelines, "marked runs of pipelines with steps left by a stopped process failed");
-        }
         let mut settled = Vec::new();
         for record in self.ledger.abandoned_runs().await? {
             // An export's target is the file's absolute path; a table's is `catalog.schema.table`.
@@ -207,6 +203,11 @@ impl Engine {
         }
         for record in self.ledger.leased_runs().await? {
             settled.push((record, Resolution::StillRunning));
+        }
+        // After the write runs: a pipeline run's steps are settled from theirs.
+        let pipelines = self.ledger.settle_abandoned_pipeline_runs().await?;
+        if pipelines > 0 {
+            tracing::info!(pipelines, "settled runs of pipelines with steps left by a stopped process");
         }
         self.verify_deletions().await?;
         Ok(settled)

@@ -11,10 +11,11 @@ use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Output, SCOPE, StatementScope};
-use crate::coordinator::{CANCEL_POLL, RunOrigin, RunReport};
+use crate::catalog::{PendingTables, reading_pending};
+use crate::coordinator::{CANCEL_POLL, HeldCommit, HeldRun, RunError, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::events::RunEvent;
-use crate::ledger::{PipelineRecord, StepTotals};
+use crate::ledger::{PipelineRecord, RunStatus, StepTotals};
 use crate::parser::{CreatePipeline, PipelineStep, Statement};
 use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions};
 use crate::system::{explain_batch, steps_batch};
@@ -27,6 +28,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 enum State {
     Waiting,
     Running,
+    /// Staged, its commit held for the atomic publish.
+    Held,
     Succeeded,
     Failed,
     UpstreamFailed,
@@ -65,7 +68,7 @@ impl Engine {
             StepOptions::parse(&create.name, &step.name, &step.step.options)?;
         }
         if options.atomic {
-            self.refuse_atomic(&create.name, &dag)?;
+            self.check_atomic(&create.name, &dag)?;
         }
         let record = PipelineRecord {
             name: create.name.clone(),
@@ -81,37 +84,53 @@ impl Engine {
         }
     }
 
-    /// `atomic = true` needs one catalog that can swap several tables' metadata in one
-    /// transaction; none can here yet, and each refusal says why for its catalog.
-    fn refuse_atomic(&self, pipeline: &str, dag: &Dag) -> Result<()> {
-        let kind =
-            |step: &DagStep| self.catalog_of(step.target.split('.').next().unwrap_or_default()).map(|c| c.kind());
-        // The step whose catalog could never publish with the others is the one to name.
-        let never = |step: &&DagStep| !matches!(kind(step), Some("iceberg-sql"));
-        if let Some(step) = dag.steps.iter().find(never).or(dag.steps.first()) {
-            let catalog = step.target.split('.').next().unwrap_or_default();
-            let why = match kind(step) {
-                Some("delta") => format!(
-                    "step `{}` writes into Delta catalog `{catalog}`: a folder of Delta tables commits each table's log on its own, so several tables cannot become visible together",
-                    step.name
-                ),
-                Some("iceberg-rest") => format!(
-                    "step `{}` writes into REST catalog `{catalog}`: this version commits one table per request to a REST catalog",
-                    step.name
-                ),
-                Some(_) => format!(
-                    "step `{}` writes into `{}`: publishing several Iceberg tables in one catalog transaction is not built yet",
-                    step.name, step.target
-                ),
-                None => format!("step `{}` writes `{}`, which is not a catalog table", step.name, step.target),
-            };
-            return Err(PipelineError::BadValue {
+    /// `atomic = true` needs every step to be an `INSERT` into a table of one catalog that can
+    /// publish several tables in one transaction; each refusal names the step and says why.
+    fn check_atomic(&self, pipeline: &str, dag: &Dag) -> Result<()> {
+        let catalog_of = |step: &DagStep| self.catalog_of(step.target.split('.').next().unwrap_or_default());
+        let refuse = |why: String| -> Error {
+            PipelineError::BadValue {
                 pipeline: pipeline.to_string(),
                 option: "atomic".into(),
                 value: format!("true ({why})"),
                 expected: "false",
             }
-            .into());
+            .into()
+        };
+        for step in &dag.steps {
+            let Some(catalog) = catalog_of(step) else {
+                return Err(refuse(format!(
+                    "step `{}` writes `{}`, which is not a catalog table",
+                    step.name, step.target
+                )));
+            };
+            if let Err(why) = catalog.can_publish_together() {
+                let kind = match catalog.kind() {
+                    "delta" => "Delta",
+                    "iceberg-rest" => "REST",
+                    other => other,
+                };
+                return Err(refuse(format!(
+                    "step `{}` writes into {kind} catalog `{}`: {why}",
+                    step.name,
+                    catalog.name()
+                )));
+            }
+        }
+        if let [first, ..] = dag.steps.as_slice() {
+            let one = catalog_of(first).map(|c| c.name());
+            if let Some(other) = dag.steps.iter().find(|s| catalog_of(s).map(|c| c.name()) != one) {
+                return Err(refuse(format!(
+                    "steps `{}` and `{}` write into different catalogs: one catalog's transaction cannot publish both",
+                    first.name, other.name
+                )));
+            }
+        }
+        if let Some(step) = dag.steps.iter().find(|s| insert_of(&s.step.statement).is_none()) {
+            return Err(refuse(format!(
+                "step `{}` is not an INSERT: only inserts into existing tables are held and published together",
+                step.name
+            )));
         }
         Ok(())
     }
@@ -149,8 +168,18 @@ impl Engine {
                 }
             })
         };
-        let result = self.schedule(name, &run_id, &dag, options, &cancel).await;
+        let result = match self.schedule(name, &run_id, &dag, options, &cancel).await {
+            Ok((states, held)) if options.atomic => self.publish_steps(name, &run_id, &dag, states, held).await,
+            other => other.map(|(states, _)| states),
+        };
         heartbeat.abort();
+        let result = match result {
+            // Left `publishing`, its steps `running`: recovery settles them from their runs.
+            Err(Error::Run(e)) if matches!(e.as_ref(), RunError::Publish { rolled_back: false, .. }) => {
+                return Err(Error::Run(e));
+            }
+            other => other,
+        };
         let (status, error) = match &result {
             Ok(states) if states.iter().all(|s| *s == State::Succeeded) => ("succeeded", None),
             Ok(_) if cancel.is_cancelled() => ("cancelled", Some("cancelled".to_string())),
@@ -205,7 +234,9 @@ impl Engine {
     }
 
     /// Starts every step whose dependencies committed (at most `max_parallel_steps` at once)
-    /// until none is left to start; returns how each ended.
+    /// until none is left to start; returns how each ended, and, in an atomic run, the held
+    /// runs of the steps that staged (a step starts once its dependencies are held, and reads
+    /// their tables as they will be published).
     async fn schedule(
         &self,
         pipeline: &str,
@@ -213,8 +244,10 @@ impl Engine {
         dag: &Dag,
         options: PipelineOptions,
         cancel: &CancellationToken,
-    ) -> Result<Vec<State>> {
+    ) -> Result<(Vec<State>, Vec<(usize, HeldRun)>)> {
         let mut states = vec![State::Waiting; dag.steps.len()];
+        let mut held = Vec::new();
+        let mut pending = PendingTables::new();
         let step_tokens: Vec<CancellationToken> = dag.steps.iter().map(|_| cancel.child_token()).collect();
         let mut running = FuturesUnordered::new();
         let mut stopping = false;
@@ -251,18 +284,26 @@ impl Engine {
             }
             for i in 0..dag.steps.len() {
                 let ready = states[i] == State::Waiting
-                    && dag.steps[i].depends_on.iter().all(|&j| states[j] == State::Succeeded);
+                    && dag.steps[i].depends_on.iter().all(|&j| matches!(states[j], State::Succeeded | State::Held));
                 if ready && running.len() < options.max_parallel_steps {
                     states[i] = State::Running;
                     let step = &dag.steps[i];
                     let token = step_tokens[i].clone();
-                    running.push(async move { (i, self.run_step(pipeline, run_id, step, options, token).await) });
+                    let hold = options.atomic.then(|| pending.clone());
+                    running.push(async move { (i, self.run_step(pipeline, run_id, step, options, token, hold).await) });
                 }
             }
-            let Some((i, outcome)) = running.next().await else { return Ok(states) };
+            let Some((i, outcome)) = running.next().await else { return Ok((states, held)) };
             let step = &dag.steps[i].name;
             match outcome {
-                Ok(report) => {
+                Ok(StepDone::Held(run)) => {
+                    states[i] = State::Held;
+                    if let Some(commit) = run.commit() {
+                        pending.insert(dag.steps[i].target.clone(), commit.provider.clone());
+                    }
+                    held.push((i, *run));
+                }
+                Ok(StepDone::Committed(report)) => {
                     states[i] = State::Succeeded;
                     let totals = StepTotals {
                         rows: report.rows,
@@ -288,7 +329,8 @@ impl Engine {
     }
 
     /// One step, retried up to its `retries` with backoff; a retry of a write reuses the failed
-    /// attempt's run id (its commit looks for the run in the table's history first).
+    /// attempt's run id (its commit looks for the run in the table's history first). With
+    /// `hold` (an atomic run: the tables earlier steps hold), its commit is held, not made.
     async fn run_step(
         &self,
         pipeline: &str,
@@ -296,7 +338,8 @@ impl Engine {
         step: &DagStep,
         options: PipelineOptions,
         cancel: CancellationToken,
-    ) -> Result<RunReport> {
+        hold: Option<PendingTables>,
+    ) -> Result<StepDone> {
         let step_options = StepOptions::parse(pipeline, &step.name, &step.step.options)?;
         let retries = step_options.retries.unwrap_or(options.retries);
         let backoff = step_options.retry_backoff.unwrap_or(options.retry_backoff);
@@ -317,11 +360,12 @@ impl Engine {
             self.events.emit(started).await;
             let scope = StatementScope { cancel: cancel.clone(), ..StatementScope::default() };
             let label = format!("{pipeline}/{}", step.name);
-            let result = SCOPE.scope(scope, Box::pin(self.execute_step(&label, step, shards, retry_of.clone()))).await;
+            let execute = self.execute_step(&label, step, shards, retry_of.clone(), hold.clone());
+            let result = SCOPE.scope(scope, Box::pin(execute)).await;
             let error = match result {
-                Ok(report) => {
-                    self.ledger.step_run(run_id, &step.name, &report.run_id).await?;
-                    return Ok(report);
+                Ok(done) => {
+                    self.ledger.step_run(run_id, &step.name, done.run_id()).await?;
+                    return Ok(done);
                 }
                 Err(e) => e,
             };
@@ -367,31 +411,110 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs one step's statement as pipeline `label` (`pipeline/step`).
+    /// Runs one step's statement as pipeline `label` (`pipeline/step`); with `hold`, an
+    /// `INSERT` planned over the tables earlier steps hold, its commit held.
     async fn execute_step(
         &self,
         label: &str,
         step: &DagStep,
         shards: usize,
         retry_of: Option<(String, i64)>,
-    ) -> Result<RunReport> {
+        hold: Option<PendingTables>,
+    ) -> Result<StepDone> {
         let statement = step.step.statement.as_ref();
-        if let Statement::RunPipeline { name } = statement {
-            return self.run_pipeline(name).await;
-        }
-        if let Statement::DataFusion(df) = statement
-            && let datafusion::sql::parser::Statement::Statement(sql) = df.as_ref()
-            && matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_))
-        {
-            let plan = self.plan_sql_statement(sql.as_ref().clone()).await?;
-            let insert = self.insert_target(plan)?.ok_or_else(|| super::runs::not_a_catalog_insert(label))?;
+        if let Some(sql) = insert_of(&step.step.statement) {
             let origin =
                 RunOrigin { pipeline: Some(label.to_string()), statement: sql.to_string(), retry_of, run_id: None };
-            return self.write(insert, shards, origin).await;
+            let not_catalog = || super::runs::not_a_catalog_insert(label);
+            let Some(pending) = hold else {
+                let plan = self.plan_sql_statement(sql.clone()).await?;
+                let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
+                return Ok(StepDone::Committed(self.write(insert, shards, origin).await?));
+            };
+            let plan = reading_pending(pending, self.plan_sql_statement(sql.clone())).await?;
+            let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
+            return Ok(StepDone::Held(Box::new(self.write_held(insert, shards, origin).await?)));
+        }
+        if hold.is_some() {
+            let message = format!("step `{}` of an atomic pipeline is not an INSERT", step.name);
+            return Err(Error::Unsupported(message));
+        }
+        if let Statement::RunPipeline { name } = statement {
+            return Ok(StepDone::Committed(self.run_pipeline(name).await?));
         }
         // CREATE TABLE ... AS and COPY: a failed one leaves nothing to retry under its id.
         let output = self.execute_statement(statement, &statement.to_string()).await?;
-        output.run.ok_or_else(|| Error::Unsupported(format!("step `{}` wrote nothing", step.name)))
+        let report = output.run.ok_or_else(|| Error::Unsupported(format!("step `{}` wrote nothing", step.name)))?;
+        Ok(StepDone::Committed(report))
+    }
+
+    /// The end of an atomic run: when every step is held, their commits are published in one
+    /// catalog transaction (the pipeline run `publishing` meanwhile); otherwise, or when the
+    /// publish fails, every held step is rolled back. Returns how each step ended.
+    async fn publish_steps(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        dag: &Dag,
+        mut states: Vec<State>,
+        held: Vec<(usize, HeldRun)>,
+    ) -> Result<Vec<State>> {
+        let (indices, runs): (Vec<usize>, Vec<HeldRun>) = held.into_iter().unzip();
+        if states.iter().any(|s| *s != State::Held) {
+            let unfinished: Vec<&str> = dag
+                .steps
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| !matches!(s, State::Held))
+                .map(|(step, _)| step.name.as_str())
+                .collect();
+            let why =
+                format!("not published: the pipeline is atomic, and step(s) {} did not succeed", unfinished.join(", "));
+            self.runner.release(runs, &why, RunStatus::Cancelled).await?;
+            for i in indices {
+                states[i] = State::Cancelled;
+                self.finish_step(pipeline, run_id, &dag.steps[i].name, "cancelled", StepTotals::default(), Some(&why))
+                    .await?;
+            }
+            return Ok(states);
+        }
+        let catalog = dag.steps.first().and_then(|s| self.catalog_of(s.target.split('.').next().unwrap_or_default()));
+        let catalog =
+            catalog.ok_or_else(|| Error::Unsupported(format!("pipeline `{pipeline}`: no catalog to publish to")))?;
+        self.ledger.pipeline_run_publishing(run_id).await?;
+        let publish = move |commits: Vec<HeldCommit>| async move { catalog.publish_together(&commits).await };
+        let published = self.runner.publish_together(pipeline, runs, publish);
+        match published.await {
+            Ok(reports) => {
+                for (i, report) in indices.into_iter().zip(reports) {
+                    states[i] = State::Succeeded;
+                    let totals = StepTotals {
+                        rows: report.rows,
+                        files: report.files,
+                        bytes: report.bytes,
+                        snapshot_id: report.snapshot_id,
+                    };
+                    self.finish_step(pipeline, run_id, &dag.steps[i].name, "succeeded", totals, None).await?;
+                }
+            }
+            Err(e @ RunError::Publish { rolled_back: true, .. }) => {
+                let error = e.to_string();
+                for i in indices {
+                    states[i] = State::Failed;
+                    self.finish_step(
+                        pipeline,
+                        run_id,
+                        &dag.steps[i].name,
+                        "failed",
+                        StepTotals::default(),
+                        Some(&error),
+                    )
+                    .await?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(states)
     }
 
     /// `EXPLAIN PIPELINE name` of a pipeline with steps: its graph (which steps run together),
@@ -476,6 +599,29 @@ impl Engine {
         let batch = steps_batch(&report.steps);
         Output { run: Some(report), ..Output::rows(batch) }
     }
+}
+
+/// How a step's statement ended: committed, or (atomic runs) held for the publish.
+enum StepDone {
+    Committed(RunReport),
+    Held(Box<HeldRun>),
+}
+
+impl StepDone {
+    /// The write run.
+    fn run_id(&self) -> &str {
+        match self {
+            StepDone::Committed(report) => &report.run_id,
+            StepDone::Held(run) => run.run_id(),
+        }
+    }
+}
+
+/// The SQL of an `INSERT` step.
+fn insert_of(statement: &Statement) -> Option<&datafusion::sql::sqlparser::ast::Statement> {
+    let Statement::DataFusion(df) = statement else { return None };
+    let datafusion::sql::parser::Statement::Statement(sql) = df.as_ref() else { return None };
+    matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_)).then_some(sql.as_ref())
 }
 
 /// `wait`, give or take a fifth, so that retries of many runs do not fall in step.

@@ -14,7 +14,7 @@ use datafusion::logical_expr::DdlStatement;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use datafusion::sql::parser::Statement as DFStatement;
 
-use crate::coordinator::{Coordinator, ExportFormat, FileMerge, RunError, RunJob, RunOrigin, RunReport};
+use crate::coordinator::{Coordinator, ExportFormat, FileMerge, HeldRun, RunError, RunJob, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::paths;
 use crate::planner;
@@ -53,6 +53,13 @@ impl Engine {
     pub(super) async fn write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
         let (job, _) = self.plan_write(insert, shards, origin).await?;
         Ok(self.runner.run(job, self.ctx.state().task_ctx()).await?)
+    }
+
+    /// As [`Engine::write`], up to the commit, which is written and held for a swap together
+    /// with other tables' (an atomic pipeline's step).
+    pub(super) async fn write_held(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<HeldRun> {
+        let (job, _) = self.plan_write(insert, shards, origin).await?;
+        Ok(self.runner.hold(job, self.ctx.state().task_ctx()).await?)
     }
 
     /// The run a write makes, and a line saying what it writes where.

@@ -106,7 +106,8 @@ impl Ledger {
                 sqlx::query(
                     "INSERT INTO pipeline_runs (run_id, pipeline, status, started_at_ms, lease_until_ms)
                      SELECT ?1, ?2, 'running', ?3, ?4 WHERE NOT EXISTS (
-                         SELECT 1 FROM pipeline_runs WHERE pipeline = ?2 AND status = 'running' AND lease_until_ms > ?3)",
+                         SELECT 1 FROM pipeline_runs WHERE pipeline = ?2 AND status IN ('running', 'publishing')
+                                                   AND lease_until_ms > ?3)",
                 )
                 .bind(run_id)
                 .bind(pipeline)
@@ -118,8 +119,10 @@ impl Ledger {
             let open = self
                 .fetch_optional(
                     "opening a pipeline run",
-                    sqlx::query("SELECT run_id FROM pipeline_runs WHERE pipeline = ? AND status = 'running'")
-                        .bind(pipeline),
+                    sqlx::query(
+                        "SELECT run_id FROM pipeline_runs WHERE pipeline = ? AND status IN ('running', 'publishing')",
+                    )
+                    .bind(pipeline),
                 )
                 .await?;
             let run_id = open.map(|r| r.get::<String, _>("run_id")).unwrap_or_default();
@@ -140,7 +143,7 @@ impl Ledger {
             .fetch_optional(
                 "renewing a pipeline run's lease",
                 sqlx::query(
-                    "UPDATE pipeline_runs SET lease_until_ms = ? WHERE run_id = ? AND status = 'running'
+                    "UPDATE pipeline_runs SET lease_until_ms = ? WHERE run_id = ? AND status IN ('running', 'publishing')
                      RETURNING cancel_requested",
                 )
                 .bind(lease_until_ms)
@@ -225,8 +228,20 @@ impl Ledger {
         Ok(())
     }
 
-    /// Pipeline runs whose process stopped renewing their lease are marked failed, with their
-    /// unfinished steps (each step's own write run is settled by run recovery); returns how many.
+    /// An atomic pipeline run starts publishing its steps' held commits, as one group: its step
+    /// runs (`committing`) are published in one catalog transaction, or none is. Recovery
+    /// settles the group from those runs.
+    pub async fn pipeline_run_publishing(&self, run_id: &str) -> Result<()> {
+        let query = sqlx::query("UPDATE pipeline_runs SET status = 'publishing' WHERE run_id = ?");
+        self.execute("marking a pipeline run publishing", query.bind(run_id)).await?;
+        Ok(())
+    }
+
+    /// Settles pipeline runs whose process stopped renewing their lease (after run recovery has
+    /// settled their steps' write runs): an unfinished step whose write run committed is
+    /// `succeeded` with what it committed, a queued one `cancelled`, any other `failed`; the
+    /// pipeline run is `succeeded` when every step is (an atomic run that crashed after its
+    /// catalog transaction), else `failed`. Returns how many were settled.
     pub async fn settle_abandoned_pipeline_runs(&self) -> Result<u64> {
         let now = self.now_ms();
         let error = "abandoned: its process stopped";
@@ -234,19 +249,39 @@ impl Ledger {
             .fetch_all(
                 "listing abandoned pipeline runs",
                 sqlx::query(
-                    "UPDATE pipeline_runs SET status = 'failed', finished_at_ms = ?1, error = ?2, lease_until_ms = NULL
-                     WHERE status = 'running' AND COALESCE(lease_until_ms, 0) < ?1 RETURNING run_id",
+                    "SELECT run_id FROM pipeline_runs
+                     WHERE status IN ('running', 'publishing') AND COALESCE(lease_until_ms, 0) < ?",
                 )
-                .bind(now)
-                .bind(error),
+                .bind(now),
             )
             .await?;
         for row in &abandoned {
-            let query = sqlx::query(
-                "UPDATE steps SET status = CASE status WHEN 'queued' THEN 'cancelled' ELSE 'failed' END,
-                                  finished_at_ms = ?, error = ? WHERE run_id = ? AND status IN ('queued', 'running')",
+            let run_id: String = row.get("run_id");
+            let steps = sqlx::query(
+                "UPDATE steps SET
+                     status = CASE WHEN steps.status = 'queued' THEN 'cancelled'
+                                   WHEN w.run_status = 'succeeded' THEN 'succeeded' ELSE 'failed' END,
+                     rows = CASE WHEN w.run_status = 'succeeded' THEN w.rows ELSE 0 END,
+                     files = CASE WHEN w.run_status = 'succeeded' THEN w.files ELSE 0 END,
+                     bytes = CASE WHEN w.run_status = 'succeeded' THEN w.bytes ELSE 0 END,
+                     snapshot_id = CASE WHEN w.run_status = 'succeeded' THEN w.snapshot_id END,
+                     error = CASE WHEN w.run_status = 'succeeded' AND steps.status <> 'queued' THEN NULL ELSE ?1 END,
+                     finished_at_ms = ?2
+                 FROM (SELECT s.step AS step_name, r.status AS run_status, r.rows, r.files, r.bytes, r.snapshot_id
+                       FROM steps s LEFT JOIN runs r ON r.run_id = s.step_run_id WHERE s.run_id = ?3) AS w
+                 WHERE steps.run_id = ?3 AND steps.step = w.step_name AND steps.status IN ('queued', 'running')",
             );
-            self.execute("settling abandoned steps", query.bind(now).bind(error).bind(row.get::<String, _>("run_id")))
+            self.execute("settling abandoned steps", steps.bind(error).bind(now).bind(&run_id)).await?;
+            let pipeline_run = sqlx::query(
+                "UPDATE pipeline_runs SET
+                     status = CASE WHEN EXISTS (SELECT 1 FROM steps WHERE run_id = ?1 AND status <> 'succeeded')
+                                   THEN 'failed' ELSE 'succeeded' END,
+                     error = CASE WHEN EXISTS (SELECT 1 FROM steps WHERE run_id = ?1 AND status <> 'succeeded')
+                                  THEN ?2 END,
+                     finished_at_ms = ?3, lease_until_ms = NULL
+                 WHERE run_id = ?1",
+            );
+            self.execute("settling an abandoned pipeline run", pipeline_run.bind(&run_id).bind(error).bind(now))
                 .await?;
         }
         Ok(abandoned.len() as u64)

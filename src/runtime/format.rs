@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::TableProvider;
 
 use super::{BoxError, RunContext};
 use crate::table::{PartitionField, RunIdentity, WriteMode};
@@ -35,6 +37,25 @@ pub struct StagedFile {
     pub rows: u64,
     /// Its size in bytes.
     pub bytes: u64,
+}
+
+/// A commit written but not published (an atomic pipeline's step): the table's next metadata
+/// is in place, and only a swap of the catalog's pointer from `from` to `to` — together with the
+/// other tables' swaps, in one catalog transaction — makes it current.
+#[derive(Debug, Clone)]
+pub struct HeldCommit {
+    /// The table's namespace, as the catalog names it.
+    pub namespace: String,
+    /// The table's name.
+    pub table: String,
+    /// The metadata location the table points at now: the swap's expected value.
+    pub from: String,
+    /// The new metadata location.
+    pub to: String,
+    /// The snapshot the new metadata makes current.
+    pub snapshot_id: i64,
+    /// The table as it will be once published: how the run's later steps read it.
+    pub provider: Arc<dyn TableProvider>,
 }
 
 /// Why a commit did not publish the run. The variants say what the caller may do next.
@@ -155,6 +176,17 @@ pub trait TableFormat: TableWriter + 'static {
     /// Where the format can fence (see [`TableWriter::fence`]), every attempt of a fenced-off
     /// run is refused.
     async fn commit(&self, files: Vec<Self::File>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError>;
+
+    /// Writes the commit of `files` (its manifests and metadata, each recorded with the run's
+    /// staged files first) without publishing it, for a swap together with other tables'
+    /// ([`HeldCommit`]). What it wrote is deleted again when it fails. The default refuses: only
+    /// a table behind a catalog pointer that one transaction can swap with others' can hold.
+    async fn hold(&self, files: Vec<Self::File>, run: &RunContext, mode: WriteMode) -> Result<HeldCommit, CommitError> {
+        let _ = (files, run, mode);
+        Err(CommitError::Refused(
+            format!("a {} table cannot hold its commit to publish it with other tables", self.format()).into(),
+        ))
+    }
 }
 
 /// Runs a commit `attempt` again while it loses to concurrent commits ([`CommitError::Conflict`]),

@@ -28,7 +28,7 @@ pub mod format;
 mod sink;
 
 pub use context::RunContext;
-pub use format::{CommitError, Fence, FileWriter, StagedFile, TableFormat, TableWriter};
+pub use format::{CommitError, Fence, FileWriter, HeldCommit, StagedFile, TableFormat, TableWriter};
 pub use sink::{ShardSink, conform};
 
 /// Boxed error from a table-format writer.

@@ -254,19 +254,6 @@ async fn a_table_with_deleted_metadata_breaks_only_itself_and_can_be_dropped() {
     assert_eq!(value(&engine, "SELECT sum(id) FROM lake.s.fine").await, "2");
 }
 
-/// Every file the table's current metadata reaches: metadata files, manifest lists, manifests.
-async fn referenced_metadata(table: &iceberg::table::Table) -> BTreeSet<String> {
-    let metadata = table.metadata();
-    let mut referenced: BTreeSet<String> = metadata.metadata_log().iter().map(|m| m.metadata_file.clone()).collect();
-    referenced.insert(table.metadata_location().unwrap().to_string());
-    for snapshot in metadata.snapshots() {
-        referenced.insert(snapshot.manifest_list().to_string());
-        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
-        referenced.extend(list.entries().iter().map(|m| m.manifest_path.clone()));
-    }
-    referenced.into_iter().map(|l| l.trim_start_matches("file://").to_string()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commits_that_lose_a_race_leave_no_unreferenced_metadata() {
     let home = tempfile::tempdir().unwrap();
@@ -296,7 +283,7 @@ async fn commits_that_lose_a_race_leave_no_unreferenced_metadata() {
     let table = table(&engine, "s", "t").await;
     let on_disk: BTreeSet<String> =
         files_under(&home.path().join("warehouse/s/t/metadata")).into_iter().map(|f| f.display().to_string()).collect();
-    let referenced = referenced_metadata(&table).await;
+    let referenced = crate::support::referenced_files(&table).await;
     let unreferenced: Vec<_> = on_disk.difference(&referenced).collect();
     assert!(unreferenced.is_empty(), "unreferenced metadata: {unreferenced:#?}");
 }

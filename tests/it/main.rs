@@ -1,5 +1,6 @@
 //! Sluice's integration tests: one binary (fast to link), one module per concern.
 
+mod atomic;
 mod cancel;
 mod catalogs;
 mod cli;

@@ -25,6 +25,25 @@ pub async fn table(engine: &Engine, schema: &str, name: &str) -> Table {
     lake(engine).load_table(&TableName::new("lake", schema, name)).await.expect("table loads")
 }
 
+/// Every file the table's metadata reaches: metadata files, manifest lists, manifests, and the
+/// data files of every snapshot (paths without `file://`).
+pub async fn referenced_files(table: &Table) -> std::collections::BTreeSet<String> {
+    let metadata = table.metadata();
+    let mut referenced: std::collections::BTreeSet<String> =
+        metadata.metadata_log().iter().map(|m| m.metadata_file.clone()).collect();
+    referenced.insert(table.metadata_location().unwrap().to_string());
+    for snapshot in metadata.snapshots() {
+        referenced.insert(snapshot.manifest_list().to_string());
+        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        for manifest_file in list.entries() {
+            referenced.insert(manifest_file.manifest_path.clone());
+            let manifest = manifest_file.load_manifest(table.file_io()).await.unwrap();
+            referenced.extend(manifest.entries().iter().map(|e| e.data_file().file_path().to_string()));
+        }
+    }
+    referenced.into_iter().map(|l| l.trim_start_matches("file://").to_string()).collect()
+}
+
 /// Number of snapshots in the table's history.
 pub fn snapshot_count(table: &Table) -> usize {
     table.metadata().snapshots().count()

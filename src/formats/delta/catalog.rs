@@ -190,6 +190,12 @@ impl LakeCatalog for DeltaCatalog {
         &self.name
     }
 
+    fn can_publish_together(&self) -> std::result::Result<(), &'static str> {
+        Err(
+            "a folder of Delta tables commits each table's log on its own, so several tables cannot become visible together",
+        )
+    }
+
     fn kind(&self) -> &'static str {
         "delta"
     }

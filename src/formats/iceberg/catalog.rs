@@ -28,7 +28,7 @@ use crate::catalog::{
     CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, check_columns, check_partitioning,
     check_schema_name, names,
 };
-use crate::coordinator::CommitTarget;
+use crate::coordinator::{CommitError, CommitTarget, HeldCommit};
 use crate::paths;
 use crate::table::{PartitionField, TableName, Transform};
 
@@ -61,6 +61,43 @@ impl MetadataPointer {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Swaps every held commit's pointer in one transaction, each only if its table still points
+    /// where the commit was built from: all swapped, or none.
+    pub async fn swap_all(&self, commits: &[HeldCommit]) -> std::result::Result<(), CommitError> {
+        let failed = |e: sqlx::Error| CommitError::Refused(format!("the catalog transaction failed: {e}").into());
+        let mut transaction = self.pool.begin().await.map_err(failed)?;
+        for commit in commits {
+            let done = sqlx::query(
+                "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2
+                 WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6",
+            )
+            .bind(&commit.to)
+            .bind(&commit.from)
+            .bind(&self.catalog)
+            .bind(&commit.namespace)
+            .bind(&commit.table)
+            .bind(&commit.from)
+            .execute(&mut *transaction)
+            .await
+            .map_err(failed)?;
+            if done.rows_affected() != 1 {
+                transaction.rollback().await.map_err(failed)?;
+                return Err(CommitError::Conflict(
+                    format!(
+                        "`{}.{}` changed while the run staged it (another commit landed first); no table was published",
+                        commit.namespace, commit.table
+                    )
+                    .into(),
+                ));
+            }
+        }
+        // Only the commit's own answer can be lost with the commit made.
+        transaction
+            .commit()
+            .await
+            .map_err(|e| CommitError::OutcomeUnknown(format!("the catalog transaction's commit failed: {e}").into()))
     }
 }
 
@@ -339,6 +376,22 @@ fn iceberg_type(data_type: &DataType) -> DataType {
 impl LakeCatalog for IcebergCatalog {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn can_publish_together(&self) -> std::result::Result<(), &'static str> {
+        match self.pointer {
+            Some(_) => Ok(()),
+            None => Err("a REST catalog takes one table's commit per request in this version"),
+        }
+    }
+
+    async fn publish_together(&self, commits: &[HeldCommit]) -> std::result::Result<(), CommitError> {
+        match &self.pointer {
+            Some(pointer) => pointer.swap_all(commits).await,
+            None => Err(CommitError::Refused(
+                format!("catalog `{}`: {}", self.name, self.can_publish_together().unwrap_err()).into(),
+            )),
+        }
     }
 
     fn kind(&self) -> &'static str {

@@ -13,7 +13,7 @@ use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 
 use super::inspect;
-use crate::catalog::{MetadataTable, TableRequest};
+use crate::catalog::{MetadataTable, TableRequest, pending_table};
 use crate::table::TableName;
 
 /// One Iceberg namespace seen as a DataFusion schema.
@@ -42,7 +42,11 @@ impl SchemaProvider for IcebergSchema {
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         let request = TableRequest::parse(name);
         let base = request.base();
-        TableName::new(&self.catalog, &self.schema, base).check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let name = TableName::new(&self.catalog, &self.schema, base);
+        name.check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        if let (TableRequest::Current(_), Some(pending)) = (&request, pending_table(&name)) {
+            return Ok(Some(pending));
+        }
         let table = match self
             .inner
             .load_table(&TableIdent::new(NamespaceIdent::new(self.schema.clone()), base.into()))

@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use iceberg::io::FileIO;
 use iceberg::spec::{
@@ -28,10 +29,11 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableIdent};
+use iceberg_datafusion::IcebergStaticTableProvider;
 
 use super::catalog::MetadataPointer;
 use super::writer::{PIPELINE_PROPERTY, RUN_ID_PROPERTY};
-use crate::runtime::{BoxError, CommitError, RunContext};
+use crate::runtime::{BoxError, CommitError, HeldCommit, RunContext};
 use crate::table::{RunIdentity, WriteMode};
 
 /// Which live files a commit replaces.
@@ -116,15 +118,66 @@ impl SnapshotCommit<'_> {
     /// Whatever was written is deleted again when the snapshot certainly did not become current.
     pub async fn commit(self, files: Vec<DataFile>) -> Result<i64, CommitError> {
         let mut written = Written { file_io: self.base.file_io(), run: Some(self.run), locations: Vec::new() };
-        let result = self.build_and_swap(files, &mut written).await;
+        let result = async {
+            let (snapshot_id, next) = self.build(files, &mut written).await?;
+            let (base, ident, pointer) = (self.base, self.ident, self.pointer);
+            if !swap(base, ident, pointer, next, &mut written, Some(self.run.target())).await? {
+                return Err(CommitError::Conflict(
+                    format!(
+                        "`{ident}` changed while this {} ran (another commit landed first); nothing was written",
+                        self.mode.as_str()
+                    )
+                    .into(),
+                ));
+            }
+            Ok(snapshot_id)
+        }
+        .await;
         if result.as_ref().is_err_and(CommitError::nothing_landed) {
             written.discard().await;
         }
         result
     }
 
-    async fn build_and_swap(self, files: Vec<DataFile>, written: &mut Written<'_>) -> Result<i64, CommitError> {
-        let SnapshotCommit { base, ident, pointer, run, mode } = self;
+    /// Writes the snapshot and the table's next metadata file, without swapping the pointer:
+    /// the catalog publishes it together with other tables' ([`HeldCommit`]). Whatever was
+    /// written is deleted again when this fails.
+    pub async fn hold(self, files: Vec<DataFile>) -> Result<HeldCommit, CommitError> {
+        let mut written = Written { file_io: self.base.file_io(), run: Some(self.run), locations: Vec::new() };
+        let result = async {
+            let (snapshot_id, next) = self.build(files, &mut written).await?;
+            let from = current_location(self.base)?;
+            let to = write_next(self.base, next.clone(), &mut written).await?;
+            let table = Table::builder()
+                .metadata(next)
+                .metadata_location(to.clone())
+                .identifier(self.ident.clone())
+                .file_io(self.base.file_io().clone())
+                .runtime(iceberg::Runtime::try_current().map_err(refused)?)
+                .readonly(true)
+                .build()
+                .map_err(refused)?;
+            let provider = IcebergStaticTableProvider::try_new_from_table(table).await.map_err(refused)?;
+            Ok(HeldCommit {
+                namespace: self.ident.namespace().join("."),
+                table: self.ident.name().to_string(),
+                from: from.to_string(),
+                to,
+                snapshot_id,
+                provider: Arc::new(provider),
+            })
+        }
+        .await;
+        if result.is_err() {
+            written.discard().await;
+        }
+        result
+    }
+
+    /// Writes the snapshot's manifests and manifest list; returns its id and the table's next
+    /// metadata, which makes it current.
+    async fn build(self, files: Vec<DataFile>, written: &mut Written<'_>) -> Result<(i64, TableMetadata), CommitError> {
+        let SnapshotCommit { base, ident, run, mode, .. } = self;
         let metadata = base.metadata();
         let file_io = base.file_io();
         if metadata.format_version() != FormatVersion::V2 {
@@ -134,7 +187,7 @@ impl SnapshotCommit<'_> {
                 metadata.format_version()
             )));
         }
-        let current_location = base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))?;
+        let current_location = current_location(base)?;
         let spec = metadata.default_partition_spec();
         let replaced = match mode {
             WriteMode::Append => Replaced::Nothing,
@@ -236,16 +289,7 @@ impl SnapshotCommit<'_> {
             .build()
             .map_err(error)?
             .metadata;
-        if !swap(base, ident, pointer, next, written, Some(run.target())).await? {
-            return Err(CommitError::Conflict(
-                format!(
-                    "`{ident}` changed while this {} ran (another commit landed first); nothing was written",
-                    mode.as_str()
-                )
-                .into(),
-            ));
-        }
-        Ok(snapshot_id)
+        Ok((snapshot_id, next))
     }
 }
 
@@ -260,17 +304,28 @@ async fn swap(
     written: &mut Written<'_>,
     failpoints: Option<&str>,
 ) -> Result<bool, CommitError> {
-    let current = base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))?;
-    let next_location = MetadataLocation::from_str(current).map_err(refused)?.with_next_version();
-    written.add(next_location.to_string()).await?;
-    next.write_to(base.file_io(), &next_location).await.map_err(refused)?;
+    let current = current_location(base)?;
+    let next_location = write_next(base, next, written).await?;
     if let Some(target) = failpoints {
         crate::failpoint::check("commit-stall", target).map_err(refused)?;
     }
     pointer
-        .swap(ident, current, &next_location.to_string())
+        .swap(ident, current, &next_location)
         .await
         .map_err(|e| CommitError::OutcomeUnknown(format!("catalog update failed: {e}").into()))
+}
+
+/// The metadata location the catalog points `base` at.
+fn current_location(base: &Table) -> Result<&str, CommitError> {
+    base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))
+}
+
+/// Writes `next` as the metadata file after `base`'s (recorded first); returns its location.
+async fn write_next(base: &Table, next: TableMetadata, written: &mut Written<'_>) -> Result<String, CommitError> {
+    let next_location = MetadataLocation::from_str(current_location(base)?).map_err(refused)?.with_next_version();
+    written.add(next_location.to_string()).await?;
+    next.write_to(base.file_io(), &next_location).await.map_err(refused)?;
+    Ok(next_location.to_string())
 }
 
 /// Sets table properties by a metadata swap, as a commit would (recovery's fence); false when
@@ -281,7 +336,7 @@ pub(super) async fn set_properties(
     pointer: &MetadataPointer,
     properties: HashMap<String, String>,
 ) -> Result<bool, CommitError> {
-    let current = base.metadata_location().ok_or_else(|| refused("the table has no metadata location"))?;
+    let current = current_location(base)?;
     let next = TableMetadataBuilder::new_from_metadata(base.metadata().clone(), Some(current.to_string()))
         .set_properties(properties)
         .map_err(refused)?

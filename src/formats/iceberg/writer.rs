@@ -39,7 +39,9 @@ use iceberg::{Catalog, TableIdent};
 use super::catalog::MetadataPointer;
 use super::snapshot::{self, SnapshotCommit};
 use crate::runtime::format::{DICTIONARY_PAGE_BYTES, retry_conflicts, split_rows};
-use crate::runtime::{BoxError, CommitError, Fence, FileWriter, RunContext, StagedFile, TableFormat, TableWriter};
+use crate::runtime::{
+    BoxError, CommitError, Fence, FileWriter, HeldCommit, RunContext, StagedFile, TableFormat, TableWriter,
+};
 use crate::table::{PartitionField, RunIdentity, Transform, WriteMode};
 
 /// Snapshot summary key holding the run id.
@@ -425,6 +427,30 @@ impl TableFormat for IcebergTableWriter {
             }
         };
         retry_conflicts(COMMIT_ATTEMPTS_MAX, &identity.run_id, &self.ident.to_string(), attempt).await
+    }
+
+    /// The hand-built snapshot and next metadata file of an Iceberg v2 table in a SQL catalog,
+    /// for the catalog to swap in with other tables' in one transaction. An append builds on
+    /// the table as it is now, an overwrite on the table as the run found it; either way the
+    /// swap expects that metadata still current, so a commit that lands meanwhile fails the
+    /// group.
+    async fn hold(&self, files: Vec<DataFile>, run: &RunContext, mode: WriteMode) -> Result<HeldCommit, CommitError> {
+        let Some(pointer) = &self.pointer else {
+            return Err(CommitError::Refused(
+                format!("`{}` is in a REST catalog, which commits one table per request", self.ident).into(),
+            ));
+        };
+        let table = match mode {
+            WriteMode::Append => self.load().await.map_err(CommitError::Refused)?,
+            _ => self.base.clone(),
+        };
+        if let Some(snapshot_id) = snapshot_of_run(&table, &run.identity().run_id) {
+            return Err(CommitError::Refused(
+                format!("run {} already committed snapshot {snapshot_id} of `{}`", run.run_id(), self.ident).into(),
+            ));
+        }
+        check_not_fenced(&table, run.identity())?;
+        SnapshotCommit { base: &table, ident: &self.ident, pointer, run, mode }.hold(files).await
     }
 }
 
