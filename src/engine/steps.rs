@@ -3,6 +3,18 @@
 //! today's coordinator (its own shards and commit) recorded under the pipeline run in
 //! `sluice.steps`; retries with backoff under the step's run identity; `on_failure`; cancel (the
 //! statement's token, or `CANCEL RUN` from any process, seen at the run's heartbeat).
+//!
+//! `atomic = true` (one Iceberg SQL catalog, `INSERT` steps only):
+//!
+//! ```text
+//!  each step: shards stage ─► ledger: committing ─► manifests + next metadata written (held)
+//!             later steps plan over the held tables (catalog::reading_pending)
+//!  every step held ─► pipeline run `publishing` ─► ONE catalog transaction swaps every pointer
+//!                                                   ─► every write run succeeded
+//!  any step failed / cancelled / the swap refused ─► every held run rolled back (nothing visible)
+//!  a crash anywhere ─► recovery settles each write run from its table's history (fencing the
+//!                      ones not there): the transaction landed for all of them or for none
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -547,10 +559,14 @@ impl Engine {
         let mut rows = vec![(
             "pipeline".to_string(),
             format!(
-                "{} step(s), at most {} at once, on_failure = {:?}\n{}",
+                "{} step(s), at most {} at once, on_failure = {:?}{}\n{}",
                 dag.steps.len(),
                 options.max_parallel_steps,
                 options.on_failure,
+                match options.atomic {
+                    true => ", atomic: every step's commit held, all published in one catalog transaction",
+                    false => "",
+                },
                 graph.join("\n")
             ),
         )];

@@ -272,3 +272,33 @@ async fn a_commit_that_lands_before_the_transaction_fails_the_whole_group() {
     assert_eq!(statuses(&engine).await, ("failed".into(), vec!["failed".to_string(); 4]));
     no_orphans(&engine, home.path(), "ac").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steps_in_two_catalogs_cannot_be_atomic() {
+    let home = tempfile::tempdir().unwrap();
+    let other = sluice::catalog::IcebergSqlConfig {
+        uri: format!("sqlite:{}", home.path().join("other.db").display()),
+        warehouse: home.path().join("other").display().to_string(),
+    };
+    let engine = Engine::builder()
+        .home(home.path())
+        .catalog("other", sluice::catalog::CatalogConfig::IcebergSql(other))
+        .build()
+        .await
+        .unwrap();
+    engine
+        .sql("CREATE SCHEMA lake.s; CREATE TABLE lake.s.t (id BIGINT); CREATE SCHEMA other.s; CREATE TABLE other.s.t (id BIGINT)")
+        .await
+        .unwrap();
+    let error = engine
+        .sql(
+            "CREATE PIPELINE both_lakes WITH (atomic = true) AS BEGIN
+               STEP here AS INSERT INTO lake.s.t SELECT 1; STEP there AS INSERT INTO other.s.t SELECT 2; END",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    let expected =
+        "steps `here` and `there` write into different catalogs: one catalog's transaction cannot publish both";
+    assert!(error.contains(expected), "{error}");
+}

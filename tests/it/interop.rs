@@ -116,6 +116,32 @@ async fn pyiceberg_and_duckdb_read_exactly_what_sluice_wrote() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyiceberg_and_duckdb_read_the_tables_an_atomic_pipeline_published_together() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA lake.together;
+             CREATE TABLE lake.together.events ({TYPED_COLUMNS});
+             CREATE TABLE lake.together.thirds ({TYPED_COLUMNS}) PARTITIONED BY (flag);
+             CREATE PIPELINE together WITH (atomic = true) AS BEGIN
+               STEP events AS INSERT INTO lake.together.events {rows};
+               STEP thirds AS INSERT INTO lake.together.thirds SELECT * FROM lake.together.events WHERE id % 3 = 0;
+             END;",
+            rows = typed_rows(6_000),
+        ))
+        .await
+        .unwrap();
+    let report = engine.run_pipeline("together").await.unwrap();
+    assert!(report.steps.iter().all(|s| s.status == "succeeded"), "{:?}", report.steps);
+    let home_dir = engine.home().as_os_str().to_owned();
+    for (table, rows) in [("events", 6_000), ("thirds", 2_000)] {
+        let args: Vec<&OsStr> = vec!["iceberg".as_ref(), home_dir.as_os_str(), "together".as_ref(), table.as_ref()];
+        readers_agree(&engine, &format!("lake.together.{table}"), &args, rows).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
     let home = tempfile::tempdir().unwrap();
     let root = home.path().join("delta-root");
