@@ -84,6 +84,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod planner;
 pub mod runtime;
+pub mod scheduler;
 pub mod suggest;
 pub mod system;
 pub mod table;

@@ -38,6 +38,7 @@ impl Engine {
                 | Statement::ShowPipelines
                 | Statement::DescribePipeline { .. }
                 | Statement::DropPipeline { .. }
+                | Statement::AlterPipeline { .. }
                 | Statement::ShowRuns { .. }
         );
         if needs_ledger {
@@ -54,10 +55,13 @@ impl Engine {
                 Ok(if report.steps.is_empty() { Output::run(report) } else { Self::steps_output(report) })
             }
             Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
+            Statement::AlterPipeline { name, change } => self.alter_pipeline(name, change).await,
             Statement::CancelRun { run_id } => self.cancel_run(run_id).await,
             Statement::RetryRun { run_id } => Ok(Output::run(self.retry_run(run_id).await?)),
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch())),
-            Statement::ShowPipelines => Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?))),
+            Statement::ShowPipelines => {
+                Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?, self.clock.now_ms())))
+            }
             Statement::DescribePipeline { name } => self.describe_pipeline(name).await,
             Statement::DropPipeline { name, if_exists } => {
                 if !self.ledger.drop_pipeline(name).await? && !if_exists {
@@ -249,18 +253,8 @@ impl Engine {
         let plan = self.plan_sql_statement(body.as_ref().clone()).await?;
         let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
         options.write_mode(&create.name, insert.mode)?;
-        let record = PipelineRecord {
-            name: create.name.clone(),
-            definition: statement.to_string(),
-            target: insert.table.to_string(),
-            shards: options.shards,
-            created_at_ms: self.clock.now_ms(),
-            catalog_file: self.catalog_files.get(&insert.table.catalog).map(|f| f.display().to_string()),
-        };
-        match self.ledger.save_pipeline(&record, create.or_replace).await {
-            Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),
-            other => other.map(|_| Output::empty()).map_err(Into::into),
-        }
+        let catalog_file = self.catalog_files.get(&insert.table.catalog).map(|f| f.display().to_string());
+        self.save_pipeline(create, statement, insert.table.to_string(), options.shards, catalog_file).await
     }
 
     /// "pipeline does not exist", with the name of a near one.

@@ -30,6 +30,7 @@ mod diagnose;
 mod dispatch;
 mod doctor;
 mod runs;
+mod schedules;
 mod steps;
 mod write;
 

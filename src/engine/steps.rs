@@ -27,7 +27,7 @@ use crate::catalog::{PendingTables, reading_pending};
 use crate::coordinator::{CANCEL_POLL, HeldCommit, HeldRun, RunError, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::events::RunEvent;
-use crate::ledger::{PipelineRecord, RunStatus, StepTotals};
+use crate::ledger::{RunStatus, StepTotals};
 use crate::parser::{CreatePipeline, PipelineStep, Statement};
 use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions};
 use crate::system::{explain_batch, steps_batch};
@@ -82,18 +82,8 @@ impl Engine {
         if options.atomic {
             self.check_atomic(&create.name, &dag)?;
         }
-        let record = PipelineRecord {
-            name: create.name.clone(),
-            definition: statement.to_string(),
-            target: dag.steps.iter().map(|s| s.target.as_str()).collect::<Vec<_>>().join(", "),
-            shards: options.shards,
-            created_at_ms: self.clock.now_ms(),
-            catalog_file: None,
-        };
-        match self.ledger.save_pipeline(&record, create.or_replace).await {
-            Err(crate::ledger::LedgerError::PipelineExists(_)) if create.if_not_exists => Ok(Output::empty()),
-            other => other.map(|_| Output::empty()).map_err(Into::into),
-        }
+        let target = dag.steps.iter().map(|s| s.target.as_str()).collect::<Vec<_>>().join(", ");
+        self.save_pipeline(create, statement, target, options.shards, None).await
     }
 
     /// `atomic = true` needs every step to be an `INSERT` into a table of one catalog that can

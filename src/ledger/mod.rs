@@ -190,6 +190,12 @@ CREATE TABLE IF NOT EXISTS steps (
 );
 "#;
 
+/// A pipeline's columns, and the status of its latest run (a write run, or a run of its steps).
+const PIPELINE_COLUMNS: &str = "p.*, (SELECT status FROM (
+        SELECT status, started_at_ms FROM runs WHERE pipeline = p.name
+        UNION ALL SELECT status, started_at_ms FROM pipeline_runs WHERE pipeline = p.name
+    ) ORDER BY started_at_ms DESC LIMIT 1) AS last_status";
+
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path`, after SQLite's quick integrity check: a
     /// damaged file is reported as [`LedgerError::Damaged`], not met halfway through a run.
@@ -252,9 +258,17 @@ impl Ledger {
         }
         let columns =
             self.fetch_all("reading the pipelines table", sqlx::query("PRAGMA table_info(pipelines)")).await?;
-        if !columns.iter().any(|c| c.get::<String, _>("name") == "catalog_file") {
-            let add = sqlx::query("ALTER TABLE pipelines ADD COLUMN catalog_file TEXT");
-            self.execute("adding the catalog_file column to pipelines", add).await?;
+        let added = [
+            ("catalog_file", "ALTER TABLE pipelines ADD COLUMN catalog_file TEXT"),
+            ("schedule", "ALTER TABLE pipelines ADD COLUMN schedule TEXT"),
+            ("timezone", "ALTER TABLE pipelines ADD COLUMN timezone TEXT"),
+            ("paused", "ALTER TABLE pipelines ADD COLUMN paused INTEGER NOT NULL DEFAULT 0"),
+            ("schedule_since_ms", "ALTER TABLE pipelines ADD COLUMN schedule_since_ms INTEGER"),
+        ];
+        for (column, add) in added {
+            if !columns.iter().any(|c| c.get::<String, _>("name") == column) {
+                self.execute("adding a column to pipelines", sqlx::query(add)).await?;
+            }
         }
         Ok(())
     }
@@ -303,7 +317,9 @@ impl Ledger {
     pub async fn save_pipeline(&self, pipeline: &PipelineRecord, replace: bool) -> Result<()> {
         let verb = if replace { "INSERT OR REPLACE" } else { "INSERT" };
         let result = sqlx::query(&format!(
-            "{verb} INTO pipelines (name, definition, target, shards, created_at_ms, catalog_file) VALUES (?, ?, ?, ?, ?, ?)"
+            "{verb} INTO pipelines (name, definition, target, shards, created_at_ms, catalog_file, schedule, timezone,
+                                    paused, schedule_since_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&pipeline.name)
         .bind(&pipeline.definition)
@@ -311,6 +327,10 @@ impl Ledger {
         .bind(pipeline.shards.map(|s| s as i64))
         .bind(pipeline.created_at_ms)
         .bind(&pipeline.catalog_file)
+        .bind(pipeline.schedule.as_ref().map(|(cron, _)| cron))
+        .bind(pipeline.schedule.as_ref().and_then(|(_, zone)| zone.as_ref()))
+        .bind(pipeline.paused)
+        .bind(pipeline.schedule_since_ms)
         .execute(&self.pool)
         .await;
         match result {
@@ -324,15 +344,37 @@ impl Ledger {
     /// The pipeline called `name`, if any.
     pub async fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>> {
         let row = self
-            .fetch_optional("reading a pipeline", sqlx::query("SELECT * FROM pipelines WHERE name = ?").bind(name))
+            .fetch_optional(
+                "reading a pipeline",
+                sqlx::query(&format!("SELECT {PIPELINE_COLUMNS} FROM pipelines p WHERE name = ?")).bind(name),
+            )
             .await?;
         Ok(row.map(|r| pipeline_from_row(&r)))
     }
 
     /// All pipelines, by name.
     pub async fn pipelines(&self) -> Result<Vec<PipelineRecord>> {
-        let rows = self.fetch_all("listing pipelines", sqlx::query("SELECT * FROM pipelines ORDER BY name")).await?;
+        let query = format!("SELECT {PIPELINE_COLUMNS} FROM pipelines p ORDER BY name");
+        let rows = self.fetch_all("listing pipelines", sqlx::query(&query)).await?;
         Ok(rows.iter().map(pipeline_from_row).collect())
+    }
+
+    /// Saves a pipeline's new definition, schedule and pause state (`ALTER PIPELINE`); false
+    /// when there is no such pipeline.
+    pub async fn alter_pipeline(&self, pipeline: &PipelineRecord) -> Result<bool> {
+        let query = sqlx::query(
+            "UPDATE pipelines SET definition = ?, shards = ?, schedule = ?, timezone = ?, paused = ?,
+                                  schedule_since_ms = ?
+             WHERE name = ?",
+        )
+        .bind(&pipeline.definition)
+        .bind(pipeline.shards.map(|s| s as i64))
+        .bind(pipeline.schedule.as_ref().map(|(cron, _)| cron))
+        .bind(pipeline.schedule.as_ref().and_then(|(_, zone)| zone.as_ref()))
+        .bind(pipeline.paused)
+        .bind(pipeline.schedule_since_ms)
+        .bind(&pipeline.name);
+        Ok(self.execute("altering a pipeline", query).await? == 1)
     }
 
     /// Removes a pipeline (its runs stay in the history); false when there was none.

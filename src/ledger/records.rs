@@ -66,6 +66,14 @@ pub struct PipelineRecord {
     /// The catalog file its target's catalog was declared in, when not the home's own catalog
     /// (named when a later process runs the pipeline without it).
     pub catalog_file: Option<String>,
+    /// When `sluice serve` runs it: the cron expression and time zone, if scheduled.
+    pub schedule: Option<(String, Option<String>)>,
+    /// Paused (`ALTER PIPELINE ... PAUSE`): the scheduler leaves it alone.
+    pub paused: bool,
+    /// Since when its schedule counts (ms since the epoch): due times before it are not owed.
+    pub schedule_since_ms: Option<i64>,
+    /// The status of its latest run, if it ran (read from the runs; not written).
+    pub last_status: Option<String>,
 }
 
 impl PipelineRecord {
@@ -181,6 +189,10 @@ pub(super) fn pipeline_from_row(r: &SqliteRow) -> PipelineRecord {
         shards: r.get::<Option<i64>, _>("shards").map(|s| s as usize),
         created_at_ms: r.get("created_at_ms"),
         catalog_file: r.get("catalog_file"),
+        schedule: r.get::<Option<String>, _>("schedule").map(|cron| (cron, r.get("timezone"))),
+        paused: r.get::<i64, _>("paused") != 0,
+        schedule_since_ms: r.get("schedule_since_ms"),
+        last_status: r.get("last_status"),
     }
 }
 

@@ -17,8 +17,10 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use crate::table::{PartitionField, Transform};
 
+mod schedule;
 mod steps;
 
+pub use schedule::{AlterPipeline, ScheduleClause};
 pub use steps::{PipelineBody, PipelineStep};
 
 /// A syntax error, with the line and column (1-based) where the parser gave up.
@@ -65,6 +67,13 @@ pub enum Statement {
     DataFusion(Box<DFStatement>),
     /// Extension: `CREATE [OR REPLACE] PIPELINE [IF NOT EXISTS] name [WITH (key = value, ...)] AS INSERT ...`
     CreatePipeline(CreatePipeline),
+    /// Extension: `ALTER PIPELINE name SET SCHEDULE ... | DROP SCHEDULE | PAUSE | RESUME | SET (...)`
+    AlterPipeline {
+        /// The pipeline.
+        name: String,
+        /// What changes.
+        change: AlterPipeline,
+    },
     /// Extension: `RUN PIPELINE name`
     RunPipeline {
         /// The pipeline to run.
@@ -128,6 +137,8 @@ pub struct CreatePipeline {
     pub if_not_exists: bool,
     /// `WITH (key = value)` options, keys lower-cased, values as written.
     pub options: Vec<(String, String)>,
+    /// `SCHEDULE '<cron>' [TIMEZONE '<zone>']`: when `sluice serve` runs it.
+    pub schedule: Option<ScheduleClause>,
     /// What a run does.
     pub body: PipelineBody,
 }
@@ -160,6 +171,9 @@ impl fmt::Display for Statement {
                 }
                 write!(f, "{}", c.name)?;
                 write_options(f, &c.options)?;
+                if let Some(schedule) = &c.schedule {
+                    write!(f, " {schedule}")?;
+                }
                 match &c.body {
                     PipelineBody::Insert(body) => write!(f, " AS {body}"),
                     PipelineBody::Steps(steps) => {
@@ -194,6 +208,7 @@ impl fmt::Display for Statement {
             Statement::DropPipeline { name, if_exists } => {
                 write!(f, "DROP PIPELINE {}{name}", if *if_exists { "IF EXISTS " } else { "" })
             }
+            Statement::AlterPipeline { name, change } => write!(f, "ALTER PIPELINE {name} {change}"),
             Statement::ShowRuns { pipeline: None } => write!(f, "SHOW RUNS"),
             Statement::ShowRuns { pipeline: Some(p) } => write!(f, "SHOW RUNS FOR {p}"),
         }
@@ -342,6 +357,9 @@ impl<'a> SluiceParser<'a> {
         {
             return Ok(statement);
         }
+        if is_keyword(&t0, Keyword::ALTER) && is_word(&t1, "PIPELINE") {
+            return self.parse_alter_pipeline();
+        }
         if is_word(&t0, "RUN") && is_word(&t1, "PIPELINE") {
             self.skip(2);
             return Ok(Statement::RunPipeline { name: self.parse_name()? });
@@ -421,11 +439,19 @@ impl<'a> SluiceParser<'a> {
         let if_not_exists = self.df.parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = self.parse_name()?;
         let options = self.parse_with_options()?;
+        let schedule = self.parse_schedule_clause()?;
         let parsed = self.df.parser.expect_keyword(Keyword::AS);
         self.wrap(parsed)?;
         if is_keyword(&self.df.parser.peek_token_ref().token, Keyword::BEGIN) {
             let body = PipelineBody::Steps(self.parse_steps()?);
-            return Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, body }));
+            return Ok(Statement::CreatePipeline(CreatePipeline {
+                name,
+                or_replace,
+                if_not_exists,
+                options,
+                schedule,
+                body,
+            }));
         }
         let body_at = self.here();
         let parsed = self.df.parser.parse_statement();
@@ -439,25 +465,31 @@ impl<'a> SluiceParser<'a> {
             ));
         }
         let body = PipelineBody::Insert(Box::new(body));
-        Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, body }))
+        Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, schedule, body }))
     }
 
     /// `[WITH (key = value, ...)]`: keys lower-cased, each given once.
     fn parse_with_options(&mut self) -> Result<Vec<(String, String)>, ParseError> {
+        self.parse_keyword_options(Keyword::WITH)
+    }
+
+    /// `[<keyword> (key = value, ...)]`: keys lower-cased, each given once.
+    fn parse_keyword_options(&mut self, keyword: Keyword) -> Result<Vec<(String, String)>, ParseError> {
         let options_at = self.here();
-        let parsed = self.df.parser.parse_options(Keyword::WITH);
+        let parsed = self.df.parser.parse_options(keyword);
         let options = self.wrap(parsed)?;
         let options = options
             .into_iter()
             .map(|option| match option {
                 SqlOption::KeyValue { key, value } => Ok((key.value.to_lowercase(), option_value(&value))),
-                other => {
-                    Err(ParseError::at(options_at, format!("expected `key = value` in WITH (...), found: {other}")))
-                }
+                other => Err(ParseError::at(
+                    options_at,
+                    format!("expected `key = value` in {keyword:?} (...), found: {other}"),
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some((key, _)) = options.iter().enumerate().find_map(|(i, o)| options[..i].iter().find(|p| p.0 == o.0)) {
-            return Err(ParseError::at(options_at, format!("option `{key}` is given twice in WITH (...)")));
+            return Err(ParseError::at(options_at, format!("option `{key}` is given twice in {keyword:?} (...)")));
         }
         Ok(options)
     }

@@ -25,7 +25,7 @@ pub enum PipelineError {
     },
     /// An option this version does not know.
     #[error(
-        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode; with steps also max_parallel_steps, retries, retry_backoff, on_failure, atomic; per step: shards, retries, retry_backoff)"
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, catchup, max_catchup_runs; with steps also max_parallel_steps, retries, retry_backoff, on_failure, atomic; per step: shards, retries, retry_backoff)"
     )]
     UnknownOption {
         /// The pipeline.
@@ -100,6 +100,21 @@ pub struct PipelineOptions {
     pub on_failure: OnFailure,
     /// Steps: publish every target together or nothing.
     pub atomic: bool,
+    /// Scheduled runs missed while no scheduler ran: which to run late.
+    pub catchup: Catchup,
+    /// With `catchup = 'all'`: at most this many missed runs (the latest ones; default 100).
+    pub max_catchup_runs: usize,
+}
+
+/// Which due times a scheduler that was down runs once it is back (`catchup = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catchup {
+    /// None of the missed ones; the schedule resumes at the next due time.
+    None,
+    /// The latest missed one only (the default).
+    Last,
+    /// Every missed one, at most `max_catchup_runs`.
+    All,
 }
 
 impl Default for PipelineOptions {
@@ -112,6 +127,8 @@ impl Default for PipelineOptions {
             retry_backoff: Duration::from_secs(2),
             on_failure: OnFailure::Continue,
             atomic: false,
+            catchup: Catchup::Last,
+            max_catchup_runs: 100,
         }
     }
 }
@@ -218,6 +235,18 @@ impl PipelineOptions {
                         "false" => false,
                         _ => return Err(checked.bad("true or false")),
                     }
+                }
+                "catchup" => {
+                    parsed.catchup = match value.to_lowercase().as_str() {
+                        "none" => Catchup::None,
+                        "last" => Catchup::Last,
+                        "all" => Catchup::All,
+                        _ => return Err(checked.bad("'none', 'last' or 'all'")),
+                    }
+                }
+                "max_catchup_runs" => {
+                    let n = value.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n));
+                    parsed.max_catchup_runs = n.ok_or_else(|| checked.bad("an integer from 1 to 10000"))?;
                 }
                 "mode" => {
                     let mode = match value.to_lowercase().as_str() {

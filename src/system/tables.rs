@@ -6,12 +6,15 @@ use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::array::{
+    BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 
 use super::ResultBatch;
 use crate::ledger::{Ledger, LedgerError, PipelineRecord, PipelineRunRecord, RunRecord, ShardTaskRecord, StepRecord};
+use crate::scheduler::Schedule;
 
 /// The schema holding the system tables.
 pub const SYSTEM_SCHEMA: &str = "sluice";
@@ -56,7 +59,7 @@ impl SchemaProvider for SystemSchema {
         }
         let ledger = self.ledger.as_ref().map_err(|reason| DataFusionError::Plan(reason.clone()))?;
         let batch = match name {
-            "pipelines" => pipelines_batch(&ledger.pipelines().await.map_err(ledger_error)?),
+            "pipelines" => pipelines_batch(&ledger.pipelines().await.map_err(ledger_error)?, ledger.clock().now_ms()),
             "runs" => runs_batch(&ledger.runs(None).await.map_err(ledger_error)?),
             "shard_tasks" => shard_tasks_batch(&ledger.shard_tasks(None).await.map_err(ledger_error)?),
             "pipeline_runs" => pipeline_runs_batch(&ledger.pipeline_runs().await.map_err(ledger_error)?),
@@ -80,11 +83,23 @@ fn elapsed_ms(started: i64, finished: Option<i64>) -> Option<u64> {
     finished.map(|f| (f - started).max(0) as u64)
 }
 
-/// Pipelines as rows (what `SHOW PIPELINES` prints).
-pub fn pipelines_batch(pipelines: &[PipelineRecord]) -> RecordBatch {
+/// Pipelines as rows (what `SHOW PIPELINES` prints); `now_ms` is when their next due time is
+/// counted from.
+pub fn pipelines_batch(pipelines: &[PipelineRecord], now_ms: i64) -> RecordBatch {
+    let next_due = |p: &PipelineRecord| {
+        let (cron, zone) = p.schedule.as_ref().filter(|_| !p.paused)?;
+        Schedule::parse(cron, zone.as_deref()).ok()?.next_after(now_ms)
+    };
+    let schedules = pipelines.iter().map(|p| p.schedule.as_ref().map(|(cron, _)| cron.as_str()));
+    let zones = pipelines.iter().map(|p| p.schedule.as_ref().map(|(_, zone)| zone.as_deref().unwrap_or("UTC")));
     ResultBatch::default()
         .column("name", false, StringArray::from_iter_values(pipelines.iter().map(|p| p.name.as_str())))
         .column("target", false, StringArray::from_iter_values(pipelines.iter().map(|p| p.target.as_str())))
+        .column("schedule", true, StringArray::from_iter(schedules))
+        .column("timezone", true, StringArray::from_iter(zones))
+        .column("paused", false, BooleanArray::from_iter(pipelines.iter().map(|p| Some(p.paused))))
+        .column("last_status", true, StringArray::from_iter(pipelines.iter().map(|p| p.last_status.as_deref())))
+        .column("next_due", true, timestamps(pipelines.iter().map(next_due)))
         .column("shards", true, UInt64Array::from_iter(pipelines.iter().map(|p| p.shards.map(|s| s as u64))))
         .column("created_at", false, timestamps(pipelines.iter().map(|p| Some(p.created_at_ms))))
         .column("definition", false, StringArray::from_iter_values(pipelines.iter().map(|p| p.definition.as_str())))
