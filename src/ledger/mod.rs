@@ -25,10 +25,12 @@ use crate::clock::ClockRef;
 mod files;
 mod records;
 mod runs;
+mod schedules;
 mod steps;
 
 use records::pipeline_from_row;
 pub use records::{NewRun, PipelineRecord, RunRecord, RunStatus, ShardTaskRecord, ShardTotals};
+pub use schedules::ScheduledRunRecord;
 pub use steps::{PipelineRunRecord, StepRecord, StepTotals};
 
 /// A statement with its arguments bound.
@@ -171,6 +173,16 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (pipeline, status);
+CREATE TABLE IF NOT EXISTS scheduled_runs (
+    pipeline       TEXT NOT NULL,
+    due_ms         INTEGER NOT NULL,
+    status         TEXT NOT NULL,
+    run_id         TEXT,
+    claimed_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    error          TEXT,
+    PRIMARY KEY (pipeline, due_ms)
+);
 CREATE TABLE IF NOT EXISTS steps (
     run_id         TEXT NOT NULL,
     pipeline       TEXT NOT NULL,

@@ -131,9 +131,12 @@ impl Schedule {
         self.timezone.name()
     }
 
-    /// The first due time strictly after `after_ms` (ms since the epoch), if any.
+    /// The first due time strictly after `after_ms` (ms since the epoch), if any: a whole
+    /// minute (croner keeps the sub-second part of the time it starts from, so that is cut).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
-        let after = self.timezone.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(after_ms)?.naive_utc());
+        let whole_second = after_ms - after_ms.rem_euclid(1000);
+        let after = DateTime::<Utc>::from_timestamp_millis(whole_second)?.naive_utc();
+        let after = self.timezone.from_utc_datetime(&after);
         let next = self.parsed.find_next_occurrence(&after, false).ok()?;
         Some(next.timestamp_millis())
     }
@@ -188,6 +191,8 @@ mod tests {
         let due = schedule.due_between(NEW_YEAR_MS, NEW_YEAR_MS + HOUR_MS, 1000);
         assert_eq!(due.len(), 12);
         assert_eq!(due[0], NEW_YEAR_MS + 5 * 60_000);
+        let odd = NEW_YEAR_MS + 123_456;
+        assert_eq!(schedule.next_after(odd), Some(NEW_YEAR_MS + 5 * 60_000), "whole minutes from any time");
         assert_eq!(schedule.due_between(NEW_YEAR_MS, NEW_YEAR_MS + 3 * HOUR_MS, 10).len(), 10, "the latest 10");
     }
 

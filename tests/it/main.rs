@@ -19,6 +19,7 @@ mod postgres;
 mod recovery;
 mod repl;
 mod rest;
+mod scheduler;
 mod shards;
 mod slt;
 mod steps;

@@ -1,0 +1,114 @@
+//! The scheduler on a test clock (nothing sleeps): a `*/5 * * * *` pipeline runs 12 times in a
+//! simulated hour; after a simulated 3-hour outage `catchup = 'last'` runs once and `'all'` 36
+//! times; `'none'` skips the late one; two schedulers on one home over a simulated day never run
+//! one due time twice; a paused pipeline does not run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::Engine;
+use sluice::clock::TestClock;
+use sluice::scheduler::Scheduler;
+
+use crate::support::value;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// An engine on `home` whose time is `clock`, with table `lake.s.t` and pipeline `p` on
+/// `schedule` with `options`.
+async fn scheduled(home: &Path, clock: &TestClock, schedule: &str, options: &str) -> Arc<Engine> {
+    let engine = Engine::builder().home(home).shards(1).clock(Arc::new(clock.clone())).build().await.unwrap();
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA IF NOT EXISTS lake.s; CREATE TABLE IF NOT EXISTS lake.s.t (id BIGINT);
+             CREATE PIPELINE IF NOT EXISTS p WITH ({options}) SCHEDULE '{schedule}' AS INSERT INTO lake.s.t SELECT 1"
+        ))
+        .await
+        .unwrap();
+    Arc::new(engine)
+}
+
+/// Moves `clock` by `step`, `times` times, ticking `scheduler` after each; returns how many
+/// runs the ticks made.
+async fn tick_through(clock: &TestClock, scheduler: &Scheduler, step: Duration, times: u32) -> usize {
+    let mut ran = 0;
+    for _ in 0..times {
+        clock.advance(step);
+        ran += scheduler.tick().await.unwrap().iter().filter(|r| r.status == "succeeded").count();
+    }
+    ran
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_five_minutes_runs_twelve_times_in_an_hour() {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let engine = scheduled(home.path(), &clock, "*/5 * * * *", "shards = 1").await;
+    let scheduler = Scheduler::new(engine.clone());
+    assert_eq!(tick_through(&clock, &scheduler, 5 * MINUTE, 12).await, 12);
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.s.t").await, "12");
+    let due = engine.ledger().scheduled_runs(Some("p")).await.unwrap();
+    assert_eq!(due.len(), 12);
+    assert!(due.windows(2).all(|w| w[1].due_ms - w[0].due_ms == 300_000), "five minutes apart");
+    assert!(due.iter().all(|d| d.due_ms % 300_000 == 0), "on the cron's minutes");
+    assert_eq!(value(&engine, "SELECT last_status FROM sluice.pipelines WHERE name = 'p'").await, "succeeded");
+}
+
+/// Ticks pipeline `p` with `options` once, then once after a 3-hour outage; returns how many
+/// runs the second tick made, and the status of each due time it handled.
+async fn after_an_outage(options: &str) -> (usize, Vec<String>) {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let engine = scheduled(home.path(), &clock, "*/5 * * * *", options).await;
+    let scheduler = Scheduler::new(engine.clone());
+    // The first due time (up to 5 minutes old: with catchup = 'none', possibly skipped as late).
+    clock.advance(5 * MINUTE);
+    assert_eq!(scheduler.tick().await.unwrap().len(), 1);
+    clock.advance(180 * MINUTE);
+    let ran = scheduler.tick().await.unwrap();
+    (ran.iter().filter(|r| r.status == "succeeded").count(), ran.iter().map(|r| r.status.clone()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_an_outage_catchup_decides_what_runs_late() {
+    assert_eq!(after_an_outage("catchup = 'last'").await.0, 1, "the latest only");
+    assert_eq!(after_an_outage("catchup = 'all'").await.0, 36, "every one of 3 hours");
+    assert_eq!(after_an_outage("catchup = 'all', max_catchup_runs = 10").await.0, 10, "bounded");
+    let (ran, statuses) = after_an_outage("catchup = 'none'").await;
+    assert_eq!((ran, statuses), (0, vec!["skipped".to_string()]), "late: skipped, not owed again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_on_one_home_never_run_a_due_time_twice() {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let first = scheduled(home.path(), &clock, "*/30 * * * *", "shards = 1").await;
+    let second = scheduled(home.path(), &clock, "*/30 * * * *", "shards = 1").await;
+    let (a, b) = (Scheduler::new(first.clone()), Scheduler::new(second));
+    let mut ran = 0;
+    // A simulated day, ticking both at once every 10 minutes.
+    for _ in 0..144 {
+        clock.advance(10 * MINUTE);
+        let (x, y) = tokio::join!(a.tick(), b.tick());
+        ran += x.unwrap().len() + y.unwrap().len();
+    }
+    assert_eq!(ran, 48, "each half hour of the day once");
+    let due = first.ledger().scheduled_runs(Some("p")).await.unwrap();
+    assert_eq!(due.len(), 48);
+    assert!(due.iter().all(|d| d.status == "succeeded"), "{due:?}");
+    assert_eq!(value(&first, "SELECT count(*) FROM lake.s.t").await, "48", "every due time wrote once");
+    assert_eq!(value(&first, "SELECT count(*) FROM sluice.runs WHERE pipeline = 'p'").await, "48");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_pipeline_does_not_run_and_resumes_from_now() {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let engine = scheduled(home.path(), &clock, "@hourly", "catchup = 'all'").await;
+    let scheduler = Scheduler::new(engine.clone());
+    engine.sql("ALTER PIPELINE p PAUSE").await.unwrap();
+    assert_eq!(tick_through(&clock, &scheduler, 60 * MINUTE, 3).await, 0);
+    engine.sql("ALTER PIPELINE p RESUME").await.unwrap();
+    assert_eq!(tick_through(&clock, &scheduler, 60 * MINUTE, 2).await, 2, "the paused hours are not owed");
+}
