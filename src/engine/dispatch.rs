@@ -241,7 +241,7 @@ impl Engine {
             PipelineBody::Steps(steps) => return self.create_steps_pipeline(create, steps, statement).await,
         };
         let options = PipelineOptions::parse(&create.name, &create.options)?;
-        for option in ["max_parallel_steps", "retries", "retry_backoff", "on_failure", "atomic"] {
+        for option in ["max_parallel_steps", "on_failure", "atomic"] {
             if create.options.iter().any(|(key, _)| key == option) {
                 return Err(Error::Unsupported(format!(
                     "option `{option}` on pipeline `{}`: it is for pipelines with steps (AS BEGIN <step>; ... END)",

@@ -99,6 +99,12 @@ impl PipelineRun {
         self.cancel.cancel();
     }
 
+    /// A token that cancels the run as [`PipelineRun::cancel`] does, for whoever must be able
+    /// to cancel it while another waits for its end.
+    pub fn canceller(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     /// Waits for the run's end: its report, listing every step.
     pub async fn finish(self) -> Result<RunReport> {
         match self.task.await {
@@ -250,11 +256,27 @@ impl Engine {
     /// once, every run event from its start, `cancel()`, and the report at the end.
     pub fn start_pipeline(self: &Arc<Self>, name: &str) -> PipelineRun {
         let run_id = uuid::Uuid::now_v7().to_string();
+        let (engine, name) = (self.clone(), name.to_string());
+        self.start(run_id, async move { engine.run_pipeline(&name).await })
+    }
+
+    /// Starts `RETRY RUN` of the write run `run_id` in the background, as
+    /// [`Engine::start_pipeline`] starts a run.
+    pub fn start_retry(self: &Arc<Self>, run_id: &str) -> PipelineRun {
+        let (engine, retried) = (self.clone(), run_id.to_string());
+        self.start(run_id.to_string(), async move { engine.retry_run(&retried).await })
+    }
+
+    /// Runs `run` (whose run is to get `run_id`) in a task of its own, cancellable.
+    fn start(
+        &self,
+        run_id: String,
+        run: impl std::future::Future<Output = Result<RunReport>> + Send + 'static,
+    ) -> PipelineRun {
         let events = self.subscribe();
         let cancel = CancellationToken::new();
         let scope = StatementScope { cancel: cancel.clone(), params: None, run_id: Some(run_id.clone()) };
-        let (engine, name) = (self.clone(), name.to_string());
-        let task = tokio::spawn(SCOPE.scope(scope, async move { engine.run_pipeline(&name).await }));
+        let task = tokio::spawn(SCOPE.scope(scope, run));
         PipelineRun { run_id, events, cancel, task }
     }
 

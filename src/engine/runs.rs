@@ -141,7 +141,7 @@ impl Engine {
                     Resolution::RolledBack | Resolution::KeptFiles => {}
                 }
             }
-            RunStatus::Failed | RunStatus::Cancelled => {}
+            RunStatus::Failed | RunStatus::Cancelled | RunStatus::Dead => {}
         }
         let mut statements = parser::parse(&record.statement)?;
         let Some(Statement::DataFusion(statement)) = statements.pop().map(|s| s.statement) else {

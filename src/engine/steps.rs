@@ -16,7 +16,7 @@
 //!                      ones not there): the transaction landed for all of them or for none
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -29,11 +29,8 @@ use crate::error::{Error, Result};
 use crate::events::RunEvent;
 use crate::ledger::{RunStatus, StepTotals};
 use crate::parser::{CreatePipeline, PipelineStep, Statement};
-use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions};
+use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions, retry_wait};
 use crate::system::{explain_batch, steps_batch};
-
-/// The longest wait between two attempts of a step.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Where a step stands in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,7 +376,7 @@ impl Engine {
                 return Err(error);
             }
             tracing::info!(pipeline, step = %step.name, attempt, "step failed, retrying: {error}");
-            let wait = jittered(backoff.saturating_mul(1 << (attempt - 1).min(16)).min(BACKOFF_MAX));
+            let wait = retry_wait(backoff, attempt);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => return Err(error),
@@ -628,10 +625,4 @@ fn insert_of(statement: &Statement) -> Option<&datafusion::sql::sqlparser::ast::
     let Statement::DataFusion(df) = statement else { return None };
     let datafusion::sql::parser::Statement::Statement(sql) = df.as_ref() else { return None };
     matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_)).then_some(sql.as_ref())
-}
-
-/// `wait`, give or take a fifth, so that retries of many runs do not fall in step.
-fn jittered(wait: Duration) -> Duration {
-    let nanos = uuid::Uuid::now_v7().as_u128() as u64 % 400;
-    wait.mul_f64(0.8 + nanos as f64 / 1000.0)
 }

@@ -174,13 +174,16 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (pipeline, status);
 CREATE TABLE IF NOT EXISTS scheduled_runs (
-    pipeline       TEXT NOT NULL,
-    due_ms         INTEGER NOT NULL,
-    status         TEXT NOT NULL,
-    run_id         TEXT,
-    claimed_at_ms  INTEGER NOT NULL,
-    finished_at_ms INTEGER,
-    error          TEXT,
+    pipeline        TEXT NOT NULL,
+    due_ms          INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    attempt         INTEGER NOT NULL DEFAULT 1,
+    run_id          TEXT,
+    claimed_at_ms   INTEGER NOT NULL,
+    lease_until_ms  INTEGER,
+    next_attempt_ms INTEGER,
+    finished_at_ms  INTEGER,
+    error           TEXT,
     PRIMARY KEY (pipeline, due_ms)
 );
 CREATE TABLE IF NOT EXISTS steps (

@@ -21,6 +21,9 @@ pub enum RunStatus {
     /// Cancelled before its commit (Ctrl-C, or its caller gave up on it): nothing became
     /// visible and the staged files were deleted.
     Cancelled,
+    /// Failed, and the scheduler gave up on it after its retries: on the dead-letter list
+    /// (`RETRY RUN` runs it again under its id).
+    Dead,
 }
 
 impl RunStatus {
@@ -32,6 +35,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Dead => "dead",
         }
     }
 }
@@ -45,6 +49,7 @@ impl FromStr for RunStatus {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
+            "dead" => RunStatus::Dead,
             other => return Err(LedgerError::UnknownStatus(other.to_string())),
         })
     }

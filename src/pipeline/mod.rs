@@ -25,7 +25,7 @@ pub enum PipelineError {
     },
     /// An option this version does not know.
     #[error(
-        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, catchup, max_catchup_runs; with steps also max_parallel_steps, retries, retry_backoff, on_failure, atomic; per step: shards, retries, retry_backoff)"
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
     )]
     UnknownOption {
         /// The pipeline.
@@ -92,9 +92,10 @@ pub struct PipelineOptions {
     pub mode: Option<WriteMode>,
     /// Steps: at most this many run at once (default 4).
     pub max_parallel_steps: usize,
-    /// Steps: attempts after the first failed one (default 0).
+    /// Attempts after the first failed one (default 0): of each step, for a pipeline with
+    /// steps; of the whole run under its id, by the scheduler, for a single-statement one.
     pub retries: u32,
-    /// Steps: the wait before the first retry, doubling (capped at 5 minutes, jittered).
+    /// The wait before the first retry, doubling (capped at 5 minutes, jittered).
     pub retry_backoff: Duration,
     /// Steps: what a failed step does to the others.
     pub on_failure: OnFailure,
@@ -284,6 +285,18 @@ impl PipelineOptions {
             (None, body) => Ok(body),
         }
     }
+}
+
+/// The longest wait between two attempts.
+pub const RETRY_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// The wait after failed attempt `attempt` (1 for the first): `backoff`, doubling per attempt,
+/// capped at [`RETRY_WAIT_MAX`], give or take a fifth (so that retries of many runs do not fall
+/// in step).
+pub fn retry_wait(backoff: Duration, attempt: i64) -> Duration {
+    let wait = backoff.saturating_mul(1 << (attempt - 1).clamp(0, 16)).min(RETRY_WAIT_MAX);
+    let nanos = uuid::Uuid::now_v7().as_u128() as u64 % 400;
+    wait.mul_f64(0.8 + nanos as f64 / 1000.0)
 }
 
 /// Re-reads a stored `CREATE PIPELINE` definition.

@@ -1,7 +1,8 @@
 //! The scheduler on a test clock (nothing sleeps): a `*/5 * * * *` pipeline runs 12 times in a
 //! simulated hour; after a simulated 3-hour outage `catchup = 'last'` runs once and `'all'` 36
 //! times; `'none'` skips the late one; two schedulers on one home over a simulated day never run
-//! one due time twice; a paused pipeline does not run.
+//! one due time twice; a paused pipeline does not run; a pipeline failing every time is retried
+//! under one run id and ends `dead`, and `RETRY RUN` of the dead run then writes its rows once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,11 +19,16 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// An engine on `home` whose time is `clock`, with table `lake.s.t` and pipeline `p` on
 /// `schedule` with `options`.
 async fn scheduled(home: &Path, clock: &TestClock, schedule: &str, options: &str) -> Arc<Engine> {
+    scheduled_into(home, clock, "s", schedule, options).await
+}
+
+/// As [`scheduled`], into `lake.<schema>.t` (a failpoint on it trips no other test).
+async fn scheduled_into(home: &Path, clock: &TestClock, schema: &str, schedule: &str, options: &str) -> Arc<Engine> {
     let engine = Engine::builder().home(home).shards(1).clock(Arc::new(clock.clone())).build().await.unwrap();
     engine
         .sql(&format!(
-            "CREATE SCHEMA IF NOT EXISTS lake.s; CREATE TABLE IF NOT EXISTS lake.s.t (id BIGINT);
-             CREATE PIPELINE IF NOT EXISTS p WITH ({options}) SCHEDULE '{schedule}' AS INSERT INTO lake.s.t SELECT 1"
+            "CREATE SCHEMA IF NOT EXISTS lake.{schema}; CREATE TABLE IF NOT EXISTS lake.{schema}.t (id BIGINT);
+             CREATE PIPELINE IF NOT EXISTS p WITH ({options}) SCHEDULE '{schedule}' AS INSERT INTO lake.{schema}.t SELECT 1"
         ))
         .await
         .unwrap();
@@ -45,7 +51,7 @@ async fn every_five_minutes_runs_twelve_times_in_an_hour() {
     let home = tempfile::tempdir().unwrap();
     let clock = TestClock::new();
     let engine = scheduled(home.path(), &clock, "*/5 * * * *", "shards = 1").await;
-    let scheduler = Scheduler::new(engine.clone());
+    let scheduler = Scheduler::new(engine.clone(), 4);
     assert_eq!(tick_through(&clock, &scheduler, 5 * MINUTE, 12).await, 12);
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.s.t").await, "12");
     let due = engine.ledger().scheduled_runs(Some("p")).await.unwrap();
@@ -61,7 +67,7 @@ async fn after_an_outage(options: &str) -> (usize, Vec<String>) {
     let home = tempfile::tempdir().unwrap();
     let clock = TestClock::new();
     let engine = scheduled(home.path(), &clock, "*/5 * * * *", options).await;
-    let scheduler = Scheduler::new(engine.clone());
+    let scheduler = Scheduler::new(engine.clone(), 4);
     // The first due time (up to 5 minutes old: with catchup = 'none', possibly skipped as late).
     clock.advance(5 * MINUTE);
     assert_eq!(scheduler.tick().await.unwrap().len(), 1);
@@ -85,7 +91,7 @@ async fn two_schedulers_on_one_home_never_run_a_due_time_twice() {
     let clock = TestClock::new();
     let first = scheduled(home.path(), &clock, "*/30 * * * *", "shards = 1").await;
     let second = scheduled(home.path(), &clock, "*/30 * * * *", "shards = 1").await;
-    let (a, b) = (Scheduler::new(first.clone()), Scheduler::new(second));
+    let (a, b) = (Scheduler::new(first.clone(), 4), Scheduler::new(second, 4));
     let mut ran = 0;
     // A simulated day, ticking both at once every 10 minutes.
     for _ in 0..144 {
@@ -106,9 +112,44 @@ async fn a_paused_pipeline_does_not_run_and_resumes_from_now() {
     let home = tempfile::tempdir().unwrap();
     let clock = TestClock::new();
     let engine = scheduled(home.path(), &clock, "@hourly", "catchup = 'all'").await;
-    let scheduler = Scheduler::new(engine.clone());
+    let scheduler = Scheduler::new(engine.clone(), 4);
     engine.sql("ALTER PIPELINE p PAUSE").await.unwrap();
     assert_eq!(tick_through(&clock, &scheduler, 60 * MINUTE, 3).await, 0);
     engine.sql("ALTER PIPELINE p RESUME").await.unwrap();
     assert_eq!(tick_through(&clock, &scheduler, 60 * MINUTE, 2).await, 2, "the paused hours are not owed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_failing_every_time_is_retried_under_its_id_then_dead_and_retry_run_lands_it_once() {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let engine = scheduled_into(home.path(), &clock, "dead", "@hourly", "retries = 2, retry_backoff = '1s'").await;
+    let scheduler = Scheduler::new(engine.clone(), 4);
+    fail::cfg("shard-write/lake.dead.t", "return").unwrap();
+    clock.advance(60 * MINUTE);
+    let first = scheduler.tick().await.unwrap();
+    assert_eq!(first.iter().map(|r| (r.status.as_str(), r.attempt)).collect::<Vec<_>>(), [("retrying", 1)]);
+    // Nothing is owed before the backoff (1 s, give or take a fifth) has passed.
+    assert!(scheduler.tick().await.unwrap().is_empty());
+    clock.advance(Duration::from_secs(2));
+    let second = scheduler.tick().await.unwrap();
+    assert_eq!(second.iter().map(|r| (r.status.as_str(), r.attempt)).collect::<Vec<_>>(), [("retrying", 2)]);
+    clock.advance(Duration::from_secs(3));
+    let third = scheduler.tick().await.unwrap();
+    fail::remove("shard-write/lake.dead.t");
+    assert_eq!(third.iter().map(|r| (r.status.as_str(), r.attempt)).collect::<Vec<_>>(), [("dead", 3)]);
+    let run_id = first[0].run_id.clone().unwrap();
+    assert_eq!(second[0].run_id.as_ref(), Some(&run_id), "one run identity");
+    assert_eq!(third[0].run_id.as_ref(), Some(&run_id), "one run identity");
+    let run = async || engine.ledger().run(&run_id).await.unwrap().unwrap();
+    assert_eq!((run().await.status.as_str(), run().await.attempt), ("dead", 3));
+    let listed = "SELECT count(*) FROM sluice.runs WHERE status = 'dead'";
+    assert_eq!(value(&engine, listed).await, "1", "on the dead-letter list");
+    // The dead run blocks no later due time, and RETRY RUN lands it once.
+    engine.sql(&format!("RETRY RUN '{run_id}'")).await.unwrap();
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.dead.t").await, "1");
+    assert_eq!((run().await.status.as_str(), run().await.attempt), ("succeeded", 4));
+    clock.advance(60 * MINUTE);
+    assert_eq!(scheduler.tick().await.unwrap().iter().filter(|r| r.status == "succeeded").count(), 1);
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.dead.t").await, "2");
 }
