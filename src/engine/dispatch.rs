@@ -69,14 +69,29 @@ impl Engine {
                 }
                 Ok(Output::empty())
             }
-            Statement::ShowRuns { pipeline } => {
+            Statement::ShowRuns { pipeline, filter } => {
                 if let Some(name) = pipeline
                     && self.ledger.pipeline(name).await?.is_none()
                     && self.ledger.runs(Some(name)).await?.is_empty()
                 {
                     return Err(self.no_pipeline(name).await);
                 }
-                Ok(Output::rows(runs_batch(&self.ledger.runs(pipeline.as_deref()).await?)))
+                let Some(filter) = filter else {
+                    return Ok(Output::rows(runs_batch(&self.ledger.runs(pipeline.as_deref()).await?)));
+                };
+                // A filter is a query over `sluice.runs` (the same rows).
+                let of_pipeline = match pipeline {
+                    Some(name) => {
+                        let quoted = name.replace('\'', "''");
+                        format!("(pipeline = '{quoted}' OR starts_with(pipeline, '{quoted}/')) AND ")
+                    }
+                    None => String::new(),
+                };
+                let sql =
+                    format!("SELECT * FROM sluice.runs WHERE {of_pipeline}({filter}) ORDER BY started_at, run_id");
+                let statements = crate::parser::parse(&sql)?;
+                let statement = statements.into_iter().next().expect("one statement").statement;
+                Box::pin(self.execute_statement(&statement, &sql)).await
             }
         }
     }

@@ -123,6 +123,8 @@ pub enum Statement {
     ShowRuns {
         /// Only the runs of this pipeline.
         pipeline: Option<String>,
+        /// `WHERE <condition>` over `sluice.runs`' columns (`status = 'dead'`: the dead-letter list).
+        filter: Option<Box<Expr>>,
     },
 }
 
@@ -209,8 +211,16 @@ impl fmt::Display for Statement {
                 write!(f, "DROP PIPELINE {}{name}", if *if_exists { "IF EXISTS " } else { "" })
             }
             Statement::AlterPipeline { name, change } => write!(f, "ALTER PIPELINE {name} {change}"),
-            Statement::ShowRuns { pipeline: None } => write!(f, "SHOW RUNS"),
-            Statement::ShowRuns { pipeline: Some(p) } => write!(f, "SHOW RUNS FOR {p}"),
+            Statement::ShowRuns { pipeline, filter } => {
+                write!(f, "SHOW RUNS")?;
+                if let Some(p) = pipeline {
+                    write!(f, " FOR {p}")?;
+                }
+                match filter {
+                    Some(filter) => write!(f, " WHERE {filter}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -393,7 +403,14 @@ impl<'a> SluiceParser<'a> {
         if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "RUNS") {
             self.skip(2);
             let pipeline = if self.df.parser.parse_keyword(Keyword::FOR) { Some(self.parse_name()?) } else { None };
-            return Ok(Statement::ShowRuns { pipeline });
+            let filter = match self.df.parser.parse_keyword(Keyword::WHERE) {
+                true => {
+                    let parsed = self.df.parser.parse_expr();
+                    Some(Box::new(self.wrap(parsed)?))
+                }
+                false => None,
+            };
+            return Ok(Statement::ShowRuns { pipeline, filter });
         }
         if (is_keyword(&t0, Keyword::DESCRIBE) || is_keyword(&t0, Keyword::DESC)) && is_word(&t1, "PIPELINE") {
             self.skip(2);
