@@ -85,6 +85,8 @@ pub mod pipeline;
 pub mod planner;
 pub mod runtime;
 pub mod scheduler;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod suggest;
 pub mod system;
 pub mod table;

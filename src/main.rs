@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    cli::init_tracing();
+    cli::init_tracing(&args);
     // Test builds read failpoints from `FAILPOINTS` (release builds have none).
     let _failpoints = fail::has_failpoints().then(fail::FailScenario::setup);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

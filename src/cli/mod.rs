@@ -14,6 +14,7 @@ mod commands;
 mod format;
 mod progress;
 mod repl;
+mod serve;
 mod shell;
 
 use std::io::IsTerminal;
@@ -62,11 +63,26 @@ pub struct Args {
     /// Show no progress of running writes and steps on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Log format on stderr: text, or json (one object per line, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the run and step spans' fields.
+    Json,
 }
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
+    /// Run scheduled pipelines and serve the HTTP API (health, metrics, pipelines, runs) until
+    /// SIGTERM / SIGINT.
+    Serve(serve::ServeArgs),
     /// Settle runs left open by a process that stopped (also done on every start), and list them.
     Recover,
     /// Check the run ledger and every table of every catalog, and say what is wrong.
@@ -138,14 +154,18 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// Logs go to stderr, filtered by `SLUICE_LOG` (default `warn`; delta-kernel's own error logs,
 /// e.g. on probing a table that does not exist yet, are off: its errors reach us as results),
 /// coloured only when stderr is a terminal.
-pub fn init_tracing() {
+pub fn init_tracing(args: &Args) {
+    let default = match args.command {
+        Some(Command::Serve(_)) => "info,buoyant_kernel=off",
+        _ => "warn,buoyant_kernel=off",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
 }
 
 /// Runs the command line.
@@ -161,24 +181,32 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         builder = builder.memory_limit(limit);
     }
     let mut printer = Printer::new(args.format, None);
-    if let Some(command) = args.command {
-        let engine = builder.recover_on_start(false).build().await?;
-        let result = match command {
-            Command::Recover => engine.recover().await.map(|settled| (Output::rows(settled_batch(&settled)), 0)),
-            Command::Doctor => {
-                let findings = engine.doctor().await;
-                let problems = findings.iter().filter(|f| f.problem.is_some()).count();
-                Ok((Output::rows(findings_batch(&findings)), problems))
-            }
-        };
-        engine.close().await?;
-        let (output, problems) = result?;
-        let mut stdout = std::io::stdout().lock();
-        printer.print(&mut stdout, &output).and_then(|()| printer.finish(&mut stdout)).map_err(CliError::stdout)?;
-        return if problems == 0 { Ok(()) } else { Err(CliError::Unhealthy(problems)) };
-    }
+    let (output, problems) = match &args.command {
+        None => return run_sql(builder, &args, printer).await,
+        Some(Command::Serve(serve_args)) => return serve::serve(builder.build().await?, serve_args).await,
+        Some(Command::Recover) => {
+            let engine = builder.recover_on_start(false).build().await?;
+            let settled = engine.recover().await;
+            engine.close().await?;
+            (Output::rows(settled_batch(&settled?)), 0)
+        }
+        Some(Command::Doctor) => {
+            let engine = builder.recover_on_start(false).build().await?;
+            let findings = engine.doctor().await;
+            engine.close().await?;
+            let problems = findings.iter().filter(|f| f.problem.is_some()).count();
+            (Output::rows(findings_batch(&findings)), problems)
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    printer.print(&mut stdout, &output).and_then(|()| printer.finish(&mut stdout)).map_err(CliError::stdout)?;
+    if problems == 0 { Ok(()) } else { Err(CliError::Unhealthy(problems)) }
+}
+
+/// SQL from `-c`, `-f`, the script, stdin or the REPL.
+async fn run_sql(builder: sluice::engine::EngineBuilder, args: &Args, printer: Printer) -> Result<(), CliError> {
     let engine = builder.build().await?;
-    let result = run_statements(&engine, &args, printer).await;
+    let result = run_statements(&engine, args, printer).await;
     // The ledger is checkpointed on every exit, failed or not.
     let closed = engine.close().await;
     match result {

@@ -219,6 +219,11 @@ impl Engine {
         self.catalogs.get(name)
     }
 
+    /// Every catalog of the session (Sluice's own), by name.
+    pub fn catalogs(&self) -> impl Iterator<Item = (&str, &Arc<dyn LakeCatalog>)> {
+        self.catalogs.iter().map(|(name, catalog)| (name.as_str(), catalog))
+    }
+
     /// Why the home's ledger file is unusable, if it is: pipelines and run history are then
     /// unavailable, while tables stay readable and writable.
     pub fn ledger_damage(&self) -> Option<&str> {
@@ -255,7 +260,12 @@ impl Engine {
     /// Starts a run of the pipeline `name` in the background: the handle has its run id at
     /// once, every run event from its start, `cancel()`, and the report at the end.
     pub fn start_pipeline(self: &Arc<Self>, name: &str) -> PipelineRun {
-        let run_id = uuid::Uuid::now_v7().to_string();
+        self.start_pipeline_as(name, uuid::Uuid::now_v7().to_string())
+    }
+
+    /// As [`Engine::start_pipeline`], the run getting the id `run_id` (a UUIDv7 its caller made
+    /// beforehand, e.g. to answer an API request with it at once).
+    pub fn start_pipeline_as(self: &Arc<Self>, name: &str, run_id: String) -> PipelineRun {
         let (engine, name) = (self.clone(), name.to_string());
         self.start(run_id, async move { engine.run_pipeline(&name).await })
     }

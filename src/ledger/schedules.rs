@@ -60,6 +60,39 @@ impl Ledger {
         Ok(self.execute("claiming a due time", query).await? == 1)
     }
 
+    /// Claims a run started by hand (an API trigger, or a retry of a given run) as a due time at
+    /// `at_ms` (the next free millisecond), `queued` as attempt `attempt` of `run_id` when that
+    /// is given; returns the due time claimed.
+    pub async fn claim_manual(
+        &self,
+        pipeline: &str,
+        at_ms: i64,
+        attempt: i64,
+        run_id: Option<&str>,
+        lease_until_ms: i64,
+    ) -> Result<i64> {
+        let mut due_ms = at_ms;
+        loop {
+            let query = sqlx::query(
+                "INSERT INTO scheduled_runs (pipeline, due_ms, status, attempt, run_id, claimed_at_ms, lease_until_ms)
+                 VALUES (?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (pipeline, due_ms) DO NOTHING",
+            );
+            let query =
+                query.bind(pipeline).bind(due_ms).bind(attempt).bind(run_id).bind(self.now_ms()).bind(lease_until_ms);
+            if self.execute("claiming a run started by hand", query).await? == 1 {
+                return Ok(due_ms);
+            }
+            due_ms += 1;
+        }
+    }
+
+    /// The claimed due time whose latest attempt ran as `run_id`, if any.
+    pub async fn scheduled_run_of(&self, run_id: &str) -> Result<Option<ScheduledRunRecord>> {
+        let query = sqlx::query("SELECT * FROM scheduled_runs WHERE run_id = ? ORDER BY due_ms DESC LIMIT 1");
+        let row = self.fetch_optional("reading a scheduled run", query.bind(run_id)).await?;
+        Ok(row.as_ref().map(scheduled_from_row))
+    }
+
     /// Claims every `retrying` due time whose next attempt is due (`queued` again, its attempt
     /// counted up, leased until `lease_until_ms`).
     pub async fn claim_retries(&self, lease_until_ms: i64) -> Result<Vec<ScheduledRunRecord>> {
@@ -165,6 +198,20 @@ impl Ledger {
         );
         self.execute("marking a run dead", pipeline_runs.bind(run_id)).await?;
         Ok(())
+    }
+
+    /// How many runs are on the dead-letter list (write runs and pipeline runs).
+    pub async fn dead_runs(&self) -> Result<u64> {
+        let row = self
+            .fetch_optional(
+                "counting dead runs",
+                sqlx::query(
+                    "SELECT (SELECT count(*) FROM runs WHERE status = 'dead')
+                          + (SELECT count(*) FROM pipeline_runs WHERE status = 'dead') AS n",
+                ),
+            )
+            .await?;
+        Ok(row.map_or(0, |r| r.get::<i64, _>("n") as u64))
     }
 
     /// How many claimed due times are queued (waiting for a free run slot).

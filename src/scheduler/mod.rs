@@ -6,4 +6,4 @@ mod schedule;
 mod service;
 
 pub use schedule::{Schedule, ScheduleError};
-pub use service::{ON_TIME, Ran, Scheduler};
+pub use service::{AD_HOC, ON_TIME, Ran, Scheduler, StartError};

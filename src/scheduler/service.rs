@@ -15,11 +15,11 @@
 //! (`SHOW RUNS WHERE status = 'dead'`), which `RETRY RUN '<id>'` takes runs from by hand.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,9 @@ use crate::engine::{DEFAULT_RUN_LEASE, Engine};
 use crate::error::Result;
 use crate::ledger::{Ledger, RunStatus, ScheduledRunRecord};
 use crate::pipeline::{Catchup, PipelineOptions, parse_definition, retry_wait};
+
+/// The scheduler's name for the runs of no pipeline (ad-hoc writes) it retries.
+pub const AD_HOC: &str = "(ad hoc)";
 
 /// How late a due time may be run with `catchup = 'none'`.
 pub const ON_TIME: Duration = Duration::from_secs(60);
@@ -58,6 +61,31 @@ struct Claim {
     retry_of: Option<String>,
     /// Late with `catchup = 'none'`: recorded `skipped`, not run.
     late: bool,
+    /// The id a new run gets (named beforehand for a run started by hand).
+    run_id: Option<String>,
+}
+
+/// Why a run cannot be started by hand ([`Scheduler::trigger`], [`Scheduler::retry`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No such pipeline or run.
+    #[error("{0}")]
+    NotFound(String),
+    /// The pipeline has a run queued, running or waiting for a retry.
+    #[error("pipeline `{0}` has a run queued, running or waiting for a retry; one run of a pipeline at a time")]
+    Busy(String),
+    /// The run cannot be retried (it runs, or it succeeded).
+    #[error("{0}")]
+    Conflict(String),
+    /// The ledger or the engine failed.
+    #[error(transparent)]
+    Engine(#[from] crate::error::Error),
+}
+
+impl From<crate::ledger::LedgerError> for StartError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        StartError::Engine(e.into())
+    }
 }
 
 /// Claims a scheduler holds, by (pipeline, due time): the run's canceller once it started.
@@ -72,6 +100,11 @@ pub struct Scheduler {
     in_flight: Arc<Mutex<InFlight>>,
     /// When the serving loop last went round, ms since the epoch (0: not serving).
     alive_ms: Arc<AtomicI64>,
+    /// Runs started by hand, for the serving loop to start.
+    started: Arc<Mutex<Vec<Claim>>>,
+    wake: Arc<Notify>,
+    /// Retries this scheduler has scheduled.
+    retries: Arc<AtomicU64>,
 }
 
 impl Scheduler {
@@ -83,7 +116,86 @@ impl Scheduler {
             slots: Arc::new(Semaphore::new(max_concurrent_runs.max(1))),
             in_flight: Arc::default(),
             alive_ms: Arc::default(),
+            started: Arc::default(),
+            wake: Arc::default(),
+            retries: Arc::default(),
         }
+    }
+
+    /// The engine it runs pipelines of.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// How many retries this scheduler has scheduled so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Runs `pipeline` now, as a due time of its own (queued for a free run slot, retried and
+    /// dead-lettered like a scheduled one); returns the run's id at once. Only the serving loop
+    /// ([`Scheduler::serve`]) starts it.
+    pub async fn trigger(&self, pipeline: &str) -> std::result::Result<String, StartError> {
+        let ledger = self.ledger();
+        if ledger.pipeline(pipeline).await?.is_none() {
+            let hint =
+                crate::suggest::did_you_mean(pipeline, ledger.pipelines().await?.iter().map(|p| p.name.as_str()));
+            return Err(StartError::NotFound(format!("pipeline `{pipeline}` does not exist{hint}")));
+        }
+        if ledger.schedule_busy(pipeline).await? {
+            return Err(StartError::Busy(pipeline.to_string()));
+        }
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let now = self.engine.clock().now_ms();
+        let due_ms = ledger.claim_manual(pipeline, now, 1, None, self.lease_until()).await?;
+        let claim = Claim {
+            pipeline: pipeline.to_string(),
+            due_ms,
+            attempt: 1,
+            retry_of: None,
+            late: false,
+            run_id: Some(run_id.clone()),
+        };
+        self.hand_over(claim);
+        Ok(run_id)
+    }
+
+    /// Runs the failed, cancelled or dead write run `run_id` again under its id (as `RETRY RUN`
+    /// does), through the serving loop; returns its id.
+    pub async fn retry(&self, run_id: &str) -> std::result::Result<String, StartError> {
+        let ledger = self.ledger();
+        let Some(record) = ledger.run(run_id).await? else {
+            let steps = ledger.pipeline_runs().await?.into_iter().any(|r| r.run_id == run_id);
+            return Err(match steps {
+                true => StartError::Conflict(format!(
+                    "run {run_id} is a run of a pipeline with steps: run the pipeline again (its steps' write runs can be retried one by one)"
+                )),
+                false => StartError::NotFound(format!("run {run_id} does not exist")),
+            });
+        };
+        if !matches!(record.status, RunStatus::Failed | RunStatus::Cancelled | RunStatus::Dead) {
+            let status = record.status.as_str();
+            return Err(StartError::Conflict(format!(
+                "run {run_id} is {status}: only a failed, cancelled or dead run is retried"
+            )));
+        }
+        let pipeline = record.pipeline.clone().unwrap_or_else(|| AD_HOC.to_string());
+        if ledger.schedule_busy(&pipeline).await? {
+            return Err(StartError::Busy(pipeline));
+        }
+        let now = self.engine.clock().now_ms();
+        let attempt = record.attempt + 1;
+        let due_ms = ledger.claim_manual(&pipeline, now, attempt, Some(run_id), self.lease_until()).await?;
+        let claim = Claim { pipeline, due_ms, attempt, retry_of: Some(run_id.to_string()), late: false, run_id: None };
+        self.hand_over(claim);
+        Ok(run_id.to_string())
+    }
+
+    /// Gives a claim made by hand to the serving loop.
+    fn hand_over(&self, claim: Claim) {
+        self.in_flight().insert((claim.pipeline.clone(), claim.due_ms), None);
+        self.started.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(claim);
+        self.wake.notify_one();
     }
 
     fn ledger(&self) -> &Ledger {
@@ -144,11 +256,17 @@ impl Scheduler {
                 }
                 Err(e) => tracing::warn!("the scheduler could not claim due runs: {e}"),
             }
+            let started = std::mem::take(&mut *self.started.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            for claim in started {
+                let (scheduler, stop) = (self.clone(), stop.clone());
+                runs.spawn(async move { scheduler.run_in_turn(vec![claim], stop).await });
+            }
             while let Some(done) = runs.try_join_next() {
                 log_outcome(done);
             }
             tokio::select! {
                 () = tokio::time::sleep(period) => {}
+                () = self.wake.notified() => {}
                 () = stop.cancelled() => {}
             }
         }
@@ -189,7 +307,7 @@ impl Scheduler {
         let now = self.engine.clock().now_ms();
         for (pipeline, due_ms, late) in self.owed(now).await? {
             if ledger.claim_due(&pipeline, due_ms, self.lease_until()).await? {
-                claims.push(Claim { pipeline, due_ms, attempt: 1, retry_of: None, late });
+                claims.push(Claim { pipeline, due_ms, attempt: 1, retry_of: None, late, run_id: None });
             }
         }
         let mut in_flight = self.in_flight();
@@ -205,7 +323,14 @@ impl Scheduler {
             Some(run_id) if self.ledger().run(run_id).await?.is_some() => Some(run_id.clone()),
             _ => None,
         };
-        Ok(Claim { pipeline: retry.pipeline, due_ms: retry.due_ms, attempt: retry.attempt, retry_of, late: false })
+        Ok(Claim {
+            pipeline: retry.pipeline,
+            due_ms: retry.due_ms,
+            attempt: retry.attempt,
+            retry_of,
+            late: false,
+            run_id: None,
+        })
     }
 
     /// Runs one claim (once a run slot is free) and records how it ended.
@@ -237,9 +362,10 @@ impl Scheduler {
                 return Ok(ended("released", None));
             }
         };
-        let run = match &claim.retry_of {
-            Some(run_id) => self.engine.start_retry(run_id),
-            None => self.engine.start_pipeline(pipeline),
+        let run = match (&claim.retry_of, &claim.run_id) {
+            (Some(run_id), _) => self.engine.start_retry(run_id),
+            (None, Some(run_id)) => self.engine.start_pipeline_as(pipeline, run_id.clone()),
+            (None, None) => self.engine.start_pipeline(pipeline),
         };
         let run_id = run.run_id.clone();
         self.in_flight().insert((pipeline.to_string(), due_ms), Some(run.canceller()));
@@ -273,6 +399,7 @@ impl Scheduler {
             let backoff = options.map_or(Duration::from_secs(2), |o| o.retry_backoff);
             let next = self.engine.clock().now_ms() + retry_wait(backoff, claim.attempt).as_millis() as i64;
             ledger.scheduled_run(pipeline, due_ms, "retrying", Some(&run_id), Some(next), Some(&error)).await?;
+            self.retries.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%pipeline, due_ms, attempt = claim.attempt, "scheduled run failed; retrying: {error}");
             return Ok(ended("retrying", Some(run_id)));
         }
