@@ -268,36 +268,37 @@ pub(super) async fn events(
     ids.extend(run["steps"].as_array().into_iter().flatten().filter_map(|s| s["run_id"].as_str().map(str::to_string)));
     let engine = api.scheduler.engine().clone();
     let live = engine.subscribe();
-    let recorded: Vec<Value> = engine
-        .ledger()
-        .events()
-        .await?
-        .into_iter()
-        .filter(|(run_id, ..)| ids.contains(run_id))
-        .map(|(run_id, at_ms, kind, detail)| {
-            let detail: Value = serde_json::from_str(&detail).unwrap_or(Value::String(detail));
-            json!({ "run_id": run_id, "at_ms": at_ms, "kind": kind, "detail": detail })
-        })
-        .collect();
+    let recorded: Vec<(String, i64, String, String)> =
+        engine.ledger().events().await?.into_iter().filter(|(run_id, ..)| ids.contains(run_id)).collect();
     if !query.follow {
+        let recorded: Vec<Value> = recorded
+            .into_iter()
+            .map(|(run_id, at_ms, kind, detail)| {
+                let detail: Value = serde_json::from_str(&detail).unwrap_or(Value::String(detail));
+                json!({ "run_id": run_id, "at_ms": at_ms, "kind": kind, "detail": detail })
+            })
+            .collect();
         return Ok(Json(recorded).into_response());
     }
-    let stream = follow(api, id, recorded, live, finished(&run));
+    let recorded = recorded.into_iter().map(|(_, _, kind, detail)| Event::default().event(kind).data(detail)).collect();
+    let stream = follow(api, id, recorded, live, finished(&run), run["kind"] == "write");
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
-/// The recorded events, then live ones of the run (and of write runs that name it as their
-/// pipeline run's step), until the run is over.
+/// The recorded events, then live ones of the run (and of its steps' write runs), each named
+/// by its kind with the event as JSON data, until the run is over: a write run's `closed`
+/// event, or a pipeline run's end in the ledger.
 fn follow(
     api: Api,
     id: String,
-    recorded: Vec<Value>,
+    recorded: Vec<Event>,
     mut live: tokio::sync::broadcast::Receiver<crate::events::RunEvent>,
     over: bool,
+    write_run: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream(move |sender| async move {
         for event in recorded {
-            if sender.send(Event::default().event("run").data(event.to_string())).await.is_err() {
+            if sender.send(event).await.is_err() {
                 return;
             }
         }
@@ -307,6 +308,7 @@ fn follow(
         let mut ids = vec![id.clone()];
         loop {
             let next = tokio::time::timeout(Duration::from_secs(1), live.recv()).await;
+            let quiet = next.is_err();
             match next {
                 Ok(Ok(event)) => {
                     if let crate::events::RunEvent::Step { run_id, .. } = &event
@@ -328,11 +330,16 @@ fn follow(
                     if sender.send(Event::default().event(event.kind()).data(data)).await.is_err() {
                         return;
                     }
+                    if write_run && matches!(&event, crate::events::RunEvent::Closed { run_id, .. } if *run_id == id) {
+                        return;
+                    }
                 }
                 Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
                 Ok(Err(RecvError::Closed)) => return,
             }
-            if find_run(&api, &id).await.is_ok_and(|run| finished(&run)) {
+            // A pipeline run has no closed event of its own (its end is in the ledger after its
+            // steps' last events); a write run's closed event may have been missed (lagged).
+            if (!write_run || quiet) && find_run(&api, &id).await.is_ok_and(|run| finished(&run)) {
                 return;
             }
         }

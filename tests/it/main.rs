@@ -20,6 +20,7 @@ mod recovery;
 mod repl;
 mod rest;
 mod scheduler;
+mod serve;
 mod shards;
 mod slt;
 mod steps;
