@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     CommitError, Coordinator, CoordinatorError, Fence, HeldCommit, Resolution, RunContext, RunJob, RunOrigin,
@@ -371,7 +372,10 @@ impl Runner {
     {
         let target = job.target.clone();
         let cancel_on_drop = job.cancel.clone().drop_guard();
-        let joined = tokio::spawn(drive(self.clone(), job)).await;
+        // Every log line of the run carries its id (recorded once open), pipeline and target.
+        let pipeline = job.origin.pipeline.as_deref().unwrap_or_default();
+        let span = tracing::info_span!("run", run_id = tracing::field::Empty, %pipeline, %target);
+        let joined = tokio::spawn(drive(self.clone(), job).instrument(span)).await;
         cancel_on_drop.disarm();
         match joined {
             Ok(result) => result,
@@ -507,6 +511,7 @@ impl Runner {
         let identity = RunIdentity { run_id, pipeline, sequence, base, attempt };
         let run = RunContext::new(identity, target, shards, self.ledger.clone())
             .with_memory_pool(task_ctx.memory_pool().clone());
+        tracing::Span::current().record("run_id", run.run_id());
         tracing::info!(run_id = %run.run_id(), target = %run.target(), shards, coordinator = coordinator.name(), "run opened");
         let opened = RunEvent::Opened {
             run_id: run.run_id().to_string(),

@@ -21,6 +21,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Engine, Output, SCOPE, StatementScope};
 use crate::catalog::{PendingTables, reading_pending};
@@ -289,7 +290,9 @@ impl Engine {
                     let step = &dag.steps[i];
                     let token = step_tokens[i].clone();
                     let hold = options.atomic.then(|| pending.clone());
-                    running.push(async move { (i, self.run_step(pipeline, run_id, step, options, token, hold).await) });
+                    let span = tracing::info_span!("step", %run_id, %pipeline, step = %step.name);
+                    let run = self.run_step(pipeline, run_id, step, options, token, hold).instrument(span);
+                    running.push(async move { (i, run.await) });
                 }
             }
             let Some((i, outcome)) = running.next().await else { return Ok((states, held)) };

@@ -153,3 +153,35 @@ async fn a_run_failing_every_time_is_retried_under_its_id_then_dead_and_retry_ru
     assert_eq!(scheduler.tick().await.unwrap().iter().filter(|r| r.status == "succeeded").count(), 1);
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.dead.t").await, "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn due_runs_beyond_max_concurrent_runs_wait_queued() {
+    let home = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let engine =
+        Arc::new(Engine::builder().home(home.path()).shards(1).clock(Arc::new(clock.clone())).build().await.unwrap());
+    engine
+        .sql(
+            "CREATE SCHEMA lake.q; CREATE TABLE lake.q.a (id BIGINT); CREATE TABLE lake.q.b (id BIGINT);
+             CREATE PIPELINE a SCHEDULE '@hourly' AS INSERT INTO lake.q.a SELECT 1;
+             CREATE PIPELINE b SCHEDULE '@hourly' AS INSERT INTO lake.q.b SELECT 1;",
+        )
+        .await
+        .unwrap();
+    let scheduler = Scheduler::new(engine.clone(), 1);
+    // a takes the one run slot (its claim is made first) and is held inside its write.
+    let mut stall = crate::support::Stall::at("shard-write/lake.q.a");
+    clock.advance(60 * MINUTE);
+    let tick = tokio::spawn({
+        let scheduler = scheduler.clone();
+        async move { scheduler.tick().await }
+    });
+    stall.reached().await;
+    let due = engine.ledger().scheduled_runs(None).await.unwrap();
+    let statuses: Vec<(&str, &str)> = due.iter().map(|d| (d.pipeline.as_str(), d.status.as_str())).collect();
+    assert_eq!(statuses, [("a", "running"), ("b", "queued")]);
+    assert_eq!(engine.ledger().queued_schedules().await.unwrap(), 1);
+    stall.release();
+    let ran = tick.await.unwrap().unwrap();
+    assert!(ran.iter().all(|r| r.status == "succeeded") && ran.len() == 2, "{ran:?}");
+}
