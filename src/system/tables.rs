@@ -13,12 +13,14 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 
 use super::ResultBatch;
-use crate::ledger::{Ledger, LedgerError, PipelineRecord, PipelineRunRecord, RunRecord, ShardTaskRecord, StepRecord};
+use crate::ledger::{
+    Ledger, LedgerError, PipelineRecord, PipelineRunRecord, RunRecord, ScheduledRunRecord, ShardTaskRecord, StepRecord,
+};
 use crate::scheduler::Schedule;
 
 /// The schema holding the system tables.
 pub const SYSTEM_SCHEMA: &str = "sluice";
-const TABLES: [&str; 6] = ["pipelines", "runs", "shard_tasks", "events", "pipeline_runs", "steps"];
+const TABLES: [&str; 7] = ["pipelines", "runs", "shard_tasks", "events", "pipeline_runs", "steps", "schedules"];
 
 /// A DataFusion schema whose tables are views of the ledger.
 #[derive(Debug)]
@@ -64,6 +66,7 @@ impl SchemaProvider for SystemSchema {
             "shard_tasks" => shard_tasks_batch(&ledger.shard_tasks(None).await.map_err(ledger_error)?),
             "pipeline_runs" => pipeline_runs_batch(&ledger.pipeline_runs().await.map_err(ledger_error)?),
             "steps" => steps_batch(&ledger.steps(None).await.map_err(ledger_error)?),
+            "schedules" => schedules_batch(&ledger.scheduled_runs(None).await.map_err(ledger_error)?),
             _ => events_batch(&ledger.events().await.map_err(ledger_error)?),
         };
         Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
@@ -179,6 +182,20 @@ fn pipeline_runs_batch(runs: &[PipelineRunRecord]) -> RecordBatch {
             UInt64Array::from_iter(runs.iter().map(|r| elapsed_ms(r.started_at_ms, r.finished_at_ms))),
         )
         .column("error", true, StringArray::from_iter(runs.iter().map(|r| r.error.as_deref())))
+        .build()
+}
+
+/// Due times the scheduler claimed: queued, running, succeeded, retrying, dead, cancelled or
+/// skipped.
+fn schedules_batch(due: &[ScheduledRunRecord]) -> RecordBatch {
+    ResultBatch::default()
+        .column("pipeline", false, StringArray::from_iter_values(due.iter().map(|d| d.pipeline.as_str())))
+        .column("due_at", false, timestamps(due.iter().map(|d| Some(d.due_ms))))
+        .column("status", false, StringArray::from_iter_values(due.iter().map(|d| d.status.as_str())))
+        .column("attempt", false, Int64Array::from_iter_values(due.iter().map(|d| d.attempt)))
+        .column("run_id", true, StringArray::from_iter(due.iter().map(|d| d.run_id.as_deref())))
+        .column("next_attempt_at", true, timestamps(due.iter().map(|d| d.next_attempt_ms)))
+        .column("error", true, StringArray::from_iter(due.iter().map(|d| d.error.as_deref())))
         .build()
 }
 

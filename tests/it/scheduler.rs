@@ -181,6 +181,8 @@ async fn due_runs_beyond_max_concurrent_runs_wait_queued() {
     let statuses: Vec<(&str, &str)> = due.iter().map(|d| (d.pipeline.as_str(), d.status.as_str())).collect();
     assert_eq!(statuses, [("a", "running"), ("b", "queued")]);
     assert_eq!(engine.ledger().queued_schedules().await.unwrap(), 1);
+    let visible = "SELECT pipeline, status FROM sluice.schedules ORDER BY pipeline";
+    assert_eq!(crate::support::rows(&engine, visible).await, [["a", "running"], ["b", "queued"]]);
     stall.release();
     let ran = tick.await.unwrap().unwrap();
     assert!(ran.iter().all(|r| r.status == "succeeded") && ran.len() == 2, "{ran:?}");
