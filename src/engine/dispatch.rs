@@ -57,7 +57,10 @@ impl Engine {
             Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
             Statement::AlterPipeline { name, change } => self.alter_pipeline(name, change).await,
             Statement::CancelRun { run_id } => self.cancel_run(run_id).await,
-            Statement::RetryRun { run_id } => Ok(Output::run(self.retry_run(run_id).await?)),
+            Statement::RetryRun { run_id } => {
+                let report = self.retry_run(run_id).await?;
+                Ok(if report.steps.is_empty() { Output::run(report) } else { Self::steps_output(report) })
+            }
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch())),
             Statement::ShowPipelines => {
                 Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?, self.clock.now_ms())))

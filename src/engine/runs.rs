@@ -45,7 +45,7 @@ impl Engine {
         }
     }
 
-    async fn pipeline_or_error(&self, name: &str) -> Result<(CreatePipeline, PipelineOptions)> {
+    pub(super) async fn pipeline_or_error(&self, name: &str) -> Result<(CreatePipeline, PipelineOptions)> {
         self.require_ledger()?;
         match self.pipeline_definition(name).await? {
             Some(found) => Ok(found),
@@ -99,11 +99,13 @@ impl Engine {
         self.require_ledger()?;
         let started = std::time::Instant::now();
         let cannot = |reason: String| Error::CannotRetry { run_id: run_id.to_string(), reason };
-        let record = self
-            .ledger
-            .run(run_id)
-            .await?
-            .ok_or_else(|| cannot("there is no such run (SHOW RUNS lists them)".into()))?;
+        let Some(record) = self.ledger.run(run_id).await? else {
+            let pipeline_run = self.ledger.pipeline_runs().await?.into_iter().find(|r| r.run_id == run_id);
+            return match pipeline_run {
+                Some(run) => Box::pin(self.retry_steps(run_id, &run.pipeline)).await,
+                None => Err(cannot("there is no such run (SHOW RUNS lists them)".into())),
+            };
+        };
         if Path::new(&record.target).is_absolute() {
             return Err(cannot(format!("it exported `{}` (run the COPY again instead)", record.target)));
         }

@@ -28,8 +28,8 @@ use crate::catalog::{PendingTables, reading_pending};
 use crate::coordinator::{CANCEL_POLL, HeldCommit, HeldRun, RunError, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::events::RunEvent;
-use crate::ledger::{RunStatus, StepTotals};
-use crate::parser::{CreatePipeline, PipelineStep, Statement};
+use crate::ledger::{RunStatus, StepRecord, StepTotals};
+use crate::parser::{CreatePipeline, PipelineBody, PipelineStep, Statement};
 use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions, retry_wait};
 use crate::system::{explain_batch, steps_batch};
 
@@ -144,13 +144,44 @@ impl Engine {
         steps: &[PipelineStep],
         options: PipelineOptions,
     ) -> Result<RunReport> {
-        let started = Instant::now();
         let dag = self.dag_of(name, steps)?;
         let run_id = Self::named_run().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let queued: Vec<(String, String)> = dag.steps.iter().map(|s| (s.name.clone(), s.target.clone())).collect();
+        let lease_until = self.clock.now_ms() + super::DEFAULT_RUN_LEASE.as_millis() as i64;
+        self.ledger.open_pipeline_run(&run_id, name, &queued, lease_until).await?;
+        self.drive_steps(name, run_id, &dag, options, &[]).await
+    }
+
+    /// `RETRY RUN` of a failed, cancelled or dead run of a pipeline with steps, under its id:
+    /// steps that succeeded stay as they are; the others run again, a failed step's write under
+    /// its own run id (its commit looks for the run in the table's history first).
+    pub(super) async fn retry_steps(&self, run_id: &str, pipeline: &str) -> Result<RunReport> {
+        let cannot = |reason: String| Error::CannotRetry { run_id: run_id.to_string(), reason };
+        let (create, options) = self.pipeline_or_error(pipeline).await?;
+        let PipelineBody::Steps(steps) = create.body else {
+            return Err(cannot(format!("pipeline `{pipeline}` has no steps any more")));
+        };
+        let dag = self.dag_of(pipeline, &steps)?;
+        let before = self.ledger.steps(Some(run_id)).await?;
+        let lease_until = self.clock.now_ms() + super::DEFAULT_RUN_LEASE.as_millis() as i64;
+        if !self.ledger.reopen_pipeline_run(run_id, lease_until).await? {
+            return Err(cannot("it is running or succeeded, or another run of its pipeline is going".into()));
+        }
+        self.drive_steps(pipeline, run_id.to_string(), &dag, options, &before).await
+    }
+
+    /// Runs the steps of the open pipeline run `run_id` (those not `succeeded` in `before`,
+    /// an earlier attempt's steps), with its heartbeat, and settles it.
+    async fn drive_steps(
+        &self,
+        name: &str,
+        run_id: String,
+        dag: &Dag,
+        options: PipelineOptions,
+        before: &[StepRecord],
+    ) -> Result<RunReport> {
+        let started = Instant::now();
         let lease = super::DEFAULT_RUN_LEASE;
-        let lease_until = || self.clock.now_ms() + lease.as_millis() as i64;
-        self.ledger.open_pipeline_run(&run_id, name, &queued, lease_until()).await?;
         let cancel = Self::cancel_token().child_token();
         // The run's heartbeat: its lease, and a `CANCEL RUN` from another process.
         let heartbeat = {
@@ -168,7 +199,7 @@ impl Engine {
                 }
             })
         };
-        let result = match self.schedule(name, &run_id, &dag, options, &cancel).await {
+        let result = match self.schedule(name, &run_id, &dag, options, &cancel, before).await {
             Ok((states, held)) if options.atomic => self.publish_steps(name, &run_id, &dag, states, held).await,
             other => other.map(|(states, _)| states),
         };
@@ -244,8 +275,17 @@ impl Engine {
         dag: &Dag,
         options: PipelineOptions,
         cancel: &CancellationToken,
+        before: &[StepRecord],
     ) -> Result<(Vec<State>, Vec<(usize, HeldRun)>)> {
-        let mut states = vec![State::Waiting; dag.steps.len()];
+        let earlier = |step: &DagStep| before.iter().find(|b| b.step == step.name);
+        let mut states: Vec<State> = dag
+            .steps
+            .iter()
+            .map(|step| match earlier(step) {
+                Some(b) if b.status == "succeeded" => State::Succeeded,
+                _ => State::Waiting,
+            })
+            .collect();
         let mut held = Vec::new();
         let mut pending = PendingTables::new();
         let step_tokens: Vec<CancellationToken> = dag.steps.iter().map(|_| cancel.child_token()).collect();
@@ -290,8 +330,9 @@ impl Engine {
                     let step = &dag.steps[i];
                     let token = step_tokens[i].clone();
                     let hold = options.atomic.then(|| pending.clone());
+                    let retry_of = earlier(step).and_then(|b| b.step_run_id.clone());
                     let span = tracing::info_span!("step", %run_id, %pipeline, step = %step.name);
-                    let run = self.run_step(pipeline, run_id, step, options, token, hold).instrument(span);
+                    let run = self.run_step(pipeline, run_id, step, options, token, hold, retry_of).instrument(span);
                     running.push(async move { (i, run.await) });
                 }
             }
@@ -333,6 +374,7 @@ impl Engine {
     /// One step, retried up to its `retries` with backoff; a retry of a write reuses the failed
     /// attempt's run id (its commit looks for the run in the table's history first). With
     /// `hold` (an atomic run: the tables earlier steps hold), its commit is held, not made.
+    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
         pipeline: &str,
@@ -341,12 +383,17 @@ impl Engine {
         options: PipelineOptions,
         cancel: CancellationToken,
         hold: Option<PendingTables>,
+        earlier_run: Option<String>,
     ) -> Result<StepDone> {
         let step_options = StepOptions::parse(pipeline, &step.name, &step.step.options)?;
         let retries = step_options.retries.unwrap_or(options.retries);
         let backoff = step_options.retry_backoff.unwrap_or(options.retry_backoff);
         let shards = step_options.shards.or(options.shards).unwrap_or(self.shards);
-        let mut retry_of = None;
+        // A step of a retried pipeline run writes under its earlier write run's id.
+        let mut retry_of = match earlier_run {
+            Some(earlier) => self.ledger.run(&earlier).await?.map(|r| (r.run_id, r.sequence)),
+            None => None,
+        };
         let mut attempt = 1;
         loop {
             self.ledger.step_started(run_id, &step.name, attempt).await?;

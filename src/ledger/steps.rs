@@ -137,6 +137,36 @@ impl Ledger {
         Ok(())
     }
 
+    /// Reopens a failed, cancelled or dead pipeline run for `RETRY RUN` (`running`, leased until
+    /// `lease_until_ms`; its steps that did not succeed `queued` again): false when it is not in
+    /// such a state, or another run of its pipeline holds its lease.
+    pub async fn reopen_pipeline_run(&self, run_id: &str, lease_until_ms: i64) -> Result<bool> {
+        let reopened = self
+            .execute(
+                "reopening a pipeline run",
+                sqlx::query(
+                    "UPDATE pipeline_runs SET status = 'running', finished_at_ms = NULL, error = NULL,
+                                              cancel_requested = 0, lease_until_ms = ?1
+                     WHERE run_id = ?2 AND status IN ('failed', 'cancelled', 'dead') AND NOT EXISTS (
+                         SELECT 1 FROM pipeline_runs o WHERE o.pipeline = pipeline_runs.pipeline
+                         AND o.status IN ('running', 'publishing') AND o.lease_until_ms > ?3)",
+                )
+                .bind(lease_until_ms)
+                .bind(run_id)
+                .bind(self.now_ms()),
+            )
+            .await?;
+        if reopened == 0 {
+            return Ok(false);
+        }
+        let steps = sqlx::query(
+            "UPDATE steps SET status = 'queued', finished_at_ms = NULL, error = NULL
+             WHERE run_id = ? AND status <> 'succeeded'",
+        );
+        self.execute("requeueing a pipeline run's steps", steps.bind(run_id)).await?;
+        Ok(true)
+    }
+
     /// Extends a pipeline run's lease; true when a `CANCEL RUN` asked for it to stop.
     pub async fn renew_pipeline_lease(&self, run_id: &str, lease_until_ms: i64) -> Result<bool> {
         let row = self

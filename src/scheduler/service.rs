@@ -160,31 +160,28 @@ impl Scheduler {
         Ok(run_id)
     }
 
-    /// Runs the failed, cancelled or dead write run `run_id` again under its id (as `RETRY RUN`
-    /// does), through the serving loop; returns its id.
+    /// Runs the failed, cancelled or dead run `run_id` (a write run, or a run of a pipeline with
+    /// steps) again under its id, as `RETRY RUN` does, through the serving loop; returns its id.
     pub async fn retry(&self, run_id: &str) -> std::result::Result<String, StartError> {
         let ledger = self.ledger();
-        let Some(record) = ledger.run(run_id).await? else {
-            let steps = ledger.pipeline_runs().await?.into_iter().any(|r| r.run_id == run_id);
-            return Err(match steps {
-                true => StartError::Conflict(format!(
-                    "run {run_id} is a run of a pipeline with steps: run the pipeline again (its steps' write runs can be retried one by one)"
-                )),
-                false => StartError::NotFound(format!("run {run_id} does not exist")),
-            });
+        let (pipeline, status, attempt) = match ledger.run(run_id).await? {
+            Some(record) => (record.pipeline.clone(), record.status.as_str().to_string(), record.attempt),
+            None => match ledger.pipeline_runs().await?.into_iter().find(|r| r.run_id == run_id) {
+                Some(run) => (Some(run.pipeline), run.status, 1),
+                None => return Err(StartError::NotFound(format!("run {run_id} does not exist"))),
+            },
         };
-        if !matches!(record.status, RunStatus::Failed | RunStatus::Cancelled | RunStatus::Dead) {
-            let status = record.status.as_str();
+        if !matches!(status.as_str(), "failed" | "cancelled" | "dead") {
             return Err(StartError::Conflict(format!(
                 "run {run_id} is {status}: only a failed, cancelled or dead run is retried"
             )));
         }
-        let pipeline = record.pipeline.clone().unwrap_or_else(|| AD_HOC.to_string());
+        let pipeline = pipeline.unwrap_or_else(|| AD_HOC.to_string());
         if ledger.schedule_busy(&pipeline).await? {
             return Err(StartError::Busy(pipeline));
         }
         let now = self.engine.clock().now_ms();
-        let attempt = record.attempt + 1;
+        let attempt = attempt + 1;
         let due_ms = ledger.claim_manual(&pipeline, now, attempt, Some(run_id), self.lease_until()).await?;
         let claim = Claim { pipeline, due_ms, attempt, retry_of: Some(run_id.to_string()), late: false, run_id: None };
         self.hand_over(claim);
@@ -317,12 +314,9 @@ impl Scheduler {
         Ok(claims)
     }
 
-    /// A claimed retry: under its run's id when that run is a write run.
+    /// A claimed retry: under its run's id when there is one.
     async fn retry_claim(&self, retry: ScheduledRunRecord) -> Result<Claim> {
-        let retry_of = match &retry.run_id {
-            Some(run_id) if self.ledger().run(run_id).await?.is_some() => Some(run_id.clone()),
-            _ => None,
-        };
+        let retry_of = retry.run_id.clone().filter(|id| !id.is_empty());
         Ok(Claim {
             pipeline: retry.pipeline,
             due_ms: retry.due_ms,

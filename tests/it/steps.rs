@@ -1,6 +1,7 @@
 //! Pipelines with steps run as a graph: a diamond's middle steps overlap and its last waits for
 //! both; a failing step retried under its run identity writes its rows once; without retries the
-//! steps behind it are `upstream_failed` and never run; `CANCEL RUN` from another process stops
+//! steps behind it are `upstream_failed` and never run (and `RETRY RUN` of the pipeline run then
+//! runs only those, under the same ids); `CANCEL RUN` from another process stops
 //! a long step and leaves no staged file.
 
 use std::sync::Arc;
@@ -117,6 +118,23 @@ async fn without_retries_the_steps_behind_a_failed_one_never_run() {
         value(&engine, &format!("SELECT status FROM sluice.pipeline_runs WHERE run_id = '{run_id}'")).await,
         "failed"
     );
+
+    // RETRY RUN of the pipeline run: the same run, its succeeded steps kept, c written under its
+    // own earlier run id, d run at last; every row once.
+    let (a_snapshots, c_run) =
+        (value(&engine, "SELECT count(*) FROM lake.df.\"a$snapshots\"").await, step(&steps, "c").step_run_id.clone());
+    let retried = engine.sql(&format!("RETRY RUN '{run_id}'")).await.unwrap();
+    assert_eq!(retried.iter().map(|b| b.num_rows()).sum::<usize>(), 4, "its steps");
+    let steps = engine.ledger().steps(Some(run_id)).await.unwrap();
+    assert!(steps.iter().all(|s| s.status == "succeeded"), "{steps:?}");
+    assert_eq!(step(&steps, "c").step_run_id, c_run, "c under its earlier write run");
+    assert_eq!(engine.ledger().run(c_run.as_deref().unwrap()).await.unwrap().unwrap().attempt, 2);
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.df.\"a$snapshots\"").await, a_snapshots, "a not run again");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.df.b").await, "500");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.df.c").await, "500");
+    assert_eq!(value(&engine, "SELECT n FROM lake.df.d").await, "1000");
+    let status = format!("SELECT status FROM sluice.pipeline_runs WHERE run_id = '{run_id}'");
+    assert_eq!(value(&engine, &status).await, "succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
