@@ -199,8 +199,8 @@ impl Engine {
                 }
             })
         };
-        let result = match self.schedule(name, &run_id, &dag, options, &cancel, before).await {
-            Ok((states, held)) if options.atomic => self.publish_steps(name, &run_id, &dag, states, held).await,
+        let result = match self.schedule(name, &run_id, dag, options, &cancel, before).await {
+            Ok((states, held)) if options.atomic => self.publish_steps(name, &run_id, dag, states, held).await,
             other => other.map(|(states, _)| states),
         };
         heartbeat.abort();
