@@ -111,6 +111,21 @@ impl Engine {
             let column = columns.get(index.checked_sub(1)?)?;
             return Some(format!("column `{column}` of `{table}` is NOT NULL, but VALUES gives it a NULL"));
         }
+        if text == "Column count doesn't match insert query!" {
+            let given = query_width(insert)
+                .map(|n| format!("{n} column(s)"))
+                .unwrap_or_else(|| "a different number of columns".into());
+            return Some(format!(
+                "the query gives {given}, but `{table}` takes {}: {listed} (INSERT INTO {table} (column, ...) SELECT ... fills the columns it names, the others with NULL)",
+                columns.len()
+            ));
+        }
+        if let Some(number) = overflowing_literal(text) {
+            let index = values_rows(insert)?.iter().find_map(|row| row.iter().position(|e| is_number(e, &number)))?;
+            let column = columns.get(index)?;
+            let data_type = schema.field_with_name(column).map(|f| f.data_type().to_string()).unwrap_or_default();
+            return Some(format!("column `{column}` of `{table}` is {data_type}: the value {number} does not fit it"));
+        }
         let literal = cast_literal(text)?;
         let index = literal_column(insert, &literal)?;
         let column = columns.get(index)?;
@@ -128,6 +143,39 @@ fn table_not_found(message: &str) -> Option<&str> {
 fn cast_literal(text: &str) -> Option<String> {
     let rest = text.split("Cannot cast string '").nth(1)?;
     Some(rest.split_once("' to ")?.0.to_string())
+}
+
+/// The number in a failed cast of a literal: "Can't cast value 3000000000 to type Int32".
+fn overflowing_literal(text: &str) -> Option<String> {
+    let rest = text.split("Can't cast value ").nth(1)?;
+    Some(rest.split_once(" to type ")?.0.to_string())
+}
+
+/// How many columns the query of an `INSERT ... SELECT` gives, when its SELECT list says so.
+fn query_width(insert: &Insert) -> Option<usize> {
+    match insert.source.as_ref()?.body.as_ref() {
+        SetExpr::Select(select) => select
+            .projection
+            .iter()
+            .all(|item| {
+                matches!(
+                    item,
+                    datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(_)
+                        | datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias { .. }
+                )
+            })
+            .then_some(select.projection.len()),
+        SetExpr::Values(values) => values.rows.first().map(Vec::len),
+        _ => None,
+    }
+}
+
+fn is_number(expr: &Expr, number: &str) -> bool {
+    match expr {
+        Expr::Value(ValueWithSpan { value: Value::Number(n, _), .. }) => n == number,
+        Expr::UnaryOp { expr, .. } => is_number(expr, number.trim_start_matches('-')),
+        _ => false,
+    }
 }
 
 /// The VALUES rows of an `INSERT ... VALUES`.

@@ -111,7 +111,7 @@ impl Engine {
     }
 
     pub(super) async fn plan_sql_statement(&self, statement: SqlStatement) -> Result<LogicalPlan> {
-        let statement = DFStatement::Statement(Box::new(statement));
+        let statement = DFStatement::Statement(Box::new(super::insert::positional(statement)));
         match self.ctx.state().statement_to_plan(statement.clone()).await {
             Ok(plan) => Self::bind_params(plan),
             Err(e) => Err(self.diagnose(e, &statement).await),
@@ -208,9 +208,14 @@ impl Engine {
         }
         let state = self.ctx.state();
         let text = statement.to_string();
-        let plan = Self::bind_params(state.statement_to_plan(statement).await?)?;
-        if let Some(output) = self.execute_catalog_plan(&plan, partition_by, text.clone()).await? {
-            return Ok(output);
+        let statement = super::insert::positional_df(statement);
+        let plan = Self::bind_params(state.statement_to_plan(statement.clone()).await?)?;
+        match self.execute_catalog_plan(&plan, partition_by, text.clone()).await {
+            Ok(Some(output)) => return Ok(output),
+            Ok(None) => {}
+            // Planning the write's rows can fail late (a literal folded into a column's type).
+            Err(Error::DataFusion(e)) => return Err(self.diagnose(e, &statement).await),
+            Err(e) => return Err(e),
         }
         if !partition_by.is_empty() {
             return Err(Error::Unsupported(

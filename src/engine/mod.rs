@@ -29,6 +29,7 @@ mod describe;
 mod diagnose;
 mod dispatch;
 mod doctor;
+mod insert;
 mod runs;
 mod schedules;
 mod steps;

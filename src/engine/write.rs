@@ -46,7 +46,8 @@ impl Engine {
                 return Err(Error::Unsupported(format!("REPLACE INTO `{table}` (use INSERT OVERWRITE)")));
             }
         };
-        Ok(Some(Insert { table, input: input.as_ref().clone(), mode }))
+        let input = super::insert::without_lossy_casts(input.as_ref().clone())?;
+        Ok(Some(Insert { table, input, mode }))
     }
 
     /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
@@ -100,7 +101,8 @@ impl Engine {
             return Ok(None);
         }
         let state = self.ctx.state();
-        let plan = Self::bind_params(state.statement_to_plan(statement.clone()).await?)?;
+        let statement = super::insert::positional_df(statement.clone());
+        let plan = Self::bind_params(state.statement_to_plan(statement).await?)?;
         if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = &plan {
             let table = self.resolve(&create.name);
             let Some(catalog) = self.catalog_of(&table.catalog) else { return Ok(None) };

@@ -23,13 +23,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ledger::LedgerError;
 
+mod conform;
 mod context;
 pub mod format;
 mod sink;
 
+pub use conform::{conform, is_widening};
 pub use context::RunContext;
 pub use format::{CommitError, Fence, FileWriter, HeldCommit, StagedFile, TableFormat, TableWriter};
-pub use sink::{ShardSink, conform};
+pub use sink::ShardSink;
 
 /// Boxed error from a table-format writer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

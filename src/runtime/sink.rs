@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::util::display::FormatOptions;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -27,6 +25,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::conform::conform;
 use super::format::{FileWriter, TableFormat};
 use super::{BoxError, RunContext, ShardError};
 use crate::table::TableName;
@@ -316,43 +315,4 @@ impl<W: TableFormat> ShardFiles<W> {
     fn error(&self, file: &OpenFile<W::File>, source: BoxError) -> ShardError {
         ShardError::Write { shard: self.shard, path: file.location.clone(), source }
     }
-}
-
-/// Casts a batch to the table's Arrow schema, column by column, failing (instead of writing
-/// NULL) when a value does not fit, and naming the column.
-pub fn conform(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
-    if batch.num_columns() != target.fields().len() {
-        return Err(DataFusionError::Plan(format!(
-            "the input has {} columns but the table has {}",
-            batch.num_columns(),
-            target.fields().len()
-        )));
-    }
-    let options = CastOptions { safe: false, format_options: FormatOptions::default() };
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(target.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                return Ok(column.clone());
-            }
-            cast_with_options(column, field.data_type(), &options).map_err(|e| {
-                DataFusionError::Execution(format!(
-                    "column `{}`: cannot store {} as {}: {e}",
-                    field.name(),
-                    column.data_type(),
-                    field.data_type()
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let null_in_not_null = target.fields().iter().zip(&columns).find(|(f, c)| !f.is_nullable() && c.null_count() > 0);
-    if let Some((field, _)) = null_in_not_null {
-        return Err(DataFusionError::Execution(format!(
-            "column `{}` is NOT NULL, but the query gives it a NULL",
-            field.name()
-        )));
-    }
-    RecordBatch::try_new(target.clone(), columns).map_err(|e| DataFusionError::Execution(e.to_string()))
 }
