@@ -201,6 +201,15 @@ pub struct RunJob {
     /// Cancels the run: before its commit it is rolled back and recorded `cancelled`; once it
     /// is committing, the commit goes on to its end (see [`Runner::run`]).
     pub cancel: CancellationToken,
+    /// Checked once every shard has staged, before the commit (a data quality gate).
+    pub check: Option<Arc<dyn StagedCheck>>,
+}
+
+/// A check of a run's staged rows, made once every shard has staged and before the commit: an
+/// error fails the run (rolled back, nothing committed) with its reason.
+pub trait StagedCheck: Send + Sync + std::fmt::Debug {
+    /// `Err(why)` when the run may not commit.
+    fn check(&self) -> Result<(), String>;
 }
 
 /// Where a run comes from: what the ledger keeps of it besides its target.
@@ -255,4 +264,32 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// For a run of a pipeline with steps: every step, as `sluice.steps` has it.
     pub steps: Vec<crate::ledger::StepRecord>,
+    /// For a write with expectations: rows in, dropped, and each constraint's counts.
+    pub quality: Option<QualityReport>,
+}
+
+/// What a write's expectations found ([`RunReport::quality`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QualityReport {
+    /// Rows the query gave.
+    pub rows_in: u64,
+    /// Rows not written (a `DROP ROW` expectation broken).
+    pub rows_dropped: u64,
+    /// Rows kept in the quarantine table instead.
+    pub rows_quarantined: u64,
+    /// Each expectation: name, action, rows that met it, rows that broke it.
+    pub constraints: Vec<ConstraintCount>,
+}
+
+/// One expectation's counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConstraintCount {
+    /// The constraint's name.
+    pub name: String,
+    /// `WARN`, `DROP ROW`, `QUARANTINE` or `FAIL`.
+    pub action: String,
+    /// Rows that met it (NULL counts as met).
+    pub passed: u64,
+    /// Rows that broke it.
+    pub failed: u64,
 }

@@ -158,6 +158,16 @@ pub enum RunError {
         /// Whether the runs were rolled back (false: the outcome is unknown).
         rolled_back: bool,
     },
+    /// The run's staged rows failed its check ([`super::StagedCheck`]): rolled back.
+    #[error("run {run_id} into `{target}` was rejected and rolled back: {reason}")]
+    Rejected {
+        /// The run.
+        run_id: String,
+        /// The table.
+        target: String,
+        /// Why.
+        reason: String,
+    },
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -177,7 +187,8 @@ impl RunError {
             | RunError::Injected { run_id, .. }
             | RunError::Cancelled { run_id, .. }
             | RunError::LeaseLost { run_id, .. }
-            | RunError::OutcomeUnknown { run_id, .. } => Some(run_id),
+            | RunError::OutcomeUnknown { run_id, .. }
+            | RunError::Rejected { run_id, .. } => Some(run_id),
             RunError::Prepare { .. } | RunError::Publish { .. } | RunError::Ledger(_) => None,
         }
     }
@@ -205,6 +216,7 @@ impl Drop for Heartbeat {
 struct Opened {
     run: RunContext,
     coordinator: Arc<dyn Coordinator>,
+    check: Option<Arc<dyn super::StagedCheck>>,
     plan: Arc<dyn ExecutionPlan>,
     started: Instant,
     _heartbeat: Heartbeat,
@@ -482,7 +494,7 @@ impl Runner {
 
     /// Splits the input into shards, then records the run (`staging`) and starts its lease.
     async fn open(&self, job: RunJob, task_ctx: &TaskContext) -> Result<Opened, RunError> {
-        let RunJob { target, coordinator, input, shards, base, origin, cancel } = job;
+        let RunJob { target, coordinator, input, shards, base, origin, cancel, check } = job;
         let RunOrigin { pipeline, statement, retry_of, run_id: named } = origin;
         let plan = coordinator
             .prepare_shards(input, shards)
@@ -521,7 +533,7 @@ impl Runner {
         };
         self.events.emit(opened).await;
         let heartbeat = self.heartbeat(run.run_id(), cancel);
-        Ok(Opened { run, coordinator, plan, started: Instant::now(), _heartbeat: heartbeat })
+        Ok(Opened { run, coordinator, check, plan, started: Instant::now(), _heartbeat: heartbeat })
     }
 
     /// `on_start`, then every shard at once; rolls back when any fails.
@@ -543,6 +555,10 @@ impl Runner {
         .await;
         match shards {
             Ok(shards) => {
+                if let Some(Err(reason)) = opened.check.as_ref().map(|check| check.check()) {
+                    self.roll_back(opened, &reason, RunStatus::Failed).await?;
+                    return Err(RunError::Rejected { run_id: opened.run_id(), target: opened.target(), reason });
+                }
                 let totals = shards.iter().map(|s| s.totals).sum();
                 Ok(Staged { shards, totals })
             }
@@ -702,5 +718,6 @@ fn report(opened: &Opened, totals: ShardTotals, snapshot_id: Option<i64>) -> Run
         snapshot_id,
         elapsed: opened.started.elapsed(),
         steps: Vec::new(),
+        quality: None,
     }
 }

@@ -56,6 +56,9 @@ impl Engine {
             }
             Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
             Statement::AlterPipeline { name, change } => self.alter_pipeline(name, change).await,
+            Statement::ExpectInsert { insert, expectations } => {
+                Self::expecting(expectations.clone(), Box::pin(self.execute_statement(insert, source))).await
+            }
             Statement::CancelRun { run_id } => self.cancel_run(run_id).await,
             Statement::RetryRun { run_id } => {
                 let report = self.retry_run(run_id).await?;

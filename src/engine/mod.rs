@@ -29,6 +29,7 @@ mod describe;
 mod diagnose;
 mod dispatch;
 mod doctor;
+mod expect;
 mod insert;
 mod runs;
 mod schedules;
@@ -75,6 +76,8 @@ struct StatementScope {
     params: Option<ParamValues>,
     /// The id the statement's run gets ([`Engine::start_pipeline`] names it beforehand).
     run_id: Option<String>,
+    /// Expectations on the rows the statement writes (`INSERT ... (CONSTRAINT ...)`).
+    expectations: Vec<crate::parser::Expectation>,
 }
 
 impl StatementScope {
@@ -286,7 +289,8 @@ impl Engine {
     ) -> PipelineRun {
         let events = self.subscribe();
         let cancel = CancellationToken::new();
-        let scope = StatementScope { cancel: cancel.clone(), params: None, run_id: Some(run_id.clone()) };
+        let scope =
+            StatementScope { cancel: cancel.clone(), run_id: Some(run_id.clone()), ..StatementScope::default() };
         let task = tokio::spawn(SCOPE.scope(scope, run));
         PipelineRun { run_id, events, cancel, task }
     }
@@ -312,6 +316,19 @@ impl Engine {
     pub async fn execute_cancellable(&self, statement: &Located, cancel: CancellationToken) -> Result<Output> {
         let scope = StatementScope { cancel, ..StatementScope::current() };
         SCOPE.scope(scope, self.execute(statement)).await
+    }
+
+    /// The expectations on the rows the running statement writes.
+    pub(super) fn expectations() -> Vec<crate::parser::Expectation> {
+        StatementScope::current().expectations
+    }
+
+    /// Runs `future` (a write) with `expectations` on its rows.
+    pub(super) async fn expecting<T>(
+        expectations: Vec<crate::parser::Expectation>,
+        future: impl std::future::Future<Output = T>,
+    ) -> T {
+        SCOPE.scope(StatementScope { expectations, ..StatementScope::current() }, future).await
     }
 
     /// The id the running statement's run is to get, when its caller named it.

@@ -287,6 +287,7 @@ fn report_of(record: &RunRecord, elapsed: Duration) -> RunReport {
         snapshot_id: record.snapshot_id,
         elapsed,
         steps: Vec::new(),
+        quality: None,
     }
 }
 

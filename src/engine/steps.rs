@@ -29,7 +29,7 @@ use crate::coordinator::{CANCEL_POLL, HeldCommit, HeldRun, RunError, RunOrigin, 
 use crate::error::{Error, Result};
 use crate::events::RunEvent;
 use crate::ledger::{RunStatus, StepRecord, StepTotals};
-use crate::parser::{CreatePipeline, PipelineBody, PipelineStep, Statement};
+use crate::parser::{CreatePipeline, Expectation, PipelineBody, PipelineStep, Statement};
 use crate::pipeline::{Dag, DagStep, OnFailure, PipelineError, PipelineOptions, StepOptions, retry_wait};
 use crate::system::{explain_batch, steps_batch};
 
@@ -261,6 +261,7 @@ impl Engine {
             snapshot_id: None,
             elapsed: started.elapsed(),
             steps,
+            quality: None,
         })
     }
 
@@ -471,18 +472,20 @@ impl Engine {
         hold: Option<PendingTables>,
     ) -> Result<StepDone> {
         let statement = step.step.statement.as_ref();
-        if let Some(sql) = insert_of(&step.step.statement) {
+        if let Some((sql, expectations)) = insert_of(&step.step.statement) {
             let origin =
                 RunOrigin { pipeline: Some(label.to_string()), statement: sql.to_string(), retry_of, run_id: None };
             let not_catalog = || super::runs::not_a_catalog_insert(label);
             let Some(pending) = hold else {
                 let plan = self.plan_sql_statement(sql.clone()).await?;
                 let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
-                return Ok(StepDone::Committed(self.write(insert, shards, origin).await?));
+                let written = Self::expecting(expectations.to_vec(), self.write(insert, shards, origin)).await?;
+                return Ok(StepDone::Committed(written));
             };
             let plan = reading_pending(pending, self.plan_sql_statement(sql.clone())).await?;
             let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
-            return Ok(StepDone::Held(Box::new(self.write_held(insert, shards, origin).await?)));
+            let held = Self::expecting(expectations.to_vec(), self.write_held(insert, shards, origin)).await?;
+            return Ok(StepDone::Held(Box::new(held)));
         }
         if hold.is_some() {
             let message = format!("step `{}` of an atomic pipeline is not an INSERT", step.name);
@@ -670,9 +673,14 @@ impl StepDone {
     }
 }
 
-/// The SQL of an `INSERT` step.
-fn insert_of(statement: &Statement) -> Option<&datafusion::sql::sqlparser::ast::Statement> {
+/// The SQL of an `INSERT` step, and its expectations.
+fn insert_of(statement: &Statement) -> Option<(&datafusion::sql::sqlparser::ast::Statement, &[Expectation])> {
+    let (statement, expectations) = match statement {
+        Statement::ExpectInsert { insert, expectations } => (insert.as_ref(), expectations.as_slice()),
+        other => (other, [].as_slice()),
+    };
     let Statement::DataFusion(df) = statement else { return None };
     let datafusion::sql::parser::Statement::Statement(sql) = df.as_ref() else { return None };
-    matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_)).then_some(sql.as_ref())
+    matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_))
+        .then_some((sql.as_ref(), expectations))
 }

@@ -52,24 +52,52 @@ impl Engine {
 
     /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
     pub(super) async fn write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
-        let (job, _) = self.plan_write(insert, shards, origin).await?;
-        Ok(self.runner.run(job, self.ctx.state().task_ctx()).await?)
+        let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
+        let (target, pipeline) = (job.target.clone(), job.origin.pipeline.clone());
+        let result = self.runner.run(job, self.ctx.state().task_ctx()).await;
+        let Some(tally) = tally else { return Ok(result?) };
+        // What the expectations found is kept for the run, committed or not.
+        let quality = tally.report();
+        let run_id = match &result {
+            Ok(report) => Some(report.run_id.clone()),
+            Err(e) => e.run_id().map(str::to_string),
+        };
+        if let Some(run_id) = run_id {
+            self.ledger.record_expectations(&run_id, pipeline.as_deref(), &target, &quality).await?;
+        }
+        let mut report = result?;
+        report.quality = Some(quality);
+        Ok(report)
     }
 
     /// As [`Engine::write`], up to the commit, which is written and held for a swap together
     /// with other tables' (an atomic pipeline's step).
     pub(super) async fn write_held(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<HeldRun> {
-        let (job, _) = self.plan_write(insert, shards, origin).await?;
+        let (job, _, _) = self.plan_write(insert, shards, origin).await?;
         Ok(self.runner.hold(job, self.ctx.state().task_ctx()).await?)
     }
 
-    /// The run a write makes, and a line saying what it writes where.
-    async fn plan_write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<(RunJob, String)> {
+    /// The run a write makes, a line saying what it writes where, and the tally of its
+    /// expectations (the statement's), if it has any.
+    async fn plan_write(
+        &self,
+        insert: Insert,
+        shards: usize,
+        origin: RunOrigin,
+    ) -> Result<(RunJob, String, Option<Arc<super::expect::Tally>>)> {
         let Insert { table, input, mode } = insert;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
         let writer = catalog.writer(&table).await?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
+        let expectations = Self::expectations();
+        let (input, tally) = match expectations.is_empty() {
+            true => (input, None),
+            false => {
+                let (input, tally) = super::expect::apply(&state, input, &expectations)?;
+                (input, Some(tally))
+            }
+        };
         let partition_key = planner::physical_partition_key(&state, writer.partitioning(), &input)?;
         let fields: Vec<String> = writer.partitioning().iter().map(ToString::to_string).collect();
         let partitioning = match fields.is_empty() {
@@ -80,13 +108,14 @@ impl Engine {
         let base = writer.base();
         let target = table.to_string();
         let coordinator = self.layered(writer.coordinator(table, partition_key, mode));
-        let job = RunJob { target, coordinator, input, shards, base, origin, cancel: Self::cancel_token() };
-        Ok((job, summary))
+        let check = tally.clone().map(|t| t as Arc<dyn crate::coordinator::StagedCheck>);
+        let job = RunJob { target, coordinator, input, shards, base, origin, cancel: Self::cancel_token(), check };
+        Ok((job, summary, tally))
     }
 
     /// `EXPLAIN` of a write: the target, the mode and the sharded physical plan, without running it.
     pub(super) async fn explain_write(&self, insert: Insert, shards: usize) -> Result<Output> {
-        let (job, summary) = self.plan_write(insert, shards, RunOrigin::default()).await?;
+        let (job, summary, _) = self.plan_write(insert, shards, RunOrigin::default()).await?;
         let RunJob { target, coordinator, input, shards, .. } = job;
         let plan = coordinator.prepare_shards(input, shards).map_err(|source| RunError::Prepare { target, source })?;
         Ok(explain_output(&summary, plan.as_ref()))
@@ -153,6 +182,7 @@ impl Engine {
             base: None,
             origin: RunOrigin { statement: statement.to_string(), ..RunOrigin::default() },
             cancel: Self::cancel_token(),
+            check: None,
         };
         Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
     }

@@ -22,12 +22,14 @@ use sqlx::sqlite::{
 
 use crate::clock::ClockRef;
 
+mod expectations;
 mod files;
 mod records;
 mod runs;
 mod schedules;
 mod steps;
 
+pub use expectations::ExpectationRecord;
 use records::pipeline_from_row;
 pub use records::{NewRun, PipelineRecord, RunRecord, RunStatus, ShardTaskRecord, ShardTotals};
 pub use schedules::ScheduledRunRecord;
@@ -173,6 +175,18 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (pipeline, status);
+CREATE TABLE IF NOT EXISTS expectations (
+    run_id         TEXT NOT NULL,
+    pipeline       TEXT,
+    target         TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    passed         INTEGER NOT NULL,
+    failed         INTEGER NOT NULL,
+    rows_in        INTEGER NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 CREATE TABLE IF NOT EXISTS scheduled_runs (
     pipeline        TEXT NOT NULL,
     due_ms          INTEGER NOT NULL,

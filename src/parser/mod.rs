@@ -17,9 +17,11 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use crate::table::{PartitionField, Transform};
 
+mod expect;
 mod schedule;
 mod steps;
 
+pub use expect::{Expectation, Violation};
 pub use schedule::{AlterPipeline, ScheduleClause};
 pub use steps::{PipelineBody, PipelineStep};
 
@@ -73,6 +75,14 @@ pub enum Statement {
         name: String,
         /// What changes.
         change: AlterPipeline,
+    },
+    /// Extension: `INSERT INTO t (CONSTRAINT name EXPECT (condition) [ON VIOLATION ...], ...) ...`:
+    /// an insert whose rows are checked against expectations.
+    ExpectInsert {
+        /// The insert, constraint list removed (a [`Statement::DataFusion`] `INSERT`).
+        insert: Box<Statement>,
+        /// The expectations, in order.
+        expectations: Vec<Expectation>,
     },
     /// Extension: `RUN PIPELINE name`
     RunPipeline {
@@ -211,6 +221,9 @@ impl fmt::Display for Statement {
                 write!(f, "DROP PIPELINE {}{name}", if *if_exists { "IF EXISTS " } else { "" })
             }
             Statement::AlterPipeline { name, change } => write!(f, "ALTER PIPELINE {name} {change}"),
+            Statement::ExpectInsert { insert, expectations } => {
+                write!(f, "{}", expect::with_expectations(insert, expectations))
+            }
             Statement::ShowRuns { pipeline, filter } => {
                 write!(f, "SHOW RUNS")?;
                 if let Some(p) = pipeline {
@@ -364,6 +377,11 @@ impl<'a> SluiceParser<'a> {
                     && is_keyword(&t2, Keyword::REPLACE)
                     && is_keyword(&t3, Keyword::TABLE)))
             && let Some(statement) = self.parse_partitioned_table()?
+        {
+            return Ok(statement);
+        }
+        if is_keyword(&t0, Keyword::INSERT)
+            && let Some(statement) = self.parse_insert_with_expectations()?
         {
             return Ok(statement);
         }

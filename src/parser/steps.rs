@@ -66,7 +66,7 @@ fn is_step(statement: &Statement) -> bool {
         Statement::CreatePartitionedTable { create, .. } => {
             matches!(create.as_ref(), SqlStatement::CreateTable(CreateTable { query: Some(_), .. }))
         }
-        Statement::RunPipeline { .. } => true,
+        Statement::RunPipeline { .. } | Statement::ExpectInsert { .. } => true,
         _ => false,
     }
 }

@@ -7,9 +7,10 @@ use super::ResultBatch;
 use crate::coordinator::{Resolution, RunReport};
 use crate::ledger::RunRecord;
 
-/// A run report as a one-row batch: the result of `RUN PIPELINE`, `INSERT` and `COPY`.
+/// A run report as a one-row batch: the result of `RUN PIPELINE`, `INSERT` and `COPY`; a write
+/// with expectations adds rows_in, rows_dropped, rows_quarantined and each constraint's counts.
 pub fn run_report_batch(report: &RunReport) -> RecordBatch {
-    ResultBatch::default()
+    let batch = ResultBatch::default()
         .column("run_id", false, StringArray::from(vec![report.run_id.as_str()]))
         .column("pipeline", true, StringArray::from(vec![report.pipeline.as_deref()]))
         .column("target", false, StringArray::from(vec![report.target.as_str()]))
@@ -18,7 +19,18 @@ pub fn run_report_batch(report: &RunReport) -> RecordBatch {
         .column("files", false, UInt64Array::from(vec![report.files]))
         .column("bytes", false, UInt64Array::from(vec![report.bytes]))
         .column("snapshot_id", true, Int64Array::from(vec![report.snapshot_id]))
-        .column("elapsed_ms", false, UInt64Array::from(vec![report.elapsed.as_millis() as u64]))
+        .column("elapsed_ms", false, UInt64Array::from(vec![report.elapsed.as_millis() as u64]));
+    let Some(quality) = &report.quality else { return batch.build() };
+    let constraints: Vec<String> = quality
+        .constraints
+        .iter()
+        .map(|c| format!("{}: {} passed, {} failed ({})", c.name, c.passed, c.failed, c.action))
+        .collect();
+    batch
+        .column("rows_in", false, UInt64Array::from(vec![quality.rows_in]))
+        .column("rows_dropped", false, UInt64Array::from(vec![quality.rows_dropped]))
+        .column("rows_quarantined", false, UInt64Array::from(vec![quality.rows_quarantined]))
+        .column("expectations", false, StringArray::from(vec![constraints.join("; ")]))
         .build()
 }
 

@@ -14,13 +14,15 @@ use datafusion::error::{DataFusionError, Result};
 
 use super::ResultBatch;
 use crate::ledger::{
-    Ledger, LedgerError, PipelineRecord, PipelineRunRecord, RunRecord, ScheduledRunRecord, ShardTaskRecord, StepRecord,
+    ExpectationRecord, Ledger, LedgerError, PipelineRecord, PipelineRunRecord, RunRecord, ScheduledRunRecord,
+    ShardTaskRecord, StepRecord,
 };
 use crate::scheduler::Schedule;
 
 /// The schema holding the system tables.
 pub const SYSTEM_SCHEMA: &str = "sluice";
-const TABLES: [&str; 7] = ["pipelines", "runs", "shard_tasks", "events", "pipeline_runs", "steps", "schedules"];
+const TABLES: [&str; 8] =
+    ["pipelines", "runs", "shard_tasks", "events", "pipeline_runs", "steps", "schedules", "expectations"];
 
 /// A DataFusion schema whose tables are views of the ledger.
 #[derive(Debug)]
@@ -67,6 +69,7 @@ impl SchemaProvider for SystemSchema {
             "pipeline_runs" => pipeline_runs_batch(&ledger.pipeline_runs().await.map_err(ledger_error)?),
             "steps" => steps_batch(&ledger.steps(None).await.map_err(ledger_error)?),
             "schedules" => schedules_batch(&ledger.scheduled_runs(None).await.map_err(ledger_error)?),
+            "expectations" => expectations_batch(&ledger.expectations().await.map_err(ledger_error)?),
             _ => events_batch(&ledger.events().await.map_err(ledger_error)?),
         };
         Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
@@ -196,6 +199,31 @@ fn schedules_batch(due: &[ScheduledRunRecord]) -> RecordBatch {
         .column("run_id", true, StringArray::from_iter(due.iter().map(|d| d.run_id.as_deref())))
         .column("next_attempt_at", true, timestamps(due.iter().map(|d| d.next_attempt_ms)))
         .column("error", true, StringArray::from_iter(due.iter().map(|d| d.error.as_deref())))
+        .build()
+}
+
+/// What each write's expectations found; `step` is set for a step's write run
+/// (`<pipeline>/<step>`).
+fn expectations_batch(found: &[ExpectationRecord]) -> RecordBatch {
+    let split = |r: &ExpectationRecord| -> (Option<String>, Option<String>) {
+        match r.pipeline.as_deref().map(|p| p.split_once('/')) {
+            Some(Some((pipeline, step))) => (Some(pipeline.to_string()), Some(step.to_string())),
+            Some(None) => (r.pipeline.clone(), None),
+            None => (None, None),
+        }
+    };
+    let (pipelines, steps): (Vec<_>, Vec<_>) = found.iter().map(split).unzip();
+    ResultBatch::default()
+        .column("run_id", false, StringArray::from_iter_values(found.iter().map(|r| r.run_id.as_str())))
+        .column("pipeline", true, StringArray::from(pipelines))
+        .column("step", true, StringArray::from(steps))
+        .column("table", false, StringArray::from_iter_values(found.iter().map(|r| r.target.as_str())))
+        .column("constraint", false, StringArray::from_iter_values(found.iter().map(|r| r.name.as_str())))
+        .column("action", false, StringArray::from_iter_values(found.iter().map(|r| r.action.as_str())))
+        .column("passed", false, UInt64Array::from_iter_values(found.iter().map(|r| r.passed)))
+        .column("failed", false, UInt64Array::from_iter_values(found.iter().map(|r| r.failed)))
+        .column("rows_in", false, UInt64Array::from_iter_values(found.iter().map(|r| r.rows_in)))
+        .column("recorded_at", false, timestamps(found.iter().map(|r| Some(r.recorded_at_ms))))
         .build()
 }
 

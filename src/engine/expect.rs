@@ -1,0 +1,246 @@
+//! Expectations on a write's rows (`INSERT INTO t (CONSTRAINT name EXPECT (condition) ON VIOLATION
+//! ...) ...`), evaluated by DataFusion once per batch (vectorized), between the query and the
+//! shards: every condition is counted (NULL counts as met, as in CHECK); `DROP ROW` removes the
+//! rows that break it; `FAIL` lets the shards stage and then stops the run before its commit
+//! ([`StagedCheck`]) with the count and up to 10 sample rows; `WARN` only counts.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{and, filter_record_batch, not};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::{DFSchema, Result as DFResult, exec_err, plan_err};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
+
+use crate::coordinator::{ConstraintCount, QualityReport, StagedCheck};
+use crate::parser::{Expectation, Violation};
+
+/// Rows of a `FAIL` expectation kept for its error.
+const SAMPLES_MAX: usize = 10;
+
+/// One expectation, planned, with its counts.
+#[derive(Debug)]
+struct Constraint {
+    expectation: Expectation,
+    condition: Arc<dyn PhysicalExpr>,
+    passed: AtomicU64,
+    failed: AtomicU64,
+    samples: Mutex<Vec<String>>,
+}
+
+/// The counts of a write's expectations, shared by every partition of its rows.
+#[derive(Debug)]
+pub(super) struct Tally {
+    constraints: Vec<Constraint>,
+    rows_in: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Tally {
+    /// What the run's report and `sluice.expectations` say.
+    pub(super) fn report(&self) -> QualityReport {
+        QualityReport {
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_dropped: self.dropped.load(Ordering::Relaxed),
+            rows_quarantined: 0,
+            constraints: self
+                .constraints
+                .iter()
+                .map(|c| ConstraintCount {
+                    name: c.expectation.name.clone(),
+                    action: c.expectation.action.as_str().to_string(),
+                    passed: c.passed.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one batch; returns the rows to write.
+    fn apply(&self, batch: RecordBatch) -> DFResult<RecordBatch> {
+        let rows = batch.num_rows();
+        self.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+        let mut keep: Option<BooleanArray> = None;
+        for constraint in &self.constraints {
+            let value = constraint.condition.evaluate(&batch)?.into_array(rows)?;
+            let Some(met) = value.as_any().downcast_ref::<BooleanArray>() else {
+                return exec_err!("expectation `{}` is not a condition", constraint.expectation.name);
+            };
+            // Broken: false (NULL counts as met).
+            let broken = BooleanArray::from_iter((0..rows).map(|i| Some(met.is_valid(i) && !met.value(i))));
+            let failed = broken.true_count();
+            constraint.failed.fetch_add(failed as u64, Ordering::Relaxed);
+            constraint.passed.fetch_add((rows - failed) as u64, Ordering::Relaxed);
+            match constraint.expectation.action {
+                Violation::DropRow if failed > 0 => {
+                    let kept = not(&broken)?;
+                    keep = Some(match keep {
+                        Some(keep) => and(&keep, &kept)?,
+                        None => kept,
+                    });
+                }
+                Violation::Fail if failed > 0 => {
+                    let mut samples = constraint.samples.lock().unwrap_or_else(|p| p.into_inner());
+                    for row in (0..rows).filter(|i| broken.value(*i)).take(SAMPLES_MAX.saturating_sub(samples.len())) {
+                        samples.push(format_row(&batch, row));
+                    }
+                }
+                _ => {}
+            }
+        }
+        match keep {
+            None => Ok(batch),
+            Some(keep) => {
+                let kept = filter_record_batch(&batch, &keep)?;
+                self.dropped.fetch_add((rows - kept.num_rows()) as u64, Ordering::Relaxed);
+                Ok(kept)
+            }
+        }
+    }
+}
+
+impl StagedCheck for Tally {
+    fn check(&self) -> Result<(), String> {
+        let broken: Vec<String> = self
+            .constraints
+            .iter()
+            .filter(|c| c.expectation.action == Violation::Fail && c.failed.load(Ordering::Relaxed) > 0)
+            .map(|c| {
+                let samples = c.samples.lock().unwrap_or_else(|p| p.into_inner());
+                format!(
+                    "{} row(s) violate expectation `{}` ({}), e.g. {}",
+                    c.failed.load(Ordering::Relaxed),
+                    c.expectation.name,
+                    c.expectation.condition,
+                    samples.join(", ")
+                )
+            })
+            .collect();
+        match broken.is_empty() {
+            true => Ok(()),
+            false => Err(broken.join("; ")),
+        }
+    }
+}
+
+/// A row as `(column = value, ...)`.
+fn format_row(batch: &RecordBatch, row: usize) -> String {
+    let values: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let value = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default().with_null("NULL"))
+                .map(|f| f.value(row).to_string())
+                .unwrap_or_default();
+            format!("{} = {value}", field.name())
+        })
+        .collect();
+    format!("({})", values.join(", "))
+}
+
+/// Plans `expectations` over the rows of `input`: the plan that counts them (and drops the
+/// rows `DROP ROW` ones reject), and their tally.
+pub(super) fn apply(
+    state: &SessionState,
+    input: Arc<dyn ExecutionPlan>,
+    expectations: &[Expectation],
+) -> crate::error::Result<(Arc<dyn ExecutionPlan>, Arc<Tally>)> {
+    let schema = DFSchema::try_from(input.schema().as_ref().clone())?;
+    let mut constraints = Vec::new();
+    for expectation in expectations {
+        if expectation.action == Violation::Quarantine {
+            return Err(crate::error::Error::Unsupported(format!(
+                "expectation `{}`: ON VIOLATION QUARANTINE (use WARN, DROP ROW or FAIL)",
+                expectation.name
+            )));
+        }
+        let logical = state.create_logical_expr(&expectation.condition, &schema).map_err(|e| {
+            crate::error::Error::Plan(format!("expectation `{}` ({}): {e}", expectation.name, expectation.condition))
+        })?;
+        let condition = state.create_physical_expr(logical, &schema)?;
+        let data_type = condition.data_type(input.schema().as_ref())?;
+        if data_type != DataType::Boolean {
+            let message = format!(
+                "expectation `{}` ({}) is {data_type}, not a condition",
+                expectation.name, expectation.condition
+            );
+            return Err(crate::error::Error::Plan(message));
+        }
+        constraints.push(Constraint {
+            expectation: expectation.clone(),
+            condition,
+            passed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            samples: Mutex::new(Vec::new()),
+        });
+    }
+    let tally = Arc::new(Tally { constraints, rows_in: AtomicU64::new(0), dropped: AtomicU64::new(0) });
+    let exec = ExpectationsExec { properties: input.properties().clone(), input, tally: tally.clone() };
+    Ok((Arc::new(exec), tally))
+}
+
+/// Counts a write's rows against its expectations, dropping those `DROP ROW` rejects.
+#[derive(Debug)]
+struct ExpectationsExec {
+    input: Arc<dyn ExecutionPlan>,
+    tally: Arc<Tally>,
+    properties: Arc<PlanProperties>,
+}
+
+impl DisplayAs for ExpectationsExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .tally
+            .constraints
+            .iter()
+            .map(|c| format!("{} ON VIOLATION {}", c.expectation.name, c.expectation.action.as_str()))
+            .collect();
+        write!(f, "ExpectationsExec: {}", names.join(", "))
+    }
+}
+
+impl ExecutionPlan for ExpectationsExec {
+    fn name(&self) -> &str {
+        "ExpectationsExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DFResult<Arc<dyn ExecutionPlan>> {
+        match <[_; 1]>::try_from(children) {
+            Ok([input]) => Ok(Arc::new(ExpectationsExec {
+                properties: input.properties().clone(),
+                input,
+                tally: self.tally.clone(),
+            })),
+            Err(_) => plan_err!("ExpectationsExec takes one input"),
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        let tally = self.tally.clone();
+        let rows = self.input.execute(partition, context)?.map(move |batch| tally.apply(batch?));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.input.schema(), rows)))
+    }
+}

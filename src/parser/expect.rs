@@ -1,0 +1,208 @@
+//! Expectations, as in Databricks DLT: `INSERT INTO t (CONSTRAINT name EXPECT (condition)
+//! [ON VIOLATION {WARN | DROP ROW | QUARANTINE | FAIL}], ...) SELECT ...`. The constraint list is
+//! lifted out of the statement's tokens (where a column list would stand) and the rest parsed by
+//! sqlparser; each condition is kept as SQL text, planned against the rows when the write runs.
+
+use std::fmt;
+
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
+
+use super::{DIALECT, ParseError, SluiceParser, Statement, is_keyword, is_word};
+
+/// What a row that breaks an expectation does to the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// Counted only; the row is written (the default).
+    Warn,
+    /// Counted and not written.
+    DropRow,
+    /// Counted, not written, and kept in the quarantine table.
+    Quarantine,
+    /// Fails the run (nothing committed), with the count and sample rows.
+    Fail,
+}
+
+impl Violation {
+    /// As written after `ON VIOLATION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Violation::Warn => "WARN",
+            Violation::DropRow => "DROP ROW",
+            Violation::Quarantine => "QUARANTINE",
+            Violation::Fail => "FAIL",
+        }
+    }
+
+    /// Reads `WARN`, `DROP ROW`, `QUARANTINE` or `FAIL` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_uppercase().split_whitespace().collect::<Vec<_>>().join(" ").as_str() {
+            "WARN" => Some(Violation::Warn),
+            "DROP ROW" => Some(Violation::DropRow),
+            "QUARANTINE" => Some(Violation::Quarantine),
+            "FAIL" => Some(Violation::Fail),
+            _ => None,
+        }
+    }
+}
+
+/// `CONSTRAINT name EXPECT (condition) [ON VIOLATION action]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    /// The constraint's name.
+    pub name: String,
+    /// The condition, as SQL over the written rows' columns (NULL counts as met, as in CHECK).
+    pub condition: String,
+    /// What a violating row does.
+    pub action: Violation,
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CONSTRAINT {} EXPECT ({}) ON VIOLATION {}", self.name, self.condition, self.action.as_str())
+    }
+}
+
+/// `insert` (an `INSERT` statement's SQL) with the constraint list after its table name.
+pub(super) fn with_expectations(insert: &Statement, expectations: &[Expectation]) -> String {
+    let text = insert.to_string();
+    let listed: Vec<String> = expectations.iter().map(ToString::to_string).collect();
+    let table = match insert {
+        Statement::DataFusion(df) => match df.as_ref() {
+            datafusion::sql::parser::Statement::Statement(sql) => match sql.as_ref() {
+                datafusion::sql::sqlparser::ast::Statement::Insert(insert) => Some(insert.table.to_string()),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    match table.and_then(|t| text.find(&t).map(|at| at + t.len())) {
+        Some(after) => format!("{} ({}){}", &text[..after], listed.join(", "), &text[after..]),
+        None => text,
+    }
+}
+
+impl SluiceParser<'_> {
+    /// An `INSERT INTO <table> (CONSTRAINT ...) ...`: `None` when the INSERT has no constraint
+    /// list (sqlparser takes it as it is).
+    pub(super) fn parse_insert_with_expectations(&mut self) -> Result<Option<Statement>, ParseError> {
+        let p = &self.df.parser;
+        let mut tokens: Vec<TokenWithSpan> = Vec::new();
+        let mut open = None;
+        loop {
+            let token = p.peek_nth_token_ref(tokens.len()).clone();
+            if matches!(token.token, Token::EOF | Token::SemiColon) {
+                break;
+            }
+            if open.is_none()
+                && matches!(token.token, Token::LParen)
+                && is_word(&p.peek_nth_token_ref(tokens.len() + 1).token, "CONSTRAINT")
+            {
+                open = Some(tokens.len());
+            }
+            tokens.push(token);
+        }
+        let Some(open) = open else { return Ok(None) };
+        let mut depth = 0usize;
+        let close = (open..tokens.len())
+            .find(|&i| {
+                match tokens[i].token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( of the constraint list"))?;
+        let expectations = parse_expectations(&tokens[open + 1..close], tokens[open].span.start, self.sql)?;
+        let eof = TokenWithSpan::wrap(Token::EOF);
+        let rest: Vec<TokenWithSpan> =
+            tokens[..open].iter().chain(&tokens[close + 1..]).cloned().chain(std::iter::once(eof)).collect();
+        let here = self.here();
+        let insert = Parser::new(&DIALECT)
+            .with_tokens_with_locations(rest)
+            .parse_statement()
+            .map_err(|e| ParseError::from_parser(e, here))?;
+        self.skip(tokens.len());
+        let insert = Statement::DataFusion(Box::new(datafusion::sql::parser::Statement::Statement(Box::new(insert))));
+        Ok(Some(Statement::ExpectInsert { insert: Box::new(insert), expectations }))
+    }
+}
+
+/// `CONSTRAINT name EXPECT (condition) [ON VIOLATION action], ...`.
+fn parse_expectations(tokens: &[TokenWithSpan], at: Location, sql: &str) -> Result<Vec<Expectation>, ParseError> {
+    let mut expectations: Vec<Expectation> = Vec::new();
+    let mut i = 0;
+    let expected = |i: usize, what: &str| {
+        let at = tokens.get(i).map_or(at, |t| t.span.start);
+        let found = tokens.get(i).map_or("the end of the list".to_string(), |t| t.token.to_string());
+        ParseError::at(at, format!("expected {what} in the constraint list, found: {found}"))
+    };
+    while i < tokens.len() {
+        if !is_word(&tokens[i].token, "CONSTRAINT") {
+            return Err(expected(i, "CONSTRAINT name EXPECT (condition)"));
+        }
+        let name = match tokens.get(i + 1).map(|t| &t.token) {
+            Some(Token::Word(w)) => {
+                if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_lowercase()
+                }
+            }
+            _ => return Err(expected(i + 1, "a constraint name")),
+        };
+        if expectations.iter().any(|e| e.name == name) {
+            return Err(ParseError::at(tokens[i + 1].span.start, format!("constraint `{name}` is named twice")));
+        }
+        if !tokens.get(i + 2).is_some_and(|t| is_word(&t.token, "EXPECT")) {
+            return Err(expected(i + 2, "EXPECT"));
+        }
+        if !matches!(tokens.get(i + 3).map(|t| &t.token), Some(Token::LParen)) {
+            return Err(expected(i + 3, "( condition )"));
+        }
+        let open = i + 3;
+        let mut depth = 0usize;
+        let close = (open..tokens.len())
+            .find(|&j| {
+                match tokens[j].token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .ok_or_else(|| expected(tokens.len(), ")"))?;
+        if close == open + 1 {
+            return Err(expected(close, "a condition"));
+        }
+        // The condition as the user wrote it.
+        let from = super::byte_offset(sql, tokens[open + 1].span.start);
+        let to = super::byte_offset(sql, tokens[close].span.start);
+        let condition = sql[from..to].trim().to_string();
+        i = close + 1;
+        let mut action = Violation::Warn;
+        if tokens.get(i).is_some_and(|t| is_keyword(&t.token, Keyword::ON)) {
+            if !tokens.get(i + 1).is_some_and(|t| is_word(&t.token, "VIOLATION")) {
+                return Err(expected(i + 1, "VIOLATION"));
+            }
+            let words: Vec<String> = tokens[i + 2..]
+                .iter()
+                .take_while(|t| !matches!(t.token, Token::Comma))
+                .map(|t| t.token.to_string())
+                .collect();
+            action = Violation::parse(&words.join(" "))
+                .ok_or_else(|| expected(i + 2, "WARN, DROP ROW, QUARANTINE or FAIL after ON VIOLATION"))?;
+            i += 2 + words.len();
+        }
+        expectations.push(Expectation { name, condition, action });
+        match tokens.get(i).map(|t| &t.token) {
+            None => break,
+            Some(Token::Comma) => i += 1,
+            Some(_) => return Err(expected(i, ", or )")),
+        }
+    }
+    Ok(expectations)
+}
