@@ -56,6 +56,7 @@ impl Engine {
             }
             Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
             Statement::AlterPipeline { name, change } => self.alter_pipeline(name, change).await,
+            Statement::AlterTableExpectation { table, change } => self.alter_table_expectation(table, change).await,
             Statement::ExpectInsert { insert, expectations } => {
                 Self::expecting(expectations.clone(), Box::pin(self.execute_statement(insert, source))).await
             }

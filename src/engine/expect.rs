@@ -21,8 +21,59 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 
+use super::{Engine, Output};
 use crate::coordinator::{ConstraintCount, QualityReport, StagedCheck};
-use crate::parser::{Expectation, Violation};
+use crate::error::{Error, Result};
+use crate::parser::{Expectation, TableExpectation, Violation};
+use crate::table::TableName;
+
+impl Engine {
+    /// `ALTER TABLE t ADD CONSTRAINT ... EXPECT ...` / `DROP CONSTRAINT`: the table's own
+    /// expectations, kept in the ledger and checked on every write into it (a write's own
+    /// constraint of the same name takes its place).
+    pub(super) async fn alter_table_expectation(
+        &self,
+        table: &datafusion::sql::sqlparser::ast::ObjectName,
+        change: &TableExpectation,
+    ) -> Result<Output> {
+        self.require_ledger()?;
+        let name = self.resolve(&datafusion::common::TableReference::parse_str(&table.to_string()));
+        if self.ctx.table_provider(super::describe::reference(&name)).await.is_err() {
+            return Err(Error::Plan(self.no_table(&table.to_string())));
+        }
+        match change {
+            TableExpectation::Add(e) => {
+                let kept = (e.name.as_str(), e.condition.as_str(), e.action.as_str());
+                if !self.ledger.add_table_expectation(&name.to_string(), kept).await? {
+                    return Err(Error::Plan(format!("`{name}` already has a constraint `{}`", e.name)));
+                }
+            }
+            TableExpectation::Drop { name: constraint, if_exists } => {
+                if !self.ledger.drop_table_expectation(&name.to_string(), constraint).await? && !if_exists {
+                    return Err(Error::Plan(format!("`{name}` has no constraint `{constraint}`")));
+                }
+            }
+        }
+        Ok(Output::empty())
+    }
+
+    /// The expectations of a write into `table`: the statement's, then the table's own that the
+    /// statement does not name.
+    pub(super) async fn expectations_for(&self, table: &TableName) -> Result<Vec<Expectation>> {
+        let mut expectations = Self::expectations();
+        if self.ledger_damage().is_some() {
+            return Ok(expectations);
+        }
+        for (name, condition, action) in self.ledger.table_expectations(&table.to_string()).await? {
+            if expectations.iter().any(|e| e.name == name) {
+                continue;
+            }
+            let action = Violation::parse(&action).unwrap_or(Violation::Warn);
+            expectations.push(Expectation { name, condition, action });
+        }
+        Ok(expectations)
+    }
+}
 
 /// Rows of a `FAIL` expectation kept for its error.
 const SAMPLES_MAX: usize = 10;
@@ -155,19 +206,19 @@ pub(super) fn apply(
     state: &SessionState,
     input: Arc<dyn ExecutionPlan>,
     expectations: &[Expectation],
-) -> crate::error::Result<(Arc<dyn ExecutionPlan>, Arc<Tally>)> {
+) -> Result<(Arc<dyn ExecutionPlan>, Arc<Tally>)> {
     let schema = DFSchema::try_from(input.schema().as_ref().clone())?;
     let mut constraints = Vec::new();
     for expectation in expectations {
         if expectation.action == Violation::Quarantine {
-            return Err(crate::error::Error::Unsupported(format!(
+            return Err(Error::Unsupported(format!(
                 "expectation `{}`: ON VIOLATION QUARANTINE (use WARN, DROP ROW or FAIL)",
                 expectation.name
             )));
         }
-        let logical = state.create_logical_expr(&expectation.condition, &schema).map_err(|e| {
-            crate::error::Error::Plan(format!("expectation `{}` ({}): {e}", expectation.name, expectation.condition))
-        })?;
+        let logical = state
+            .create_logical_expr(&expectation.condition, &schema)
+            .map_err(|e| Error::Plan(format!("expectation `{}` ({}): {e}", expectation.name, expectation.condition)))?;
         let condition = state.create_physical_expr(logical, &schema)?;
         let data_type = condition.data_type(input.schema().as_ref())?;
         if data_type != DataType::Boolean {
@@ -175,7 +226,7 @@ pub(super) fn apply(
                 "expectation `{}` ({}) is {data_type}, not a condition",
                 expectation.name, expectation.condition
             );
-            return Err(crate::error::Error::Plan(message));
+            return Err(Error::Plan(message));
         }
         constraints.push(Constraint {
             expectation: expectation.clone(),

@@ -90,7 +90,7 @@ impl Engine {
         let writer = catalog.writer(&table).await?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
-        let expectations = Self::expectations();
+        let expectations = self.expectations_for(&table).await?;
         let (input, tally) = match expectations.is_empty() {
             true => (input, None),
             false => {

@@ -31,6 +31,33 @@ pub struct ExpectationRecord {
 }
 
 impl Ledger {
+    /// Keeps an expectation of `table` (`ALTER TABLE ... ADD CONSTRAINT`): `(name, condition,
+    /// action)`; false when the table has one of that name.
+    pub async fn add_table_expectation(&self, table: &str, expectation: (&str, &str, &str)) -> Result<bool> {
+        let (name, condition, action) = expectation;
+        let query = sqlx::query(
+            "INSERT INTO table_expectations (table_name, name, condition, action, created_at_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (table_name, name) DO NOTHING",
+        );
+        let query = query.bind(table).bind(name).bind(condition).bind(action).bind(self.now_ms());
+        Ok(self.execute("adding a table's expectation", query).await? == 1)
+    }
+
+    /// Forgets an expectation of `table`; false when it had none of that name.
+    pub async fn drop_table_expectation(&self, table: &str, name: &str) -> Result<bool> {
+        let query = sqlx::query("DELETE FROM table_expectations WHERE table_name = ? AND name = ?");
+        Ok(self.execute("dropping a table's expectation", query.bind(table).bind(name)).await? == 1)
+    }
+
+    /// The expectations of `table`, oldest first: `(name, condition, action)`.
+    pub async fn table_expectations(&self, table: &str) -> Result<Vec<(String, String, String)>> {
+        let query = sqlx::query(
+            "SELECT name, condition, action FROM table_expectations WHERE table_name = ? ORDER BY created_at_ms, rowid",
+        );
+        let rows = self.fetch_all("listing a table's expectations", query.bind(table)).await?;
+        Ok(rows.iter().map(|r| (r.get("name"), r.get("condition"), r.get("action"))).collect())
+    }
+
     /// Records what `run_id`'s expectations found.
     pub async fn record_expectations(
         &self,

@@ -175,6 +175,14 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (pipeline, status);
+CREATE TABLE IF NOT EXISTS table_expectations (
+    table_name    TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    condition     TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (table_name, name)
+);
 CREATE TABLE IF NOT EXISTS expectations (
     run_id         TEXT NOT NULL,
     pipeline       TEXT,

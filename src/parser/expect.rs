@@ -84,7 +84,88 @@ pub(super) fn with_expectations(insert: &Statement, expectations: &[Expectation]
     }
 }
 
+/// What `ALTER TABLE t ... CONSTRAINT` changes of a table's own expectations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableExpectation {
+    /// `ADD CONSTRAINT name EXPECT (condition) [ON VIOLATION action]`.
+    Add(Expectation),
+    /// `DROP CONSTRAINT [IF EXISTS] name`.
+    Drop {
+        /// The constraint.
+        name: String,
+        /// Do not fail when there is none.
+        if_exists: bool,
+    },
+}
+
+impl fmt::Display for TableExpectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableExpectation::Add(expectation) => write!(f, "ADD {expectation}"),
+            TableExpectation::Drop { name, if_exists } => {
+                write!(f, "DROP CONSTRAINT {}{name}", if *if_exists { "IF EXISTS " } else { "" })
+            }
+        }
+    }
+}
+
 impl SluiceParser<'_> {
+    /// `ALTER TABLE name ADD CONSTRAINT c EXPECT (...) ...` or `ALTER TABLE name DROP CONSTRAINT
+    /// c`: `None` for any other `ALTER TABLE` (sqlparser takes it).
+    pub(super) fn parse_alter_table_expectation(&mut self) -> Result<Option<Statement>, ParseError> {
+        let p = &self.df.parser;
+        // ALTER TABLE <name parts> ADD CONSTRAINT <c> EXPECT | DROP CONSTRAINT
+        let mut k = 2;
+        while matches!(p.peek_nth_token_ref(k).token, Token::Word(_) | Token::Period) {
+            if is_keyword(&p.peek_nth_token_ref(k).token, Keyword::ADD)
+                || is_keyword(&p.peek_nth_token_ref(k).token, Keyword::DROP)
+            {
+                break;
+            }
+            k += 1;
+        }
+        let verb = p.peek_nth_token_ref(k).token.clone();
+        let constraint = is_word(&p.peek_nth_token_ref(k + 1).token, "CONSTRAINT");
+        let add =
+            is_keyword(&verb, Keyword::ADD) && constraint && is_word(&p.peek_nth_token_ref(k + 3).token, "EXPECT");
+        let drop = is_keyword(&verb, Keyword::DROP) && constraint;
+        if !add && !drop {
+            return Ok(None);
+        }
+        self.skip(2);
+        let parsed = self.df.parser.parse_object_name(false);
+        let table = self.wrap(parsed)?;
+        self.skip(1); // ADD or DROP
+        if drop {
+            self.skip(1); // CONSTRAINT
+            let if_exists = self.df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let parsed = self.df.parser.parse_identifier();
+            let ident = self.wrap(parsed)?;
+            let name = if ident.quote_style.is_some() { ident.value } else { ident.value.to_lowercase() };
+            return Ok(Some(Statement::AlterTableExpectation {
+                table,
+                change: TableExpectation::Drop { name, if_exists },
+            }));
+        }
+        let mut tokens: Vec<TokenWithSpan> = Vec::new();
+        loop {
+            let token = self.df.parser.peek_nth_token_ref(tokens.len()).clone();
+            if matches!(token.token, Token::EOF | Token::SemiColon) {
+                break;
+            }
+            tokens.push(token);
+        }
+        let at = tokens.first().map_or(self.here(), |t| t.span.start);
+        let mut expectations = parse_expectations(&tokens, at, self.sql)?;
+        self.skip(tokens.len());
+        match (expectations.pop(), expectations.is_empty()) {
+            (Some(expectation), true) => {
+                Ok(Some(Statement::AlterTableExpectation { table, change: TableExpectation::Add(expectation) }))
+            }
+            _ => Err(ParseError::at(at, "ALTER TABLE ... ADD CONSTRAINT takes one constraint")),
+        }
+    }
+
     /// An `INSERT INTO <table> (CONSTRAINT ...) ...`: `None` when the INSERT has no constraint
     /// list (sqlparser takes it as it is).
     pub(super) fn parse_insert_with_expectations(&mut self) -> Result<Option<Statement>, ParseError> {

@@ -21,7 +21,7 @@ mod expect;
 mod schedule;
 mod steps;
 
-pub use expect::{Expectation, Violation};
+pub use expect::{Expectation, TableExpectation, Violation};
 pub use schedule::{AlterPipeline, ScheduleClause};
 pub use steps::{PipelineBody, PipelineStep};
 
@@ -83,6 +83,14 @@ pub enum Statement {
         insert: Box<Statement>,
         /// The expectations, in order.
         expectations: Vec<Expectation>,
+    },
+    /// Extension: `ALTER TABLE t ADD CONSTRAINT c EXPECT (...) [ON VIOLATION ...]` and
+    /// `ALTER TABLE t DROP CONSTRAINT c`: the table's own expectations, checked on every write.
+    AlterTableExpectation {
+        /// The table.
+        table: ObjectName,
+        /// The change.
+        change: TableExpectation,
     },
     /// Extension: `RUN PIPELINE name`
     RunPipeline {
@@ -221,6 +229,7 @@ impl fmt::Display for Statement {
                 write!(f, "DROP PIPELINE {}{name}", if *if_exists { "IF EXISTS " } else { "" })
             }
             Statement::AlterPipeline { name, change } => write!(f, "ALTER PIPELINE {name} {change}"),
+            Statement::AlterTableExpectation { table, change } => write!(f, "ALTER TABLE {table} {change}"),
             Statement::ExpectInsert { insert, expectations } => {
                 write!(f, "{}", expect::with_expectations(insert, expectations))
             }
@@ -382,6 +391,12 @@ impl<'a> SluiceParser<'a> {
         }
         if is_keyword(&t0, Keyword::INSERT)
             && let Some(statement) = self.parse_insert_with_expectations()?
+        {
+            return Ok(statement);
+        }
+        if is_keyword(&t0, Keyword::ALTER)
+            && is_keyword(&t1, Keyword::TABLE)
+            && let Some(statement) = self.parse_alter_table_expectation()?
         {
             return Ok(statement);
         }
