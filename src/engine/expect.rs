@@ -9,9 +9,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{and, filter_record_batch, not};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::{DFSchema, Result as DFResult, exec_err, plan_err};
 use datafusion::execution::context::SessionState;
@@ -57,6 +57,94 @@ impl Engine {
         Ok(Output::empty())
     }
 
+    /// A write whose expectations quarantine rows, on a catalog that publishes several tables in
+    /// one transaction: the good rows' commit is held; the quarantined rows (with the run id and
+    /// the time) are written into `<table>__quarantine` (created on first use) and held too; both
+    /// publish in one catalog transaction — a reader sees both or neither, and recovery settles a
+    /// crash alike. Failpoints `before-publish/<table>` and `after-publish/<table>` apply.
+    pub(super) async fn write_with_quarantine(
+        &self,
+        table: &TableName,
+        job: crate::coordinator::RunJob,
+        tally: &Tally,
+    ) -> Result<crate::coordinator::RunReport> {
+        let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables").clone();
+        if let Err(why) = catalog.can_publish_together() {
+            return Err(Error::Unsupported(format!(
+                "ON VIOLATION QUARANTINE into `{table}`: the good and the quarantined rows publish in one catalog transaction, and catalog `{}` cannot ({why})",
+                table.catalog
+            )));
+        }
+        let target_schema = catalog.writer(table).await?.schema().clone();
+        let origin = job.origin.clone();
+        let main = self.runner.hold(job, self.ctx.state().task_ctx()).await?;
+        let bad = tally.take_quarantined();
+        let mut group = vec![main];
+        if !bad.is_empty() {
+            match self.hold_quarantine(table, &target_schema, bad, group[0].run_id(), origin).await {
+                Ok(held) => group.push(held),
+                Err(e) => {
+                    self.runner.release(group, &e.to_string(), crate::ledger::RunStatus::Failed).await?;
+                    return Err(e);
+                }
+            }
+        }
+        let publish =
+            move |commits: Vec<crate::coordinator::HeldCommit>| async move { catalog.publish_together(&commits).await };
+        let mut reports = self.runner.publish_together(&table.to_string(), group, publish).await?;
+        Ok(reports.swap_remove(0))
+    }
+
+    /// The quarantined rows of run `run_id` written into the quarantine table, their commit held.
+    async fn hold_quarantine(
+        &self,
+        table: &TableName,
+        target: &datafusion::arrow::datatypes::SchemaRef,
+        bad: Vec<RecordBatch>,
+        run_id: &str,
+        origin: crate::coordinator::RunOrigin,
+    ) -> Result<crate::coordinator::HeldRun> {
+        let quarantine = TableName::new(&table.catalog, &table.schema, format!("{}__quarantine", table.table));
+        let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        fields.push(Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, false));
+        fields.push(Field::new(RUN_ID_COLUMN, DataType::Utf8, false));
+        fields.push(Field::new(
+            AT_COLUMN,
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+            false,
+        ));
+        let catalog = self.catalog_of(&table.catalog).expect("checked by the caller");
+        catalog.create_table(&quarantine, &Schema::new(fields), &[], true).await?;
+        let at = self.clock.now_ms() * 1000;
+        let batches = bad
+            .into_iter()
+            .map(|batch| {
+                let rows = batch.num_rows();
+                let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new(RUN_ID_COLUMN, DataType::Utf8, false));
+                fields.push(Field::new(
+                    AT_COLUMN,
+                    DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+                    false,
+                ));
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(StringArray::from(vec![run_id; rows])));
+                columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(vec![at; rows])));
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let input = self.ctx.read_batches(batches)?.into_unoptimized_plan();
+        let insert = super::write::Insert { table: quarantine.clone(), input, mode: crate::table::WriteMode::Append };
+        // A run of its own name: the good rows' run of the same pipeline is still open.
+        let origin = crate::coordinator::RunOrigin {
+            pipeline: origin.pipeline.map(|p| format!("{p}#quarantine")),
+            statement: format!("-- rows of run {run_id} quarantined from `{table}`"),
+            retry_of: None,
+            run_id: None,
+        };
+        Box::pin(Self::expecting(Vec::new(), self.write_held(insert, 1, origin))).await
+    }
+
     /// The expectations of a write into `table`: the statement's, then the table's own that the
     /// statement does not name.
     pub(super) async fn expectations_for(&self, table: &TableName) -> Result<Vec<Expectation>> {
@@ -94,7 +182,18 @@ pub(super) struct Tally {
     constraints: Vec<Constraint>,
     rows_in: AtomicU64,
     dropped: AtomicU64,
+    /// Rows a `QUARANTINE` expectation took out, each with the names of every constraint it
+    /// broke (column [`CONSTRAINTS_COLUMN`]), for the quarantine table.
+    quarantined: Mutex<Vec<RecordBatch>>,
+    quarantined_rows: AtomicU64,
 }
+
+/// The quarantine table's column naming the constraints a row broke.
+pub(super) const CONSTRAINTS_COLUMN: &str = "_sluice_constraints";
+/// The quarantine table's column naming the run that quarantined a row.
+pub(super) const RUN_ID_COLUMN: &str = "_sluice_run_id";
+/// The quarantine table's column saying when.
+pub(super) const AT_COLUMN: &str = "_sluice_quarantined_at";
 
 impl Tally {
     /// What the run's report and `sluice.expectations` say.
@@ -102,7 +201,7 @@ impl Tally {
         QualityReport {
             rows_in: self.rows_in.load(Ordering::Relaxed),
             rows_dropped: self.dropped.load(Ordering::Relaxed),
-            rows_quarantined: 0,
+            rows_quarantined: self.quarantined_rows.load(Ordering::Relaxed),
             constraints: self
                 .constraints
                 .iter()
@@ -116,11 +215,24 @@ impl Tally {
         }
     }
 
+    /// Whether an expectation quarantines rows.
+    pub(super) fn quarantines(&self) -> bool {
+        self.constraints.iter().any(|c| c.expectation.action == Violation::Quarantine)
+    }
+
+    /// The quarantined rows so far (taken: a second call has none).
+    pub(super) fn take_quarantined(&self) -> Vec<RecordBatch> {
+        std::mem::take(&mut *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Counts one batch; returns the rows to write.
     fn apply(&self, batch: RecordBatch) -> DFResult<RecordBatch> {
         let rows = batch.num_rows();
         self.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
         let mut keep: Option<BooleanArray> = None;
+        // Per row: the constraints it broke, and whether one of them quarantines it.
+        let mut broke: Vec<Vec<&str>> = vec![Vec::new(); rows];
+        let mut quarantine = vec![false; rows];
         for constraint in &self.constraints {
             let value = constraint.condition.evaluate(&batch)?.into_array(rows)?;
             let Some(met) = value.as_any().downcast_ref::<BooleanArray>() else {
@@ -130,6 +242,10 @@ impl Tally {
             let broken = BooleanArray::from_iter((0..rows).map(|i| Some(met.is_valid(i) && !met.value(i))));
             let failed = broken.true_count();
             constraint.failed.fetch_add(failed as u64, Ordering::Relaxed);
+            for row in (0..rows).filter(|i| broken.value(*i)) {
+                broke[row].push(&constraint.expectation.name);
+                quarantine[row] |= constraint.expectation.action == Violation::Quarantine;
+            }
             constraint.passed.fetch_add((rows - failed) as u64, Ordering::Relaxed);
             match constraint.expectation.action {
                 Violation::DropRow if failed > 0 => {
@@ -148,11 +264,32 @@ impl Tally {
                 _ => {}
             }
         }
+        if quarantine.iter().any(|q| *q) {
+            let taken = BooleanArray::from(quarantine.clone());
+            let names = StringArray::from_iter(
+                broke.iter().zip(&quarantine).filter(|(_, q)| **q).map(|(b, _)| Some(b.join(", "))),
+            );
+            let bad = filter_record_batch(&batch, &taken)?;
+            let mut fields: Vec<Field> =
+                bad.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+            fields.push(Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, false));
+            let mut columns = bad.columns().to_vec();
+            columns.push(Arc::new(names));
+            let bad = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+            self.quarantined_rows.fetch_add(bad.num_rows() as u64, Ordering::Relaxed);
+            self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).push(bad);
+            let kept = not(&taken)?;
+            keep = Some(match keep {
+                Some(keep) => and(&keep, &kept)?,
+                None => kept,
+            });
+        }
         match keep {
             None => Ok(batch),
             Some(keep) => {
                 let kept = filter_record_batch(&batch, &keep)?;
-                self.dropped.fetch_add((rows - kept.num_rows()) as u64, Ordering::Relaxed);
+                let quarantined = quarantine.iter().filter(|q| **q).count();
+                self.dropped.fetch_add((rows - kept.num_rows() - quarantined) as u64, Ordering::Relaxed);
                 Ok(kept)
             }
         }
@@ -210,12 +347,6 @@ pub(super) fn apply(
     let schema = DFSchema::try_from(input.schema().as_ref().clone())?;
     let mut constraints = Vec::new();
     for expectation in expectations {
-        if expectation.action == Violation::Quarantine {
-            return Err(Error::Unsupported(format!(
-                "expectation `{}`: ON VIOLATION QUARANTINE (use WARN, DROP ROW or FAIL)",
-                expectation.name
-            )));
-        }
         let logical = state
             .create_logical_expr(&expectation.condition, &schema)
             .map_err(|e| Error::Plan(format!("expectation `{}` ({}): {e}", expectation.name, expectation.condition)))?;
@@ -236,7 +367,13 @@ pub(super) fn apply(
             samples: Mutex::new(Vec::new()),
         });
     }
-    let tally = Arc::new(Tally { constraints, rows_in: AtomicU64::new(0), dropped: AtomicU64::new(0) });
+    let tally = Arc::new(Tally {
+        constraints,
+        rows_in: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        quarantined: Mutex::new(Vec::new()),
+        quarantined_rows: AtomicU64::new(0),
+    });
     let exec = ExpectationsExec { properties: input.properties().clone(), input, tally: tally.clone() };
     Ok((Arc::new(exec), tally))
 }

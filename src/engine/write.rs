@@ -52,10 +52,14 @@ impl Engine {
 
     /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
     pub(super) async fn write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
+        let table = insert.table.clone();
         let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
         let (target, pipeline) = (job.target.clone(), job.origin.pipeline.clone());
-        let result = self.runner.run(job, self.ctx.state().task_ctx()).await;
-        let Some(tally) = tally else { return Ok(result?) };
+        let result = match &tally {
+            Some(tally) if tally.quarantines() => self.write_with_quarantine(&table, job, tally).await,
+            _ => self.runner.run(job, self.ctx.state().task_ctx()).await.map_err(Into::into),
+        };
+        let Some(tally) = tally else { return result };
         // What the expectations found is kept for the run, committed or not.
         let quality = tally.report();
         let run_id = match &result {

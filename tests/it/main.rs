@@ -16,6 +16,7 @@ mod kill;
 mod memory;
 mod overwrite;
 mod postgres;
+mod quality;
 mod recovery;
 mod repl;
 mod rest;

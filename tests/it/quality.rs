@@ -1,0 +1,68 @@
+//! Quarantined rows publish with the good rows in one catalog transaction: a fault between the
+//! held commits and the transaction leaves both tables as they were (and no data file behind); a
+//! crash right after it is settled by recovery with both visible.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::Engine;
+use sluice::clock::TestClock;
+use sluice::engine::DEFAULT_RUN_LEASE;
+
+use crate::support::{engine, files_under, value};
+
+/// Writes 10 rows into `lake.<schema>.t`, quarantining those with `amount <= 0` (3 of them).
+const INSERT: &str = "(CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION QUARANTINE)
+                      SELECT value, value - 3.0 FROM generate_series(1, 10)";
+
+async fn counts(engine: &Engine, schema: &str) -> (String, String) {
+    let good = value(engine, &format!("SELECT count(*) FROM lake.{schema}.t")).await;
+    let bad = value(engine, &format!("SELECT count(*) FROM lake.{schema}.t__quarantine")).await;
+    (good, bad)
+}
+
+fn data_files(home: &Path, schema: &str) -> usize {
+    files_under(&home.join("warehouse").join(schema))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fault_before_the_transaction_publishes_neither_the_good_nor_the_quarantined_rows() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine.sql("CREATE SCHEMA lake.qf; CREATE TABLE lake.qf.t (id BIGINT NOT NULL, amount DOUBLE)").await.unwrap();
+    engine.sql(&format!("INSERT INTO lake.qf.t {INSERT}")).await.unwrap();
+    assert_eq!(counts(&engine, "qf").await, ("7".to_string(), "3".to_string()));
+    let files_before = data_files(home.path(), "qf");
+
+    fail::cfg("before-publish/lake.qf.t", "return").unwrap();
+    let error = engine.sql(&format!("INSERT INTO lake.qf.t {INSERT}")).await.unwrap_err().to_string();
+    fail::remove("before-publish/lake.qf.t");
+    assert!(error.contains("no table was published, and every run was rolled back"), "{error}");
+    assert_eq!(counts(&engine, "qf").await, ("7".to_string(), "3".to_string()), "neither table changed");
+    assert_eq!(data_files(home.path(), "qf"), files_before, "no staged data file left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_after_the_transaction_is_settled_with_both_visible() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine.sql("CREATE SCHEMA lake.qa; CREATE TABLE lake.qa.t (id BIGINT NOT NULL, amount DOUBLE)").await.unwrap();
+    fail::cfg("after-publish/lake.qa.t", "return").unwrap();
+    let error = engine.sql(&format!("INSERT INTO lake.qa.t {INSERT}")).await.unwrap_err().to_string();
+    fail::remove("after-publish/lake.qa.t");
+    assert!(error.contains("recovery settles all of them alike"), "{error}");
+    assert_eq!(counts(&engine, "qa").await, ("7".to_string(), "3".to_string()), "both published");
+    drop(engine);
+
+    let clock = TestClock::new();
+    clock.advance(DEFAULT_RUN_LEASE + Duration::from_secs(1));
+    let engine = Engine::builder().home(home.path()).clock(Arc::new(clock)).build().await.unwrap();
+    engine.recover().await.unwrap();
+    let statuses = "SELECT status, count(*) FROM sluice.runs GROUP BY status";
+    assert_eq!(crate::support::rows(&engine, statuses).await, [["succeeded", "2"]]);
+    assert_eq!(counts(&engine, "qa").await, ("7".to_string(), "3".to_string()));
+}
