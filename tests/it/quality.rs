@@ -1,6 +1,7 @@
 //! Quarantined rows publish with the good rows in one catalog transaction: a fault between the
 //! held commits and the transaction leaves both tables as they were (and no data file behind); a
-//! crash right after it is settled by recovery with both visible.
+//! crash right after it is settled by recovery with both visible; a process killed before or
+//! after it leaves, after recovery, neither or both.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,4 +66,50 @@ async fn a_crash_after_the_transaction_is_settled_with_both_visible() {
     let statuses = "SELECT status, count(*) FROM sluice.runs GROUP BY status";
     assert_eq!(crate::support::rows(&engine, statuses).await, [["succeeded", "2"]]);
     assert_eq!(counts(&engine, "qa").await, ("7".to_string(), "3".to_string()));
+}
+
+/// Runs the quarantining insert into `lake.qk.t` in a `sluice` process that dies at `failpoint`.
+fn insert_dying_at(home: &Path, failpoint: &str) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--home")
+        .arg(home)
+        .args(["-c", &format!("INSERT INTO lake.qk.t {INSERT}")])
+        .env("FAILPOINTS", format!("{failpoint}/lake.qk.t=return(abort)"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the process died at {failpoint}");
+}
+
+/// An engine on `home` whose clock is past the leases a dead process held; it recovers.
+async fn recovering(home: &Path) -> Engine {
+    let clock = TestClock::new();
+    clock.advance(DEFAULT_RUN_LEASE + Duration::from_secs(1));
+    let engine = Engine::builder().home(home).clock(Arc::new(clock)).build().await.unwrap();
+    engine.recover().await.unwrap();
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_around_the_transaction_leaves_both_or_neither_after_recovery() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine.sql("CREATE SCHEMA lake.qk; CREATE TABLE lake.qk.t (id BIGINT NOT NULL, amount DOUBLE)").await.unwrap();
+    drop(engine);
+
+    // Killed with both commits written and held: neither, and their data files are gone.
+    insert_dying_at(home.path(), "before-publish");
+    let engine = recovering(home.path()).await;
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.qk.t").await, "0");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.qk.t__quarantine").await, "0");
+    assert_eq!(data_files(home.path(), "qk"), 0, "recovery deleted the held data files");
+    drop(engine);
+
+    // Killed right after the transaction: both.
+    insert_dying_at(home.path(), "after-publish");
+    let engine = recovering(home.path()).await;
+    assert_eq!(counts(&engine, "qk").await, ("7".to_string(), "3".to_string()));
+    let statuses = "SELECT status, count(*) FROM sluice.runs GROUP BY status ORDER BY status";
+    assert_eq!(crate::support::rows(&engine, statuses).await, [["failed", "2"], ["succeeded", "2"]]);
 }
