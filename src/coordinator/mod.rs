@@ -40,7 +40,7 @@ mod runner;
 pub use commit::{CommitTarget, TableCommit};
 pub use composite::Composite;
 pub use file_merge::{ExportFormat, FileMerge};
-pub use runner::{CANCEL_POLL, HeldRun, RunError, Runner};
+pub use runner::{CANCEL_POLL, HeldRun, RunError, Runner, StagedRun};
 
 use std::sync::Arc;
 

@@ -255,6 +255,26 @@ impl std::fmt::Debug for HeldRun {
     }
 }
 
+/// A run whose shards have all staged, not yet `committing` ([`Runner::stage`]): its lease is
+/// renewed until [`Runner::commit_staged`] commits it or [`Runner::release_staged`] rolls it back.
+pub struct StagedRun {
+    opened: Opened,
+    staged: Staged,
+}
+
+impl StagedRun {
+    /// The run.
+    pub fn run_id(&self) -> &str {
+        self.opened.run.run_id()
+    }
+}
+
+impl std::fmt::Debug for StagedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedRun").field("run_id", &self.run_id()).field("target", &self.opened.run.target()).finish()
+    }
+}
+
 /// Every shard has written its files.
 struct Staged {
     shards: Vec<ShardResult>,
@@ -375,6 +395,42 @@ impl Runner {
         self.in_task(job, |runner, job| async move { runner.drive_held(job, task_ctx).await }).await
     }
 
+    /// Runs `job` until every shard has staged (and its check passed), without committing: the
+    /// caller does something first (a quarantine's commit), then [`Runner::commit_staged`] or
+    /// [`Runner::release_staged`]. Cancelled (or dropped) before that, it rolls back.
+    pub async fn stage(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<StagedRun, RunError> {
+        self.in_task(job, |runner, job| async move {
+            let cancel = job.cancel.clone();
+            let opened = runner.open(job, &task_ctx).await?;
+            let staged = runner.stage_shards(&opened, task_ctx, &cancel).await?;
+            if cancel.is_cancelled() {
+                return Err(runner.cancelled(&opened).await);
+            }
+            Ok(StagedRun { opened, staged })
+        })
+        .await
+    }
+
+    /// Commits a staged run, in a task of its own (a commit under way goes to its end).
+    pub async fn commit_staged(&self, run: StagedRun) -> Result<RunReport, RunError> {
+        let runner = self.clone();
+        let committed = tokio::spawn(async move {
+            let StagedRun { opened, staged } = run;
+            let prepared = runner.prepare(&opened, staged).await?;
+            runner.commit(opened, prepared).await
+        });
+        match committed.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(RunError::Cancelled { run_id: "(not recorded)".to_string(), target: String::new() }),
+        }
+    }
+
+    /// Rolls a staged run back (recorded failed, with `error`).
+    pub async fn release_staged(&self, run: StagedRun, error: &str) -> Result<(), RunError> {
+        self.roll_back(&run.opened, error, RunStatus::Failed).await
+    }
+
     /// Drives `job` in a task of its own, cancelled when this future is dropped.
     async fn in_task<T, F, Fut>(&self, job: RunJob, drive: F) -> Result<T, RunError>
     where
@@ -400,7 +456,7 @@ impl Runner {
     async fn drive_held(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<HeldRun, RunError> {
         let cancel = job.cancel.clone();
         let opened = self.open(job, &task_ctx).await?;
-        let staged = self.stage(&opened, task_ctx, &cancel).await?;
+        let staged = self.stage_shards(&opened, task_ctx, &cancel).await?;
         if cancel.is_cancelled() {
             return Err(self.cancelled(&opened).await);
         }
@@ -476,7 +532,7 @@ impl Runner {
     async fn drive(&self, job: RunJob, task_ctx: Arc<TaskContext>) -> Result<RunReport, RunError> {
         let cancel = job.cancel.clone();
         let opened = self.open(job, &task_ctx).await?;
-        let staged = self.stage(&opened, task_ctx, &cancel).await?;
+        let staged = self.stage_shards(&opened, task_ctx, &cancel).await?;
         if cancel.is_cancelled() {
             return Err(self.cancelled(&opened).await);
         }
@@ -537,7 +593,7 @@ impl Runner {
     }
 
     /// `on_start`, then every shard at once; rolls back when any fails.
-    async fn stage(
+    async fn stage_shards(
         &self,
         opened: &Opened,
         task_ctx: Arc<TaskContext>,

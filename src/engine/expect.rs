@@ -57,11 +57,14 @@ impl Engine {
         Ok(Output::empty())
     }
 
-    /// A write whose expectations quarantine rows, on a catalog that publishes several tables in
-    /// one transaction: the good rows' commit is held; the quarantined rows (with the run id and
-    /// the time) are written into `<table>__quarantine` (created on first use) and held too; both
-    /// publish in one catalog transaction — a reader sees both or neither, and recovery settles a
-    /// crash alike. Failpoints `before-publish/<table>` and `after-publish/<table>` apply.
+    /// A write whose expectations quarantine rows: the quarantined rows (with the run id and the
+    /// time) go into `<table>__quarantine` (created on first use). On a catalog that publishes
+    /// several tables in one transaction, the good rows' commit and the quarantine's are held
+    /// and published together: a reader sees both or neither, and recovery settles a crash alike
+    /// (failpoints `before-publish/<table>`, `after-publish/<table>`). Elsewhere the good rows
+    /// stage, the quarantine commits, then the good rows commit: a crash between the two leaves
+    /// the quarantined rows and rolls the good ones back, so no reader sees good rows whose bad
+    /// rows are missing (failpoint `between-publishes/<table>`, a crash there).
     pub(super) async fn write_with_quarantine(
         &self,
         table: &TableName,
@@ -69,19 +72,37 @@ impl Engine {
         tally: &Tally,
     ) -> Result<crate::coordinator::RunReport> {
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables").clone();
-        if let Err(why) = catalog.can_publish_together() {
-            return Err(Error::Unsupported(format!(
-                "ON VIOLATION QUARANTINE into `{table}`: the good and the quarantined rows publish in one catalog transaction, and catalog `{}` cannot ({why})",
-                table.catalog
-            )));
-        }
         let target_schema = catalog.writer(table).await?.schema().clone();
         let origin = job.origin.clone();
-        let main = self.runner.hold(job, self.ctx.state().task_ctx()).await?;
+        let task_ctx = self.ctx.state().task_ctx();
+        if catalog.can_publish_together().is_err() {
+            let main = self.runner.stage(job, task_ctx).await?;
+            let bad = tally.take_quarantined();
+            if !bad.is_empty() {
+                let (insert, quarantine_origin) =
+                    self.quarantine_insert(table, &target_schema, bad, main.run_id(), origin).await?;
+                let written = Self::expecting(Vec::new(), self.write(insert, 1, quarantine_origin));
+                if let Err(e) = Box::pin(written).await {
+                    self.runner.release_staged(main, &format!("its quarantine failed: {e}")).await?;
+                    return Err(e);
+                }
+                if let Err(failpoint) = crate::failpoint::check("between-publishes", &table.to_string()) {
+                    // As a crash: the good rows stay staged until recovery rolls them back.
+                    return Err(Error::Unsupported(format!("stopped by failpoint `{failpoint}`")));
+                }
+            }
+            return Ok(self.runner.commit_staged(main).await?);
+        }
+        let main = self.runner.hold(job, task_ctx).await?;
         let bad = tally.take_quarantined();
         let mut group = vec![main];
         if !bad.is_empty() {
-            match self.hold_quarantine(table, &target_schema, bad, group[0].run_id(), origin).await {
+            let held = async {
+                let (insert, origin) =
+                    self.quarantine_insert(table, &target_schema, bad, group[0].run_id(), origin).await?;
+                Box::pin(Self::expecting(Vec::new(), self.write_held(insert, 1, origin))).await
+            };
+            match held.await {
                 Ok(held) => group.push(held),
                 Err(e) => {
                     self.runner.release(group, &e.to_string(), crate::ledger::RunStatus::Failed).await?;
@@ -95,24 +116,22 @@ impl Engine {
         Ok(reports.swap_remove(0))
     }
 
-    /// The quarantined rows of run `run_id` written into the quarantine table, their commit held.
-    async fn hold_quarantine(
+    /// The write of run `run_id`'s quarantined rows into the quarantine table (created if
+    /// missing), and its origin.
+    async fn quarantine_insert(
         &self,
         table: &TableName,
         target: &datafusion::arrow::datatypes::SchemaRef,
         bad: Vec<RecordBatch>,
         run_id: &str,
         origin: crate::coordinator::RunOrigin,
-    ) -> Result<crate::coordinator::HeldRun> {
+    ) -> Result<(super::write::Insert, crate::coordinator::RunOrigin)> {
         let quarantine = TableName::new(&table.catalog, &table.schema, format!("{}__quarantine", table.table));
+        let timestamp = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
         let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         fields.push(Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, false));
         fields.push(Field::new(RUN_ID_COLUMN, DataType::Utf8, false));
-        fields.push(Field::new(
-            AT_COLUMN,
-            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
-            false,
-        ));
+        fields.push(Field::new(AT_COLUMN, timestamp.clone(), false));
         let catalog = self.catalog_of(&table.catalog).expect("checked by the caller");
         catalog.create_table(&quarantine, &Schema::new(fields), &[], true).await?;
         let at = self.clock.now_ms() * 1000;
@@ -122,11 +141,7 @@ impl Engine {
                 let rows = batch.num_rows();
                 let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
                 fields.push(Field::new(RUN_ID_COLUMN, DataType::Utf8, false));
-                fields.push(Field::new(
-                    AT_COLUMN,
-                    DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
-                    false,
-                ));
+                fields.push(Field::new(AT_COLUMN, timestamp.clone(), false));
                 let mut columns = batch.columns().to_vec();
                 columns.push(Arc::new(StringArray::from(vec![run_id; rows])));
                 columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(vec![at; rows])));
@@ -134,7 +149,7 @@ impl Engine {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let input = self.ctx.read_batches(batches)?.into_unoptimized_plan();
-        let insert = super::write::Insert { table: quarantine.clone(), input, mode: crate::table::WriteMode::Append };
+        let insert = super::write::Insert { table: quarantine, input, mode: crate::table::WriteMode::Append };
         // A run of its own name: the good rows' run of the same pipeline is still open.
         let origin = crate::coordinator::RunOrigin {
             pipeline: origin.pipeline.map(|p| format!("{p}#quarantine")),
@@ -142,7 +157,7 @@ impl Engine {
             retry_of: None,
             run_id: None,
         };
-        Box::pin(Self::expecting(Vec::new(), self.write_held(insert, 1, origin))).await
+        Ok((insert, origin))
     }
 
     /// The expectations of a write into `table`: the statement's, then the table's own that the

@@ -64,13 +64,10 @@ pub fn conform(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Da
         .map(|(column, field)| cast_exactly(column, field.name(), field.data_type()))
         .collect::<Result<Vec<_>, _>>()?;
     let null_in_not_null = target.fields().iter().zip(&columns).find(|(f, c)| !f.is_nullable() && c.null_count() > 0);
-    if let Some((field, column)) = null_in_not_null {
-        let row = (0..column.len()).find(|i| column.is_null(*i)).unwrap_or_default();
+    if let Some((field, _)) = null_in_not_null {
         return Err(DataFusionError::Execution(format!(
-            "column `{}` is NOT NULL, but the query gives it a NULL (in row {} of a batch of {})",
-            field.name(),
-            row + 1,
-            column.len()
+            "column `{}` is NOT NULL, but the query gives it a NULL",
+            field.name()
         )));
     }
     RecordBatch::try_new(target.clone(), columns).map_err(|e| DataFusionError::Execution(e.to_string()))

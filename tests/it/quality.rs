@@ -1,7 +1,8 @@
 //! Quarantined rows publish with the good rows in one catalog transaction: a fault between the
 //! held commits and the transaction leaves both tables as they were (and no data file behind); a
 //! crash right after it is settled by recovery with both visible; a process killed before or
-//! after it leaves, after recovery, neither or both.
+//! after it leaves, after recovery, neither or both. On Delta the quarantine commits first: a crash
+//! before the good rows' commit leaves, after recovery, the quarantined rows and no good ones.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -112,4 +113,36 @@ async fn a_process_killed_around_the_transaction_leaves_both_or_neither_after_re
     assert_eq!(counts(&engine, "qk").await, ("7".to_string(), "3".to_string()));
     let statuses = "SELECT status, count(*) FROM sluice.runs GROUP BY status ORDER BY status";
     assert_eq!(crate::support::rows(&engine, statuses).await, [["failed", "2"], ["succeeded", "2"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_delta_a_crash_between_the_two_commits_leaves_the_quarantine_and_no_good_rows() {
+    let home = tempfile::tempdir().unwrap();
+    let delta = sluice::catalog::DeltaConfig { root: home.path().join("delta").display().to_string() };
+    let open = |clock: TestClock| {
+        Engine::builder()
+            .home(home.path())
+            .catalog("delta", sluice::catalog::CatalogConfig::Delta(delta.clone()))
+            .clock(Arc::new(clock))
+            .build()
+    };
+    let engine = open(TestClock::new()).await.unwrap();
+    engine.sql("CREATE SCHEMA delta.qd; CREATE TABLE delta.qd.t (id BIGINT NOT NULL, amount DOUBLE)").await.unwrap();
+    fail::cfg("between-publishes/delta.qd.t", "return").unwrap();
+    let error = engine.sql(&format!("INSERT INTO delta.qd.t {INSERT}")).await.unwrap_err().to_string();
+    fail::remove("between-publishes/delta.qd.t");
+    assert!(error.contains("between-publishes"), "{error}");
+    drop(engine);
+
+    let clock = TestClock::new();
+    clock.advance(DEFAULT_RUN_LEASE + Duration::from_secs(1));
+    let engine = open(clock).await.unwrap();
+    engine.recover().await.unwrap();
+    assert_eq!(value(&engine, "SELECT count(*) FROM delta.qd.t__quarantine").await, "3", "the quarantine stands");
+    assert_eq!(value(&engine, "SELECT count(*) FROM delta.qd.t").await, "0", "the good rows were rolled back");
+    let data = files_under(&home.path().join("delta/qd/t"))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(data, 0, "no staged data file of the good rows left");
 }
