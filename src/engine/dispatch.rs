@@ -264,7 +264,7 @@ impl Engine {
 
     pub(super) async fn create_pipeline(&self, create: &CreatePipeline, statement: &Statement) -> Result<Output> {
         let body = match &create.body {
-            PipelineBody::Insert(body) => body,
+            PipelineBody::Insert(body, _) => body,
             PipelineBody::Steps(steps) => return self.create_steps_pipeline(create, steps, statement).await,
         };
         let options = PipelineOptions::parse(&create.name, &create.options)?;
@@ -315,7 +315,7 @@ impl Engine {
             ("definition".into(), record.definition.clone()),
         ];
         let (runs, last_run_id, last_status) = match &create.body {
-            PipelineBody::Insert(_) => {
+            PipelineBody::Insert(..) => {
                 let runs = self.ledger.runs(Some(name)).await?;
                 let last = runs.last().map(|r| (r.run_id.clone(), r.status.as_str().to_string()));
                 (runs.len(), last.clone().map(|l| l.0), last.map(|l| l.1))

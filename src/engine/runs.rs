@@ -24,9 +24,9 @@ impl Engine {
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
         let (create, options) = self.pipeline_or_error(name).await?;
         match create.body {
-            PipelineBody::Insert(body) => {
+            PipelineBody::Insert(body, expectations) => {
                 let (insert, shards, origin) = self.pipeline_write(name, *body, &options).await?;
-                self.write(insert, shards, origin).await
+                Self::expecting(expectations, self.write(insert, shards, origin)).await
             }
             PipelineBody::Steps(steps) => Box::pin(self.run_steps(name, &steps, options)).await,
         }
@@ -37,9 +37,9 @@ impl Engine {
     pub(super) async fn explain_pipeline(&self, name: &str) -> Result<Output> {
         let (create, options) = self.pipeline_or_error(name).await?;
         match create.body {
-            PipelineBody::Insert(body) => {
+            PipelineBody::Insert(body, expectations) => {
                 let (insert, shards, _) = self.pipeline_write(name, *body, &options).await?;
-                self.explain_write(insert, shards).await
+                Self::expecting(expectations, self.explain_write(insert, shards)).await
             }
             PipelineBody::Steps(steps) => self.explain_steps(name, &steps, options).await,
         }

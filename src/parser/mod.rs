@@ -195,7 +195,11 @@ impl fmt::Display for Statement {
                     write!(f, " {schedule}")?;
                 }
                 match &c.body {
-                    PipelineBody::Insert(body) => write!(f, " AS {body}"),
+                    PipelineBody::Insert(body, expectations) if expectations.is_empty() => write!(f, " AS {body}"),
+                    PipelineBody::Insert(body, expectations) => {
+                        let insert = Statement::DataFusion(Box::new(DFStatement::Statement(body.clone())));
+                        write!(f, " AS {}", expect::with_expectations(&insert, expectations))
+                    }
                     PipelineBody::Steps(steps) => {
                         write!(f, " AS BEGIN")?;
                         for step in steps {
@@ -504,8 +508,19 @@ impl<'a> SluiceParser<'a> {
             }));
         }
         let body_at = self.here();
-        let parsed = self.df.parser.parse_statement();
-        let body = self.wrap(parsed)?;
+        let (body, expectations) = match self.parse_insert_with_expectations()? {
+            Some(Statement::ExpectInsert { insert, expectations }) => match *insert {
+                Statement::DataFusion(df) => match *df {
+                    DFStatement::Statement(body) => (*body, expectations),
+                    other => return Err(ParseError::at(body_at, format!("not an INSERT: {other}"))),
+                },
+                other => return Err(ParseError::at(body_at, format!("not an INSERT: {other}"))),
+            },
+            _ => {
+                let parsed = self.df.parser.parse_statement();
+                (self.wrap(parsed)?, Vec::new())
+            }
+        };
         if !matches!(body, SqlStatement::Insert(_)) {
             return Err(ParseError::at(
                 body_at,
@@ -514,7 +529,7 @@ impl<'a> SluiceParser<'a> {
                 ),
             ));
         }
-        let body = PipelineBody::Insert(Box::new(body));
+        let body = PipelineBody::Insert(Box::new(body), expectations);
         Ok(Statement::CreatePipeline(CreatePipeline { name, or_replace, if_not_exists, options, schedule, body }))
     }
 

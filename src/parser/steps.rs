@@ -14,8 +14,9 @@ use super::{ParseError, SluiceParser, Statement, is_keyword, is_word, write_opti
 /// The body of a pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PipelineBody {
-    /// One `INSERT INTO <table> <query>` statement.
-    Insert(Box<SqlStatement>),
+    /// One `INSERT INTO <table> <query>` statement, with the expectations on its rows (`INSERT
+    /// INTO t (CONSTRAINT ...) ...`).
+    Insert(Box<SqlStatement>, Vec<super::Expectation>),
     /// `BEGIN <step>; <step>; ... END`: steps run as a dependency graph.
     Steps(Vec<PipelineStep>),
 }
