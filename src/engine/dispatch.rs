@@ -211,7 +211,10 @@ impl Engine {
             }
         }
         let state = self.ctx.state();
-        let text = statement.to_string();
+        let text = match &statement {
+            DFStatement::Statement(sql) => Self::statement_text(sql),
+            other => other.to_string(),
+        };
         let statement = super::insert::positional_df(statement);
         let plan = Self::bind_params(state.statement_to_plan(statement.clone()).await?)?;
         match self.execute_catalog_plan(&plan, partition_by, text.clone()).await {

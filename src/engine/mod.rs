@@ -323,6 +323,18 @@ impl Engine {
         StatementScope::current().expectations
     }
 
+    /// A write's statement as its run keeps it (for `RETRY RUN`): with the constraint list of
+    /// the expectations it runs under.
+    pub(super) fn statement_text(statement: &datafusion::sql::sqlparser::ast::Statement) -> String {
+        let expectations = Self::expectations();
+        if expectations.is_empty() {
+            return statement.to_string();
+        }
+        let df = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
+        let insert = crate::parser::Statement::DataFusion(Box::new(df));
+        crate::parser::Statement::ExpectInsert { insert: Box::new(insert), expectations }.to_string()
+    }
+
     /// Runs `future` (a write) with `expectations` on its rows.
     pub(super) async fn expecting<T>(
         expectations: Vec<crate::parser::Expectation>,

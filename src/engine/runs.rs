@@ -25,8 +25,11 @@ impl Engine {
         let (create, options) = self.pipeline_or_error(name).await?;
         match create.body {
             PipelineBody::Insert(body, expectations) => {
-                let (insert, shards, origin) = self.pipeline_write(name, *body, &options).await?;
-                Self::expecting(expectations, self.write(insert, shards, origin)).await
+                let write = async {
+                    let (insert, shards, origin) = self.pipeline_write(name, *body, &options).await?;
+                    self.write(insert, shards, origin).await
+                };
+                Self::expecting(expectations, write).await
             }
             PipelineBody::Steps(steps) => Box::pin(self.run_steps(name, &steps, options)).await,
         }
@@ -38,8 +41,11 @@ impl Engine {
         let (create, options) = self.pipeline_or_error(name).await?;
         match create.body {
             PipelineBody::Insert(body, expectations) => {
-                let (insert, shards, _) = self.pipeline_write(name, *body, &options).await?;
-                Self::expecting(expectations, self.explain_write(insert, shards)).await
+                let explain = async {
+                    let (insert, shards, _) = self.pipeline_write(name, *body, &options).await?;
+                    self.explain_write(insert, shards).await
+                };
+                Self::expecting(expectations, explain).await
             }
             PipelineBody::Steps(steps) => self.explain_steps(name, &steps, options).await,
         }
@@ -61,7 +67,8 @@ impl Engine {
         body: SqlStatement,
         options: &PipelineOptions,
     ) -> Result<(Insert, usize, RunOrigin)> {
-        let statement = body.to_string();
+        // What RETRY RUN re-runs: the body, with the expectations the run is under.
+        let statement = Self::statement_text(&body);
         let plan = self.plan_sql_statement(body).await?;
         let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
         let (insert, shards) = with_options(options, name, insert, self.shards)?;
@@ -146,10 +153,17 @@ impl Engine {
             RunStatus::Failed | RunStatus::Cancelled | RunStatus::Dead => {}
         }
         let mut statements = parser::parse(&record.statement)?;
-        let Some(Statement::DataFusion(statement)) = statements.pop().map(|s| s.statement) else {
+        // A write with expectations is retried with them.
+        let (statement, expectations) = match statements.pop().map(|s| s.statement) {
+            Some(Statement::ExpectInsert { insert, expectations }) => (*insert, expectations),
+            Some(statement) => (statement, Vec::new()),
+            None => return Err(cannot("its statement is empty".into())),
+        };
+        let Statement::DataFusion(statement) = statement else {
             return Err(cannot("its statement is not an INSERT".into()));
         };
-        let plan = self.ctx.state().statement_to_plan(*statement).await?;
+        let statement = super::insert::positional_df(*statement);
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
         let not_insert = || cannot("it was not an INSERT (run a CREATE TABLE AS again instead)".into());
         let insert = self.insert_target(plan)?.ok_or_else(not_insert)?;
         // A pipeline's current options decide, as they would for a new run.
@@ -166,7 +180,7 @@ impl Engine {
             retry_of: Some((record.run_id.clone(), record.sequence)),
             run_id: None,
         };
-        self.write(insert, shards, origin).await
+        Self::expecting(expectations, self.write(insert, shards, origin)).await
     }
 
     /// Settles every run left `staging` or `committing` by a process that is gone: committed

@@ -473,19 +473,20 @@ impl Engine {
     ) -> Result<StepDone> {
         let statement = step.step.statement.as_ref();
         if let Some((sql, expectations)) = insert_of(&step.step.statement) {
-            let origin =
-                RunOrigin { pipeline: Some(label.to_string()), statement: sql.to_string(), retry_of, run_id: None };
-            let not_catalog = || super::runs::not_a_catalog_insert(label);
-            let Some(pending) = hold else {
-                let plan = self.plan_sql_statement(sql.clone()).await?;
+            let write = async {
+                let statement = Self::statement_text(sql);
+                let origin = RunOrigin { pipeline: Some(label.to_string()), statement, retry_of, run_id: None };
+                let not_catalog = || super::runs::not_a_catalog_insert(label);
+                let Some(pending) = hold else {
+                    let plan = self.plan_sql_statement(sql.clone()).await?;
+                    let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
+                    return Ok(StepDone::Committed(self.write(insert, shards, origin).await?));
+                };
+                let plan = reading_pending(pending, self.plan_sql_statement(sql.clone())).await?;
                 let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
-                let written = Self::expecting(expectations.to_vec(), self.write(insert, shards, origin)).await?;
-                return Ok(StepDone::Committed(written));
+                Ok(StepDone::Held(Box::new(self.write_held(insert, shards, origin).await?)))
             };
-            let plan = reading_pending(pending, self.plan_sql_statement(sql.clone())).await?;
-            let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
-            let held = Self::expecting(expectations.to_vec(), self.write_held(insert, shards, origin)).await?;
-            return Ok(StepDone::Held(Box::new(held)));
+            return Self::expecting(expectations.to_vec(), write).await;
         }
         if hold.is_some() {
             let message = format!("step `{}` of an atomic pipeline is not an INSERT", step.name);

@@ -146,3 +146,19 @@ async fn on_delta_a_crash_between_the_two_commits_leaves_the_quarantine_and_no_g
         .count();
     assert_eq!(data, 0, "no staged data file of the good rows left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_run_keeps_the_expectations_it_ran_under() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine.sql("CREATE SCHEMA lake.qr; CREATE TABLE lake.qr.t (id BIGINT NOT NULL, amount DOUBLE)").await.unwrap();
+    let insert = "INSERT INTO lake.qr.t (CONSTRAINT small EXPECT (id < 3) ON VIOLATION FAIL) SELECT value, 1.0 FROM generate_series(1, 5)";
+    let error = engine.sql(insert).await.unwrap_err();
+    let run_id = error.run_id().expect("the run was opened").to_string();
+    assert!(error.to_string().contains("3 row(s) violate expectation `small`"), "{error}");
+    let statement = engine.ledger().run(&run_id).await.unwrap().unwrap().statement;
+    assert!(statement.contains("CONSTRAINT small EXPECT (id < 3) ON VIOLATION FAIL"), "{statement}");
+    let retried = engine.sql(&format!("RETRY RUN '{run_id}'")).await.unwrap_err().to_string();
+    assert!(retried.contains("3 row(s) violate expectation `small`"), "{retried}");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.qr.t").await, "0", "nothing committed, twice");
+}
