@@ -86,6 +86,9 @@ pub enum CatalogError {
     /// No table of that name.
     #[error("table `{0}` does not exist")]
     TableNotFound(TableName),
+    /// What this catalog cannot do (yet).
+    #[error("{0}")]
+    Unsupported(String),
     /// The table exists already.
     #[error("table `{0}` already exists")]
     TableExists(TableName),
@@ -191,6 +194,21 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()>;
     /// A writer for one run into the table as it is now.
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>>;
+    /// A writer for one run into the table with `columns` added (nullable, at the end): the
+    /// schema change publishes in the run's own commit (`schema_evolution = 'add_columns'`).
+    /// The default refuses.
+    async fn writer_adding(
+        &self,
+        name: &TableName,
+        columns: &[datafusion::arrow::datatypes::Field],
+    ) -> Result<Arc<dyn CommitTarget>> {
+        let _ = columns;
+        Err(CatalogError::Unsupported(format!(
+            "adding columns to `{name}` with its data: catalog `{}` ({}) cannot yet",
+            self.name(),
+            self.kind()
+        )))
+    }
     /// Whether the catalog can publish several tables' commits in one transaction
     /// ([`LakeCatalog::publish_together`]); if not, why (what an `atomic` pipeline's refusal says).
     fn can_publish_together(&self) -> std::result::Result<(), &'static str>;

@@ -54,8 +54,12 @@ impl Engine {
                     return Ok(Some(Output::empty()));
                 }
                 // CREATE TABLE ... AS SELECT: the table exists only if its data committed.
-                let insert =
-                    Insert { table: table.clone(), input: create.input.as_ref().clone(), mode: WriteMode::Append };
+                let insert = Insert {
+                    table: table.clone(),
+                    input: create.input.as_ref().clone(),
+                    mode: WriteMode::Append,
+                    writer: None,
+                };
                 return match self.write(insert, self.shards, origin).await {
                     Ok(report) => Ok(Some(Output::run(report))),
                     Err(error) => {

@@ -115,8 +115,13 @@ impl Engine {
             let given = query_width(insert)
                 .map(|n| format!("{n} column(s)"))
                 .unwrap_or_else(|| "a different number of columns".into());
+            let more = query_width(insert).is_some_and(|n| n > columns.len());
+            let grow = match more {
+                true => "; a pipeline WITH (schema_evolution = 'add_columns') adds the columns the table lacks",
+                false => "",
+            };
             return Some(format!(
-                "the query gives {given}, but `{table}` takes {}: {listed} (INSERT INTO {table} (column, ...) SELECT ... fills the columns it names, the others with NULL)",
+                "the query gives {given}, but `{table}` takes {}: {listed} (INSERT INTO {table} (column, ...) SELECT ... fills the columns it names, the others with NULL{grow})",
                 columns.len()
             ));
         }

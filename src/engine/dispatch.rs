@@ -280,8 +280,13 @@ impl Engine {
             }
         }
         // Plan the body now, so that unknown tables or columns are reported at CREATE time.
-        let plan = self.plan_sql_statement(body.as_ref().clone()).await?;
-        let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?;
+        let insert = match options.add_columns {
+            true => Box::pin(self.insert_adding_columns(&create.name, body.as_ref().clone())).await?,
+            false => {
+                let plan = self.plan_sql_statement(body.as_ref().clone()).await?;
+                self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?
+            }
+        };
         options.write_mode(&create.name, insert.mode)?;
         let catalog_file = self.catalog_files.get(&insert.table.catalog).map(|f| f.display().to_string());
         self.save_pipeline(create, statement, insert.table.to_string(), options.shards, catalog_file).await

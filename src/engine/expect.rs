@@ -149,7 +149,8 @@ impl Engine {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let input = self.ctx.read_batches(batches)?.into_unoptimized_plan();
-        let insert = super::write::Insert { table: quarantine, input, mode: crate::table::WriteMode::Append };
+        let mode = crate::table::WriteMode::Append;
+        let insert = super::write::Insert { table: quarantine, input, mode, writer: None };
         // A run of its own name: the good rows' run of the same pipeline is still open.
         let origin = crate::coordinator::RunOrigin {
             pipeline: origin.pipeline.map(|p| format!("{p}#quarantine")),

@@ -69,12 +69,66 @@ impl Engine {
     ) -> Result<(Insert, usize, RunOrigin)> {
         // What RETRY RUN re-runs: the body, with the expectations the run is under.
         let statement = Self::statement_text(&body);
-        let plan = self.plan_sql_statement(body).await?;
-        let insert = self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?;
+        let insert = match options.add_columns {
+            true => Box::pin(self.insert_adding_columns(name, body)).await?,
+            false => {
+                let plan = self.plan_sql_statement(body).await?;
+                self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?
+            }
+        };
         let (insert, shards) = with_options(options, name, insert, self.shards)?;
         let origin =
             RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None, run_id: Self::named_run() };
         Ok((insert, shards, origin))
+    }
+
+    /// The insert of a pipeline with `schema_evolution = 'add_columns'`: the query's columns map
+    /// to the table's by name; those the table lacks are added to it (nullable), published with
+    /// the run's commit; the table's columns the query lacks get NULL.
+    pub(super) async fn insert_adding_columns(&self, name: &str, body: SqlStatement) -> Result<Insert> {
+        use datafusion::logical_expr::{ExprSchemable, LogicalPlanBuilder, lit};
+        let SqlStatement::Insert(insert) = body else { return Err(not_a_catalog_insert(name)) };
+        if !insert.columns.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "pipeline `{name}`: schema_evolution maps the query's columns by name, so its INSERT takes no column list"
+            )));
+        }
+        let (Some(source), datafusion::sql::sqlparser::ast::TableObject::TableName(target)) =
+            (insert.source, &insert.table)
+        else {
+            return Err(not_a_catalog_insert(name));
+        };
+        let table = self.resolve(&datafusion::common::TableReference::parse_str(&target.to_string()));
+        let catalog = self.catalog_of(&table.catalog).ok_or_else(|| not_a_catalog_insert(name))?;
+        let query = self.plan_sql_statement(SqlStatement::Query(source)).await?;
+        let current = catalog.writer(&table).await?;
+        let added: Vec<datafusion::arrow::datatypes::Field> = query
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| current.schema().field_with_name(f.name()).is_err())
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let writer = match added.is_empty() {
+            true => current,
+            false => catalog.writer_adding(&table, &added).await?,
+        };
+        let query_schema = query.schema().clone();
+        let exprs = writer
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| {
+                let value = match query_schema.fields().iter().position(|f| f.name() == field.name()) {
+                    Some(i) => datafusion::logical_expr::Expr::Column(query_schema.qualified_field(i).into()),
+                    None => lit(datafusion::common::ScalarValue::Null).cast_to(field.data_type(), &query_schema)?,
+                };
+                Ok(value.alias(field.name()))
+            })
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let input = LogicalPlanBuilder::from(query).project(exprs)?.build()?;
+        let mode = if insert.overwrite { WriteMode::Overwrite } else { WriteMode::Append };
+        Ok(Insert { table, input, mode, writer: Some(writer) })
     }
 
     /// The pipeline called `name` as the ledger keeps it: its definition and options.

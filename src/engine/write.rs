@@ -27,6 +27,8 @@ pub(super) struct Insert {
     pub table: TableName,
     pub input: LogicalPlan,
     pub mode: WriteMode,
+    /// The writer, when the write changes the table's schema (else the table's as it is).
+    pub writer: Option<Arc<dyn crate::coordinator::CommitTarget>>,
 }
 
 impl Engine {
@@ -47,7 +49,7 @@ impl Engine {
             }
         };
         let input = super::insert::without_lossy_casts(input.as_ref().clone())?;
-        Ok(Some(Insert { table, input, mode }))
+        Ok(Some(Insert { table, input, mode, writer: None }))
     }
 
     /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
@@ -89,9 +91,12 @@ impl Engine {
         shards: usize,
         origin: RunOrigin,
     ) -> Result<(RunJob, String, Option<Arc<super::expect::Tally>>)> {
-        let Insert { table, input, mode } = insert;
+        let Insert { table, input, mode, writer } = insert;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
-        let writer = catalog.writer(&table).await?;
+        let writer = match writer {
+            Some(writer) => writer,
+            None => catalog.writer(&table).await?,
+        };
         let state = self.ctx.state();
         let input = state.create_physical_plan(&input).await?;
         let expectations = self.expectations_for(&table).await?;

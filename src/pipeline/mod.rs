@@ -25,7 +25,7 @@ pub enum PipelineError {
     },
     /// An option this version does not know.
     #[error(
-        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
     )]
     UnknownOption {
         /// The pipeline.
@@ -105,6 +105,9 @@ pub struct PipelineOptions {
     pub catchup: Catchup,
     /// With `catchup = 'all'`: at most this many missed runs (the latest ones; default 100).
     pub max_catchup_runs: usize,
+    /// `schema_evolution = 'add_columns'`: columns of the query the table lacks are added to it
+    /// (nullable) in the run's own commit, and the query's columns map to the table's by name.
+    pub add_columns: bool,
 }
 
 /// Which due times a scheduler that was down runs once it is back (`catchup = ...`).
@@ -130,6 +133,7 @@ impl Default for PipelineOptions {
             atomic: false,
             catchup: Catchup::Last,
             max_catchup_runs: 100,
+            add_columns: false,
         }
     }
 }
@@ -243,6 +247,13 @@ impl PipelineOptions {
                         "last" => Catchup::Last,
                         "all" => Catchup::All,
                         _ => return Err(checked.bad("'none', 'last' or 'all'")),
+                    }
+                }
+                "schema_evolution" => {
+                    parsed.add_columns = match value.to_lowercase().as_str() {
+                        "add_columns" => true,
+                        "none" => false,
+                        _ => return Err(checked.bad("'add_columns' or 'none'")),
                     }
                 }
                 "max_catchup_runs" => {

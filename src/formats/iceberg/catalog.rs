@@ -514,6 +514,54 @@ impl LakeCatalog for IcebergCatalog {
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>> {
         Ok(Arc::new(self.table_writer(name).await?))
     }
+
+    /// The table's metadata with the columns added (optional, fresh field ids), in memory only:
+    /// the writer writes data files with it, and its commit swaps it in with the snapshot.
+    async fn writer_adding(&self, name: &TableName, columns: &[Field]) -> Result<Arc<dyn CommitTarget>> {
+        if self.pointer.is_none() {
+            return Err(CatalogError::Unsupported(format!(
+                "adding columns to `{name}` with its data needs an Iceberg SQL catalog (catalog `{}` is REST)",
+                self.name
+            )));
+        }
+        let table = self.load_table(name).await?;
+        self.confined(&format!("the location of `{name}`"), table.metadata().location())?;
+        let error = self.error(format!("adding columns to `{name}`"));
+        let evolved = add_columns(&table, columns).map_err(error)?;
+        let writer = IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &evolved)
+            .map_err(self.error(format!("preparing a write into `{name}`")))?
+            .evolving();
+        Ok(Arc::new(writer))
+    }
+}
+
+/// `table` with `columns` added to its current schema (optional fields with fresh ids), not
+/// committed: the commit of the run that writes with it publishes both.
+fn add_columns(table: &Table, columns: &[Field]) -> iceberg::Result<Table> {
+    use iceberg::spec::{NestedField, TableMetadataBuilder};
+    let metadata = table.metadata();
+    let current = metadata.current_schema();
+    let mut next_id = metadata.last_column_id();
+    let mut fields: Vec<_> = current.as_struct().fields().to_vec();
+    for column in columns {
+        next_id += 1;
+        let field_type = arrow_type_to_type(column.data_type())?;
+        fields.push(Arc::new(NestedField::optional(next_id, column.name(), field_type)));
+    }
+    let schema = TableSchema::builder()
+        .with_schema_id(current.schema_id() + 1)
+        .with_identifier_field_ids(current.identifier_field_ids())
+        .with_fields(fields)
+        .build()?;
+    let evolved =
+        TableMetadataBuilder::new_from_metadata(metadata.clone(), None).add_current_schema(schema)?.build()?;
+    Table::builder()
+        .metadata(evolved.metadata)
+        .metadata_location(table.metadata_location().unwrap_or_default().to_string())
+        .identifier(table.identifier().clone())
+        .file_io(table.file_io().clone())
+        .runtime(iceberg::Runtime::try_current()?)
+        .build()
 }
 
 impl CatalogProvider for IcebergCatalog {

@@ -78,6 +78,8 @@ pub struct IcebergTableWriter {
     partitioning: Vec<PartitionField>,
     /// Splits batches by the table's partition spec (`None`: unpartitioned).
     splitter: Option<Arc<Splitter>>,
+    /// `base` carries a schema change of this run: its commit is one attempt from `base`.
+    evolving: bool,
 }
 
 impl std::fmt::Debug for IcebergTableWriter {
@@ -200,7 +202,15 @@ impl IcebergTableWriter {
             target_file_size: metadata.table_properties()?.write_target_file_size_bytes,
             partitioning,
             splitter,
+            evolving: false,
         })
+    }
+
+    /// This writer's table (`base`) carries a schema change, published with the run's commit:
+    /// one attempt, from the metadata the change was made on (a commit that lands meanwhile is
+    /// a conflict).
+    pub fn evolving(self) -> Self {
+        Self { evolving: true, ..self }
     }
 
     /// One fast-append snapshot with every staged file; returns its id.
@@ -404,7 +414,7 @@ impl TableFormat for IcebergTableWriter {
     /// Before every attempt the table's history is checked for the run, so an attempt whose
     /// response was lost is never applied twice, and the table's properties for a fence.
     async fn commit(&self, files: Vec<DataFile>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError> {
-        if mode != WriteMode::Append {
+        if mode != WriteMode::Append || self.evolving {
             return self.overwrite(files, run, mode).await;
         }
         let identity = run.identity();
@@ -441,7 +451,7 @@ impl TableFormat for IcebergTableWriter {
             ));
         };
         let table = match mode {
-            WriteMode::Append => self.load().await.map_err(CommitError::Refused)?,
+            WriteMode::Append if !self.evolving => self.load().await.map_err(CommitError::Refused)?,
             _ => self.base.clone(),
         };
         if let Some(snapshot_id) = snapshot_of_run(&table, &run.identity().run_id) {
