@@ -194,17 +194,19 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()>;
     /// A writer for one run into the table as it is now.
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>>;
-    /// A writer for one run into the table with `columns` added (nullable, at the end): the
-    /// schema change publishes in the run's own commit (`schema_evolution = 'add_columns'`).
-    /// The default refuses.
-    async fn writer_adding(
+    /// A writer for one run into the table with `columns` added (nullable, at the end) and the
+    /// columns named in `widened` given those (wider) types: the schema change publishes in the
+    /// run's own commit (`schema_evolution = 'add_columns'`, `'widen_types'`). The default
+    /// refuses.
+    async fn writer_evolving(
         &self,
         name: &TableName,
         columns: &[datafusion::arrow::datatypes::Field],
+        widened: &[datafusion::arrow::datatypes::Field],
     ) -> Result<Arc<dyn CommitTarget>> {
-        let _ = columns;
+        let _ = (columns, widened);
         Err(CatalogError::Unsupported(format!(
-            "adding columns to `{name}` with its data: catalog `{}` ({}) cannot yet",
+            "changing the schema of `{name}` with its data: catalog `{}` ({}) cannot yet",
             self.name(),
             self.kind()
         )))

@@ -280,8 +280,8 @@ impl Engine {
             }
         }
         // Plan the body now, so that unknown tables or columns are reported at CREATE time.
-        let insert = match options.add_columns {
-            true => Box::pin(self.insert_adding_columns(&create.name, body.as_ref().clone())).await?,
+        let insert = match options.add_columns || options.widen_types {
+            true => Box::pin(self.insert_evolving(&create.name, body.as_ref().clone(), &options)).await?,
             false => {
                 let plan = self.plan_sql_statement(body.as_ref().clone()).await?;
                 self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?

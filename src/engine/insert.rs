@@ -42,16 +42,7 @@ fn alias_repeated_in(body: &mut SetExpr) {
     match body {
         SetExpr::Select(select) => {
             let name = |item: &SelectItem| match item {
-                SelectItem::UnnamedExpr(expr) => Some(
-                    match expr {
-                        datafusion::sql::sqlparser::ast::Expr::Identifier(ident) => ident.value.clone(),
-                        datafusion::sql::sqlparser::ast::Expr::CompoundIdentifier(parts) => {
-                            parts.last().map(|p| p.value.clone()).unwrap_or_default()
-                        }
-                        other => other.to_string(),
-                    }
-                    .to_lowercase(),
-                ),
+                SelectItem::UnnamedExpr(expr) => Some(output_name(expr)),
                 SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
                 _ => None,
             };
@@ -71,6 +62,18 @@ fn alias_repeated_in(body: &mut SetExpr) {
         }
         SetExpr::Query(query) => alias_repeated(query.as_mut()),
         _ => {}
+    }
+}
+
+/// The name DataFusion gives an unnamed SELECT item, as far as it can repeat another's: a column's
+/// own name (a cast keeps it), else the expression's text.
+fn output_name(expr: &datafusion::sql::sqlparser::ast::Expr) -> String {
+    use datafusion::sql::sqlparser::ast::Expr;
+    match expr {
+        Expr::Identifier(ident) => ident.value.to_lowercase(),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.to_lowercase()).unwrap_or_default(),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => output_name(expr),
+        other => other.to_string().to_lowercase(),
     }
 }
 

@@ -69,8 +69,8 @@ impl Engine {
     ) -> Result<(Insert, usize, RunOrigin)> {
         // What RETRY RUN re-runs: the body, with the expectations the run is under.
         let statement = Self::statement_text(&body);
-        let insert = match options.add_columns {
-            true => Box::pin(self.insert_adding_columns(name, body)).await?,
+        let insert = match options.add_columns || options.widen_types {
+            true => Box::pin(self.insert_evolving(name, body, options)).await?,
             false => {
                 let plan = self.plan_sql_statement(body).await?;
                 self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?
@@ -82,10 +82,16 @@ impl Engine {
         Ok((insert, shards, origin))
     }
 
-    /// The insert of a pipeline with `schema_evolution = 'add_columns'`: the query's columns map
-    /// to the table's by name; those the table lacks are added to it (nullable), published with
-    /// the run's commit; the table's columns the query lacks get NULL.
-    pub(super) async fn insert_adding_columns(&self, name: &str, body: SqlStatement) -> Result<Insert> {
+    /// The insert of a pipeline with `schema_evolution`: the query's columns map to the table's
+    /// by name; those the table lacks are added to it (nullable, `add_columns`), an `INT` /
+    /// `FLOAT` column the query gives as `BIGINT` / `DOUBLE` is widened (`widen_types`), both
+    /// published with the run's commit; the table's columns the query lacks get NULL.
+    pub(super) async fn insert_evolving(
+        &self,
+        name: &str,
+        body: SqlStatement,
+        options: &PipelineOptions,
+    ) -> Result<Insert> {
         use datafusion::logical_expr::{ExprSchemable, LogicalPlanBuilder, lit};
         let SqlStatement::Insert(insert) = body else { return Err(not_a_catalog_insert(name)) };
         if !insert.columns.is_empty() {
@@ -102,16 +108,30 @@ impl Engine {
         let catalog = self.catalog_of(&table.catalog).ok_or_else(|| not_a_catalog_insert(name))?;
         let query = self.plan_sql_statement(SqlStatement::Query(source)).await?;
         let current = catalog.writer(&table).await?;
-        let added: Vec<datafusion::arrow::datatypes::Field> = query
+        use datafusion::arrow::datatypes::DataType::{Float32, Float64, Int32, Int64};
+        let (added, widened): (Vec<_>, Vec<_>) = query
             .schema()
             .fields()
             .iter()
-            .filter(|f| current.schema().field_with_name(f.name()).is_err())
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        let writer = match added.is_empty() {
+            .filter_map(|f| match current.schema().field_with_name(f.name()) {
+                // Iceberg's own promotions.
+                Err(_) if options.add_columns => Some((Some(f.as_ref().clone().with_nullable(true)), None)),
+                Ok(have)
+                    if options.widen_types
+                        && have.data_type() != f.data_type()
+                        && crate::runtime::is_widening(have.data_type(), f.data_type())
+                        && matches!((have.data_type(), f.data_type()), (Int32, Int64) | (Float32, Float64)) =>
+                {
+                    Some((None, Some(have.as_ref().clone().with_data_type(f.data_type().clone()))))
+                }
+                _ => None,
+            })
+            .unzip();
+        let (added, widened): (Vec<_>, Vec<_>) =
+            (added.into_iter().flatten().collect(), widened.into_iter().flatten().collect());
+        let writer = match added.is_empty() && widened.is_empty() {
             true => current,
-            false => catalog.writer_adding(&table, &added).await?,
+            false => catalog.writer_evolving(&table, &added, &widened).await?,
         };
         let query_schema = query.schema().clone();
         let exprs = writer

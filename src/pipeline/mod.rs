@@ -108,6 +108,9 @@ pub struct PipelineOptions {
     /// `schema_evolution = 'add_columns'`: columns of the query the table lacks are added to it
     /// (nullable) in the run's own commit, and the query's columns map to the table's by name.
     pub add_columns: bool,
+    /// `schema_evolution = 'widen_types'`: a column whose values the query gives in a wider type
+    /// (int → bigint, float → double) is widened in the run's own commit.
+    pub widen_types: bool,
 }
 
 /// Which due times a scheduler that was down runs once it is back (`catchup = ...`).
@@ -134,6 +137,7 @@ impl Default for PipelineOptions {
             catchup: Catchup::Last,
             max_catchup_runs: 100,
             add_columns: false,
+            widen_types: false,
         }
     }
 }
@@ -250,10 +254,16 @@ impl PipelineOptions {
                     }
                 }
                 "schema_evolution" => {
-                    parsed.add_columns = match value.to_lowercase().as_str() {
-                        "add_columns" => true,
-                        "none" => false,
-                        _ => return Err(checked.bad("'add_columns' or 'none'")),
+                    for part in value.to_lowercase().split(',').map(str::trim) {
+                        match part {
+                            "add_columns" => parsed.add_columns = true,
+                            "widen_types" => parsed.widen_types = true,
+                            "none" => {}
+                            _ => {
+                                return Err(checked
+                                    .bad("'add_columns', 'widen_types', both ('add_columns, widen_types') or 'none'"));
+                            }
+                        }
                     }
                 }
                 "max_catchup_runs" => {

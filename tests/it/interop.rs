@@ -142,22 +142,25 @@ async fn pyiceberg_and_duckdb_read_the_tables_an_atomic_pipeline_published_toget
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pyiceberg_and_duckdb_read_a_table_a_pipeline_added_columns_to() {
+async fn pyiceberg_and_duckdb_read_a_table_a_pipeline_added_columns_to_and_widened() {
     let home = tempfile::tempdir().unwrap();
     let engine = engine(home.path(), 2).await;
     engine
         .sql(
-            "CREATE SCHEMA lake.evolve; CREATE TABLE lake.evolve.t (id BIGINT, name VARCHAR);
-             INSERT INTO lake.evolve.t SELECT value, 'old ' || value FROM generate_series(1, 50);
-             CREATE PIPELINE grow WITH (schema_evolution = 'add_columns') AS INSERT INTO lake.evolve.t
-               SELECT 'new ' || value AS name, value + 100 AS id, value / 4.0 AS score, CAST(value AS INT) AS rank
+            "CREATE SCHEMA lake.evolve; CREATE TABLE lake.evolve.t (id BIGINT, name VARCHAR, small INT);
+             INSERT INTO lake.evolve.t SELECT value, 'old ' || value, CAST(value AS INT) FROM generate_series(1, 50);
+             CREATE PIPELINE grow WITH (schema_evolution = 'add_columns, widen_types') AS INSERT INTO lake.evolve.t
+               SELECT 'new ' || value AS name, value + 100 AS id, value / 4.0 AS score, CAST(value AS INT) AS rank,
+                      value * 10000000000 AS small
                FROM generate_series(1, 50);",
         )
         .await
         .unwrap();
     engine.run_pipeline("grow").await.unwrap();
-    // Sluice reads the old rows with NULL in the new columns ...
+    // Sluice reads the old rows with NULL in the new columns, and their INT as a BIGINT ...
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.evolve.t WHERE score IS NULL AND rank IS NULL").await, "50");
+    assert_eq!(value(&engine, "SELECT max(small) FROM lake.evolve.t WHERE id <= 50").await, "50");
+    assert_eq!(value(&engine, "SELECT max(small) FROM lake.evolve.t").await, "500000000000");
     // ... and so do the independent readers, value by value.
     let expected = expected_json(&engine, "SELECT * FROM lake.evolve.t").await;
     let path = engine.home().join("evolve.json");
@@ -166,7 +169,7 @@ async fn pyiceberg_and_duckdb_read_a_table_a_pipeline_added_columns_to() {
     let report =
         check_table(&["iceberg".as_ref(), home_dir.as_os_str(), "evolve".as_ref(), "t".as_ref(), path.as_os_str()]);
     for reader in ["pyiceberg", "duckdb"] {
-        assert!(report.contains(&format!("{reader}: 100 rows x 4 columns match")), "{report}");
+        assert!(report.contains(&format!("{reader}: 100 rows x 5 columns match")), "{report}");
     }
 }
 

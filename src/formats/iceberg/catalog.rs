@@ -515,19 +515,25 @@ impl LakeCatalog for IcebergCatalog {
         Ok(Arc::new(self.table_writer(name).await?))
     }
 
-    /// The table's metadata with the columns added (optional, fresh field ids), in memory only:
-    /// the writer writes data files with it, and its commit swaps it in with the snapshot.
-    async fn writer_adding(&self, name: &TableName, columns: &[Field]) -> Result<Arc<dyn CommitTarget>> {
+    /// The table's metadata with the columns added (optional, fresh field ids) and widened (same
+    /// ids, Iceberg's promotions), in memory only: the writer writes data files with it, and its
+    /// commit swaps it in with the snapshot.
+    async fn writer_evolving(
+        &self,
+        name: &TableName,
+        columns: &[Field],
+        widened: &[Field],
+    ) -> Result<Arc<dyn CommitTarget>> {
         if self.pointer.is_none() {
             return Err(CatalogError::Unsupported(format!(
-                "adding columns to `{name}` with its data needs an Iceberg SQL catalog (catalog `{}` is REST)",
+                "changing the schema of `{name}` with its data needs an Iceberg SQL catalog (catalog `{}` is REST)",
                 self.name
             )));
         }
         let table = self.load_table(name).await?;
         self.confined(&format!("the location of `{name}`"), table.metadata().location())?;
-        let error = self.error(format!("adding columns to `{name}`"));
-        let evolved = add_columns(&table, columns).map_err(error)?;
+        let error = self.error(format!("changing the schema of `{name}`"));
+        let evolved = evolve(&table, columns, widened).map_err(error)?;
         let writer = IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &evolved)
             .map_err(self.error(format!("preparing a write into `{name}`")))?
             .evolving();
@@ -535,14 +541,23 @@ impl LakeCatalog for IcebergCatalog {
     }
 }
 
-/// `table` with `columns` added to its current schema (optional fields with fresh ids), not
-/// committed: the commit of the run that writes with it publishes both.
-fn add_columns(table: &Table, columns: &[Field]) -> iceberg::Result<Table> {
+/// `table` with `columns` added to its current schema (optional fields with fresh ids) and the
+/// `widened` columns given their wider types (same ids), not committed: the commit of the run
+/// that writes with it publishes both.
+fn evolve(table: &Table, columns: &[Field], widened: &[Field]) -> iceberg::Result<Table> {
     use iceberg::spec::{NestedField, TableMetadataBuilder};
     let metadata = table.metadata();
     let current = metadata.current_schema();
     let mut next_id = metadata.last_column_id();
     let mut fields: Vec<_> = current.as_struct().fields().to_vec();
+    for wider in widened {
+        let field_type = arrow_type_to_type(wider.data_type())?;
+        if let Some(field) = fields.iter_mut().find(|f| f.name == *wider.name()) {
+            let mut promoted = field.as_ref().clone();
+            promoted.field_type = Box::new(field_type);
+            *field = Arc::new(promoted);
+        }
+    }
     for column in columns {
         next_id += 1;
         let field_type = arrow_type_to_type(column.data_type())?;
