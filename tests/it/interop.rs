@@ -53,6 +53,20 @@ async fn readers_agree(engine: &sluice::Engine, table: &str, reader_args: &[&OsS
     report
 }
 
+/// An engine on `home` with `shards` and a Delta catalog `delta` rooted in `home/delta-root`.
+async fn delta_engine(home: &std::path::Path, shards: usize) -> (sluice::Engine, PathBuf) {
+    let root = home.join("delta-root");
+    let delta = sluice::catalog::DeltaConfig { root: root.display().to_string() };
+    let engine = sluice::Engine::builder()
+        .home(home)
+        .catalog("delta", sluice::catalog::CatalogConfig::Delta(delta))
+        .shards(shards)
+        .build()
+        .await
+        .unwrap();
+    (engine, root)
+}
+
 /// Columns of every common type, NULLs included, generated for rows 1..=n.
 fn typed_rows(n: usize) -> String {
     format!(
@@ -174,17 +188,34 @@ async fn pyiceberg_and_duckdb_read_a_table_a_pipeline_added_columns_to_and_widen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
+async fn delta_rs_and_duckdb_read_a_delta_table_a_pipeline_added_columns_to() {
     let home = tempfile::tempdir().unwrap();
-    let root = home.path().join("delta-root");
-    let delta = sluice::catalog::DeltaConfig { root: root.display().to_string() };
-    let engine = sluice::Engine::builder()
-        .home(home.path())
-        .catalog("delta", sluice::catalog::CatalogConfig::Delta(delta))
-        .shards(4)
-        .build()
+    let (engine, root) = delta_engine(home.path(), 2).await;
+    engine
+        .sql(
+            "CREATE SCHEMA delta.evolve; CREATE TABLE delta.evolve.t (id BIGINT, name VARCHAR);
+             INSERT INTO delta.evolve.t SELECT value, 'old ' || value FROM generate_series(1, 40);
+             CREATE PIPELINE grow WITH (schema_evolution = 'add_columns') AS INSERT INTO delta.evolve.t
+               SELECT 'new ' || value AS name, value + 100 AS id, value / 4.0 AS score FROM generate_series(1, 40);",
+        )
         .await
         .unwrap();
+    engine.run_pipeline("grow").await.unwrap();
+    assert_eq!(value(&engine, "SELECT count(*) FROM delta.evolve.t WHERE score IS NULL").await, "40");
+    let expected = expected_json(&engine, "SELECT * FROM delta.evolve.t").await;
+    let path = engine.home().join("evolve.json");
+    std::fs::write(&path, serde_json::to_vec(&expected).unwrap()).unwrap();
+    let table_dir = root.join("evolve/t");
+    let report = check_table(&["delta".as_ref(), table_dir.as_os_str(), path.as_os_str()]);
+    for reader in ["delta-rs", "duckdb"] {
+        assert!(report.contains(&format!("{reader}: 80 rows x 3 columns match")), "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delta_rs_and_duckdb_read_exactly_what_sluice_wrote() {
+    let home = tempfile::tempdir().unwrap();
+    let (engine, root) = delta_engine(home.path(), 4).await;
     engine
         .sql(&format!(
             "CREATE SCHEMA delta.interop;

@@ -75,7 +75,10 @@ fn delta_type(data_type: &DataType) -> DataType {
     }
 }
 
-fn delta_schema(schema: &ArrowSchema) -> std::result::Result<StructType, datafusion::arrow::error::ArrowError> {
+/// The Delta schema of an Arrow schema (timestamps in microseconds).
+pub(super) fn delta_schema(
+    schema: &ArrowSchema,
+) -> std::result::Result<StructType, datafusion::arrow::error::ArrowError> {
     let fields: Vec<Field> =
         schema.fields().iter().map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect();
     (&ArrowSchema::new(fields)).try_into_kernel()
@@ -313,6 +316,25 @@ impl LakeCatalog for DeltaCatalog {
 
     async fn writer(&self, name: &TableName) -> Result<Arc<dyn CommitTarget>> {
         Ok(Arc::new(self.table_writer(name).await?))
+    }
+
+    /// Columns added by a `metaData` action in the run's own commit. Widening a type needs
+    /// Delta's `typeWidening` table feature, which this version does not write.
+    async fn writer_evolving(
+        &self,
+        name: &TableName,
+        columns: &[Field],
+        widened: &[Field],
+    ) -> Result<Arc<dyn CommitTarget>> {
+        if let Some(field) = widened.first() {
+            return Err(CatalogError::Unsupported(format!(
+                "widening column `{}` of Delta table `{name}` needs Delta's typeWidening table feature, which this version does not write",
+                field.name()
+            )));
+        }
+        let writer = self.table_writer(name).await?;
+        let evolving = writer.evolving(columns).map_err(self.error(format!("adding columns to `{name}`")))?;
+        Ok(Arc::new(evolving))
     }
 }
 

@@ -68,6 +68,8 @@ pub struct DeltaTableWriter {
     partitioning: Vec<PartitionField>,
     /// The table's version when the run started (`None`: no version yet).
     base_version: Option<u64>,
+    /// The table's new metadata (columns added), committed with the run's files.
+    evolution: Option<deltalake::kernel::Metadata>,
 }
 
 impl DeltaTableWriter {
@@ -92,7 +94,30 @@ impl DeltaTableWriter {
             schema,
             partitioning,
             base_version,
+            evolution: None,
         })
+    }
+
+    /// This writer with `columns` added (nullable) to the table's schema: its data files carry
+    /// them, and its commit (one attempt, from the version the run started on) adds a `metaData`
+    /// action with the new schema.
+    pub fn evolving(self, columns: &[datafusion::arrow::datatypes::Field]) -> Result<Self, deltalake::DeltaTableError> {
+        use deltalake::kernel::MetadataExt;
+        use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
+        let mut fields: Vec<_> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(columns.iter().map(|f| f.clone().with_nullable(true)));
+        let schema = Schema::new(fields);
+        let delta =
+            super::catalog::delta_schema(&schema).map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+        let metadata = self.table.snapshot()?.snapshot().metadata().clone().with_schema(&delta)?;
+        // The schema the files are written with: Delta's types, as the table will read them.
+        let schema: Schema =
+            (&delta).try_into_arrow().map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+        let schema: SchemaRef = Arc::new(schema);
+        let partition_columns: Vec<String> = self.partitioning.iter().map(|p| p.column.clone()).collect();
+        let file_fields: Vec<_> =
+            schema.fields().iter().filter(|f| !partition_columns.contains(f.name())).cloned().collect();
+        Ok(Self { schema, file_schema: Arc::new(Schema::new(file_fields)), evolution: Some(metadata), ..self })
     }
 
     /// The path of a location relative to the table root (how Delta actions name files).
@@ -238,7 +263,14 @@ impl DeltaTableWriter {
         let partition_by =
             (!self.partitioning.is_empty()).then(|| self.partitioning.iter().map(|p| p.column.clone()).collect());
         let operation = DeltaOperation::Write { mode: save_mode, partition_by, predicate: None };
-        let actions = adds.iter().cloned().map(Action::Add).chain(removes.into_iter().map(Action::Remove)).collect();
+        let mut actions: Vec<Action> =
+            adds.iter().cloned().map(Action::Add).chain(removes.into_iter().map(Action::Remove)).collect();
+        if let Some(metadata) = &self.evolution {
+            if table.version() != self.base_version {
+                return Err(self.conflict("another commit landed before its schema change".to_string()));
+            }
+            actions.push(Action::Metadata(metadata.clone()));
+        }
         let snapshot = table.snapshot().map_err(refused)?;
         crate::failpoint::check("commit-stall", context.target()).map_err(refused)?;
         let committed = CommitBuilder::from(properties.with_metadata(metadata))
@@ -432,8 +464,9 @@ impl TableFormat for DeltaTableWriter {
             let table = self.latest().await.map_err(refused)?;
             self.commit_once(table, &adds, run, mode).await
         };
-        if mode != WriteMode::Append {
-            // One attempt: another commit since the run started is a conflict, not something to rebase on.
+        if mode != WriteMode::Append || self.evolution.is_some() {
+            // One attempt: another commit since the run started is a conflict, not something to
+            // rebase on (an overwrite's answer, or a schema change, would differ).
             return attempt().await;
         }
         retry_conflicts(COMMIT_ATTEMPTS_MAX, &identity.run_id, &self.root, attempt).await
