@@ -79,7 +79,14 @@ impl Engine {
     /// As [`Engine::write`], up to the commit, which is written and held for a swap together
     /// with other tables' (an atomic pipeline's step).
     pub(super) async fn write_held(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<HeldRun> {
-        let (job, _, _) = self.plan_write(insert, shards, origin).await?;
+        let target = insert.table.to_string();
+        let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
+        // Quarantined rows would have no group to join: refused before anything is written.
+        if tally.is_some_and(|t| t.quarantines()) {
+            return Err(Error::Unsupported(format!(
+                "ON VIOLATION QUARANTINE in a step of an atomic pipeline (into `{target}`): use DROP ROW or FAIL there"
+            )));
+        }
         Ok(self.runner.hold(job, self.ctx.state().task_ctx()).await?)
     }
 
