@@ -82,12 +82,23 @@ impl Engine {
         let target = insert.table.to_string();
         let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
         // Quarantined rows would have no group to join: refused before anything is written.
-        if tally.is_some_and(|t| t.quarantines()) {
+        if tally.as_ref().is_some_and(|t| t.quarantines()) {
             return Err(Error::Unsupported(format!(
                 "ON VIOLATION QUARANTINE in a step of an atomic pipeline (into `{target}`): use DROP ROW or FAIL there"
             )));
         }
-        Ok(self.runner.hold(job, self.ctx.state().task_ctx()).await?)
+        let pipeline = job.origin.pipeline.clone();
+        let held = self.runner.hold(job, self.ctx.state().task_ctx()).await;
+        let Some(tally) = tally else { return Ok(held?) };
+        // The counts are final once the shards have staged, whether the group publishes or not.
+        let run_id = match &held {
+            Ok(run) => Some(run.run_id().to_string()),
+            Err(e) => e.run_id().map(str::to_string),
+        };
+        if let Some(run_id) = run_id {
+            self.ledger.record_expectations(&run_id, pipeline.as_deref(), &target, &tally.report()).await?;
+        }
+        Ok(held?)
     }
 
     /// The run a write makes, a line saying what it writes where, and the tally of its
