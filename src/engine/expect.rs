@@ -126,7 +126,7 @@ impl Engine {
         run_id: &str,
         origin: crate::coordinator::RunOrigin,
     ) -> Result<(super::write::Insert, crate::coordinator::RunOrigin)> {
-        let quarantine = TableName::new(&table.catalog, &table.schema, format!("{}__quarantine", table.table));
+        let quarantine = quarantine_name(table, Self::quarantine_table())?;
         let timestamp = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
         let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         fields.push(Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, false));
@@ -177,6 +177,29 @@ impl Engine {
         }
         Ok(expectations)
     }
+}
+
+/// Where `table`'s quarantined rows go: `named` (`quarantine_table = '...'`, relative to the
+/// table's catalog and schema; another catalog is refused, as the two publish together), else
+/// `<table>__quarantine`.
+fn quarantine_name(table: &TableName, named: Option<String>) -> Result<TableName> {
+    let Some(named) = named else {
+        return Ok(TableName::new(&table.catalog, &table.schema, format!("{}__quarantine", table.table)));
+    };
+    let parts: Vec<&str> = named.split('.').collect();
+    let name = match parts.as_slice() {
+        [t] => TableName::new(&table.catalog, &table.schema, *t),
+        [s, t] => TableName::new(&table.catalog, *s, *t),
+        [c, s, t] => TableName::new(*c, *s, *t),
+        _ => return Err(Error::Plan(format!("quarantine_table = '{named}': not a table name"))),
+    };
+    if name.catalog != table.catalog || name == *table {
+        return Err(Error::Plan(format!(
+            "quarantine_table = '{named}': the quarantine of `{table}` must be another table of catalog `{}`",
+            table.catalog
+        )));
+    }
+    Ok(name)
 }
 
 /// Rows of a `FAIL` expectation kept for its error.

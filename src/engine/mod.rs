@@ -78,6 +78,8 @@ struct StatementScope {
     run_id: Option<String>,
     /// Expectations on the rows the statement writes (`INSERT ... (CONSTRAINT ...)`).
     expectations: Vec<crate::parser::Expectation>,
+    /// Where quarantined rows go (`quarantine_table = '...'` of the running pipeline).
+    quarantine_table: Option<String>,
 }
 
 impl StatementScope {
@@ -341,6 +343,16 @@ impl Engine {
         future: impl std::future::Future<Output = T>,
     ) -> T {
         SCOPE.scope(StatementScope { expectations, ..StatementScope::current() }, future).await
+    }
+
+    /// Runs `future` (a pipeline's run) with its quarantine table, if it names one.
+    pub(super) async fn quarantining<T>(table: Option<String>, future: impl std::future::Future<Output = T>) -> T {
+        SCOPE.scope(StatementScope { quarantine_table: table, ..StatementScope::current() }, future).await
+    }
+
+    /// The quarantine table the running pipeline names, if any.
+    pub(super) fn quarantine_table() -> Option<String> {
+        StatementScope::current().quarantine_table
     }
 
     /// The id the running statement's run is to get, when its caller named it.

@@ -23,6 +23,18 @@ impl Engine {
     /// the report sums its steps and lists each (`RunReport::steps`).
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
         let (create, options) = self.pipeline_or_error(name).await?;
+        let quarantine_table = crate::pipeline::quarantine_table(name, &create.options)?;
+        // Boxed before it is wrapped: the run's future is large, and debug builds copy it.
+        let run = Box::pin(self.run_pipeline_as_defined(name, create, options));
+        Self::quarantining(quarantine_table, run).await
+    }
+
+    async fn run_pipeline_as_defined(
+        &self,
+        name: &str,
+        create: CreatePipeline,
+        options: PipelineOptions,
+    ) -> Result<RunReport> {
         match create.body {
             PipelineBody::Insert(body, expectations) => {
                 let write = async {

@@ -408,7 +408,9 @@ impl Engine {
                 error: None,
             };
             self.events.emit(started).await;
-            let scope = StatementScope { cancel: cancel.clone(), ..StatementScope::default() };
+            // The step's own scope: its cancel, and the pipeline's quarantine table.
+            let quarantine_table = StatementScope::current().quarantine_table;
+            let scope = StatementScope { cancel: cancel.clone(), quarantine_table, ..StatementScope::default() };
             let label = format!("{pipeline}/{}", step.name);
             let execute = self.execute_step(&label, step, shards, retry_of.clone(), hold.clone());
             let result = SCOPE.scope(scope, Box::pin(execute)).await;

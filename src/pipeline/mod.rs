@@ -25,7 +25,7 @@ pub enum PipelineError {
     },
     /// An option this version does not know.
     #[error(
-        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution, quarantine_table; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
     )]
     UnknownOption {
         /// The pipeline.
@@ -253,6 +253,9 @@ impl PipelineOptions {
                         _ => return Err(checked.bad("'none', 'last' or 'all'")),
                     }
                 }
+                "quarantine_table" => {
+                    quarantine_table(pipeline, options)?;
+                }
                 "schema_evolution" => {
                     for part in value.to_lowercase().split(',').map(str::trim) {
                         match part {
@@ -306,6 +309,23 @@ impl PipelineOptions {
             (None, body) => Ok(body),
         }
     }
+}
+
+/// The table `ON VIOLATION QUARANTINE` rows go to (`quarantine_table = '...'`), if one is named:
+/// a table name, `schema.table` or `catalog.schema.table`, relative to the written table's own
+/// catalog and schema.
+pub fn quarantine_table(pipeline: &str, options: &[(String, String)]) -> Result<Option<String>, PipelineError> {
+    let Some((option, value)) = options.iter().find(|(k, _)| k == "quarantine_table") else { return Ok(None) };
+    let parts: Vec<&str> = value.split('.').collect();
+    if value.trim().is_empty() || parts.len() > 3 || parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(PipelineError::BadValue {
+            pipeline: pipeline.to_string(),
+            option: option.clone(),
+            value: value.clone(),
+            expected: "a table name: 'name', 'schema.name' or 'catalog.schema.name'",
+        });
+    }
+    Ok(Some(value.clone()))
 }
 
 /// The longest wait between two attempts.
