@@ -14,6 +14,14 @@
 //! A run is cancelled by its job's token, or by dropping the future of [`Runner::run`]: until
 //! it is `committing` it rolls back; from then on the commit goes to its end, so a run is never
 //! left half-committed.
+//!
+//! Once every shard has staged, the job's [`super::StagedCheck`] (a data quality gate) may
+//! still reject the run (rolled back). Two variants stop short of the commit, for a caller
+//! that publishes with something else:
+//! - [`Runner::hold`]: `committing`, its commit written but not published ([`HeldRun`]); then
+//!   [`Runner::publish_together`] (one catalog transaction for a group) or [`Runner::release`];
+//! - [`Runner::stage`]: staged only ([`StagedRun`]); then [`Runner::commit_staged`] or
+//!   [`Runner::release_staged`] (a quarantine commits in between).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{and, filter_record_batch, not};
+use datafusion::arrow::compute::{and, filter_record_batch, not, or, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::{DFSchema, Result as DFResult, exec_err, plan_err};
@@ -268,66 +268,67 @@ impl Tally {
     fn apply(&self, batch: RecordBatch) -> DFResult<RecordBatch> {
         let rows = batch.num_rows();
         self.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+        // Whole-column masks; only the rows quarantined are looked at one by one (for the names
+        // of the constraints they broke).
         let mut keep: Option<BooleanArray> = None;
-        // Per row: the constraints it broke, and whether one of them quarantines it.
-        let mut broke: Vec<Vec<&str>> = vec![Vec::new(); rows];
-        let mut quarantine = vec![false; rows];
+        let mut taken: Option<BooleanArray> = None;
+        let mut broken_by: Vec<(&str, BooleanArray)> = Vec::new();
+        let merge =
+            |mask: Option<BooleanArray>, with: &BooleanArray, op: fn(&BooleanArray, &BooleanArray) -> _| match mask {
+                Some(mask) => op(&mask, with),
+                None => Ok(with.clone()),
+            };
         for constraint in &self.constraints {
             let value = constraint.condition.evaluate(&batch)?.into_array(rows)?;
             let Some(met) = value.as_any().downcast_ref::<BooleanArray>() else {
                 return exec_err!("expectation `{}` is not a condition", constraint.expectation.name);
             };
             // Broken: false (NULL counts as met).
-            let broken = BooleanArray::from_iter((0..rows).map(|i| Some(met.is_valid(i) && !met.value(i))));
+            let not_met = not(met)?;
+            let broken = match not_met.null_count() {
+                0 => not_met,
+                _ => prep_null_mask_filter(&not_met),
+            };
             let failed = broken.true_count();
             constraint.failed.fetch_add(failed as u64, Ordering::Relaxed);
-            for row in (0..rows).filter(|i| broken.value(*i)) {
-                broke[row].push(&constraint.expectation.name);
-                quarantine[row] |= constraint.expectation.action == Violation::Quarantine;
-            }
             constraint.passed.fetch_add((rows - failed) as u64, Ordering::Relaxed);
+            if failed == 0 {
+                continue;
+            }
             match constraint.expectation.action {
-                Violation::DropRow if failed > 0 => {
-                    let kept = not(&broken)?;
-                    keep = Some(match keep {
-                        Some(keep) => and(&keep, &kept)?,
-                        None => kept,
-                    });
-                }
-                Violation::Fail if failed > 0 => {
+                Violation::DropRow => keep = Some(merge(keep, &not(&broken)?, and)?),
+                Violation::Quarantine => taken = Some(merge(taken, &broken, or)?),
+                Violation::Fail => {
                     let mut samples = constraint.samples.lock().unwrap_or_else(|p| p.into_inner());
                     for row in (0..rows).filter(|i| broken.value(*i)).take(SAMPLES_MAX.saturating_sub(samples.len())) {
                         samples.push(format_row(&batch, row));
                     }
                 }
-                _ => {}
+                Violation::Warn => {}
             }
+            broken_by.push((&constraint.expectation.name, broken));
         }
-        if quarantine.iter().any(|q| *q) {
-            let taken = BooleanArray::from(quarantine.clone());
-            let names = StringArray::from_iter(
-                broke.iter().zip(&quarantine).filter(|(_, q)| **q).map(|(b, _)| Some(b.join(", "))),
-            );
-            let bad = filter_record_batch(&batch, &taken)?;
+        let quarantined = taken.as_ref().map_or(0, BooleanArray::true_count);
+        if let Some(taken) = &taken {
+            let names = StringArray::from_iter((0..rows).filter(|i| taken.value(*i)).map(|row| {
+                let names: Vec<&str> = broken_by.iter().filter(|(_, b)| b.value(row)).map(|(n, _)| *n).collect();
+                Some(names.join(", "))
+            }));
+            let bad = filter_record_batch(&batch, taken)?;
             let mut fields: Vec<Field> =
                 bad.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
             fields.push(Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, false));
             let mut columns = bad.columns().to_vec();
             columns.push(Arc::new(names));
             let bad = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-            self.quarantined_rows.fetch_add(bad.num_rows() as u64, Ordering::Relaxed);
+            self.quarantined_rows.fetch_add(quarantined as u64, Ordering::Relaxed);
             self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).push(bad);
-            let kept = not(&taken)?;
-            keep = Some(match keep {
-                Some(keep) => and(&keep, &kept)?,
-                None => kept,
-            });
+            keep = Some(merge(keep, &not(taken)?, and)?);
         }
         match keep {
             None => Ok(batch),
             Some(keep) => {
                 let kept = filter_record_batch(&batch, &keep)?;
-                let quarantined = quarantine.iter().filter(|q| **q).count();
                 self.dropped.fetch_add((rows - kept.num_rows() - quarantined) as u64, Ordering::Relaxed);
                 Ok(kept)
             }

@@ -349,13 +349,7 @@ impl Engine {
                 }
                 Ok(StepDone::Committed(report)) => {
                     states[i] = State::Succeeded;
-                    let totals = StepTotals {
-                        rows: report.rows,
-                        files: report.files,
-                        bytes: report.bytes,
-                        snapshot_id: report.snapshot_id,
-                    };
-                    self.finish_step(pipeline, run_id, step, "succeeded", totals, None).await?;
+                    self.finish_step(pipeline, run_id, step, "succeeded", committed(&report), None).await?;
                 }
                 Err(e) => {
                     let cancelled = step_tokens[i].is_cancelled();
@@ -543,13 +537,8 @@ impl Engine {
             Ok(reports) => {
                 for (i, report) in indices.into_iter().zip(reports) {
                     states[i] = State::Succeeded;
-                    let totals = StepTotals {
-                        rows: report.rows,
-                        files: report.files,
-                        bytes: report.bytes,
-                        snapshot_id: report.snapshot_id,
-                    };
-                    self.finish_step(pipeline, run_id, &dag.steps[i].name, "succeeded", totals, None).await?;
+                    let step = &dag.steps[i].name;
+                    self.finish_step(pipeline, run_id, step, "succeeded", committed(&report), None).await?;
                 }
             }
             Err(e @ RunError::Publish { rolled_back: true, .. }) => {
@@ -658,6 +647,11 @@ impl Engine {
         let batch = steps_batch(&report.steps);
         Output { run: Some(report), ..Output::rows(batch) }
     }
+}
+
+/// What a step's committed run wrote, as `sluice.steps` keeps it.
+fn committed(report: &RunReport) -> StepTotals {
+    StepTotals { rows: report.rows, files: report.files, bytes: report.bytes, snapshot_id: report.snapshot_id }
 }
 
 /// How a step's statement ended: committed, or (atomic runs) held for the publish.

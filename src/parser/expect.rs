@@ -6,10 +6,9 @@
 use std::fmt;
 
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
-use super::{DIALECT, ParseError, SluiceParser, Statement, is_keyword, is_word};
+use super::{ParseError, SluiceParser, Statement, closing_paren, is_keyword, is_word};
 
 /// What a row that breaks an expectation does to the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,27 +185,10 @@ impl SluiceParser<'_> {
             tokens.push(token);
         }
         let Some(open) = open else { return Ok(None) };
-        let mut depth = 0usize;
-        let close = (open..tokens.len())
-            .find(|&i| {
-                match tokens[i].token {
-                    Token::LParen => depth += 1,
-                    Token::RParen => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
+        let close = closing_paren(&tokens, open)
             .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( of the constraint list"))?;
         let expectations = parse_expectations(&tokens[open + 1..close], tokens[open].span.start, self.sql)?;
-        let eof = TokenWithSpan::wrap(Token::EOF);
-        let rest: Vec<TokenWithSpan> =
-            tokens[..open].iter().chain(&tokens[close + 1..]).cloned().chain(std::iter::once(eof)).collect();
-        let here = self.here();
-        let insert = Parser::new(&DIALECT)
-            .with_tokens_with_locations(rest)
-            .parse_statement()
-            .map_err(|e| ParseError::from_parser(e, here))?;
-        self.skip(tokens.len());
+        let insert = self.parse_lifted(&tokens, open..close + 1)?;
         let insert = Statement::DataFusion(Box::new(datafusion::sql::parser::Statement::Statement(Box::new(insert))));
         Ok(Some(Statement::ExpectInsert { insert: Box::new(insert), expectations }))
     }
@@ -245,17 +227,7 @@ fn parse_expectations(tokens: &[TokenWithSpan], at: Location, sql: &str) -> Resu
             return Err(expected(i + 3, "( condition )"));
         }
         let open = i + 3;
-        let mut depth = 0usize;
-        let close = (open..tokens.len())
-            .find(|&j| {
-                match tokens[j].token {
-                    Token::LParen => depth += 1,
-                    Token::RParen => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
-            .ok_or_else(|| expected(tokens.len(), ")"))?;
+        let close = closing_paren(tokens, open).ok_or_else(|| expected(tokens.len(), ")"))?;
         if close == open + 1 {
             return Err(expected(close, "a condition"));
         }

@@ -592,30 +592,45 @@ impl SluiceParser<'_> {
             let at = tokens.get(open).map_or(self.here(), |t| t.span.start);
             return Err(ParseError::at(at, "expected ( after PARTITIONED BY"));
         }
-        let mut depth = 0usize;
-        let close = (open..tokens.len())
-            .find(|&i| {
-                match tokens[i].token {
-                    Token::LParen => depth += 1,
-                    Token::RParen => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
+        let close = closing_paren(&tokens, open)
             .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( after PARTITIONED BY"))?;
         let partition_by = parse_partition_fields(&tokens[open + 1..close], tokens[open].span.start)?;
 
+        let create = self.parse_lifted(&tokens, start..close + 1)?;
+        Ok(Some(Statement::CreatePartitionedTable { create: Box::new(create), partition_by }))
+    }
+
+    /// The statement whose `tokens` (the rest of the statement, all peeked) are parsed by
+    /// sqlparser without those in `lifted` (a clause of ours); the tokens are consumed.
+    fn parse_lifted(
+        &mut self,
+        tokens: &[TokenWithSpan],
+        lifted: std::ops::Range<usize>,
+    ) -> Result<SqlStatement, ParseError> {
         let eof = TokenWithSpan::wrap(Token::EOF);
         let rest: Vec<TokenWithSpan> =
-            tokens[..start].iter().chain(&tokens[close + 1..]).cloned().chain(std::iter::once(eof)).collect();
+            tokens[..lifted.start].iter().chain(&tokens[lifted.end..]).cloned().chain(std::iter::once(eof)).collect();
         let here = self.here();
-        let create = Parser::new(&DIALECT)
+        let statement = Parser::new(&DIALECT)
             .with_tokens_with_locations(rest)
             .parse_statement()
             .map_err(|e| ParseError::from_parser(e, here))?;
         self.skip(tokens.len());
-        Ok(Some(Statement::CreatePartitionedTable { create: Box::new(create), partition_by }))
+        Ok(statement)
     }
+}
+
+/// The index of the `)` that closes the `(` at `tokens[open]`, if there is one.
+fn closing_paren(tokens: &[TokenWithSpan], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    (open..tokens.len()).find(|&i| {
+        match tokens[i].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        depth == 0
+    })
 }
 
 /// The byte offset of a 1-based line and column (in characters) in `sql`.
