@@ -175,6 +175,7 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (pipeline, status);
+CREATE INDEX IF NOT EXISTS pipeline_runs_by_start ON pipeline_runs (pipeline, started_at_ms);
 CREATE TABLE IF NOT EXISTS table_expectations (
     table_name    TEXT NOT NULL,
     name          TEXT NOT NULL,
@@ -208,6 +209,7 @@ CREATE TABLE IF NOT EXISTS scheduled_runs (
     error           TEXT,
     PRIMARY KEY (pipeline, due_ms)
 );
+CREATE INDEX IF NOT EXISTS scheduled_runs_by_status ON scheduled_runs (status, pipeline);
 CREATE TABLE IF NOT EXISTS steps (
     run_id         TEXT NOT NULL,
     pipeline       TEXT NOT NULL,
@@ -228,9 +230,14 @@ CREATE TABLE IF NOT EXISTS steps (
 "#;
 
 /// A pipeline's columns, and the status of its latest run (a write run, or a run of its steps).
+/// Each side takes its latest run through its index, so the cost does not grow with the history
+/// (the scheduler reads this every tick).
 const PIPELINE_COLUMNS: &str = "p.*, (SELECT status FROM (
-        SELECT status, started_at_ms FROM runs WHERE pipeline = p.name
-        UNION ALL SELECT status, started_at_ms FROM pipeline_runs WHERE pipeline = p.name
+        SELECT * FROM (SELECT status, started_at_ms FROM runs WHERE pipeline = p.name
+                       ORDER BY started_at_ms DESC LIMIT 1)
+        UNION ALL
+        SELECT * FROM (SELECT status, started_at_ms FROM pipeline_runs WHERE pipeline = p.name
+                       ORDER BY started_at_ms DESC LIMIT 1)
     ) ORDER BY started_at_ms DESC LIMIT 1) AS last_status";
 
 impl Ledger {
