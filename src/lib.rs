@@ -24,6 +24,7 @@
 //! | [`events`] | run events, to subscribers and the ledger |
 //! | [`parser`], [`pipeline`] | SQL with Sluice's extensions; pipeline definitions and options |
 //! | [`runtime`] | shards as tasks, [`runtime::RunContext`], the shard loop, the table-format traits |
+//! | [`sources`] | CSV / JSON scans that keep bad lines out (`bad_rows`) |
 //! | [`planner`] | the shard split of a physical plan |
 //! | [`coordinator`] | the [`coordinator::Coordinator`] trait, the runner, the table commit, composites, exports |
 //! | [`catalog`] | the catalog trait, catalog files, name checks, the session's catalog list |
@@ -87,6 +88,7 @@ pub mod runtime;
 pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod sources;
 pub mod suggest;
 pub mod system;
 pub mod table;

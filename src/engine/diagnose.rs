@@ -117,7 +117,9 @@ impl Engine {
                 .unwrap_or_else(|| "a different number of columns".into());
             let more = query_width(insert).is_some_and(|n| n > columns.len());
             let grow = match more {
-                true => "; a pipeline WITH (schema_evolution = 'add_columns') adds the columns the table lacks",
+                true => {
+                    "; INSERT INTO t WITH (schema_evolution = 'add_columns') SELECT ... (or a pipeline WITH it) adds the columns the table lacks, by name"
+                }
                 false => "",
             };
             return Some(format!(

@@ -9,7 +9,6 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{DescribeAlias, ObjectType, ShowCreateObject, Statement as SqlStatement};
 
-use super::runs::not_a_catalog_insert;
 use super::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::ledger::PipelineRecord;
@@ -57,8 +56,25 @@ impl Engine {
             Statement::ExplainPipeline { name } => self.explain_pipeline(name).await,
             Statement::AlterPipeline { name, change } => self.alter_pipeline(name, change).await,
             Statement::AlterTableExpectation { table, change } => self.alter_table_expectation(table, change).await,
-            Statement::ExpectInsert { insert, expectations } => {
-                Self::expecting(expectations.clone(), Box::pin(self.execute_statement(insert, source))).await
+            Statement::InsertWith { insert, expectations, options } => {
+                let insert = match (options.is_empty(), insert.as_ref()) {
+                    (false, Statement::DataFusion(df)) => match df.as_ref() {
+                        DFStatement::Statement(body) => body.as_ref().clone(),
+                        other => return Err(Error::Unsupported(format!("WITH (...) on {other}"))),
+                    },
+                    _ => {
+                        return Self::expecting(expectations.clone(), Box::pin(self.execute_statement(insert, source)))
+                            .await;
+                    }
+                };
+                // The run keeps the statement with its constraints and options, for RETRY RUN.
+                let origin = crate::coordinator::RunOrigin {
+                    statement: statement.to_string(),
+                    run_id: Self::named_run(),
+                    ..Default::default()
+                };
+                let write = self.insert_with_options(insert, options, origin);
+                Ok(Output::run(Self::expecting(expectations.clone(), Box::pin(write)).await?))
             }
             Statement::CancelRun { run_id } => self.cancel_run(run_id).await,
             Statement::RetryRun { run_id } => {
@@ -280,13 +296,7 @@ impl Engine {
             }
         }
         // Plan the body now, so that unknown tables or columns are reported at CREATE time.
-        let insert = match options.add_columns || options.widen_types {
-            true => Box::pin(self.insert_evolving(&create.name, body.as_ref().clone(), &options)).await?,
-            false => {
-                let plan = self.plan_sql_statement(body.as_ref().clone()).await?;
-                self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(&create.name))?
-            }
-        };
+        let insert = self.insert_under(&format!("pipeline `{}`", create.name), body.as_ref().clone(), &options).await?;
         options.write_mode(&create.name, insert.mode)?;
         let catalog_file = self.catalog_files.get(&insert.table.catalog).map(|f| f.display().to_string());
         self.save_pipeline(create, statement, insert.table.to_string(), options.shards, catalog_file).await

@@ -9,7 +9,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
+};
 use datafusion::arrow::compute::{and, filter_record_batch, not, or, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -25,6 +27,8 @@ use super::{Engine, Output};
 use crate::coordinator::{ConstraintCount, QualityReport, StagedCheck};
 use crate::error::{Error, Result};
 use crate::parser::{Expectation, TableExpectation, Violation};
+use crate::pipeline::BadRows;
+use crate::sources::BadLines;
 use crate::table::TableName;
 
 impl Engine {
@@ -77,11 +81,11 @@ impl Engine {
         let task_ctx = self.ctx.state().task_ctx();
         if catalog.can_publish_together().is_err() {
             let main = self.runner.stage(job, task_ctx).await?;
-            let bad = tally.take_quarantined();
-            if !bad.is_empty() {
+            let (bad, lines) = (tally.take_quarantined(), tally.take_bad_lines());
+            if !bad.is_empty() || !lines.is_empty() {
                 let (insert, quarantine_origin) =
-                    self.quarantine_insert(table, &target_schema, bad, main.run_id(), origin).await?;
-                let written = Self::expecting(Vec::new(), self.write(insert, 1, quarantine_origin));
+                    self.quarantine_insert(table, &target_schema, (bad, lines), main.run_id(), origin).await?;
+                let written = Self::unchecked(self.write(insert, 1, quarantine_origin));
                 if let Err(e) = Box::pin(written).await {
                     self.runner.release_staged(main, &format!("its quarantine failed: {e}")).await?;
                     return Err(e);
@@ -93,61 +97,102 @@ impl Engine {
             }
             return Ok(self.runner.commit_staged(main).await?);
         }
-        let main = self.runner.hold(job, task_ctx).await?;
-        let bad = tally.take_quarantined();
-        let mut group = vec![main];
-        if !bad.is_empty() {
-            let held = async {
-                let (insert, origin) =
-                    self.quarantine_insert(table, &target_schema, bad, group[0].run_id(), origin).await?;
-                Box::pin(Self::expecting(Vec::new(), self.write_held(insert, 1, origin))).await
-            };
-            match held.await {
-                Ok(held) => group.push(held),
-                Err(e) => {
-                    self.runner.release(group, &e.to_string(), crate::ledger::RunStatus::Failed).await?;
-                    return Err(e);
-                }
-            }
-        }
+        let group = self.hold_with_quarantine(table, job, tally).await?;
         let publish =
             move |commits: Vec<crate::coordinator::HeldCommit>| async move { catalog.publish_together(&commits).await };
         let mut reports = self.runner.publish_together(&table.to_string(), group, publish).await?;
         Ok(reports.swap_remove(0))
     }
 
-    /// The write of run `run_id`'s quarantined rows into the quarantine table (created if
+    /// A write whose rows are quarantined, up to its commit, held on a catalog that publishes
+    /// several tables in one transaction: the good rows' held run, then (if any row was
+    /// quarantined) the quarantine's. Either both are held or neither (the first is released).
+    pub(super) async fn hold_with_quarantine(
+        &self,
+        table: &TableName,
+        job: crate::coordinator::RunJob,
+        tally: &Tally,
+    ) -> Result<Vec<crate::coordinator::HeldRun>> {
+        let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
+        if let Err(why) = catalog.can_publish_together() {
+            return Err(Error::Unsupported(format!("quarantined rows of `{table}` cannot be held: {why}")));
+        }
+        let target_schema = catalog.writer(table).await?.schema().clone();
+        let origin = job.origin.clone();
+        let main = self.runner.hold(job, self.ctx.state().task_ctx()).await?;
+        let (bad, lines) = (tally.take_quarantined(), tally.take_bad_lines());
+        let mut group = vec![main];
+        if !bad.is_empty() || !lines.is_empty() {
+            let held = async {
+                let (insert, origin) =
+                    self.quarantine_insert(table, &target_schema, (bad, lines), group[0].run_id(), origin).await?;
+                Box::pin(Self::unchecked(self.write_held(insert, 1, origin))).await
+            };
+            match held.await {
+                Ok(mut held) => group.append(&mut held),
+                Err(e) => {
+                    self.runner.release(group, &e.to_string(), crate::ledger::RunStatus::Failed).await?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(group)
+    }
+
+    /// The write of run `run_id`'s quarantined rows (rows an expectation quarantined, each with
+    /// the constraints it broke, and bad input lines) into the quarantine table (created if
     /// missing), and its origin.
     async fn quarantine_insert(
         &self,
         table: &TableName,
         target: &datafusion::arrow::datatypes::SchemaRef,
-        bad: Vec<RecordBatch>,
+        (rows, lines): (Vec<RecordBatch>, Vec<crate::sources::BadLine>),
         run_id: &str,
         origin: crate::coordinator::RunOrigin,
     ) -> Result<(super::write::Insert, crate::coordinator::RunOrigin)> {
         let quarantine = quarantine_name(table, Self::quarantine_table())?;
-        let timestamp = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
-        let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        fields.push(Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, false));
-        fields.push(Field::new(RUN_ID_COLUMN, DataType::Utf8, false));
-        fields.push(Field::new(AT_COLUMN, timestamp.clone(), false));
+        let nullable = |fields: &[Arc<Field>]| -> Vec<Field> {
+            fields.iter().map(|f| f.as_ref().clone().with_nullable(true)).collect()
+        };
         let catalog = self.catalog_of(&table.catalog).expect("checked by the caller");
+        let mut fields = nullable(target.fields());
+        fields.extend(quarantine_columns());
         catalog.create_table(&quarantine, &Schema::new(fields), &[], true).await?;
+        // The table's columns as the quarantined rows have them (the query's types).
+        let mut fields = match rows.first() {
+            Some(batch) => nullable(&batch.schema().fields()[..batch.num_columns() - 1]),
+            None => nullable(target.fields()),
+        };
+        let values = fields.len();
+        fields.extend(quarantine_columns());
+        let schema = Arc::new(Schema::new(fields));
         let at = self.clock.now_ms() * 1000;
-        let batches = bad
-            .into_iter()
-            .map(|batch| {
-                let rows = batch.num_rows();
-                let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-                fields.push(Field::new(RUN_ID_COLUMN, DataType::Utf8, false));
-                fields.push(Field::new(AT_COLUMN, timestamp.clone(), false));
-                let mut columns = batch.columns().to_vec();
-                columns.push(Arc::new(StringArray::from(vec![run_id; rows])));
-                columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(vec![at; rows])));
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let when = |count: usize| -> [ArrayRef; 2] {
+            [
+                Arc::new(StringArray::from(vec![run_id; count])),
+                Arc::new(TimestampMicrosecondArray::from(vec![at; count])),
+            ]
+        };
+        let mut batches = Vec::new();
+        for batch in rows {
+            let count = batch.num_rows();
+            let mut columns = batch.columns().to_vec();
+            columns
+                .extend(schema.fields()[values + 1..values + 5].iter().map(|f| new_null_array(f.data_type(), count)));
+            columns.extend(when(count));
+            batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
+        if !lines.is_empty() {
+            let count = lines.len();
+            let mut columns: Vec<ArrayRef> =
+                schema.fields()[..=values].iter().map(|f| new_null_array(f.data_type(), count)).collect();
+            columns.push(Arc::new(StringArray::from_iter_values(lines.iter().map(|l| l.file.as_str()))));
+            columns.push(Arc::new(Int64Array::from_iter_values(lines.iter().map(|l| l.line as i64))));
+            columns.push(Arc::new(StringArray::from_iter_values(lines.iter().map(|l| l.raw.as_str()))));
+            columns.push(Arc::new(StringArray::from_iter_values(lines.iter().map(|l| l.error.as_str()))));
+            columns.extend(when(count));
+            batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
         let input = self.ctx.read_batches(batches)?.into_unoptimized_plan();
         let mode = crate::table::WriteMode::Append;
         let insert = super::write::Insert { table: quarantine, input, mode, writer: None };
@@ -225,38 +270,65 @@ pub(super) struct Tally {
     /// broke (column [`CONSTRAINTS_COLUMN`]), for the quarantine table.
     quarantined: Mutex<Vec<RecordBatch>>,
     quarantined_rows: AtomicU64,
+    /// The bad lines of the write's input files (`bad_rows`), if it reads them line by line.
+    bad_lines: Option<Arc<BadLines>>,
 }
 
 /// The quarantine table's column naming the constraints a row broke.
 pub(super) const CONSTRAINTS_COLUMN: &str = "_sluice_constraints";
-/// The quarantine table's column naming the run that quarantined a row.
-pub(super) const RUN_ID_COLUMN: &str = "_sluice_run_id";
-/// The quarantine table's column saying when.
-pub(super) const AT_COLUMN: &str = "_sluice_quarantined_at";
+
+/// The quarantine table's columns after the table's own: the constraints a row broke, or, for a
+/// bad input line, its file, line number, text and error; then the run that quarantined it, and
+/// when.
+fn quarantine_columns() -> [Field; 7] {
+    let timestamp = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
+    [
+        Field::new(CONSTRAINTS_COLUMN, DataType::Utf8, true),
+        Field::new("_sluice_source_file", DataType::Utf8, true),
+        Field::new("_sluice_source_line", DataType::Int64, true),
+        Field::new("_sluice_raw_line", DataType::Utf8, true),
+        Field::new("_sluice_error", DataType::Utf8, true),
+        Field::new("_sluice_run_id", DataType::Utf8, false),
+        Field::new("_sluice_quarantined_at", timestamp, false),
+    ]
+}
 
 impl Tally {
     /// What the run's report and `sluice.expectations` say.
+    /// What the run's report and `sluice.expectations` say. Bad input lines count as a
+    /// constraint `bad_rows`; quarantined ones are rows in, and quarantined.
     pub(super) fn report(&self) -> QualityReport {
+        let lines_quarantined =
+            self.bad_lines.as_ref().filter(|b| b.mode() == BadRows::Quarantine).map_or(0, |b| b.count());
+        let constraints = self.constraints.iter().map(|c| ConstraintCount {
+            name: c.expectation.name.clone(),
+            action: c.expectation.action.as_str().to_string(),
+            passed: c.passed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+        });
+        let lines = self.bad_lines.iter().map(|b| ConstraintCount {
+            name: "bad_rows".to_string(),
+            action: b.mode().as_str().to_string(),
+            passed: b.good(),
+            failed: b.count(),
+        });
         QualityReport {
-            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_in: self.rows_in.load(Ordering::Relaxed) + lines_quarantined,
             rows_dropped: self.dropped.load(Ordering::Relaxed),
-            rows_quarantined: self.quarantined_rows.load(Ordering::Relaxed),
-            constraints: self
-                .constraints
-                .iter()
-                .map(|c| ConstraintCount {
-                    name: c.expectation.name.clone(),
-                    action: c.expectation.action.as_str().to_string(),
-                    passed: c.passed.load(Ordering::Relaxed),
-                    failed: c.failed.load(Ordering::Relaxed),
-                })
-                .collect(),
+            rows_quarantined: self.quarantined_rows.load(Ordering::Relaxed) + lines_quarantined,
+            constraints: lines.chain(constraints).collect(),
         }
     }
 
-    /// Whether an expectation quarantines rows.
+    /// Whether rows are quarantined: by an expectation, or bad input lines.
     pub(super) fn quarantines(&self) -> bool {
         self.constraints.iter().any(|c| c.expectation.action == Violation::Quarantine)
+            || self.bad_lines.as_ref().is_some_and(|b| b.mode() == BadRows::Quarantine)
+    }
+
+    /// The bad input lines kept so far (taken: a second call has none).
+    pub(super) fn take_bad_lines(&self) -> Vec<crate::sources::BadLine> {
+        self.bad_lines.as_ref().map(|b| b.take()).unwrap_or_default()
     }
 
     /// The quarantined rows so far (taken: a second call has none).
@@ -378,11 +450,13 @@ fn format_row(batch: &RecordBatch, row: usize) -> String {
 }
 
 /// Plans `expectations` over the rows of `input`: the plan that counts them (and drops the
-/// rows `DROP ROW` ones reject), and their tally.
+/// rows `DROP ROW` ones reject), and their tally, which also holds the bad lines of `input`'s
+/// files (`bad_lines`, if they are read line by line).
 pub(super) fn apply(
     state: &SessionState,
     input: Arc<dyn ExecutionPlan>,
     expectations: &[Expectation],
+    bad_lines: Option<Arc<BadLines>>,
 ) -> Result<(Arc<dyn ExecutionPlan>, Arc<Tally>)> {
     let schema = DFSchema::try_from(input.schema().as_ref().clone())?;
     let mut constraints = Vec::new();
@@ -413,6 +487,7 @@ pub(super) fn apply(
         dropped: AtomicU64::new(0),
         quarantined: Mutex::new(Vec::new()),
         quarantined_rows: AtomicU64::new(0),
+        bad_lines,
     });
     let exec = ExpectationsExec { properties: input.properties().clone(), input, tally: tally.clone() };
     Ok((Arc::new(exec), tally))
@@ -428,13 +503,19 @@ struct ExpectationsExec {
 
 impl DisplayAs for ExpectationsExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .tally
             .constraints
             .iter()
             .map(|c| format!("{} ON VIOLATION {}", c.expectation.name, c.expectation.action.as_str()))
             .collect();
-        write!(f, "ExpectationsExec: {}", names.join(", "))
+        match &self.tally.bad_lines {
+            Some(bad) => {
+                names.insert(0, format!("bad_rows = '{}'", bad.mode().as_str()));
+                write!(f, "ExpectationsExec: {}", names.join(", "))
+            }
+            None => write!(f, "ExpectationsExec: {}", names.join(", ")),
+        }
     }
 }
 

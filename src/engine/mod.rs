@@ -80,6 +80,9 @@ struct StatementScope {
     expectations: Vec<crate::parser::Expectation>,
     /// Where quarantined rows go (`quarantine_table = '...'` of the running pipeline).
     quarantine_table: Option<String>,
+    /// What a bad line of a CSV / JSON file the statement reads does (`bad_rows = ...` of the
+    /// running pipeline).
+    bad_rows: Option<crate::pipeline::BadRows>,
 }
 
 impl StatementScope {
@@ -334,7 +337,7 @@ impl Engine {
         }
         let df = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
         let insert = crate::parser::Statement::DataFusion(Box::new(df));
-        crate::parser::Statement::ExpectInsert { insert: Box::new(insert), expectations }.to_string()
+        crate::parser::Statement::InsertWith { insert: Box::new(insert), expectations, options: Vec::new() }.to_string()
     }
 
     /// Runs `future` (a write) with `expectations` on its rows.
@@ -345,9 +348,26 @@ impl Engine {
         SCOPE.scope(StatementScope { expectations, ..StatementScope::current() }, future).await
     }
 
-    /// Runs `future` (a pipeline's run) with its quarantine table, if it names one.
-    pub(super) async fn quarantining<T>(table: Option<String>, future: impl std::future::Future<Output = T>) -> T {
-        SCOPE.scope(StatementScope { quarantine_table: table, ..StatementScope::current() }, future).await
+    /// Runs `future` (a pipeline's run) with its quarantine table, if it names one, and what
+    /// bad input lines do.
+    pub(super) async fn quarantining<T>(
+        table: Option<String>,
+        bad_rows: Option<crate::pipeline::BadRows>,
+        future: impl std::future::Future<Output = T>,
+    ) -> T {
+        SCOPE.scope(StatementScope { quarantine_table: table, bad_rows, ..StatementScope::current() }, future).await
+    }
+
+    /// Runs `future` (the write of quarantined rows) with no expectations and no bad-row
+    /// handling: what it writes was already judged.
+    pub(super) async fn unchecked<T>(future: impl std::future::Future<Output = T>) -> T {
+        let scope = StatementScope { expectations: Vec::new(), bad_rows: None, ..StatementScope::current() };
+        SCOPE.scope(scope, future).await
+    }
+
+    /// What a bad line of an input file does in the running pipeline, if it says.
+    pub(super) fn bad_rows() -> Option<crate::pipeline::BadRows> {
+        StatementScope::current().bad_rows
     }
 
     /// The quarantine table the running pipeline names, if any.

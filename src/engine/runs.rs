@@ -24,9 +24,10 @@ impl Engine {
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
         let (create, options) = self.pipeline_or_error(name).await?;
         let quarantine_table = crate::pipeline::quarantine_table(name, &create.options)?;
+        let bad_rows = options.bad_rows;
         // Boxed before it is wrapped: the run's future is large, and debug builds copy it.
         let run = Box::pin(self.run_pipeline_as_defined(name, create, options));
-        Self::quarantining(quarantine_table, run).await
+        Self::quarantining(quarantine_table, bad_rows, run).await
     }
 
     async fn run_pipeline_as_defined(
@@ -51,6 +52,18 @@ impl Engine {
     /// its graph and each step's write.
     pub(super) async fn explain_pipeline(&self, name: &str) -> Result<Output> {
         let (create, options) = self.pipeline_or_error(name).await?;
+        let quarantine_table = crate::pipeline::quarantine_table(name, &create.options)?;
+        let options_bad_rows = options.bad_rows;
+        let explain = Box::pin(self.explain_pipeline_as_defined(name, create, options));
+        Self::quarantining(quarantine_table, options_bad_rows, explain).await
+    }
+
+    async fn explain_pipeline_as_defined(
+        &self,
+        name: &str,
+        create: CreatePipeline,
+        options: PipelineOptions,
+    ) -> Result<Output> {
         match create.body {
             PipelineBody::Insert(body, expectations) => {
                 let explain = async {
@@ -81,43 +94,69 @@ impl Engine {
     ) -> Result<(Insert, usize, RunOrigin)> {
         // What RETRY RUN re-runs: the body, with the expectations the run is under.
         let statement = Self::statement_text(&body);
-        let insert = match options.add_columns || options.widen_types {
-            true => Box::pin(self.insert_evolving(name, body, options)).await?,
-            false => {
-                let plan = self.plan_sql_statement(body).await?;
-                self.insert_target(plan)?.ok_or_else(|| not_a_catalog_insert(name))?
-            }
-        };
+        let insert = self.insert_under(&format!("pipeline `{name}`"), body, options).await?;
         let (insert, shards) = with_options(options, name, insert, self.shards)?;
         let origin =
             RunOrigin { pipeline: Some(name.to_string()), statement, retry_of: None, run_id: Self::named_run() };
         Ok((insert, shards, origin))
     }
 
-    /// The insert of a pipeline with `schema_evolution`: the query's columns map to the table's
-    /// by name; those the table lacks are added to it (nullable, `add_columns`), an `INT` /
-    /// `FLOAT` column the query gives as `BIGINT` / `DOUBLE` is widened (`widen_types`), both
-    /// published with the run's commit; the table's columns the query lacks get NULL.
-    pub(super) async fn insert_evolving(
+    /// The insert `body` makes under `options` (of a pipeline, or of the INSERT itself; `who`
+    /// says which, for errors): evolving the table's schema if they say so.
+    pub(super) async fn insert_under(
         &self,
-        name: &str,
+        who: &str,
         body: SqlStatement,
         options: &PipelineOptions,
     ) -> Result<Insert> {
+        if options.add_columns || options.widen_types {
+            return Box::pin(self.insert_evolving(who, body, options)).await;
+        }
+        let plan = self.plan_sql_statement(body).await?;
+        self.insert_target(plan)?.ok_or_else(|| not_a_catalog_write(who))
+    }
+
+    /// `INSERT INTO t ... WITH (...)`: one write under the statement's options, its run keeping
+    /// the statement as `statement` says (for `RETRY RUN`), with `retry_of` when it retries one.
+    pub(super) async fn insert_with_options(
+        &self,
+        body: SqlStatement,
+        options: &[(String, String)],
+        origin: RunOrigin,
+    ) -> Result<RunReport> {
+        let table = match &body {
+            SqlStatement::Insert(insert) => insert.table.to_string(),
+            _ => return Err(Error::Unsupported(format!("WITH (...) on a statement that is not an INSERT: {body}"))),
+        };
+        let parsed = PipelineOptions::for_insert(&table, options)?;
+        let quarantine_table = pipeline::quarantine_table(&table, options)?;
+        let write = async {
+            let insert = self.insert_under(&format!("INSERT INTO `{table}`"), body, &parsed).await?;
+            self.write(insert, self.shards, origin).await
+        };
+        Self::quarantining(quarantine_table, parsed.bad_rows, Box::pin(write)).await
+    }
+
+    /// The insert of a write with `schema_evolution`: the query's columns map to the table's
+    /// by name; those the table lacks are added to it (nullable, `add_columns`), an `INT` /
+    /// `FLOAT` column the query gives as `BIGINT` / `DOUBLE` is widened (`widen_types`), both
+    /// published with the run's commit; the table's columns the query lacks get NULL. `who`
+    /// names the pipeline or INSERT, for errors.
+    async fn insert_evolving(&self, who: &str, body: SqlStatement, options: &PipelineOptions) -> Result<Insert> {
         use datafusion::logical_expr::{ExprSchemable, LogicalPlanBuilder, lit};
-        let SqlStatement::Insert(insert) = body else { return Err(not_a_catalog_insert(name)) };
+        let SqlStatement::Insert(insert) = body else { return Err(not_a_catalog_write(who)) };
         if !insert.columns.is_empty() {
             return Err(Error::Unsupported(format!(
-                "pipeline `{name}`: schema_evolution maps the query's columns by name, so its INSERT takes no column list"
+                "{who}: schema_evolution maps the query's columns by name, so the INSERT takes no column list"
             )));
         }
         let (Some(source), datafusion::sql::sqlparser::ast::TableObject::TableName(target)) =
             (insert.source, &insert.table)
         else {
-            return Err(not_a_catalog_insert(name));
+            return Err(not_a_catalog_write(who));
         };
         let table = self.resolve(&datafusion::common::TableReference::parse_str(&target.to_string()));
-        let catalog = self.catalog_of(&table.catalog).ok_or_else(|| not_a_catalog_insert(name))?;
+        let catalog = self.catalog_of(&table.catalog).ok_or_else(|| not_a_catalog_write(who))?;
         let query = self.plan_sql_statement(SqlStatement::Query(source)).await?;
         let current = catalog.writer(&table).await?;
         use datafusion::arrow::datatypes::DataType::{Float32, Float64, Int32, Int64};
@@ -239,26 +278,14 @@ impl Engine {
             RunStatus::Failed | RunStatus::Cancelled | RunStatus::Dead => {}
         }
         let mut statements = parser::parse(&record.statement)?;
-        // A write with expectations is retried with them.
-        let (statement, expectations) = match statements.pop().map(|s| s.statement) {
-            Some(Statement::ExpectInsert { insert, expectations }) => (*insert, expectations),
-            Some(statement) => (statement, Vec::new()),
+        // A write with expectations or options is retried with them.
+        let (statement, expectations, options) = match statements.pop().map(|s| s.statement) {
+            Some(Statement::InsertWith { insert, expectations, options }) => (*insert, expectations, options),
+            Some(statement) => (statement, Vec::new(), Vec::new()),
             None => return Err(cannot("its statement is empty".into())),
         };
         let Statement::DataFusion(statement) = statement else {
             return Err(cannot("its statement is not an INSERT".into()));
-        };
-        let statement = super::insert::positional_df(*statement);
-        let plan = self.ctx.state().statement_to_plan(statement).await?;
-        let not_insert = || cannot("it was not an INSERT (run a CREATE TABLE AS again instead)".into());
-        let insert = self.insert_target(plan)?.ok_or_else(not_insert)?;
-        // A pipeline's current options decide, as they would for a new run.
-        let (insert, shards) = match &record.pipeline {
-            Some(name) => match self.pipeline_definition(name).await? {
-                Some((_, options)) => with_options(&options, run_id, insert, record.shards)?,
-                None => (insert, record.shards),
-            },
-            None => (insert, record.shards),
         };
         let origin = RunOrigin {
             pipeline: record.pipeline.clone(),
@@ -266,7 +293,29 @@ impl Engine {
             retry_of: Some((record.run_id.clone(), record.sequence)),
             run_id: None,
         };
-        Self::expecting(expectations, self.write(insert, shards, origin)).await
+        if !options.is_empty() {
+            let datafusion::sql::parser::Statement::Statement(body) = *statement else {
+                return Err(cannot("its statement is not an INSERT".into()));
+            };
+            return Self::expecting(expectations, self.insert_with_options(*body, &options, origin)).await;
+        }
+        let statement = super::insert::positional_df(*statement);
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        let not_insert = || cannot("it was not an INSERT (run a CREATE TABLE AS again instead)".into());
+        let insert = self.insert_target(plan)?.ok_or_else(not_insert)?;
+        // A pipeline's current options decide, as they would for a new run.
+        let (insert, shards, quarantine_table, bad_rows) = match &record.pipeline {
+            Some(name) => match self.pipeline_definition(name).await? {
+                Some((create, options)) => {
+                    let (insert, shards) = with_options(&options, run_id, insert, record.shards)?;
+                    (insert, shards, crate::pipeline::quarantine_table(name, &create.options)?, options.bad_rows)
+                }
+                None => (insert, record.shards, None, None),
+            },
+            None => (insert, record.shards, None, None),
+        };
+        let write = Self::expecting(expectations, self.write(insert, shards, origin));
+        Self::quarantining(quarantine_table, bad_rows, Box::pin(write)).await
     }
 
     /// Settles every run left `staging` or `committing` by a process that is gone: committed
@@ -405,7 +454,11 @@ fn with_options(
 
 /// The error for a pipeline whose body is not an insert into a catalog table.
 pub(super) fn not_a_catalog_insert(pipeline: &str) -> Error {
-    Error::Unsupported(format!(
-        "pipeline `{pipeline}`: the body must INSERT INTO a catalog table (catalog.schema.table)"
-    ))
+    not_a_catalog_write(&format!("pipeline `{pipeline}`"))
+}
+
+/// The error for a write (`who`: a pipeline, an INSERT with options) that is not an insert
+/// into a catalog table.
+fn not_a_catalog_write(who: &str) -> Error {
+    Error::Unsupported(format!("{who}: the body must INSERT INTO a catalog table (catalog.schema.table)"))
 }

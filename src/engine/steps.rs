@@ -277,7 +277,7 @@ impl Engine {
         options: PipelineOptions,
         cancel: &CancellationToken,
         before: &[StepRecord],
-    ) -> Result<(Vec<State>, Vec<(usize, HeldRun)>)> {
+    ) -> Result<(Vec<State>, Vec<(usize, Vec<HeldRun>)>)> {
         let earlier = |step: &DagStep| before.iter().find(|b| b.step == step.name);
         let mut states: Vec<State> = dag
             .steps
@@ -340,12 +340,12 @@ impl Engine {
             let Some((i, outcome)) = running.next().await else { return Ok((states, held)) };
             let step = &dag.steps[i].name;
             match outcome {
-                Ok(StepDone::Held(run)) => {
+                Ok(StepDone::Held(runs)) => {
                     states[i] = State::Held;
-                    if let Some(commit) = run.commit() {
+                    if let Some(commit) = runs.first().and_then(HeldRun::commit) {
                         pending.insert(dag.steps[i].target.clone(), commit.provider.clone());
                     }
-                    held.push((i, *run));
+                    held.push((i, runs));
                 }
                 Ok(StepDone::Committed(report)) => {
                     states[i] = State::Succeeded;
@@ -402,9 +402,10 @@ impl Engine {
                 error: None,
             };
             self.events.emit(started).await;
-            // The step's own scope: its cancel, and the pipeline's quarantine table.
-            let quarantine_table = StatementScope::current().quarantine_table;
-            let scope = StatementScope { cancel: cancel.clone(), quarantine_table, ..StatementScope::default() };
+            // The step's own scope: its cancel, and the pipeline's quarantine table and bad rows.
+            let StatementScope { quarantine_table, bad_rows, .. } = StatementScope::current();
+            let scope =
+                StatementScope { cancel: cancel.clone(), quarantine_table, bad_rows, ..StatementScope::default() };
             let label = format!("{pipeline}/{}", step.name);
             let execute = self.execute_step(&label, step, shards, retry_of.clone(), hold.clone());
             let result = SCOPE.scope(scope, Box::pin(execute)).await;
@@ -480,7 +481,7 @@ impl Engine {
                 };
                 let plan = reading_pending(pending, self.plan_sql_statement(sql.clone())).await?;
                 let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
-                Ok(StepDone::Held(Box::new(self.write_held(insert, shards, origin).await?)))
+                Ok(StepDone::Held(self.write_held(insert, shards, origin).await?))
             };
             return Self::expecting(expectations.to_vec(), write).await;
         }
@@ -506,9 +507,12 @@ impl Engine {
         run_id: &str,
         dag: &Dag,
         mut states: Vec<State>,
-        held: Vec<(usize, HeldRun)>,
+        held: Vec<(usize, Vec<HeldRun>)>,
     ) -> Result<Vec<State>> {
-        let (indices, runs): (Vec<usize>, Vec<HeldRun>) = held.into_iter().unzip();
+        // Each step's held runs: its own, then its quarantine's, if it quarantined rows.
+        let (indices, groups): (Vec<usize>, Vec<Vec<HeldRun>>) = held.into_iter().unzip();
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        let runs: Vec<HeldRun> = groups.into_iter().flatten().collect();
         if states.iter().any(|s| *s != State::Held) {
             let unfinished: Vec<&str> = dag
                 .steps
@@ -535,7 +539,11 @@ impl Engine {
         let published = self.runner.publish_together(pipeline, runs, publish);
         match published.await {
             Ok(reports) => {
-                for (i, report) in indices.into_iter().zip(reports) {
+                let mut reports = reports.into_iter();
+                for (i, size) in indices.into_iter().zip(sizes) {
+                    let mut of_step = reports.by_ref().take(size);
+                    let Some(report) = of_step.next() else { continue };
+                    of_step.for_each(drop); // the quarantine's
                     states[i] = State::Succeeded;
                     let step = &dag.steps[i].name;
                     self.finish_step(pipeline, run_id, step, "succeeded", committed(&report), None).await?;
@@ -657,7 +665,8 @@ fn committed(report: &RunReport) -> StepTotals {
 /// How a step's statement ended: committed, or (atomic runs) held for the publish.
 enum StepDone {
     Committed(RunReport),
-    Held(Box<HeldRun>),
+    /// The step's own held run, then its quarantine's, if any.
+    Held(Vec<HeldRun>),
 }
 
 impl StepDone {
@@ -665,7 +674,7 @@ impl StepDone {
     fn run_id(&self) -> &str {
         match self {
             StepDone::Committed(report) => &report.run_id,
-            StepDone::Held(run) => run.run_id(),
+            StepDone::Held(runs) => runs.first().map_or("", HeldRun::run_id),
         }
     }
 }
@@ -673,7 +682,7 @@ impl StepDone {
 /// The SQL of an `INSERT` step, and its expectations.
 fn insert_of(statement: &Statement) -> Option<(&datafusion::sql::sqlparser::ast::Statement, &[Expectation])> {
     let (statement, expectations) = match statement {
-        Statement::ExpectInsert { insert, expectations } => (insert.as_ref(), expectations.as_slice()),
+        Statement::InsertWith { insert, expectations, .. } => (insert.as_ref(), expectations.as_slice()),
         other => (other, [].as_slice()),
     };
     let Statement::DataFusion(df) = statement else { return None };

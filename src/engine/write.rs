@@ -77,28 +77,26 @@ impl Engine {
     }
 
     /// As [`Engine::write`], up to the commit, which is written and held for a swap together
-    /// with other tables' (an atomic pipeline's step).
-    pub(super) async fn write_held(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<HeldRun> {
-        let target = insert.table.to_string();
+    /// with other tables' (an atomic pipeline's step): the write's held run, then, if it
+    /// quarantined rows, the quarantine table's, to be published in the same swap.
+    pub(super) async fn write_held(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<Vec<HeldRun>> {
+        let table = insert.table.clone();
         let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
-        // Quarantined rows would have no group to join: refused before anything is written.
-        if tally.as_ref().is_some_and(|t| t.quarantines()) {
-            return Err(Error::Unsupported(format!(
-                "ON VIOLATION QUARANTINE in a step of an atomic pipeline (into `{target}`): use DROP ROW or FAIL there"
-            )));
-        }
         let pipeline = job.origin.pipeline.clone();
-        let held = self.runner.hold(job, self.ctx.state().task_ctx()).await;
-        let Some(tally) = tally else { return Ok(held?) };
+        let held = match &tally {
+            Some(tally) if tally.quarantines() => self.hold_with_quarantine(&table, job, tally).await,
+            _ => self.runner.hold(job, self.ctx.state().task_ctx()).await.map(|run| vec![run]).map_err(Into::into),
+        };
+        let Some(tally) = tally else { return held };
         // The counts are final once the shards have staged, whether the group publishes or not.
         let run_id = match &held {
-            Ok(run) => Some(run.run_id().to_string()),
+            Ok(runs) => runs.first().map(|run| run.run_id().to_string()),
             Err(e) => e.run_id().map(str::to_string),
         };
         if let Some(run_id) = run_id {
-            self.ledger.record_expectations(&run_id, pipeline.as_deref(), &target, &tally.report()).await?;
+            self.ledger.record_expectations(&run_id, pipeline.as_deref(), &table.to_string(), &tally.report()).await?;
         }
-        Ok(held?)
+        held
     }
 
     /// The run a write makes, a line saying what it writes where, and the tally of its
@@ -116,12 +114,17 @@ impl Engine {
             None => catalog.writer(&table).await?,
         };
         let state = self.ctx.state();
-        let input = state.create_physical_plan(&input).await?;
+        let mut input = state.create_physical_plan(&input).await?;
+        // A pipeline's `bad_rows`: its CSV / JSON scans read line by line, bad lines kept out.
+        let bad_lines = Self::bad_rows().map(|mode| Arc::new(crate::sources::BadLines::new(mode)));
+        if let Some(bad_lines) = &bad_lines {
+            input = crate::sources::tolerate(input, bad_lines)?;
+        }
         let expectations = self.expectations_for(&table).await?;
-        let (input, tally) = match expectations.is_empty() {
+        let (input, tally) = match expectations.is_empty() && bad_lines.is_none() {
             true => (input, None),
             false => {
-                let (input, tally) = super::expect::apply(&state, input, &expectations)?;
+                let (input, tally) = super::expect::apply(&state, input, &expectations, bad_lines)?;
                 (input, Some(tally))
             }
         };

@@ -63,10 +63,19 @@ impl fmt::Display for Expectation {
     }
 }
 
-/// `insert` (an `INSERT` statement's SQL) with the constraint list after its table name.
-pub(super) fn with_expectations(insert: &Statement, expectations: &[Expectation]) -> String {
-    let text = insert.to_string();
+/// ` (CONSTRAINT ..., ...)`, or nothing when there are no expectations.
+pub(super) fn constraint_list(expectations: &[Expectation]) -> String {
+    if expectations.is_empty() {
+        return String::new();
+    }
     let listed: Vec<String> = expectations.iter().map(ToString::to_string).collect();
+    format!(" ({})", listed.join(", "))
+}
+
+/// `insert` (an `INSERT` statement's SQL) with `clauses` (a constraint list, options) after its
+/// table name.
+pub(super) fn after_table(insert: &Statement, clauses: &str) -> String {
+    let text = insert.to_string();
     let table = match insert {
         Statement::DataFusion(df) => match df.as_ref() {
             datafusion::sql::parser::Statement::Statement(sql) => match sql.as_ref() {
@@ -78,7 +87,7 @@ pub(super) fn with_expectations(insert: &Statement, expectations: &[Expectation]
         _ => None,
     };
     match table.and_then(|t| text.find(&t).map(|at| at + t.len())) {
-        Some(after) => format!("{} ({}){}", &text[..after], listed.join(", "), &text[after..]),
+        Some(after) => format!("{}{clauses}{}", &text[..after], &text[after..]),
         None => text,
     }
 }
@@ -165,32 +174,59 @@ impl SluiceParser<'_> {
         }
     }
 
-    /// An `INSERT INTO <table> (CONSTRAINT ...) ...`: `None` when the INSERT has no constraint
-    /// list (sqlparser takes it as it is).
-    pub(super) fn parse_insert_with_expectations(&mut self) -> Result<Option<Statement>, ParseError> {
+    /// An `INSERT INTO <table> (CONSTRAINT ...) ...` or `INSERT INTO <table> ... WITH (key =
+    /// value, ...) <query>`: `None` when the INSERT has neither (sqlparser takes it as it is). A
+    /// `WITH (` is never a common table expression, which names itself before its `(`.
+    pub(super) fn parse_insert_with(&mut self) -> Result<Option<Statement>, ParseError> {
         let p = &self.df.parser;
         let mut tokens: Vec<TokenWithSpan> = Vec::new();
-        let mut open = None;
+        let (mut constraints, mut with, mut depth) = (None, None, 0usize);
         loop {
             let token = p.peek_nth_token_ref(tokens.len()).clone();
             if matches!(token.token, Token::EOF | Token::SemiColon) {
                 break;
             }
-            if open.is_none()
-                && matches!(token.token, Token::LParen)
-                && is_word(&p.peek_nth_token_ref(tokens.len() + 1).token, "CONSTRAINT")
+            let next = &p.peek_nth_token_ref(tokens.len() + 1).token;
+            if constraints.is_none() && matches!(token.token, Token::LParen) && is_word(next, "CONSTRAINT") {
+                constraints = Some(tokens.len());
+            }
+            if with.is_none() && depth == 0 && is_keyword(&token.token, Keyword::WITH) && matches!(next, Token::LParen)
             {
-                open = Some(tokens.len());
+                with = Some(tokens.len());
+            }
+            match token.token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                _ => {}
             }
             tokens.push(token);
         }
-        let Some(open) = open else { return Ok(None) };
-        let close = closing_paren(&tokens, open)
-            .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( of the constraint list"))?;
-        let expectations = parse_expectations(&tokens[open + 1..close], tokens[open].span.start, self.sql)?;
-        let insert = self.parse_lifted(&tokens, open..close + 1)?;
+        if constraints.is_none() && with.is_none() {
+            return Ok(None);
+        }
+        let mut lifted = Vec::new();
+        let mut expectations = Vec::new();
+        if let Some(open) = constraints {
+            let close = closing_paren(&tokens, open)
+                .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( of the constraint list"))?;
+            expectations = parse_expectations(&tokens[open + 1..close], tokens[open].span.start, self.sql)?;
+            lifted.push(open..close + 1);
+        }
+        let mut options = Vec::new();
+        if let Some(at) = with {
+            let close = closing_paren(&tokens, at + 1)
+                .ok_or_else(|| ParseError::at(tokens[at + 1].span.start, "unclosed ( of the options"))?;
+            let clause = tokens[at..=close].iter().cloned().chain(std::iter::once(TokenWithSpan::wrap(Token::EOF)));
+            let parsed = datafusion::sql::sqlparser::parser::Parser::new(&super::DIALECT)
+                .with_tokens_with_locations(clause.collect())
+                .parse_options(Keyword::WITH)
+                .map_err(|e| ParseError::from_parser(e, tokens[at].span.start))?;
+            options = super::key_values(parsed, tokens[at].span.start, Keyword::WITH)?;
+            lifted.push(at..close + 1);
+        }
+        let insert = self.parse_lifted(&tokens, &lifted)?;
         let insert = Statement::DataFusion(Box::new(datafusion::sql::parser::Statement::Statement(Box::new(insert))));
-        Ok(Some(Statement::ExpectInsert { insert: Box::new(insert), expectations }))
+        Ok(Some(Statement::InsertWith { insert: Box::new(insert), expectations, options }))
     }
 }
 

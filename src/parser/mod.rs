@@ -76,13 +76,16 @@ pub enum Statement {
         /// What changes.
         change: AlterPipeline,
     },
-    /// Extension: `INSERT INTO t (CONSTRAINT name EXPECT (condition) [ON VIOLATION ...], ...) ...`:
-    /// an insert whose rows are checked against expectations.
-    ExpectInsert {
-        /// The insert, constraint list removed (a [`Statement::DataFusion`] `INSERT`).
+    /// Extension: `INSERT INTO t [(CONSTRAINT name EXPECT (condition) [ON VIOLATION ...], ...)]
+    /// [WITH (key = value, ...)] ...`: an insert whose rows are checked against expectations, or
+    /// that takes options (`schema_evolution`, `bad_rows`, `quarantine_table`).
+    InsertWith {
+        /// The insert, constraint list and options removed (a [`Statement::DataFusion`] `INSERT`).
         insert: Box<Statement>,
         /// The expectations, in order.
         expectations: Vec<Expectation>,
+        /// `WITH (key = value)` options, keys lower-cased, values as written.
+        options: Vec<(String, String)>,
     },
     /// Extension: `ALTER TABLE t ADD CONSTRAINT c EXPECT (...) [ON VIOLATION ...]` and
     /// `ALTER TABLE t DROP CONSTRAINT c`: the table's own expectations, checked on every write.
@@ -198,7 +201,7 @@ impl fmt::Display for Statement {
                     PipelineBody::Insert(body, expectations) if expectations.is_empty() => write!(f, " AS {body}"),
                     PipelineBody::Insert(body, expectations) => {
                         let insert = Statement::DataFusion(Box::new(DFStatement::Statement(body.clone())));
-                        write!(f, " AS {}", expect::with_expectations(&insert, expectations))
+                        write!(f, " AS {}", expect::after_table(&insert, &expect::constraint_list(expectations)))
                     }
                     PipelineBody::Steps(steps) => {
                         write!(f, " AS BEGIN")?;
@@ -234,8 +237,9 @@ impl fmt::Display for Statement {
             }
             Statement::AlterPipeline { name, change } => write!(f, "ALTER PIPELINE {name} {change}"),
             Statement::AlterTableExpectation { table, change } => write!(f, "ALTER TABLE {table} {change}"),
-            Statement::ExpectInsert { insert, expectations } => {
-                write!(f, "{}", expect::with_expectations(insert, expectations))
+            Statement::InsertWith { insert, expectations, options } => {
+                let clauses = format!("{}{}", expect::constraint_list(expectations), Options(options));
+                write!(f, "{}", expect::after_table(insert, &clauses))
             }
             Statement::ShowRuns { pipeline, filter } => {
                 write!(f, "SHOW RUNS")?;
@@ -248,6 +252,15 @@ impl fmt::Display for Statement {
                 }
             }
         }
+    }
+}
+
+/// Options as written: ` WITH (k = v, ...)`, or nothing when there are none.
+struct Options<'a>(&'a [(String, String)]);
+
+impl fmt::Display for Options<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_options(f, self.0)
     }
 }
 
@@ -394,7 +407,7 @@ impl<'a> SluiceParser<'a> {
             return Ok(statement);
         }
         if is_keyword(&t0, Keyword::INSERT)
-            && let Some(statement) = self.parse_insert_with_expectations()?
+            && let Some(statement) = self.parse_insert_with()?
         {
             return Ok(statement);
         }
@@ -508,8 +521,14 @@ impl<'a> SluiceParser<'a> {
             }));
         }
         let body_at = self.here();
-        let (body, expectations) = match self.parse_insert_with_expectations()? {
-            Some(Statement::ExpectInsert { insert, expectations }) => match *insert {
+        let (body, expectations) = match self.parse_insert_with()? {
+            Some(Statement::InsertWith { options, .. }) if !options.is_empty() => {
+                return Err(ParseError::at(
+                    body_at,
+                    "a pipeline's options go in CREATE PIPELINE name WITH (...), not on its INSERT",
+                ));
+            }
+            Some(Statement::InsertWith { insert, expectations, .. }) => match *insert {
                 Statement::DataFusion(df) => match *df {
                     DFStatement::Statement(body) => (*body, expectations),
                     other => return Err(ParseError::at(body_at, format!("not an INSERT: {other}"))),
@@ -543,20 +562,7 @@ impl<'a> SluiceParser<'a> {
         let options_at = self.here();
         let parsed = self.df.parser.parse_options(keyword);
         let options = self.wrap(parsed)?;
-        let options = options
-            .into_iter()
-            .map(|option| match option {
-                SqlOption::KeyValue { key, value } => Ok((key.value.to_lowercase(), option_value(&value))),
-                other => Err(ParseError::at(
-                    options_at,
-                    format!("expected `key = value` in {keyword:?} (...), found: {other}"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some((key, _)) = options.iter().enumerate().find_map(|(i, o)| options[..i].iter().find(|p| p.0 == o.0)) {
-            return Err(ParseError::at(options_at, format!("option `{key}` is given twice in {keyword:?} (...)")));
-        }
-        Ok(options)
+        key_values(options, options_at, keyword)
     }
 }
 
@@ -596,7 +602,7 @@ impl SluiceParser<'_> {
             .ok_or_else(|| ParseError::at(tokens[open].span.start, "unclosed ( after PARTITIONED BY"))?;
         let partition_by = parse_partition_fields(&tokens[open + 1..close], tokens[open].span.start)?;
 
-        let create = self.parse_lifted(&tokens, start..close + 1)?;
+        let create = self.parse_lifted(&tokens, std::slice::from_ref(&(start..close + 1)))?;
         Ok(Some(Statement::CreatePartitionedTable { create: Box::new(create), partition_by }))
     }
 
@@ -605,11 +611,12 @@ impl SluiceParser<'_> {
     fn parse_lifted(
         &mut self,
         tokens: &[TokenWithSpan],
-        lifted: std::ops::Range<usize>,
+        lifted: &[std::ops::Range<usize>],
     ) -> Result<SqlStatement, ParseError> {
         let eof = TokenWithSpan::wrap(Token::EOF);
+        let kept = |i: &usize| !lifted.iter().any(|range| range.contains(i));
         let rest: Vec<TokenWithSpan> =
-            tokens[..lifted.start].iter().chain(&tokens[lifted.end..]).cloned().chain(std::iter::once(eof)).collect();
+            (0..tokens.len()).filter(kept).map(|i| tokens[i].clone()).chain(std::iter::once(eof)).collect();
         let here = self.here();
         let statement = Parser::new(&DIALECT)
             .with_tokens_with_locations(rest)
@@ -749,6 +756,21 @@ fn parse_partition_fields(tokens: &[TokenWithSpan], at: Location) -> Result<Vec<
     Ok(fields)
 }
 
+/// `key = value` options (keys lower-cased, each given once) as pairs.
+fn key_values(options: Vec<SqlOption>, at: Location, keyword: Keyword) -> Result<Vec<(String, String)>, ParseError> {
+    let options = options
+        .into_iter()
+        .map(|option| match option {
+            SqlOption::KeyValue { key, value } => Ok((key.value.to_lowercase(), option_value(&value))),
+            other => Err(ParseError::at(at, format!("expected `key = value` in {keyword:?} (...), found: {other}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((key, _)) = options.iter().enumerate().find_map(|(i, o)| options[..i].iter().find(|p| p.0 == o.0)) {
+        return Err(ParseError::at(at, format!("option `{key}` is given twice in {keyword:?} (...)")));
+    }
+    Ok(options)
+}
+
 /// An option value as text: string literals unquoted, anything else as written.
 fn option_value(value: &Expr) -> String {
     match value {
@@ -779,6 +801,9 @@ mod tests {
             "DROP PIPELINE IF EXISTS p",
             "SHOW RUNS",
             "SHOW RUNS FOR p",
+            "INSERT INTO lake.s.t WITH (bad_rows = fail) SELECT a FROM b",
+            "INSERT INTO lake.s.t (CONSTRAINT pos EXPECT (a > 0) ON VIOLATION DROP ROW) WITH (schema_evolution = 'add_columns, widen_types') SELECT a FROM b",
+            "INSERT INTO lake.s.t WITH x AS (SELECT 1 AS a) SELECT a FROM x",
         ] {
             let parsed = parse(sql).unwrap();
             assert_eq!(parsed.len(), 1, "{sql}");

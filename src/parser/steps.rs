@@ -67,7 +67,7 @@ fn is_step(statement: &Statement) -> bool {
         Statement::CreatePartitionedTable { create, .. } => {
             matches!(create.as_ref(), SqlStatement::CreateTable(CreateTable { query: Some(_), .. }))
         }
-        Statement::RunPipeline { .. } | Statement::ExpectInsert { .. } => true,
+        Statement::RunPipeline { .. } | Statement::InsertWith { .. } => true,
         _ => false,
     }
 }

@@ -70,7 +70,7 @@ fn target_and_reads(statement: &Statement, resolve: &dyn Fn(&ObjectName) -> Stri
             other => (other.to_string(), BTreeSet::new()),
         },
         Statement::RunPipeline { name } => (format!("pipeline {name}"), BTreeSet::new()),
-        Statement::ExpectInsert { insert, .. } => target_and_reads(insert, resolve),
+        Statement::InsertWith { insert, .. } => target_and_reads(insert, resolve),
         other => (other.to_string(), BTreeSet::new()),
     }
 }

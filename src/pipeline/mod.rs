@@ -25,7 +25,7 @@ pub enum PipelineError {
     },
     /// An option this version does not know.
     #[error(
-        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution, quarantine_table; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution, quarantine_table, bad_rows; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
     )]
     UnknownOption {
         /// The pipeline.
@@ -44,6 +44,14 @@ pub enum PipelineError {
         value: String,
         /// What is allowed.
         expected: &'static str,
+    },
+    /// An option of an `INSERT ... WITH (...)` that is unknown there or has a bad value.
+    #[error("INSERT INTO `{table}` WITH (...): {message}")]
+    InsertOption {
+        /// The table written.
+        table: String,
+        /// What is wrong.
+        message: String,
     },
     /// A step of a multi-step pipeline that cannot be: an unknown dependency, a second writer of
     /// a table, a cycle.
@@ -111,6 +119,29 @@ pub struct PipelineOptions {
     /// `schema_evolution = 'widen_types'`: a column whose values the query gives in a wider type
     /// (int → bigint, float → double) is widened in the run's own commit.
     pub widen_types: bool,
+    /// `bad_rows = 'fail' | 'quarantine'`: what an unparseable line of a CSV or JSON file the
+    /// pipeline reads does; `None`: DataFusion's reader, which fails on it.
+    pub bad_rows: Option<BadRows>,
+}
+
+/// What an unparseable line of an input file does (`bad_rows = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRows {
+    /// The run fails, naming the file and the line.
+    Fail,
+    /// The line goes to the quarantine table (file, line number, raw text, error); the rest of
+    /// the file loads.
+    Quarantine,
+}
+
+impl BadRows {
+    /// The option's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRows::Fail => "fail",
+            BadRows::Quarantine => "quarantine",
+        }
+    }
 }
 
 /// Which due times a scheduler that was down runs once it is back (`catchup = ...`).
@@ -138,6 +169,7 @@ impl Default for PipelineOptions {
             max_catchup_runs: 100,
             add_columns: false,
             widen_types: false,
+            bad_rows: None,
         }
     }
 }
@@ -253,6 +285,13 @@ impl PipelineOptions {
                         _ => return Err(checked.bad("'none', 'last' or 'all'")),
                     }
                 }
+                "bad_rows" => {
+                    parsed.bad_rows = match value.to_lowercase().as_str() {
+                        "fail" => Some(BadRows::Fail),
+                        "quarantine" => Some(BadRows::Quarantine),
+                        _ => return Err(checked.bad("'fail' or 'quarantine'")),
+                    }
+                }
                 "quarantine_table" => {
                     quarantine_table(pipeline, options)?;
                 }
@@ -294,7 +333,25 @@ impl PipelineOptions {
     }
 }
 
+/// The options an `INSERT ... WITH (...)` takes.
+const INSERT_OPTIONS: [&str; 3] = ["schema_evolution", "bad_rows", "quarantine_table"];
+
 impl PipelineOptions {
+    /// Validates the options of an `INSERT INTO table ... WITH (...)`: those of a pipeline that
+    /// are about what one write does: `schema_evolution`, `bad_rows`, `quarantine_table`.
+    pub fn for_insert(table: &str, options: &[(String, String)]) -> Result<Self, PipelineError> {
+        let error = |message: String| PipelineError::InsertOption { table: table.to_string(), message };
+        if let Some((option, _)) = options.iter().find(|(k, _)| !INSERT_OPTIONS.contains(&k.as_str())) {
+            return Err(error(format!("unknown option `{option}` (known: {})", INSERT_OPTIONS.join(", "))));
+        }
+        Self::parse(table, options).map_err(|e| match e {
+            PipelineError::BadValue { option, value, expected, .. } => {
+                error(format!("option `{option}` = {value}: expected {expected}"))
+            }
+            other => other,
+        })
+    }
+
     /// The mode a run uses: the option, else what the body says. `mode = 'append'` on an
     /// `INSERT OVERWRITE` body is a contradiction.
     pub fn write_mode(&self, pipeline: &str, body: WriteMode) -> Result<WriteMode, PipelineError> {

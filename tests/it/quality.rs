@@ -3,6 +3,8 @@
 //! crash right after it is settled by recovery with both visible; a process killed before or
 //! after it leaves, after recovery, neither or both. On Delta the quarantine commits first: a crash
 //! before the good rows' commit leaves, after recovery, the quarantined rows and no good ones.
+//! Large CSV files with bad lines (`bad_rows = 'quarantine'`) load every good row once and keep
+//! every bad line.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -161,4 +163,103 @@ async fn a_retried_run_keeps_the_expectations_it_ran_under() {
     let retried = engine.sql(&format!("RETRY RUN '{run_id}'")).await.unwrap_err().to_string();
     assert!(retried.contains("3 row(s) violate expectation `small`"), "{retried}");
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.qr.t").await, "0", "nothing committed, twice");
+}
+
+/// Two CSV files of 12,000 data lines each (more than one 8,192-line batch), every 97th line bad
+/// in one of five ways (some at a batch's edge): every good row lands once, every bad line is
+/// in the quarantine with its file and line number, and rows in = written + quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_files_with_bad_lines_load_every_good_row_once_and_keep_every_bad_line() {
+    let home = tempfile::tempdir().unwrap();
+    let inputs = home.path().join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let (mut bad_lines, mut good_ids) = (Vec::new(), 0u64);
+    for file in ["a.csv", "b.csv"] {
+        let mut text: Vec<u8> = b"id,amount,day\n".to_vec();
+        for n in 1..=12_000u64 {
+            let id = if file == "a.csv" { n } else { 100_000 + n };
+            let line = n + 1; // after the header
+            let row: Vec<u8> = match (n % 97 == 0 || n == 8_192, n % 5) {
+                (false, _) => format!("{id},{n}.5,2024-01-{:02}", n % 28 + 1).into_bytes(),
+                (true, 0) => format!("{id},{n}.5").into_bytes(),
+                (true, 1) => format!("{id},{n}x5,2024-01-01").into_bytes(),
+                (true, 2) => format!("{id},{n}.5,2024-02-30").into_bytes(),
+                (true, 3) => [format!("{id},").into_bytes(), vec![0xff], b",2024-01-01".to_vec()].concat(),
+                (true, _) => format!("{id},\"{n}.5,2024-01-01").into_bytes(),
+            };
+            if n % 97 == 0 || n == 8_192 {
+                bad_lines.push(format!("{file}:{line}"));
+            } else {
+                good_ids += id;
+            }
+            text.extend(row);
+            text.push(b'\n');
+        }
+        std::fs::write(inputs.join(file), text).unwrap();
+    }
+    let engine = engine(home.path(), 3).await;
+    let location = format!("{}/", inputs.display());
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT, amount DOUBLE, day DATE) STORED AS CSV LOCATION '{location}' OPTIONS ('format.has_header' 'true');
+             CREATE SCHEMA lake.big;
+             CREATE TABLE lake.big.t (id BIGINT, amount DOUBLE, day DATE);
+             CREATE PIPELINE load WITH (bad_rows = 'quarantine') AS INSERT INTO lake.big.t SELECT * FROM src;"
+        ))
+        .await
+        .unwrap();
+    let report = engine.run_pipeline("load").await.unwrap();
+    let quality = report.quality.expect("a report with counts");
+    let bad = bad_lines.len() as u64;
+    assert_eq!(bad, 2 * (12_000 / 97 + 1));
+    assert_eq!((report.rows, quality.rows_quarantined, quality.rows_in), (24_000 - bad, bad, 24_000));
+    let rows = value(&engine, "SELECT count(*) || ' ' || sum(id) || ' ' || count(DISTINCT id) FROM lake.big.t").await;
+    assert_eq!(rows, format!("{} {good_ids} {}", 24_000 - bad, 24_000 - bad));
+    let mut found: Vec<String> = crate::support::rows(
+        &engine,
+        "SELECT regexp_replace(_sluice_source_file, '.*/', '') || ':' || _sluice_source_line FROM lake.big.t__quarantine",
+    )
+    .await
+    .into_iter()
+    .map(|row| row[0].clone())
+    .collect();
+    found.sort();
+    bad_lines.sort();
+    assert_eq!(found, bad_lines);
+    let errors = crate::support::rows(
+        &engine,
+        "SELECT regexp_replace(split_part(_sluice_error, ':', 1), '[0-9]+', 'N', 'g') AS kind, count(*)
+         FROM lake.big.t__quarantine GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let expected = [
+        ["column `amount` is FloatN", "50"],
+        ["column `day` is DateN", "52"],
+        ["expected N columns, found N", "48"],
+        ["invalid UTF-N at byte N of the line", "48"],
+        ["unterminated quoted field", "50"],
+    ];
+    assert_eq!(errors, expected.map(|row| row.map(String::from).to_vec()).to_vec());
+}
+
+/// A JSON array is not newline-delimited JSON: refused, naming the file, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_rows_refuses_a_json_array_naming_the_file() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("rows.json");
+    std::fs::write(&file, "[\n{\"id\": 1}\n]\n").unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT) STORED AS JSON LOCATION '{}';
+             CREATE SCHEMA lake.j;
+             CREATE TABLE lake.j.t (id BIGINT);",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    let err = engine.sql("INSERT INTO lake.j.t WITH (bad_rows = 'quarantine') SELECT * FROM src").await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("bad_rows reads newline-delimited JSON") && message.contains("rows.json"), "{message}");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.j.t").await, "0");
 }
