@@ -122,6 +122,14 @@ pub enum Error {
         /// The error.
         source: Box<Error>,
     },
+    /// A write failed on a row that does not fit its table, found in the write's input file.
+    #[error("{source} (in {location})")]
+    InInput {
+        /// The run's error.
+        source: Box<Error>,
+        /// Where the row is: `/data/orders.csv, line 7`, `/data/orders.parquet, row 12`.
+        location: String,
+    },
     /// A statement Sluice does not support (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -152,7 +160,9 @@ impl Error {
     pub fn run_id(&self) -> Option<&str> {
         match self {
             Error::Run(run) => run.run_id(),
-            Error::Statement { source, .. } | Error::At { source, .. } => source.run_id(),
+            Error::Statement { source, .. } | Error::At { source, .. } | Error::InInput { source, .. } => {
+                source.run_id()
+            }
             _ => None,
         }
     }

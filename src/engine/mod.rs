@@ -31,6 +31,7 @@ mod dispatch;
 mod doctor;
 mod expect;
 mod insert;
+mod locate;
 mod runs;
 mod schedules;
 mod steps;

@@ -21,6 +21,19 @@ use crate::planner;
 use crate::system::explain_batch;
 use crate::table::{TableName, WriteMode};
 
+/// What did not fit, if `error` is a run that failed on a row that did not fit its table.
+fn unfit_row(error: &Error) -> Option<String> {
+    match error {
+        Error::Run(run) => match run.as_ref() {
+            RunError::Shard { source: crate::runtime::ShardError::Unfit { source, .. }, .. } => {
+                Some(source.to_string())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// An `INSERT [OVERWRITE] INTO <catalog table>`: the table, the rows, and how they change it.
 #[derive(Debug)]
 pub(super) struct Insert {
@@ -54,6 +67,31 @@ impl Engine {
 
     /// Plans `input` and runs it through the table's commit coordinator: one run, one snapshot.
     pub(super) async fn write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
+        let (table, input, writer) = (insert.table.clone(), insert.input.clone(), insert.writer.clone());
+        let (error, unfit) = match Box::pin(self.write_planned(insert, shards, origin)).await {
+            Err(e) => match unfit_row(&e) {
+                Some(unfit) => (e, unfit),
+                None => return Err(e),
+            },
+            ok => return ok,
+        };
+        // A row that does not fit the table: where it is, if the write reads a file row for row.
+        let target = match (writer, self.catalog_of(&table.catalog)) {
+            (Some(writer), _) => writer.schema().clone(),
+            (None, Some(catalog)) => match catalog.writer(&table).await {
+                Ok(writer) => writer.schema().clone(),
+                Err(_) => return Err(error),
+            },
+            (None, None) => return Err(error),
+        };
+        match self.locate_unfit_row(&input, &target, &unfit).await {
+            Some(location) => Err(Error::InInput { source: Box::new(error), location }),
+            None => Err(error),
+        }
+    }
+
+    /// [`Engine::write`] up to its result.
+    async fn write_planned(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
         let table = insert.table.clone();
         let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
         let (target, pipeline) = (job.target.clone(), job.origin.pipeline.clone());

@@ -44,12 +44,20 @@ pub fn default_shards() -> usize {
 /// Why a shard failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    /// The shard's input (the query) failed, or a row did not fit the table.
+    /// The shard's input (the query) failed.
     #[error("shard {shard}: {source}")]
     Input {
         /// Shard index.
         shard: usize,
         /// The DataFusion error.
+        source: DataFusionError,
+    },
+    /// A row did not fit the table (schema enforcement: [`conform`]).
+    #[error("shard {shard}: {source}")]
+    Unfit {
+        /// Shard index.
+        shard: usize,
+        /// What did not fit, and where.
         source: DataFusionError,
     },
     /// Writing a data file failed.

@@ -169,7 +169,7 @@ impl<'a, W: TableFormat> ShardSink<'a, W> {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let batch = conform(batch, &schema).map_err(|source| ShardError::Input { shard, source })?;
+            let batch = conform(batch, &schema).map_err(|source| ShardError::Unfit { shard, source })?;
             let parts = self
                 .writer
                 .split(batch)

@@ -17,12 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result as DFResult, plan_err};
+use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::physical_plan::{CsvSource, FileScanConfig, JsonSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path;
 use datafusion::physical_plan::ExecutionPlan;
 
 pub use scan::LineScanExec;
-use scan::{CsvFormat, LineFormat};
+use scan::{CsvFormat, FileLines, LineFormat};
 
 use crate::pipeline::BadRows;
 
@@ -136,4 +140,52 @@ pub fn tolerate(plan: Arc<dyn ExecutionPlan>, bad: &Arc<BadLines>) -> DFResult<A
         Ok(Transformed::yes(Arc::new(scan) as Arc<dyn ExecutionPlan>))
     })?;
     Ok(rewritten.data)
+}
+
+/// A file as users name it: a local path, else its URL.
+pub fn file_name(store: &ObjectStoreUrl, path: &Path) -> String {
+    match store.as_str() {
+        "file:///" => format!("/{path}"),
+        store => format!("{store}{path}"),
+    }
+}
+
+/// The line number (from 1) of record `record` (from 0) of the CSV or newline-delimited JSON
+/// file `path` of `store` as DataFusion reads it with `format` (after the header, past empty
+/// lines and comments); `None` for another format, a record past the end, or CSV values that
+/// may span lines.
+pub async fn line_of_record(
+    store: &dyn ObjectStore,
+    path: &Path,
+    format: &dyn FileFormat,
+    record: usize,
+) -> DFResult<Option<u64>> {
+    let format =
+        if let Some(csv) = format.as_any().downcast_ref::<datafusion::datasource::file_format::csv::CsvFormat>() {
+            let options = csv.options();
+            if options.newlines_in_values == Some(true) {
+                return Ok(None);
+            }
+            LineFormat::Csv(CsvFormat {
+                has_header: options.has_header.unwrap_or(true),
+                delimiter: options.delimiter,
+                quote: options.quote,
+                escape: options.escape,
+                comment: options.comment,
+                truncated_rows: options.truncated_rows.unwrap_or(false),
+            })
+        } else if format.as_any().downcast_ref::<datafusion::datasource::file_format::json::JsonFormat>().is_some() {
+            LineFormat::Json
+        } else {
+            return Ok(None);
+        };
+    let mut lines = FileLines::open(store, path, path.to_string()).await?;
+    let mut seen = 0;
+    while let Some(batch) = lines.next_lines(8192, &format).await? {
+        if let Some((line, _)) = batch.lines.get(record - seen) {
+            return Ok(Some(*line));
+        }
+        seen += batch.lines.len();
+    }
+    Ok(None)
 }

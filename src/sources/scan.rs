@@ -37,6 +37,7 @@ pub(super) enum LineFormat {
 /// The CSV options of the scan (DataFusion's `CsvOptions`, as its reader would use them).
 #[derive(Debug, Clone)]
 pub(super) struct CsvFormat {
+    /// The first line of each file names the columns.
     pub has_header: bool,
     pub delimiter: u8,
     pub quote: u8,
@@ -212,12 +213,8 @@ impl PartitionReader {
             }
             let Some(file) = &mut self.current else {
                 let Some(path) = self.files.pop_front() else { return Ok(None) };
-                let bytes = self.store.get(&path).await?.into_stream().map_err(DataFusionError::from).boxed();
-                let name = match self.scan.store.as_str() {
-                    "file:///" => format!("/{path}"),
-                    store => format!("{store}{path}"),
-                };
-                self.current = Some(FileLines { name, bytes, buffer: Vec::new(), start: 0, line: 0, eof: false });
+                let name = super::file_name(&self.scan.store, &path);
+                self.current = Some(FileLines::open(self.store.as_ref(), &path, name).await?);
                 continue;
             };
             let Some(lines) = file.next_lines(self.batch_size, &self.scan.format).await? else {
@@ -241,7 +238,7 @@ impl PartitionReader {
 }
 
 /// Lines of a file as its bytes arrive.
-struct FileLines {
+pub(super) struct FileLines {
     name: String,
     bytes: BoxStream<'static, DFResult<bytes::Bytes>>,
     buffer: Vec<u8>,
@@ -253,16 +250,22 @@ struct FileLines {
 }
 
 /// Lines to decode together: each line followed by `\n`, in `text`.
-struct Lines {
+pub(super) struct Lines {
     text: Vec<u8>,
     /// Each line's number and its bytes in `text` (without the `\n`).
-    lines: Vec<(u64, Range<usize>)>,
+    pub lines: Vec<(u64, Range<usize>)>,
 }
 
 impl FileLines {
+    /// The lines of `path` in `store`, shown as `name`.
+    pub(super) async fn open(store: &dyn ObjectStore, path: &Path, name: String) -> DFResult<Self> {
+        let bytes = store.get(path).await?.into_stream().map_err(DataFusionError::from).boxed();
+        Ok(FileLines { name, bytes, buffer: Vec::new(), start: 0, line: 0, eof: false })
+    }
+
     /// The next up to `max` lines with a record, skipping the header, empty lines and comments;
     /// `None` at the end of the file.
-    async fn next_lines(&mut self, max: usize, format: &LineFormat) -> DFResult<Option<Lines>> {
+    pub(super) async fn next_lines(&mut self, max: usize, format: &LineFormat) -> DFResult<Option<Lines>> {
         let mut lines = Lines { text: Vec::new(), lines: Vec::new() };
         while lines.lines.len() < max {
             let rest = &self.buffer[self.start..];
@@ -306,7 +309,12 @@ impl FileLines {
                     false
                 }
             };
-            if skipped || line.trim_ascii().is_empty() {
+            // As arrow's decoders: CSV skips empty lines, JSON blank ones.
+            let blank = match format {
+                LineFormat::Csv(_) => line.is_empty(),
+                LineFormat::Json => line.trim_ascii().is_empty(),
+            };
+            if skipped || blank {
                 continue;
             }
             let start = lines.text.len();
