@@ -17,6 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::{DFSchema, Result as DFResult, exec_err, plan_err};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -28,6 +29,7 @@ use crate::coordinator::{ConstraintCount, QualityReport, StagedCheck};
 use crate::error::{Error, Result};
 use crate::parser::{Expectation, TableExpectation, Violation};
 use crate::pipeline::BadRows;
+use crate::runtime::Kept;
 use crate::sources::BadLines;
 use crate::table::TableName;
 
@@ -268,7 +270,7 @@ pub(super) struct Tally {
     dropped: AtomicU64,
     /// Rows a `QUARANTINE` expectation took out, each with the names of every constraint it
     /// broke (column [`CONSTRAINTS_COLUMN`]), for the quarantine table.
-    quarantined: Mutex<Vec<RecordBatch>>,
+    quarantined: Kept<RecordBatch>,
     quarantined_rows: AtomicU64,
     /// The bad lines of the write's input files (`bad_rows`), if it reads them line by line.
     bad_lines: Option<Arc<BadLines>>,
@@ -333,11 +335,12 @@ impl Tally {
 
     /// The quarantined rows so far (taken: a second call has none).
     pub(super) fn take_quarantined(&self) -> Vec<RecordBatch> {
-        std::mem::take(&mut *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()))
+        self.quarantined.take()
     }
 
-    /// Counts one batch; returns the rows to write.
-    fn apply(&self, batch: RecordBatch) -> DFResult<RecordBatch> {
+    /// Counts one batch; returns the rows to write. Quarantined rows are kept in memory from
+    /// `pool`.
+    fn apply(&self, batch: RecordBatch, pool: &Arc<dyn MemoryPool>) -> DFResult<RecordBatch> {
         let rows = batch.num_rows();
         self.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
         // Whole-column masks; only the rows quarantined are looked at one by one (for the names
@@ -394,7 +397,8 @@ impl Tally {
             columns.push(Arc::new(names));
             let bad = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
             self.quarantined_rows.fetch_add(quarantined as u64, Ordering::Relaxed);
-            self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).push(bad);
+            let bytes = bad.get_array_memory_size();
+            self.quarantined.keep(bad, bytes, pool)?;
             keep = Some(merge(keep, &not(taken)?, and)?);
         }
         match keep {
@@ -485,7 +489,7 @@ pub(super) fn apply(
         constraints,
         rows_in: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
-        quarantined: Mutex::new(Vec::new()),
+        quarantined: Kept::new("quarantined rows"),
         quarantined_rows: AtomicU64::new(0),
         bad_lines,
     });
@@ -548,8 +552,8 @@ impl ExecutionPlan for ExpectationsExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
-        let tally = self.tally.clone();
-        let rows = self.input.execute(partition, context)?.map(move |batch| tally.apply(batch?));
+        let (tally, pool) = (self.tally.clone(), context.memory_pool().clone());
+        let rows = self.input.execute(partition, context)?.map(move |batch| tally.apply(batch?, &pool));
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.input.schema(), rows)))
     }
 }

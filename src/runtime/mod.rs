@@ -26,11 +26,13 @@ use crate::ledger::LedgerError;
 mod conform;
 mod context;
 pub mod format;
+mod kept;
 mod sink;
 
 pub use conform::{conform, is_widening};
 pub use context::RunContext;
 pub use format::{CommitError, Fence, FileWriter, HeldCommit, StagedFile, TableFormat, TableWriter};
+pub use kept::Kept;
 pub use sink::ShardSink;
 
 /// Boxed error from a table-format writer.

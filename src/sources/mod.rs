@@ -12,14 +12,14 @@
 mod scan;
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Result as DFResult, plan_err};
+use datafusion::common::{Result as DFResult, exec_err, plan_err};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::physical_plan::{CsvSource, FileScanConfig, JsonSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path;
@@ -29,6 +29,7 @@ pub use scan::LineScanExec;
 use scan::{CsvFormat, FileLines, LineFormat};
 
 use crate::pipeline::BadRows;
+use crate::runtime::Kept;
 
 /// An unparseable line of an input file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub struct BadLine {
 #[derive(Debug)]
 pub struct BadLines {
     mode: BadRows,
-    lines: Mutex<Vec<BadLine>>,
+    lines: Kept<BadLine>,
     count: AtomicU64,
     good: AtomicU64,
 }
@@ -56,7 +57,8 @@ pub struct BadLines {
 impl BadLines {
     /// An empty tally for `mode`.
     pub fn new(mode: BadRows) -> Self {
-        BadLines { mode, lines: Mutex::new(Vec::new()), count: AtomicU64::new(0), good: AtomicU64::new(0) }
+        let lines = Kept::new("bad input lines");
+        BadLines { mode, lines, count: AtomicU64::new(0), good: AtomicU64::new(0) }
     }
 
     /// What bad lines do.
@@ -76,27 +78,29 @@ impl BadLines {
 
     /// The bad lines kept so far (taken: a second call has none).
     pub fn take(&self) -> Vec<BadLine> {
-        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()))
+        self.lines.take()
     }
 
     fn read_well(&self, lines: usize) {
         self.good.fetch_add(lines as u64, Ordering::Relaxed);
     }
 
-    /// Keeps `line`, or, in `fail` mode, the error that stops the run.
-    fn keep(&self, line: BadLine) -> Result<(), String> {
+    /// Keeps `line` (in memory from `pool`), or, in `fail` mode, the error that stops the run.
+    fn keep(&self, line: BadLine, pool: &Arc<dyn MemoryPool>) -> DFResult<()> {
         self.count.fetch_add(1, Ordering::Relaxed);
         if self.mode == BadRows::Fail {
             const SHOWN: usize = 200;
             let raw: String = line.raw.chars().take(SHOWN).collect();
             let more = if line.raw.chars().count() > SHOWN { "..." } else { "" };
-            return Err(format!(
+            return exec_err!(
                 "bad_rows = 'fail': {} line {}: {} (the line: {raw}{more})",
-                line.file, line.line, line.error
-            ));
+                line.file,
+                line.line,
+                line.error
+            );
         }
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-        Ok(())
+        let bytes = std::mem::size_of::<BadLine>() + line.file.len() + line.raw.len() + line.error.len();
+        self.lines.keep(line, bytes, pool)
     }
 }
 

@@ -14,6 +14,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::common::{DataFusionError, Result as DFResult, exec_err, plan_err};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::object_store::path::Path;
@@ -181,6 +182,7 @@ impl ExecutionPlan for LineScanExec {
             projector: scan.projection.as_ref().map(|p| p.make_projector(&scan.file_schema)).transpose()?,
             batch_size: scan.batch_size.unwrap_or(context.session_config().batch_size()),
             remaining: scan.limit,
+            pool: context.memory_pool().clone(),
             files: files.iter().cloned().collect(),
             current: None,
             scan,
@@ -201,6 +203,8 @@ struct PartitionReader {
     batch_size: usize,
     /// Rows still to give under the scan's limit.
     remaining: Option<usize>,
+    /// Where kept bad lines take their memory from.
+    pool: Arc<dyn MemoryPool>,
     files: VecDeque<Path>,
     current: Option<FileLines>,
 }
@@ -221,7 +225,7 @@ impl PartitionReader {
                 self.current = None;
                 continue;
             };
-            let batch = self.scan.read(&file.name, &lines)?;
+            let batch = self.scan.read(&file.name, &lines, &self.pool)?;
             let mut batch = match &self.projector {
                 Some(projector) => projector.project_batch(&batch)?,
                 None => batch,
@@ -329,7 +333,7 @@ impl FileLines {
 impl Scan {
     /// The rows of `lines` of `file`: decoded together; if that fails, one at a time, the bad
     /// ones handed to the bad-line tally (or failing the run).
-    fn read(&self, file: &str, lines: &Lines) -> DFResult<RecordBatch> {
+    fn read(&self, file: &str, lines: &Lines, pool: &Arc<dyn MemoryPool>) -> DFResult<RecordBatch> {
         let expected = lines.lines.len();
         if let Ok(batch) = self.decode(&lines.text, expected)
             && batch.num_rows() == expected
@@ -350,7 +354,7 @@ impl Scan {
                         raw: String::from_utf8_lossy(line).into_owned(),
                         error: self.diagnose(line, result.err()),
                     };
-                    self.bad.keep(bad).map_err(DataFusionError::Execution)?;
+                    self.bad.keep(bad, pool)?;
                 }
             }
         }

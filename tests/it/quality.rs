@@ -263,3 +263,19 @@ async fn bad_rows_refuses_a_json_array_naming_the_file() {
     assert!(message.contains("bad_rows reads newline-delimited JSON") && message.contains("rows.json"), "{message}");
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.j.t").await, "0");
 }
+
+/// Quarantined rows are held in memory from the session's pool until the run's shards end: over
+/// the memory limit the run fails, naming them, and nothing is committed or left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantined_rows_over_the_memory_limit_fail_the_run_and_leave_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = Engine::builder().home(home.path()).shards(2).memory_limit(8 << 20).build().await.unwrap();
+    engine.sql("CREATE SCHEMA lake.m; CREATE TABLE lake.m.t (id BIGINT, pad VARCHAR)").await.unwrap();
+    let insert = "INSERT INTO lake.m.t (CONSTRAINT negative EXPECT (id < 0) ON VIOLATION QUARANTINE)
+                  SELECT value, repeat('x', 200) FROM generate_series(1, 200000)";
+    let err = engine.sql(insert).await.unwrap_err().to_string();
+    assert!(err.contains("quarantined rows") && err.contains("failed and was rolled back"), "{err}");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.m.t").await, "0");
+    assert_eq!(data_files(home.path(), "m"), 0);
+    assert!(engine.sql("SELECT count(*) FROM lake.m.t__quarantine").await.is_err(), "no quarantine table was made");
+}
