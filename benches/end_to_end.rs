@@ -4,7 +4,11 @@
 //!       commit: the floor;
 //!   (b) the same query as a Sluice pipeline into an Iceberg table;
 //!   (c) into a Delta table;
-//!   (d) (b) and (c) with 1, 2 and all-cores shards.
+//!   (d) (b) and (c) with 1, 2 and all-cores shards;
+//!   (e) loading CSV: the `filter` rows as a CSV file (written by DataFusion) loaded into Iceberg
+//!       with DataFusion's CSV reader (the baseline), then with `bad_rows = 'quarantine'` (read
+//!       line by line by `LineScanExec`) from the same file and from a copy with one bad line in
+//!       a thousand (quarantined).
 //!
 //! Two jobs: `filter` (a projection and filter, ≈4.34 M rows at SF1, unpartitioned target) and
 //! `orders` (a GROUP BY over every line, 1.5 M rows at SF1, into a table partitioned by the month
@@ -148,6 +152,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 line(&label, took, Some(floor));
             }
         }
+    }
+
+    csv_loads(&engine, exports.path(), repeat).await?;
+    Ok(())
+}
+
+/// The `filter` rows' columns as a CSV file's declared types.
+const CSV_COLUMNS: &str = "l_orderkey BIGINT, l_partkey BIGINT, l_suppkey BIGINT, l_linenumber BIGINT,      l_quantity DOUBLE, net_price DOUBLE, l_shipdate DATE, l_returnflag VARCHAR";
+
+/// (e): see the module docs.
+async fn csv_loads(
+    engine: &Engine,
+    exports: &std::path::Path,
+    repeat: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let clean = exports.join("filter.csv");
+    let columns = "l_orderkey, l_partkey, l_suppkey, CAST(l_linenumber AS BIGINT) AS l_linenumber,                    CAST(l_quantity AS DOUBLE) AS l_quantity, CAST(net_price AS DOUBLE) AS net_price, l_shipdate, l_returnflag";
+    engine.sql(&format!("COPY (SELECT {columns} FROM ({FILTER})) TO '{}'", clean.display())).await?;
+    // Every thousandth data line bad: a wrong column count or a number that is not one.
+    let text = std::fs::read_to_string(&clean)?;
+    let mut dirty = String::with_capacity(text.len());
+    for (i, line) in text.lines().enumerate() {
+        match (i > 0 && i % 1000 == 0, i % 2000 == 0) {
+            (true, true) => dirty.push_str("1,2,3\n"),
+            (true, false) => dirty.push_str(&line.replacen(',', ",x", 1)),
+            (false, _) => dirty.push_str(line),
+        }
+        if !(i > 0 && i % 2000 == 0) {
+            dirty.push('\n');
+        }
+    }
+    let dirty_file = exports.join("filter-dirty.csv");
+    std::fs::write(&dirty_file, dirty)?;
+    let megabytes = std::fs::metadata(&clean)?.len() as f64 / 1e6;
+    for (name, file) in [("clean_csv", &clean), ("dirty_csv", &dirty_file)] {
+        engine
+            .sql(&format!(
+                "CREATE EXTERNAL TABLE {name} ({CSV_COLUMNS}) STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+                file.display()
+            ))
+            .await?;
+    }
+    engine.sql(&format!("CREATE TABLE lake.tpch.csv_load ({CSV_COLUMNS})")).await?;
+    println!("\nloading CSV ({megabytes:.0} MB, {} lines) into Iceberg:", text.lines().count());
+    let insert = |options: &str, table: &str| format!("INSERT INTO lake.tpch.csv_load{options} SELECT * FROM {table}");
+    let baseline = time(repeat, engine, |_| insert("", "clean_csv")).await;
+    line("(e) DataFusion's CSV reader (baseline)", baseline, None);
+    let quarantine = " WITH (bad_rows = 'quarantine')";
+    let clean_lines = time(repeat, engine, |_| insert(quarantine, "clean_csv")).await;
+    let dirty_lines = time(repeat, engine, |_| insert(quarantine, "dirty_csv")).await;
+    for (label, took) in
+        [("bad_rows = 'quarantine', clean file", clean_lines), ("... one bad line in 1,000", dirty_lines)]
+    {
+        println!(
+            "  {label:<42} {:>8.3} s   {:>5.2}x the baseline",
+            took.as_secs_f64(),
+            took.as_secs_f64() / baseline.as_secs_f64()
+        );
     }
     Ok(())
 }

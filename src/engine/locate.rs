@@ -93,7 +93,7 @@ impl Engine {
                 }
                 if let Some(row) = found {
                     let line =
-                        crate::sources::line_of_record(store.as_ref(), &file.location, options.format.as_ref(), row)
+                        crate::sources::line_of_record(store.clone(), &file.location, options.format.as_ref(), row)
                             .await
                             .ok()
                             .flatten();

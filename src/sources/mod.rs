@@ -159,7 +159,7 @@ pub fn file_name(store: &ObjectStoreUrl, path: &Path) -> String {
 /// lines and comments); `None` for another format, a record past the end, or CSV values that
 /// may span lines.
 pub async fn line_of_record(
-    store: &dyn ObjectStore,
+    store: Arc<dyn ObjectStore>,
     path: &Path,
     format: &dyn FileFormat,
     record: usize,
@@ -183,7 +183,7 @@ pub async fn line_of_record(
         } else {
             return Ok(None);
         };
-    let mut lines = FileLines::open(store, path, path.to_string()).await?;
+    let mut lines = FileLines::open(store, path, path.to_string(), None).await?;
     let mut seen = 0;
     while let Some(batch) = lines.next_lines(8192, &format).await? {
         if let Some((line, _)) = batch.lines.get(record - seen) {

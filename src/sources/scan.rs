@@ -18,7 +18,7 @@ use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::object_store::path::Path;
-use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::object_store::{GetOptions, GetRange, ObjectStore};
 use datafusion::physical_expr::projection::{ProjectionExprs, Projector};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
@@ -82,9 +82,9 @@ impl CsvFormat {
 #[derive(Debug)]
 pub struct LineScanExec {
     scan: Arc<Scan>,
-    /// Each output partition's files, whole (a file DataFusion split into ranges is read once,
-    /// by the partition of its first range).
-    groups: Vec<Vec<Path>>,
+    /// Each output partition's files, with the byte range of each it reads (as DataFusion split
+    /// them: a range reads the lines that start in it).
+    groups: Vec<Vec<(Path, Option<Range<u64>>)>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -118,8 +118,10 @@ impl LineScanExec {
                 group
                     .files()
                     .iter()
-                    .filter(|file| file.range.as_ref().is_none_or(|range| range.start == 0))
-                    .map(|file| file.object_meta.location.clone())
+                    .map(|file| {
+                        let range = file.range.as_ref().map(|r| r.start.max(0) as u64..r.end.max(0) as u64);
+                        (file.object_meta.location.clone(), range)
+                    })
                     .collect()
             })
             .collect();
@@ -143,8 +145,18 @@ impl DisplayAs for LineScanExec {
             LineFormat::Csv(_) => "csv",
             LineFormat::Json => "json",
         };
-        let files: usize = self.groups.iter().map(Vec::len).sum();
-        write!(f, "LineScanExec: {format}, {files} file(s), bad_rows = '{}'", self.scan.bad.mode().as_str())
+        let parts: Vec<&(Path, Option<Range<u64>>)> = self.groups.iter().flatten().collect();
+        let files: std::collections::BTreeSet<&Path> = parts.iter().map(|(path, _)| path).collect();
+        let mode = self.scan.bad.mode().as_str();
+        match parts.len() > files.len() {
+            true => write!(
+                f,
+                "LineScanExec: {format}, {} file(s) in {} ranges, bad_rows = '{mode}'",
+                files.len(),
+                parts.len()
+            ),
+            false => write!(f, "LineScanExec: {format}, {} file(s), bad_rows = '{mode}'", files.len()),
+        }
     }
 }
 
@@ -205,7 +217,7 @@ struct PartitionReader {
     remaining: Option<usize>,
     /// Where kept bad lines take their memory from.
     pool: Arc<dyn MemoryPool>,
-    files: VecDeque<Path>,
+    files: VecDeque<(Path, Option<Range<u64>>)>,
     current: Option<FileLines>,
 }
 
@@ -216,16 +228,24 @@ impl PartitionReader {
                 return Ok(None);
             }
             let Some(file) = &mut self.current else {
-                let Some(path) = self.files.pop_front() else { return Ok(None) };
+                let Some((path, range)) = self.files.pop_front() else { return Ok(None) };
                 let name = super::file_name(&self.scan.store, &path);
-                self.current = Some(FileLines::open(self.store.as_ref(), &path, name).await?);
+                self.current = Some(FileLines::open(self.store.clone(), &path, name, range).await?);
                 continue;
             };
             let Some(lines) = file.next_lines(self.batch_size, &self.scan.format).await? else {
                 self.current = None;
                 continue;
             };
-            let batch = self.scan.read(&file.name, &lines, &self.pool)?;
+            let (batch, bad) = self.scan.read(&lines)?;
+            if !bad.is_empty() {
+                // Numbered from the file's start: the lines before this range are counted once.
+                let before = file.lines_before().await?;
+                for (line, raw, error) in bad {
+                    let line = BadLine { file: file.name.clone(), line: before + line, raw, error };
+                    self.scan.bad.keep(line, &self.pool)?;
+                }
+            }
             let mut batch = match &self.projector {
                 Some(projector) => projector.project_batch(&batch)?,
                 None => batch,
@@ -241,14 +261,26 @@ impl PartitionReader {
     }
 }
 
-/// Lines of a file as its bytes arrive.
+/// The lines of a file (or of a byte range of it: those that start in the range) as its bytes
+/// arrive.
 pub(super) struct FileLines {
     name: String,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
     bytes: BoxStream<'static, DFResult<bytes::Bytes>>,
     buffer: Vec<u8>,
+    /// The file offset of `buffer[0]`.
+    offset: u64,
     /// Where the next line starts in `buffer`.
     start: usize,
-    /// The number of the last line taken.
+    /// Lines that start at or past this offset belong to the next range.
+    end: Option<u64>,
+    /// Whether the range starts the file (its first line may be the header).
+    whole: bool,
+    /// The offset of the range's first line, and the number of lines before it, once counted.
+    first_line: Option<u64>,
+    before: Option<u64>,
+    /// The number (in the range, from 1) of the last line taken.
     line: u64,
     eof: bool,
 }
@@ -256,55 +288,97 @@ pub(super) struct FileLines {
 /// Lines to decode together: each line followed by `\n`, in `text`.
 pub(super) struct Lines {
     text: Vec<u8>,
-    /// Each line's number and its bytes in `text` (without the `\n`).
+    /// Each line's number (in its range, from 1) and its bytes in `text` (without the `\n`).
     pub lines: Vec<(u64, Range<usize>)>,
 }
 
 impl FileLines {
-    /// The lines of `path` in `store`, shown as `name`.
-    pub(super) async fn open(store: &dyn ObjectStore, path: &Path, name: String) -> DFResult<Self> {
-        let bytes = store.get(path).await?.into_stream().map_err(DataFusionError::from).boxed();
-        Ok(FileLines { name, bytes, buffer: Vec::new(), start: 0, line: 0, eof: false })
+    /// The lines of `path` in `store` (shown as `name`) that start in `range` (all if `None`).
+    pub(super) async fn open(
+        store: Arc<dyn ObjectStore>,
+        path: &Path,
+        name: String,
+        range: Option<Range<u64>>,
+    ) -> DFResult<Self> {
+        let (start, end) = range.map_or((0, None), |r| (r.start, Some(r.end)));
+        // A range after the first starts one byte early: the bytes up to the first line break are
+        // the end of a line of the range before (none, if that byte is the break).
+        let from = start.saturating_sub(1);
+        let options = GetOptions { range: Some(GetRange::Offset(from)), ..Default::default() };
+        let bytes = store.get_opts(path, options).await?.into_stream().map_err(DataFusionError::from).boxed();
+        let mut lines = FileLines {
+            name,
+            store,
+            path: path.clone(),
+            bytes,
+            buffer: Vec::new(),
+            offset: from,
+            start: 0,
+            end,
+            whole: start == 0,
+            first_line: None,
+            before: (start == 0).then_some(0),
+            line: 0,
+            eof: false,
+        };
+        if start > 0 {
+            lines.next_line().await?;
+        }
+        Ok(lines)
+    }
+
+    /// The next line (without its break) and its file offset; `None` at the end of the file.
+    async fn next_line(&mut self) -> DFResult<Option<(Range<usize>, u64)>> {
+        loop {
+            let rest = &self.buffer[self.start..];
+            let at = self.offset + self.start as u64;
+            if let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                let line = self.start..self.start + end;
+                self.start += end + 1;
+                return Ok(Some((line, at)));
+            }
+            if self.eof {
+                if rest.is_empty() {
+                    return Ok(None);
+                }
+                let line = self.start..self.buffer.len();
+                self.start = self.buffer.len();
+                return Ok(Some((line, at)));
+            }
+            match self.bytes.next().await.transpose()? {
+                Some(bytes) => {
+                    self.buffer.drain(..self.start);
+                    self.offset += self.start as u64;
+                    self.start = 0;
+                    self.buffer.extend_from_slice(&bytes);
+                }
+                None => self.eof = true,
+            }
+        }
     }
 
     /// The next up to `max` lines with a record, skipping the header, empty lines and comments;
-    /// `None` at the end of the file.
+    /// `None` at the end of the range.
     pub(super) async fn next_lines(&mut self, max: usize, format: &LineFormat) -> DFResult<Option<Lines>> {
         let mut lines = Lines { text: Vec::new(), lines: Vec::new() };
         while lines.lines.len() < max {
-            let rest = &self.buffer[self.start..];
-            let line = match rest.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    self.start += end + 1;
-                    &rest[..end]
-                }
-                None if self.eof => {
-                    if rest.is_empty() {
-                        break;
-                    }
-                    self.start = self.buffer.len();
-                    rest
-                }
-                None => {
-                    match self.bytes.next().await.transpose()? {
-                        Some(bytes) => {
-                            self.buffer.drain(..self.start);
-                            self.start = 0;
-                            self.buffer.extend_from_slice(&bytes);
-                        }
-                        None => self.eof = true,
-                    }
-                    continue;
-                }
-            };
+            let Some((range, at)) = self.next_line().await? else { break };
+            if self.end.is_some_and(|end| at >= end) {
+                self.eof = true;
+                self.start = self.buffer.len();
+                break;
+            }
+            self.first_line.get_or_insert(at);
             self.line += 1;
+            let line = &self.buffer[range];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let first = self.whole && self.line == 1;
             let skipped = match format {
                 LineFormat::Csv(csv) => {
-                    (csv.has_header && self.line == 1) || csv.comment.is_some_and(|c| line.first() == Some(&c))
+                    (csv.has_header && first) || csv.comment.is_some_and(|c| line.first() == Some(&c))
                 }
                 LineFormat::Json => {
-                    if self.line == 1 && line.trim_ascii_start().first() == Some(&b'[') {
+                    if first && line.trim_ascii_start().first() == Some(&b'[') {
                         return plan_err!(
                             "bad_rows reads newline-delimited JSON (one object per line): {} is a JSON array",
                             self.name
@@ -328,38 +402,50 @@ impl FileLines {
         }
         Ok((!lines.lines.is_empty()).then_some(lines))
     }
+
+    /// The number of lines of the file before the range's first line (counted once, when a
+    /// bad line needs its number).
+    pub(super) async fn lines_before(&mut self) -> DFResult<u64> {
+        if let Some(before) = self.before {
+            return Ok(before);
+        }
+        let end = self.first_line.unwrap_or(self.offset);
+        let options = GetOptions { range: Some(GetRange::Bounded(0..end)), ..Default::default() };
+        let mut bytes = self.store.get_opts(&self.path, options).await?.into_stream();
+        let mut count = 0u64;
+        while let Some(chunk) = bytes.next().await.transpose()? {
+            count += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        self.before = Some(count);
+        Ok(count)
+    }
 }
 
 impl Scan {
-    /// The rows of `lines` of `file`: decoded together; if that fails, one at a time, the bad
-    /// ones handed to the bad-line tally (or failing the run).
-    fn read(&self, file: &str, lines: &Lines, pool: &Arc<dyn MemoryPool>) -> DFResult<RecordBatch> {
+    /// The rows of `lines`: decoded together; if that fails, one at a time. Also the bad lines:
+    /// each one's number (in its range), text and error.
+    fn read(&self, lines: &Lines) -> DFResult<(RecordBatch, Vec<(u64, String, String)>)> {
         let expected = lines.lines.len();
         if let Ok(batch) = self.decode(&lines.text, expected)
             && batch.num_rows() == expected
         {
             self.bad.read_well(expected);
-            return Ok(batch);
+            return Ok((batch, Vec::new()));
         }
-        let mut good = Vec::new();
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
         for (number, range) in &lines.lines {
             let text = &lines.text[range.start..range.end + 1];
             match self.decode(text, 1) {
                 Ok(batch) if batch.num_rows() == 1 => good.push(batch),
                 result => {
                     let line = &lines.text[range.clone()];
-                    let bad = BadLine {
-                        file: file.to_string(),
-                        line: *number,
-                        raw: String::from_utf8_lossy(line).into_owned(),
-                        error: self.diagnose(line, result.err()),
-                    };
-                    self.bad.keep(bad, pool)?;
+                    let raw = String::from_utf8_lossy(line).into_owned();
+                    bad.push((*number, raw, self.diagnose(line, result.err())));
                 }
             }
         }
         self.bad.read_well(good.len());
-        Ok(concat_batches(&self.file_schema, &good)?)
+        Ok((concat_batches(&self.file_schema, &good)?, bad))
     }
 
     /// `text` (whole lines) decoded to the file's columns; fewer or more rows than `rows` when

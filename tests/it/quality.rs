@@ -165,9 +165,10 @@ async fn a_retried_run_keeps_the_expectations_it_ran_under() {
     assert_eq!(value(&engine, "SELECT count(*) FROM lake.qr.t").await, "0", "nothing committed, twice");
 }
 
-/// Two CSV files of 12,000 data lines each (more than one 8,192-line batch), every 97th line bad
-/// in one of five ways (some at a batch's edge): every good row lands once, every bad line is
-/// in the quarantine with its file and line number, and rows in = written + quarantined.
+/// Two CSV files of 12,000 data lines each (more than one 8,192-line batch), each read in two
+/// byte ranges, every 97th line bad in one of five ways (some at a batch's edge): every good row
+/// lands once, every bad line is in the quarantine with its file and line number, and rows in =
+/// written + quarantined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_files_with_bad_lines_load_every_good_row_once_and_keep_every_bad_line() {
     let home = tempfile::tempdir().unwrap();
@@ -199,15 +200,22 @@ async fn large_files_with_bad_lines_load_every_good_row_once_and_keep_every_bad_
     }
     let engine = engine(home.path(), 3).await;
     let location = format!("{}/", inputs.display());
+    // DataFusion splits each file into byte ranges (read in parallel; a line belongs to the
+    // range it starts in; bad lines are numbered from the file's start all the same).
     engine
         .sql(&format!(
-            "CREATE EXTERNAL TABLE src (id BIGINT, amount DOUBLE, day DATE) STORED AS CSV LOCATION '{location}' OPTIONS ('format.has_header' 'true');
+            "SET datafusion.optimizer.repartition_file_min_size = 1000;
+             SET datafusion.execution.target_partitions = 3;
+             CREATE EXTERNAL TABLE src (id BIGINT, amount DOUBLE, day DATE) STORED AS CSV LOCATION '{location}' OPTIONS ('format.has_header' 'true');
              CREATE SCHEMA lake.big;
              CREATE TABLE lake.big.t (id BIGINT, amount DOUBLE, day DATE);
              CREATE PIPELINE load WITH (bad_rows = 'quarantine') AS INSERT INTO lake.big.t SELECT * FROM src;"
         ))
         .await
         .unwrap();
+    let plan = crate::support::rows(&engine, "EXPLAIN PIPELINE load").await;
+    let scan = plan.iter().flatten().find(|cell| cell.contains("LineScanExec")).expect("a line scan");
+    assert!(scan.contains("LineScanExec: csv, 2 file(s) in 4 ranges"), "{scan}");
     let report = engine.run_pipeline("load").await.unwrap();
     let quality = report.quality.expect("a report with counts");
     let bad = bad_lines.len() as u64;
