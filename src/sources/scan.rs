@@ -237,13 +237,12 @@ impl PartitionReader {
                 self.current = None;
                 continue;
             };
-            let (batch, bad) = self.scan.read(&lines)?;
+            let (batch, bad) = self.scan.read(&file.name, &lines)?;
             if !bad.is_empty() {
                 // Numbered from the file's start: the lines before this range are counted once.
                 let before = file.lines_before().await?;
-                for (line, raw, error) in bad {
-                    let line = BadLine { file: file.name.clone(), line: before + line, raw, error };
-                    self.scan.bad.keep(line, &self.pool)?;
+                for line in bad {
+                    self.scan.bad.keep(BadLine { line: before + line.line, ..line }, &self.pool)?;
                 }
             }
             let mut batch = match &self.projector {
@@ -422,9 +421,9 @@ impl FileLines {
 }
 
 impl Scan {
-    /// The rows of `lines`: decoded together; if that fails, one at a time. Also the bad lines:
-    /// each one's number (in its range), text and error.
-    fn read(&self, lines: &Lines) -> DFResult<(RecordBatch, Vec<(u64, String, String)>)> {
+    /// The rows of `lines` of `file`: decoded together; if that fails, one at a time. Also the
+    /// bad lines (numbered in their range).
+    fn read(&self, file: &str, lines: &Lines) -> DFResult<(RecordBatch, Vec<BadLine>)> {
         let expected = lines.lines.len();
         if let Ok(batch) = self.decode(&lines.text, expected)
             && batch.num_rows() == expected
@@ -439,8 +438,12 @@ impl Scan {
                 Ok(batch) if batch.num_rows() == 1 => good.push(batch),
                 result => {
                     let line = &lines.text[range.clone()];
-                    let raw = String::from_utf8_lossy(line).into_owned();
-                    bad.push((*number, raw, self.diagnose(line, result.err())));
+                    bad.push(BadLine {
+                        file: file.to_string(),
+                        line: *number,
+                        raw: String::from_utf8_lossy(line).into_owned(),
+                        error: self.diagnose(line, result.err()),
+                    });
                 }
             }
         }
