@@ -328,7 +328,7 @@ impl LakeCatalog for DeltaCatalog {
     ) -> Result<Arc<dyn CommitTarget>> {
         if let Some(field) = widened.first() {
             return Err(CatalogError::Unsupported(format!(
-                "widening column `{}` of Delta table `{name}` needs Delta's typeWidening table feature, which this version does not write",
+                "widening column `{}` of Delta table `{name}` needs Delta's typeWidening table feature, which delta-rs 0.32 neither reads nor writes (the table would be closed to it)",
                 field.name()
             )));
         }
