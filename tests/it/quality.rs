@@ -117,9 +117,12 @@ async fn a_process_killed_around_the_transaction_leaves_both_or_neither_after_re
     assert_eq!(crate::support::rows(&engine, statuses).await, [["failed", "2"], ["succeeded", "2"]]);
 }
 
+/// Both ways rows are quarantined: rows an expectation rejects, and bad lines of a CSV file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_delta_a_crash_between_the_two_commits_leaves_the_quarantine_and_no_good_rows() {
     let home = tempfile::tempdir().unwrap();
+    let csv = home.path().join("rows.csv");
+    std::fs::write(&csv, "id,amount\n1,1.5\n2,x\n3\n4,4.5\n5,\"5\n").unwrap();
     let delta = sluice::catalog::DeltaConfig { root: home.path().join("delta").display().to_string() };
     let open = |clock: TestClock| {
         Engine::builder()
@@ -129,24 +132,43 @@ async fn on_delta_a_crash_between_the_two_commits_leaves_the_quarantine_and_no_g
             .build()
     };
     let engine = open(TestClock::new()).await.unwrap();
-    engine.sql("CREATE SCHEMA delta.qd; CREATE TABLE delta.qd.t (id BIGINT NOT NULL, amount DOUBLE)").await.unwrap();
-    fail::cfg("between-publishes/delta.qd.t", "return").unwrap();
-    let error = engine.sql(&format!("INSERT INTO delta.qd.t {INSERT}")).await.unwrap_err().to_string();
-    fail::remove("between-publishes/delta.qd.t");
-    assert!(error.contains("between-publishes"), "{error}");
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA delta.qd;
+             CREATE TABLE delta.qd.t (id BIGINT NOT NULL, amount DOUBLE);
+             CREATE TABLE delta.qd.lines (id BIGINT NOT NULL, amount DOUBLE);
+             CREATE EXTERNAL TABLE rows_csv (id BIGINT, amount DOUBLE) STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true');",
+            csv.display()
+        ))
+        .await
+        .unwrap();
+    for (table, insert) in [
+        ("t", format!("INSERT INTO delta.qd.t {INSERT}")),
+        ("lines", "INSERT INTO delta.qd.lines WITH (bad_rows = 'quarantine') SELECT * FROM rows_csv".to_string()),
+    ] {
+        let failpoint = format!("between-publishes/delta.qd.{table}");
+        fail::cfg(&failpoint, "return").unwrap();
+        let error = engine.sql(&insert).await.unwrap_err().to_string();
+        fail::remove(&failpoint);
+        assert!(error.contains("between-publishes"), "{error}");
+    }
     drop(engine);
 
     let clock = TestClock::new();
     clock.advance(DEFAULT_RUN_LEASE + Duration::from_secs(1));
     let engine = open(clock).await.unwrap();
     engine.recover().await.unwrap();
-    assert_eq!(value(&engine, "SELECT count(*) FROM delta.qd.t__quarantine").await, "3", "the quarantine stands");
-    assert_eq!(value(&engine, "SELECT count(*) FROM delta.qd.t").await, "0", "the good rows were rolled back");
-    let data = files_under(&home.path().join("delta/qd/t"))
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
-        .count();
-    assert_eq!(data, 0, "no staged data file of the good rows left");
+    for table in ["t", "lines"] {
+        let quarantined = value(&engine, &format!("SELECT count(*) FROM delta.qd.{table}__quarantine")).await;
+        assert_eq!(quarantined, "3", "the quarantine of {table} stands");
+        let good = value(&engine, &format!("SELECT count(*) FROM delta.qd.{table}")).await;
+        assert_eq!(good, "0", "the good rows of {table} were rolled back");
+        let data = files_under(&home.path().join("delta/qd").join(table))
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+            .count();
+        assert_eq!(data, 0, "no staged data file of the good rows of {table} left");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
