@@ -8,7 +8,8 @@ use crate::coordinator::{Resolution, RunReport};
 use crate::ledger::RunRecord;
 
 /// A run report as a one-row batch: the result of `RUN PIPELINE`, `INSERT` and `COPY`; a write
-/// with expectations adds rows_in, rows_dropped, rows_quarantined and each constraint's counts.
+/// with expectations (or bad input lines) adds rows_in, rows_written, rows_dropped,
+/// rows_quarantined (rows in = written + dropped + quarantined) and each constraint's counts.
 pub fn run_report_batch(report: &RunReport) -> RecordBatch {
     let batch = ResultBatch::default()
         .column("run_id", false, StringArray::from(vec![report.run_id.as_str()]))
@@ -28,6 +29,7 @@ pub fn run_report_batch(report: &RunReport) -> RecordBatch {
         .collect();
     batch
         .column("rows_in", false, UInt64Array::from(vec![quality.rows_in]))
+        .column("rows_written", false, UInt64Array::from(vec![report.rows]))
         .column("rows_dropped", false, UInt64Array::from(vec![quality.rows_dropped]))
         .column("rows_quarantined", false, UInt64Array::from(vec![quality.rows_quarantined]))
         .column("expectations", false, StringArray::from(vec![constraints.join("; ")]))

@@ -309,3 +309,27 @@ async fn quarantined_rows_over_the_memory_limit_fail_the_run_and_leave_nothing()
     assert_eq!(data_files(home.path(), "m"), 0);
     assert!(engine.sql("SELECT count(*) FROM lake.m.t__quarantine").await.is_err(), "no quarantine table was made");
 }
+
+/// A checked write's report: rows in = rows written + dropped + quarantined, and each
+/// constraint's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_report_of_a_checked_write_adds_its_counts() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine.sql("CREATE SCHEMA lake.rep; CREATE TABLE lake.rep.t (id BIGINT)").await.unwrap();
+    let report = engine
+        .sql(
+            "INSERT INTO lake.rep.t (
+               CONSTRAINT big EXPECT (id > 2) ON VIOLATION DROP ROW,
+               CONSTRAINT small EXPECT (id < 5) ON VIOLATION QUARANTINE
+             ) SELECT value FROM generate_series(1, 6)",
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = report[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    let cells = crate::support::cells(&report).remove(0);
+    let column = |name: &str| cells[names.iter().position(|n| n == name).unwrap()].clone().unwrap();
+    let counts = ["rows_in", "rows_written", "rows_dropped", "rows_quarantined"].map(column);
+    assert_eq!(counts, ["6", "2", "2", "2"].map(String::from));
+    assert_eq!(column("expectations"), "big: 4 passed, 2 failed (DROP ROW); small: 4 passed, 2 failed (QUARANTINE)");
+}
