@@ -20,6 +20,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`table`], [`clock`], [`paths`], [`suggest`] | shared words (table names, partitioning, write modes, run identity), injected time, location checks, "did you mean" |
+//! | [`storage`] | where tables live: local folders and object stores (S3, GCS, Azure), their roots |
 //! | [`ledger`] | the SQLite store of pipelines, runs, shard tasks, staged files, events |
 //! | [`events`] | run events, to subscribers and the ledger |
 //! | [`parser`], [`pipeline`] | SQL with Sluice's extensions; pipeline definitions and options |
@@ -89,6 +90,7 @@ pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sources;
+pub mod storage;
 pub mod suggest;
 pub mod system;
 pub mod table;

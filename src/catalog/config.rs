@@ -78,8 +78,12 @@ pub struct DeltaConfig {
 pub struct IcebergSqlConfig {
     /// Database URI: `sqlite:PATH` (created if missing) or `postgres://user@host:port/database`.
     pub uri: String,
-    /// Warehouse folder (or `file://` URL) where new tables are placed.
+    /// Where new tables are placed: a folder (or `file://` URL), or an object store prefix
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`, `abfss://...`).
     pub warehouse: String,
+    /// How to reach the warehouse's object store beyond the environment (`[storage]`).
+    #[serde(default)]
+    pub storage: crate::storage::StoreSettings,
 }
 
 impl CatalogConfig {
@@ -94,6 +98,7 @@ impl CatalogConfig {
                     _ => c.uri,
                 },
                 warehouse: anchor(base, c.warehouse),
+                storage: c.storage,
             }),
             CatalogConfig::Delta(c) => CatalogConfig::Delta(DeltaConfig { root: anchor(base, c.root) }),
             rest @ CatalogConfig::IcebergRest(_) => rest,
@@ -205,7 +210,8 @@ mod tests {
             config,
             CatalogConfig::IcebergSql(IcebergSqlConfig {
                 uri: "sqlite:/etc/sluice/a.db".into(),
-                warehouse: "/etc/sluice/wh".into()
+                warehouse: "/etc/sluice/wh".into(),
+                storage: Default::default(),
             })
         );
     }

@@ -176,6 +176,7 @@ impl EngineBuilder {
             CatalogConfig::IcebergSql(IcebergSqlConfig {
                 uri: format!("sqlite:{}", home.join("catalog.db").display()),
                 warehouse: warehouse.display().to_string(),
+                storage: Default::default(),
             })
         });
         let mut catalogs = BTreeMap::new();

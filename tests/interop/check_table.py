@@ -2,6 +2,7 @@
 what Sluice itself returned.
 
 usage: check_table.py iceberg HOME NAMESPACE TABLE EXPECTED_JSON
+       check_table.py iceberg-s3 ENDPOINT CATALOG_DB CATALOG WAREHOUSE NAMESPACE TABLE EXPECTED_JSON
        check_table.py delta TABLE_DIR EXPECTED_JSON
 
 EXPECTED_JSON holds {"columns": [...], "rows": [[str|null, ...], ...]}: Sluice's own SELECT, each
@@ -11,6 +12,9 @@ that exercises its partition pruning, i.e. the partition values in the metadata)
   iceberg: pyiceberg's SqlCatalog on HOME/catalog.db (the catalog Sluice commits to), and DuckDB's
            iceberg_scan on the metadata file the catalog points at (found with sqlite3, not with
            pyiceberg, so the two readers share nothing);
+  iceberg-s3: the same for a catalog whose warehouse is in an S3-compatible server at ENDPOINT
+           (pyiceberg through pyarrow's S3 file system, DuckDB through httpfs), credentials from
+           AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set;
   delta:   delta-rs (the `deltalake` package) and DuckDB's delta_scan.
 Each also checks that the latest commit carries Sluice's run id. Exits non-zero, printing the
 first differences, when a reader disagrees.
@@ -83,12 +87,16 @@ def check_count(reader, where, count, expected):
     return True
 
 
-def check_iceberg(home, namespace, table, columns, rows, filters):
+def check_iceberg(db, name, warehouse, namespace, table, columns, rows, filters, endpoint=None):
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.expressions import EqualTo
 
     ok = True
-    catalog = SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID", "test"), os.environ.get("AWS_SECRET_ACCESS_KEY", "test")
+    s3 = {}
+    if endpoint:
+        s3 = {"s3.endpoint": endpoint, "s3.access-key-id": key, "s3.secret-access-key": secret, "s3.region": "us-east-1"}
+    catalog = SqlCatalog(name, uri=f"sqlite:///{db}", warehouse=warehouse, **s3)
     iceberg_table = catalog.load_table(f"{namespace}.{table}")
     arrow = iceberg_table.scan(selected_fields=tuple(columns)).to_arrow()
     ok &= compare("pyiceberg", columns, [[r[c] for c in columns] for r in arrow.to_pylist()], rows)
@@ -112,13 +120,21 @@ def check_iceberg(home, namespace, table, columns, rows, filters):
         print(f"pyiceberg: files outside their partition folder: {misplaced[:3]}")
         ok = False
 
-    with sqlite3.connect(os.path.join(home, "catalog.db")) as db:
-        (metadata,) = db.execute(
-            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'lake' "
+    with sqlite3.connect(db) as connection:
+        (metadata,) = connection.execute(
+            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? "
             "AND table_namespace = ? AND table_name = ?",
-            (namespace, table),
+            (name, namespace, table),
         ).fetchone()
-    con = duckdb_with("avro", "iceberg")
+    if endpoint:
+        con = duckdb_with("avro", "iceberg", "httpfs")
+        host = endpoint.split("://", 1)[1]
+        con.execute(
+            f"CREATE SECRET s3 (TYPE s3, KEY_ID '{key}', SECRET '{secret}', REGION 'us-east-1', "
+            f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL {str(endpoint.startswith('https')).lower()})"
+        )
+    else:
+        con = duckdb_with("avro", "iceberg")
     ok &= check_duckdb(con, f"iceberg_scan('{metadata}')", columns, rows, filters)
     return ok
 
@@ -164,11 +180,15 @@ def main():
     filters = expected.get("filters", [])
     if mode == "iceberg":
         home, namespace, table = args[:3]
-        ok = check_iceberg(home, namespace, table, columns, rows, filters)
+        db, warehouse = os.path.join(home, "catalog.db"), f"file://{home}/warehouse"
+        ok = check_iceberg(db, "lake", warehouse, namespace, table, columns, rows, filters)
+    elif mode == "iceberg-s3":
+        endpoint, db, name, warehouse, namespace, table = args[:6]
+        ok = check_iceberg(db, name, warehouse, namespace, table, columns, rows, filters, endpoint)
     elif mode == "delta":
         ok = check_delta(args[0], columns, rows, filters)
     else:
-        sys.exit(f"unknown mode {mode!r}: expected iceberg or delta")
+        sys.exit(f"unknown mode {mode!r}: expected iceberg, iceberg-s3 or delta")
     sys.exit(0 if ok else 1)
 
 

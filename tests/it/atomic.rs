@@ -279,6 +279,7 @@ async fn steps_in_two_catalogs_cannot_be_atomic() {
     let other = sluice::catalog::IcebergSqlConfig {
         uri: format!("sqlite:{}", home.path().join("other.db").display()),
         warehouse: home.path().join("other").display().to_string(),
+        storage: Default::default(),
     };
     let engine = Engine::builder()
         .home(home.path())

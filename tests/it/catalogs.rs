@@ -58,6 +58,15 @@ async fn the_example_catalog_files_declare_working_catalogs() {
 }
 
 #[test]
+fn the_s3_example_declares_a_warehouse_in_a_bucket_with_no_secret_in_the_file() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalogs/s3/lakehouse.toml");
+    let config = sluice::catalog::parse_catalog(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    let sluice::catalog::CatalogConfig::IcebergSql(sql) = config else { panic!("{config:?}") };
+    assert_eq!(sql.warehouse, "s3://analytics-lake/warehouse");
+    assert_eq!(sql.storage.region.as_deref(), Some("eu-west-1"));
+}
+
+#[test]
 fn the_rest_example_declares_a_rest_catalog_with_its_token_from_the_environment() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalogs/rest/shared.toml");
     let config = sluice::catalog::parse_catalog(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -81,12 +90,21 @@ async fn a_broken_catalog_file_is_named_with_its_bad_key() {
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
     assert!(error.contains("unknown variant `hive`"), "{error}");
 
-    std::fs::write(&file, "type = \"iceberg-sql\"\nuri = \"sqlite:s.db\"\nwarehouse = \"s3://bucket/wh\"\n").unwrap();
+    std::fs::write(&file, "type = \"iceberg-sql\"\nuri = \"sqlite:s.db\"\nwarehouse = \"ftp://host/wh\"\n").unwrap();
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
     assert!(
-        error.contains("warehouse `s3://bucket/wh`: only local folders (or file:// URLs) are supported"),
+        error.contains(
+            "`ftp://host/wh`: not a location Sluice can write to (a local folder, s3://, gs://, az:// or abfss://)"
+        ),
         "{error}"
     );
+    std::fs::write(
+        &file,
+        "type = \"iceberg-sql\"\nuri = \"sqlite:s.db\"\nwarehouse = \"s3://b/wh\"\n[storage]\nendpont = \"x\"\n",
+    )
+    .unwrap();
+    let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
+    assert!(error.contains("unknown field `endpont`"), "{error}");
     std::fs::write(&file, "type = \"delta\"\nroot = \"s3://bucket/delta\"\n").unwrap();
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
     assert!(error.contains("only local folders (or file:// URLs) are supported"), "{error}");

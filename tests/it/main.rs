@@ -20,6 +20,7 @@ mod quality;
 mod recovery;
 mod repl;
 mod rest;
+mod s3;
 mod scheduler;
 mod serve;
 mod shards;

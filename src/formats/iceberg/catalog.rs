@@ -4,14 +4,13 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type};
-use iceberg::io::LocalFsStorageFactory;
+use iceberg::io::{LocalFsStorageFactory, StorageFactory};
 use iceberg::spec::{PartitionSpec, Schema as TableSchema, Transform as IcebergTransform};
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
@@ -23,6 +22,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 use super::schema::IcebergSchema;
+use super::storage::ObjectStorageFactory;
 use super::writer::IcebergTableWriter;
 use crate::catalog::{
     CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, check_columns, check_partitioning,
@@ -30,6 +30,7 @@ use crate::catalog::{
 };
 use crate::coordinator::{CommitError, CommitTarget, HeldCommit};
 use crate::paths;
+use crate::storage::{self, Root};
 use crate::table::{PartitionField, TableName, Transform};
 
 fn ident(name: &TableName) -> TableIdent {
@@ -110,15 +111,17 @@ pub struct IcebergCatalog {
     kind: &'static str,
     /// For overwrites (SQL catalogs only).
     pointer: Option<MetadataPointer>,
-    /// The local warehouse folder (SQL catalogs), absolute and normalised: every table Sluice
-    /// creates, writes or drops lies inside it. REST catalogs place tables themselves.
-    warehouse: Option<PathBuf>,
+    /// The warehouse (SQL catalogs): a local folder, absolute and normalised, or a bucket prefix;
+    /// every table Sluice creates, writes or drops lies inside it. REST catalogs place tables
+    /// themselves.
+    warehouse: Option<Root>,
     listing: Listing,
 }
 
 impl IcebergCatalog {
     /// Opens an Iceberg SQL catalog. A SQLite database and a local warehouse folder are created
-    /// when missing.
+    /// when missing; a warehouse in an object store (`s3://bucket/prefix`, ...) is reached with
+    /// the environment's credentials and the file's `[storage]` settings.
     pub async fn open_sql(name: &str, config: &IcebergSqlConfig) -> Result<Arc<Self>> {
         let open_error =
             |message: String| CatalogError::Open { catalog: name.to_string(), location: config.uri.clone(), message };
@@ -132,22 +135,23 @@ impl IcebergCatalog {
                 uri.push_str(if uri.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
             }
         }
-        let warehouse = match config.warehouse.strip_prefix("file://") {
-            Some(path) => path.to_string(),
-            None if config.warehouse.contains("://") => {
-                return Err(open_error(format!(
-                    "warehouse `{}`: only local folders (or file:// URLs) are supported",
-                    config.warehouse
-                )));
+        let (root, factory): (Root, Arc<dyn StorageFactory>) = match storage::is_remote(&config.warehouse) {
+            true => {
+                let root = Root::remote(&config.warehouse, &config.storage).map_err(|e| open_error(e.to_string()))?;
+                let factory = ObjectStorageFactory::new(&root.display(), &config.storage);
+                (root, Arc::new(factory))
             }
-            None => config.warehouse.clone(),
+            false => {
+                let warehouse = config.warehouse.strip_prefix("file://").unwrap_or(&config.warehouse);
+                std::fs::create_dir_all(warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
+                let dir = std::path::absolute(warehouse)
+                    .ok()
+                    .and_then(|path| paths::normalize(&path))
+                    .ok_or_else(|| open_error(format!("{warehouse}: not a usable folder")))?;
+                (Root::Local(dir), Arc::new(LocalFsStorageFactory))
+            }
         };
-        std::fs::create_dir_all(&warehouse).map_err(|e| open_error(format!("{warehouse}: {e}")))?;
-        let warehouse_dir = std::path::absolute(&warehouse)
-            .ok()
-            .and_then(|path| paths::normalize(&path))
-            .ok_or_else(|| open_error(format!("{warehouse}: not a usable folder")))?;
-        let warehouse = format!("file://{}", warehouse_dir.display());
+        let warehouse = root.location(&[]).trim_end_matches('/').to_string();
         // `?` for SQLite, `$1` for PostgreSQL, as the JDBC catalog does.
         let bind_style = if uri.starts_with("sqlite:") { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
         if !uri.starts_with("sqlite:") && !uri.starts_with("postgres://") && !uri.starts_with("postgresql://") {
@@ -159,7 +163,7 @@ impl IcebergCatalog {
             (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
         ]);
         let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .with_storage_factory(factory)
             .load(name, props)
             .await
             .map_err(|e| open_error(e.to_string()))?;
@@ -173,7 +177,7 @@ impl IcebergCatalog {
             .map_err(|e| open_error(e.to_string()))?;
         let pointer = MetadataPointer { pool, catalog: name.to_string() };
         let location = format!("{} (warehouse {})", config.uri, config.warehouse);
-        Self::open(name, "iceberg-sql", location, Arc::new(catalog), Some(pointer), Some(warehouse_dir)).await
+        Self::open(name, "iceberg-sql", location, Arc::new(catalog), Some(pointer), Some(root)).await
     }
 
     /// Opens an Iceberg REST catalog; the token or client credential comes from the environment
@@ -210,7 +214,7 @@ impl IcebergCatalog {
         location: String,
         inner: Arc<dyn Catalog>,
         pointer: Option<MetadataPointer>,
-        warehouse: Option<PathBuf>,
+        warehouse: Option<Root>,
     ) -> Result<Arc<Self>> {
         let catalog = Arc::new(Self {
             name: name.to_string(),
@@ -261,29 +265,27 @@ impl IcebergCatalog {
         }
     }
 
-    /// The folder Sluice gives table `name`: `<warehouse>/<schema>/<table>`, as iceberg-rust's
+    /// The location Sluice gives table `name`: `<warehouse>/<schema>/<table>`, as iceberg-rust's
     /// SQL catalog does (`None` for REST catalogs, which place tables themselves).
-    fn table_dir(&self, name: &TableName) -> Result<Option<PathBuf>> {
+    fn table_dir(&self, name: &TableName) -> Result<Option<String>> {
         name.check()?;
         let Some(warehouse) = &self.warehouse else { return Ok(None) };
-        let dir = warehouse.join(&name.schema).join(&name.table);
-        self.confined("table location", &dir.display().to_string())?;
+        let dir = warehouse.location(&[&name.schema, &name.table]);
+        self.confined("table location", &dir)?;
         Ok(Some(dir))
     }
 
-    /// Refuses `location` unless it lies inside the local warehouse (REST catalogs: anywhere).
+    /// Refuses `location` unless it lies inside the warehouse (REST catalogs: anywhere).
     fn confined(&self, what: &str, location: &str) -> Result<()> {
         let Some(warehouse) = &self.warehouse else { return Ok(()) };
-        let inside = paths::local_path(location)
-            .is_some_and(|path| paths::is_inside(&warehouse.display().to_string(), &path.display().to_string()));
-        if inside {
+        if warehouse.contains(location) {
             return Ok(());
         }
         Err(CatalogError::Escapes {
             catalog: self.name.clone(),
             what: what.to_string(),
             location: location.to_string(),
-            root: warehouse.display().to_string(),
+            root: warehouse.display(),
         })
     }
 
@@ -291,36 +293,31 @@ impl IcebergCatalog {
     /// iceberg-rust) or `<warehouse>/<schema>.db/<table>` (pyiceberg, Spark). Only such a folder
     /// is deleted whole when the table is dropped; it cannot hold another table.
     fn is_own_folder(&self, name: &TableName, location: &str) -> bool {
-        let (Some(warehouse), Some(path)) = (&self.warehouse, paths::local_path(location)) else { return false };
-        let Some(path) = paths::normalize(&path) else { return false };
+        let Some(warehouse) = &self.warehouse else { return false };
         [name.schema.clone(), format!("{}.db", name.schema)]
             .iter()
-            .any(|schema| path == warehouse.join(schema).join(&name.table))
+            .any(|schema| warehouse.is_location_of(location, &[schema, &name.table]))
     }
 
     /// Drops a table of a SQL catalog: its catalog entry first, then its own folder. A table
     /// whose metadata cannot be read loses its entry all the same (one broken table must not
     /// stay in the way); files outside the table's own folder are left, with a warning.
-    async fn drop_local_table(&self, name: &TableName, dir: PathBuf) -> Result<()> {
+    async fn drop_warehouse_table(&self, name: &TableName, dir: String) -> Result<()> {
         let loaded = self.inner.load_table(&ident(name)).await;
         self.inner.drop_table(&ident(name)).await.map_err(self.error(format!("dropping table `{name}`")))?;
         let location = match &loaded {
             Ok(table) => table.metadata().location().to_string(),
             Err(e) => {
-                tracing::warn!(table = %name, "its metadata is unreadable ({e}): dropped its catalog entry; deleting its folder {}", dir.display());
-                dir.display().to_string()
+                tracing::warn!(table = %name, "its metadata is unreadable ({e}): dropped its catalog entry; deleting its folder {dir}");
+                dir
             }
         };
-        if !self.is_own_folder(name, &location) {
+        let Some(warehouse) = self.warehouse.as_ref().filter(|_| self.is_own_folder(name, &location)) else {
             tracing::warn!(table = %name, "dropped; its files at {location} were left: that is not the table's own folder inside the warehouse");
             return Ok(());
-        }
-        let folder = paths::local_path(&location).expect("an own folder is local");
-        match std::fs::remove_dir_all(&folder) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(table = %name, "dropped, but deleting its folder {} failed: {e}", folder.display());
-            }
-            _ => {}
+        };
+        if let Err(e) = warehouse.delete_folder(&location).await {
+            tracing::warn!(table = %name, "dropped, but deleting its folder failed: {e}");
         }
         Ok(())
     }
@@ -403,7 +400,7 @@ impl LakeCatalog for IcebergCatalog {
     }
 
     fn local_root(&self) -> Option<&std::path::Path> {
-        self.warehouse.as_deref()
+        self.warehouse.as_ref().and_then(Root::local)
     }
 
     async fn refresh(&self) -> Result<()> {
@@ -483,7 +480,7 @@ impl LakeCatalog for IcebergCatalog {
             .name(name.table.clone())
             .schema(schema)
             .partition_spec(spec)
-            .location_opt(dir.map(|dir| format!("file://{}", dir.display())))
+            .location_opt(dir)
             .build();
         self.inner
             .create_table(&NamespaceIdent::new(name.schema.clone()), creation)
@@ -502,7 +499,7 @@ impl LakeCatalog for IcebergCatalog {
             return Err(CatalogError::TableNotFound(name.clone()));
         }
         match dir {
-            Some(dir) => self.drop_local_table(name, dir).await?,
+            Some(dir) => self.drop_warehouse_table(name, dir).await?,
             // A REST catalog's server deletes the files it placed.
             None => {
                 self.inner.purge_table(&ident(name)).await.map_err(self.error(format!("dropping table `{name}`")))?

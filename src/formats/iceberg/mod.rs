@@ -6,6 +6,7 @@ mod catalog;
 mod inspect;
 mod schema;
 mod snapshot;
+mod storage;
 mod writer;
 
 pub use catalog::{IcebergCatalog, MetadataPointer};

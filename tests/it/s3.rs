@@ -1,0 +1,256 @@
+//! Warehouses on object storage, against a real S3-compatible server on loopback (moto's
+//! server, from the pinned test venv): an Iceberg SQL catalog whose warehouse is
+//! `s3://bucket/prefix`, configured by the standard AWS variables alone.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::aws::AmazonS3Builder;
+use datafusion::object_store::path::Path as ObjectPath;
+use futures::TryStreamExt;
+
+use crate::support::python;
+
+const KEY_ID: &str = "sluice-test-key";
+const SECRET: &str = "sluice-test-secret";
+
+/// A moto S3 server on a free loopback port, stopped when dropped.
+pub struct S3Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    /// Starts the server and creates `buckets`.
+    pub async fn start(buckets: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto's server (tests/interop/requirements.txt)");
+        let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while client.get(&server.endpoint).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "moto's server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for bucket in buckets {
+            let created = client.put(format!("{}/{bucket}", server.endpoint)).send().await.unwrap();
+            assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+        }
+        server
+    }
+
+    /// The standard AWS variables that point every tool at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// A client of `bucket`, to look at what landed there.
+    pub fn bucket(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        let store = AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        Arc::new(store)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sluice --home <home> -c <sql>` with the server's variables.
+fn sluice(home: &Path, server: &S3Server, sql: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--home", &home.display().to_string(), "-c", sql])
+        .envs(server.env())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn keys(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
+    let listed: Vec<_> = store.list(Some(&ObjectPath::from(prefix))).try_collect().await.unwrap();
+    listed.into_iter().map(|meta| meta.location.to_string()).collect()
+}
+
+/// The standard variables alone are enough: a catalog file naming only `s3://bucket/prefix`.
+/// Tables are created, written, overwritten, read back and dropped, all in the bucket; nothing of
+/// the warehouse lands on the local disk, and the drop deletes only the dropped table's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_iceberg_warehouse_on_s3_takes_the_whole_table_lifecycle() {
+    let server = S3Server::start(&["lake"]).await;
+    let home = tempfile::tempdir().unwrap();
+    let catalogs = home.path().join("catalogs");
+    std::fs::create_dir_all(&catalogs).unwrap();
+    std::fs::write(
+        catalogs.join("s3lake.toml"),
+        "type = \"iceberg-sql\"\nuri = \"sqlite:s3lake.db\"\nwarehouse = \"s3://lake/warehouse\"\n",
+    )
+    .unwrap();
+    let out = sluice(
+        home.path(),
+        &server,
+        "CREATE SCHEMA s3lake.sales;
+         CREATE TABLE s3lake.sales.orders (id BIGINT NOT NULL, amount DOUBLE, day DATE) PARTITIONED BY (day(day));
+         CREATE TABLE s3lake.sales.orders2 (id BIGINT);
+         INSERT INTO s3lake.sales.orders2 VALUES (1), (2);
+         INSERT INTO s3lake.sales.orders SELECT value, value * 1.5, DATE '2026-01-01' + CAST(value % 3 AS INT) FROM generate_series(1, 3000);
+         INSERT OVERWRITE s3lake.sales.orders SELECT value, value * 2.0, DATE '2026-02-01' FROM generate_series(1, 1000);
+         SELECT count(*) AS n, sum(amount) AS total, min(day) AS first FROM s3lake.sales.orders;",
+    );
+    let text = stdout(&out);
+    assert!(text.contains("| 1000 | 1001000.0 | 2026-02-01 |"), "{text}");
+    let store = server.bucket("lake");
+    let objects = keys(store.as_ref(), "warehouse/sales/orders").await;
+    let data = objects.iter().filter(|k| k.contains("/data/") && k.ends_with(".parquet")).count();
+    let metadata = objects.iter().filter(|k| k.ends_with(".metadata.json")).count();
+    assert!(data >= 4 && metadata >= 3, "{objects:#?}");
+    assert!(!home.path().join("warehouse/sales").exists(), "nothing of the S3 warehouse is local");
+
+    // Time travel reads an earlier snapshot from the bucket.
+    let snapshots =
+        stdout(&sluice(home.path(), &server, "SELECT count(*) AS n FROM s3lake.sales.\"orders$snapshots\""));
+    assert!(snapshots.contains("| 2 "), "{snapshots}");
+
+    // Dropping one table deletes its objects, and none of the other's (`orders2` shares a prefix).
+    stdout(&sluice(home.path(), &server, "DROP TABLE s3lake.sales.orders"));
+    assert!(keys(store.as_ref(), "warehouse/sales/orders").await.is_empty());
+    assert!(!keys(store.as_ref(), "warehouse/sales/orders2").await.is_empty());
+    let left = stdout(&sluice(home.path(), &server, "SELECT sum(id) AS s FROM s3lake.sales.orders2"));
+    assert!(left.contains("| 3 "), "{left}");
+}
+
+/// An engine with the Iceberg SQL catalog `s3lake`, its warehouse `s3://<bucket>/warehouse` on
+/// `server`: everything given in code, as an embedding program would (no variable of this
+/// process is touched).
+async fn s3_engine(home: &Path, server: &S3Server, bucket: &str) -> sluice::Engine {
+    let credentials = sluice::storage::Credentials { key_id: KEY_ID.into(), secret: SECRET.into(), token: None };
+    let storage = sluice::storage::StoreSettings {
+        endpoint: Some(server.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        allow_http: Some(true),
+        path_style: Some(true),
+        credentials: Some(credentials),
+        ..Default::default()
+    };
+    let config = sluice::catalog::IcebergSqlConfig {
+        uri: format!("sqlite:{}", home.join("s3lake.db").display()),
+        warehouse: format!("s3://{bucket}/warehouse"),
+        storage,
+    };
+    sluice::Engine::builder()
+        .home(home)
+        .catalog("s3lake", sluice::catalog::CatalogConfig::IcebergSql(config))
+        .shards(3)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// pyiceberg (pyarrow's S3 file system) and DuckDB (httpfs) read, value by value, a plain and a
+/// partitioned table Sluice wrote into the bucket, after appends and a partition overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyiceberg_and_duckdb_read_the_tables_sluice_wrote_to_s3() {
+    use crate::interop::{TYPED_COLUMNS, readers_agree, typed_rows};
+    let server = S3Server::start(&["interop"]).await;
+    let home = tempfile::tempdir().unwrap();
+    let engine = s3_engine(home.path(), &server, "interop").await;
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA s3lake.interop;
+             CREATE TABLE s3lake.interop.events ({TYPED_COLUMNS});
+             CREATE TABLE s3lake.interop.partitioned ({TYPED_COLUMNS}) PARTITIONED BY (flag, day(at));
+             INSERT INTO s3lake.interop.events {rows};
+             INSERT INTO s3lake.interop.events {rows};
+             INSERT INTO s3lake.interop.partitioned {rows};
+             CREATE PIPELINE fix WITH (mode = 'overwrite_partitions') AS INSERT INTO s3lake.interop.partitioned {fix};
+             RUN PIPELINE fix;",
+            rows = typed_rows(5_000),
+            fix = typed_rows(500),
+        ))
+        .await
+        .unwrap();
+    let db = home.path().join("s3lake.db");
+    for (table, rows) in [("events", 10_000), ("partitioned", 0)] {
+        let args: Vec<std::ffi::OsString> = vec![
+            "iceberg-s3".into(),
+            server.endpoint.clone().into(),
+            db.clone().into(),
+            "s3lake".into(),
+            "s3://interop/warehouse".into(),
+            "interop".into(),
+            table.into(),
+        ];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let name = format!("s3lake.interop.{table}");
+        let rows = match rows {
+            0 => crate::support::value(&engine, &format!("SELECT count(*) FROM {name}")).await.parse().unwrap(),
+            n => n,
+        };
+        readers_agree(&engine, &name, &args, rows).await;
+    }
+}
+
+/// A missing bucket and a wrong endpoint fail in seconds, naming the catalog, the location and
+/// the cause; the secret is never shown; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_bucket_or_a_wrong_endpoint_fails_fast_and_clearly() {
+    let server = S3Server::start(&["present"]).await;
+    let home = tempfile::tempdir().unwrap();
+    let catalogs = home.path().join("catalogs");
+    std::fs::create_dir_all(&catalogs).unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        catalogs.join("gone.toml"),
+        "type = \"iceberg-sql\"\nuri = \"sqlite:gone.db\"\nwarehouse = \"s3://absent/warehouse\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        catalogs.join("off.toml"),
+        format!(
+            "type = \"iceberg-sql\"\nuri = \"sqlite:off.db\"\nwarehouse = \"s3://present/warehouse\"\n[storage]\nendpoint = \"http://127.0.0.1:{closed}\"\n"
+        ),
+    )
+    .unwrap();
+    for (catalog, cause) in [("gone", "NoSuchBucket"), ("off", "error sending request")] {
+        let started = Instant::now();
+        let out =
+            sluice(home.path(), &server, &format!("CREATE SCHEMA {catalog}.s; CREATE TABLE {catalog}.s.t (id BIGINT)"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(started.elapsed() < Duration::from_secs(30), "{catalog}: took {:?}", started.elapsed());
+        let location = if catalog == "gone" { "s3://absent/warehouse/s/t" } else { "s3://present/warehouse/s/t" };
+        assert!(stderr.contains(&format!("catalog `{catalog}`")) && stderr.contains(location), "{stderr}");
+        assert!(stderr.contains(cause), "{stderr}");
+        assert!(!stderr.contains(SECRET), "{stderr}");
+    }
+    assert!(keys(server.bucket("present").as_ref(), "").await.is_empty(), "nothing was written");
+}
