@@ -100,7 +100,7 @@ impl Format for DeltaTableWriter {
 impl Bench {
     fn new(home: &Path) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+        let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
         let engine = runtime.block_on(async {
             let engine = Engine::builder()
                 .home(home)

@@ -97,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let home = tempfile::tempdir().expect("temp dir");
     // The floor's COPY writes outside the home: Sluice refuses exports into its own files.
     let exports = tempfile::tempdir().expect("temp dir");
-    let delta = DeltaConfig { root: home.path().join("delta").display().to_string() };
+    let delta = DeltaConfig { root: home.path().join("delta").display().to_string(), ..Default::default() };
     let engine =
         Engine::builder().home(home.path()).catalog("delta", CatalogConfig::Delta(delta)).shards(cores).build().await?;
     engine

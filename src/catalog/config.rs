@@ -65,11 +65,15 @@ pub struct IcebergRestConfig {
 }
 
 /// `type = "delta"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaConfig {
-    /// The folder (or `file://` URL) holding one sub-folder per schema.
+    /// The folder (or `file://` URL) holding one sub-folder per schema, or an object store prefix
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`, `abfss://...`).
     pub root: String,
+    /// How to reach the root's object store beyond the environment (`[storage]`).
+    #[serde(default)]
+    pub storage: crate::storage::StoreSettings,
 }
 
 /// `type = "iceberg-sql"`.
@@ -100,7 +104,9 @@ impl CatalogConfig {
                 warehouse: anchor(base, c.warehouse),
                 storage: c.storage,
             }),
-            CatalogConfig::Delta(c) => CatalogConfig::Delta(DeltaConfig { root: anchor(base, c.root) }),
+            CatalogConfig::Delta(c) => {
+                CatalogConfig::Delta(DeltaConfig { root: anchor(base, c.root), storage: c.storage })
+            }
             rest @ CatalogConfig::IcebergRest(_) => rest,
         }
     }

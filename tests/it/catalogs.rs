@@ -105,9 +105,9 @@ async fn a_broken_catalog_file_is_named_with_its_bad_key() {
     .unwrap();
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
     assert!(error.contains("unknown field `endpont`"), "{error}");
-    std::fs::write(&file, "type = \"delta\"\nroot = \"s3://bucket/delta\"\n").unwrap();
+    std::fs::write(&file, "type = \"delta\"\nroot = \"hdfs://host/delta\"\n").unwrap();
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
-    assert!(error.contains("only local folders (or file:// URLs) are supported"), "{error}");
+    assert!(error.contains("`hdfs://host/delta`: not a location Sluice can write to"), "{error}");
     std::fs::remove_file(&file).unwrap();
     std::fs::write(
         catalogs.join("Bad-Name.toml"),

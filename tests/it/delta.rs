@@ -14,7 +14,7 @@ use sluice::table::{RunIdentity, TableName, WriteMode};
 use crate::support::{files_under, rows, value};
 
 async fn delta_engine(home: &Path) -> Engine {
-    let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+    let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
     Engine::builder().home(home).catalog("delta", CatalogConfig::Delta(delta)).shards(2).build().await.unwrap()
 }
 

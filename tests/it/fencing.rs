@@ -19,7 +19,7 @@ use crate::support::{Stall, files_under, rows, value};
 
 /// An engine on `home` (with a Delta catalog) whose time is `clock`.
 async fn engine(home: &Path, clock: &TestClock) -> Engine {
-    let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+    let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
     Engine::builder()
         .home(home)
         .catalog("delta", CatalogConfig::Delta(delta))

@@ -15,7 +15,7 @@ use sluice::ledger::NewRun;
 use crate::support::{files_under, lake, rows, table, value};
 
 async fn engine_with_delta(home: &Path, delta_root: &Path) -> Engine {
-    let delta = DeltaConfig { root: delta_root.display().to_string() };
+    let delta = DeltaConfig { root: delta_root.display().to_string(), ..Default::default() };
     Engine::builder().home(home).catalog("delta", CatalogConfig::Delta(delta)).shards(2).build().await.unwrap()
 }
 
@@ -377,7 +377,7 @@ async fn a_delta_write_that_fills_the_disk_leaves_no_data_file_behind() {
         return;
     };
     let root = disk.path().join("delta");
-    let delta = DeltaConfig { root: root.display().to_string() };
+    let delta = DeltaConfig { root: root.display().to_string(), ..Default::default() };
     let engine = Engine::builder()
         .home(home.path())
         .catalog("delta", CatalogConfig::Delta(delta))

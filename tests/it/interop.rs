@@ -57,7 +57,7 @@ pub(crate) async fn readers_agree(engine: &sluice::Engine, table: &str, reader_a
 /// An engine on `home` with `shards` and a Delta catalog `delta` rooted in `home/delta-root`.
 async fn delta_engine(home: &std::path::Path, shards: usize) -> (sluice::Engine, PathBuf) {
     let root = home.join("delta-root");
-    let delta = sluice::catalog::DeltaConfig { root: root.display().to_string() };
+    let delta = sluice::catalog::DeltaConfig { root: root.display().to_string(), ..Default::default() };
     let engine = sluice::Engine::builder()
         .home(home)
         .catalog("delta", sluice::catalog::CatalogConfig::Delta(delta))

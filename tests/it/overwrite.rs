@@ -11,7 +11,7 @@ use sluice::ledger::RunStatus;
 use crate::support::{Stall, files_under, rows};
 
 async fn engine(home: &Path) -> Arc<Engine> {
-    let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+    let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
     Arc::new(
         Engine::builder().home(home).catalog("delta", CatalogConfig::Delta(delta)).shards(2).build().await.unwrap(),
     )

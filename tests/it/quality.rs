@@ -123,7 +123,8 @@ async fn on_delta_a_crash_between_the_two_commits_leaves_the_quarantine_and_no_g
     let home = tempfile::tempdir().unwrap();
     let csv = home.path().join("rows.csv");
     std::fs::write(&csv, "id,amount\n1,1.5\n2,x\n3\n4,4.5\n5,\"5\n").unwrap();
-    let delta = sluice::catalog::DeltaConfig { root: home.path().join("delta").display().to_string() };
+    let delta =
+        sluice::catalog::DeltaConfig { root: home.path().join("delta").display().to_string(), ..Default::default() };
     let open = |clock: TestClock| {
         Engine::builder()
             .home(home.path())

@@ -23,7 +23,7 @@ async fn engine(home: &Path) -> Engine {
 /// [`engine`], its time `clock` (recovery runs on start: move the clock on first to settle runs
 /// whose lease has lapsed).
 async fn engine_at(home: &Path, clock: &TestClock) -> Engine {
-    let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+    let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
     Engine::builder()
         .home(home)
         .catalog("delta", CatalogConfig::Delta(delta))

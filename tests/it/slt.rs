@@ -113,7 +113,7 @@ async fn sqllogictests() {
         let mut runner = Runner::new(move || {
             let home = home_path.clone();
             async move {
-                let delta = DeltaConfig { root: home.join("delta").display().to_string() };
+                let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
                 let engine = Engine::builder()
                     .home(home)
                     .catalog("delta", CatalogConfig::Delta(delta))

@@ -1,10 +1,13 @@
 //! A folder of Delta tables as a DataFusion catalog: schema `s` is the folder `<root>/s`, table
-//! `s.t` the Delta table at `<root>/s/t` (a folder with a `_delta_log`).
+//! `s.t` the Delta table at `<root>/s/t` (a folder with a `_delta_log`). The root may be a prefix
+//! in an object store (`s3://bucket/prefix`, ...): a schema is then the prefix `<root>/s/` (kept
+//! by a marker object while it has no table), and commits are conditional puts (`If-None-Match`),
+//! so two writers never both take a version.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Once};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{StringArray, TimestampMillisecondArray, UInt64Array};
@@ -12,10 +15,16 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeU
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::TableType;
+use datafusion::object_store::ObjectStoreExt;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{CommitInfo, StructType};
+use deltalake::logstore::{
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
+};
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
+use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
+use futures::StreamExt;
+use url::Url;
 
 use super::writer::DeltaTableWriter;
 use crate::catalog::{
@@ -24,16 +33,60 @@ use crate::catalog::{
 };
 use crate::coordinator::CommitTarget;
 use crate::paths;
+use crate::storage::{self, Root};
 use crate::system::ResultBatch;
 use crate::table::{PartitionField, TableName, Transform};
 
-/// Loads the Delta table in `dir`, at `version` or the latest, without its list of files.
+/// The marker object that keeps a schema's prefix in an object store while it has no table.
+const SCHEMA_MARKER: &str = ".sluice-schema";
+
+/// delta-rs's own log store for the object store schemes (its commits are conditional puts):
+/// delta-rs registers it only for local files unless built with a cloud feature, and here the
+/// stores are Sluice's (`storage::object_store`), handed over with each table.
+struct ObjectLogStores;
+
+impl LogStoreFactory for ObjectLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(prefixed_store, root_store, location, options))
+    }
+}
+
+fn register_object_log_stores() {
+    static REGISTERED: Once = Once::new();
+    REGISTERED.call_once(|| {
+        for scheme in ["s3://", "s3a://", "gs://", "az://", "abfs://", "abfss://", "azure://"] {
+            logstore_factories().insert(Url::parse(scheme).expect("a scheme"), Arc::new(ObjectLogStores));
+        }
+    });
+}
+
+/// A builder of the Delta table at `location` under `root` (with the root's store, if remote).
+fn table_builder(root: &Root, location: &str) -> DeltaResult<DeltaTableBuilder> {
+    match root {
+        Root::Local(_) => {
+            let path = paths::local_path(location).unwrap_or_default();
+            DeltaTableBuilder::from_url(ensure_table_uri(path.display().to_string())?)
+        }
+        Root::Remote { store, .. } => {
+            let url = Url::parse(location).map_err(|_| DeltaTableError::InvalidTableLocation(location.to_string()))?;
+            Ok(DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(store.clone(), url))
+        }
+    }
+}
+
+/// Loads the Delta table at `location`, at `version` or the latest, without its list of files.
 ///
 /// Replaying every `add` action of the log costs time and memory in proportion to the table's
 /// history, and neither a write nor a scan needs it here: a write reads only the schema and
 /// version, and delta-rs's scan lists the files it reads when it runs.
-async fn load(dir: &Path, version: Option<u64>) -> std::result::Result<DeltaTable, DeltaTableError> {
-    let builder = DeltaTableBuilder::from_url(ensure_table_uri(dir.display().to_string())?)?.without_files();
+async fn load(root: &Root, location: &str, version: Option<u64>) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let builder = table_builder(root, location)?.without_files();
     match version {
         Some(version) => builder.with_version(version).load().await,
         None => builder.load().await,
@@ -44,27 +97,59 @@ async fn load(dir: &Path, version: Option<u64>) -> std::result::Result<DeltaTabl
 #[derive(Debug)]
 pub struct DeltaCatalog {
     name: String,
-    root: PathBuf,
+    root: Root,
     location: String,
     listing: Listing,
 }
 
-fn is_delta_table(dir: &Path) -> bool {
-    dir.join("_delta_log").is_dir()
+/// Whether `location` (under `root`) holds a Delta table: a `_delta_log`.
+async fn is_delta_table(root: &Root, location: &str) -> bool {
+    match root {
+        Root::Local(_) => paths::local_path(location).is_some_and(|dir| dir.join("_delta_log").is_dir()),
+        Root::Remote { store, .. } => match storage::object_path(location) {
+            Some(path) => {
+                store.list(Some(&path.clone().join("_delta_log"))).next().await.is_some_and(|first| first.is_ok())
+            }
+            None => false,
+        },
+    }
 }
 
-fn subfolders(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut folders = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir()
-            && let Some(name) = entry.file_name().to_str()
-        {
-            folders.push((name.to_string(), entry.path()));
+/// The names of the folders (prefixes) in `location` under `root`, sorted.
+async fn subfolders(root: &Root, location: &str) -> std::result::Result<Vec<String>, String> {
+    let mut folders = match root {
+        Root::Local(_) => {
+            let dir = paths::local_path(location).ok_or_else(|| format!("{location} is not local"))?;
+            let mut folders = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+                let entry = entry.map_err(|e| e.to_string())?;
+                if entry.file_type().map_err(|e| e.to_string())?.is_dir()
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    folders.push(name.to_string());
+                }
+            }
+            folders
         }
-    }
+        Root::Remote { store, .. } => {
+            let path = storage::object_path(location).ok_or_else(|| format!("{location}: not an object path"))?;
+            let listed = store.list_with_delimiter(Some(&path)).await.map_err(|e| format!("{location}: {e}"))?;
+            listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect()
+        }
+    };
     folders.sort();
     Ok(folders)
+}
+
+/// Whether the folder (prefix) `location` under `root` exists: has anything in it, remotely.
+async fn folder_exists(root: &Root, location: &str) -> bool {
+    match root {
+        Root::Local(_) => paths::local_path(location).is_some_and(|dir| dir.is_dir()),
+        Root::Remote { store, .. } => match storage::object_path(location) {
+            Some(path) => store.list(Some(&path)).next().await.is_some_and(|first| first.is_ok()),
+            None => false,
+        },
+    }
 }
 
 /// Delta stores timestamps in microseconds; DataFusion's default `TIMESTAMP` is nanoseconds.
@@ -113,23 +198,25 @@ fn partition_columns(name: &TableName, schema: &ArrowSchema, partitioning: &[Par
 }
 
 impl DeltaCatalog {
-    /// Opens (creating the root folder if needed) a Delta catalog.
+    /// Opens a Delta catalog: a local folder (created if needed) or a prefix in an object store
+    /// (reached with the environment's credentials and the file's `[storage]` settings).
     pub async fn open(name: &str, config: &DeltaConfig) -> Result<Arc<Self>> {
-        let root = PathBuf::from(config.root.strip_prefix("file://").unwrap_or(&config.root));
         let open_error =
             |message: String| CatalogError::Open { catalog: name.to_string(), location: config.root.clone(), message };
-        if config.root.contains("://") && !config.root.starts_with("file://") {
-            return Err(open_error("only local folders (or file:// URLs) are supported as a Delta root".into()));
-        }
-        std::fs::create_dir_all(&root).map_err(|e| open_error(e.to_string()))?;
-        let root = std::path::absolute(&root).map_err(|e| open_error(e.to_string()))?;
-        let root = paths::normalize(&root).ok_or_else(|| open_error("the root climbs above `/`".into()))?;
-        let catalog = Arc::new(Self {
-            name: name.to_string(),
-            location: root.display().to_string(),
-            root,
-            listing: Listing::default(),
-        });
+        let root = match storage::is_remote(&config.root) {
+            true => {
+                register_object_log_stores();
+                Root::remote(&config.root, &config.storage).map_err(|e| open_error(e.to_string()))?
+            }
+            false => {
+                let root = config.root.strip_prefix("file://").unwrap_or(&config.root);
+                std::fs::create_dir_all(root).map_err(|e| open_error(e.to_string()))?;
+                let root = std::path::absolute(root).map_err(|e| open_error(e.to_string()))?;
+                Root::Local(paths::normalize(&root).ok_or_else(|| open_error("the root climbs above `/`".into()))?)
+            }
+        };
+        let catalog =
+            Arc::new(Self { name: name.to_string(), location: root.display(), root, listing: Listing::default() });
         catalog.refresh().await?;
         Ok(catalog)
     }
@@ -139,34 +226,37 @@ impl DeltaCatalog {
         move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
     }
 
-    fn io_error(&self, context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+    fn io_error(&self, context: impl Into<String>) -> impl FnOnce(String) -> CatalogError + '_ {
         let context = context.into();
-        move |source| CatalogError::Format { catalog: self.name.clone(), context, source: Box::new(source) }
+        move |message| CatalogError::Format {
+            catalog: self.name.clone(),
+            context,
+            source: Box::new(std::io::Error::other(message)),
+        }
     }
 
     /// The folder of schema `schema`, once its name is checked as a name of `kind`.
-    fn schema_dir(&self, kind: names::NameKind, schema: &str) -> Result<PathBuf> {
+    fn schema_dir(&self, kind: names::NameKind, schema: &str) -> Result<String> {
         check_schema_name(kind, schema)?;
-        self.confined("schema folder", self.root.join(schema))
+        self.confined("schema folder", self.root.location(&[schema]))
     }
 
     /// The folder of table `name`, once its name is checked.
-    fn table_dir(&self, name: &TableName) -> Result<PathBuf> {
+    fn table_dir(&self, name: &TableName) -> Result<String> {
         name.check()?;
-        self.confined("table folder", self.root.join(&name.schema).join(&name.table))
+        self.confined("table folder", self.root.location(&[&name.schema, &name.table]))
     }
 
     /// `dir`, if it lies inside the root (a second line of defence behind the name checks).
-    fn confined(&self, what: &str, dir: PathBuf) -> Result<PathBuf> {
-        let root = self.root.display().to_string();
-        if paths::is_inside(&root, &dir.display().to_string()) {
+    fn confined(&self, what: &str, dir: String) -> Result<String> {
+        if self.root.contains(&dir) {
             return Ok(dir);
         }
         Err(CatalogError::Escapes {
             catalog: self.name.clone(),
             what: what.to_string(),
-            location: dir.display().to_string(),
-            root,
+            location: dir,
+            root: self.root.display(),
         })
     }
 
@@ -180,10 +270,10 @@ impl DeltaCatalog {
     /// Loads the table at its latest version.
     pub async fn load_table(&self, name: &TableName) -> Result<DeltaTable> {
         let dir = self.table_dir(name)?;
-        if !is_delta_table(&dir) {
+        if !is_delta_table(&self.root, &dir).await {
             return Err(CatalogError::TableNotFound(name.clone()));
         }
-        load(&dir, None).await.map_err(self.error(format!("loading table `{name}`")))
+        load(&self.root, &dir, None).await.map_err(self.error(format!("loading table `{name}`")))
     }
 }
 
@@ -208,18 +298,20 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     fn local_root(&self) -> Option<&Path> {
-        Some(&self.root)
+        self.root.local()
     }
 
     async fn refresh(&self) -> Result<()> {
         let mut listing = BTreeMap::new();
-        for (schema, dir) in subfolders(&self.root).map_err(self.io_error("listing schemas"))? {
-            let tables = subfolders(&dir)
-                .map_err(self.io_error("listing tables"))?
-                .into_iter()
-                .filter(|(_, dir)| is_delta_table(dir))
-                .map(|(table, _)| table)
-                .collect();
+        let root = self.root.location(&[]);
+        for schema in subfolders(&self.root, &root).await.map_err(self.io_error("listing schemas"))? {
+            let dir = self.root.location(&[&schema]);
+            let mut tables = BTreeSet::new();
+            for table in subfolders(&self.root, &dir).await.map_err(self.io_error("listing tables"))? {
+                if is_delta_table(&self.root, &self.root.location(&[&schema, &table])).await {
+                    tables.insert(table);
+                }
+            }
             listing.insert(schema, tables);
         }
         self.listing.replace(listing);
@@ -228,29 +320,39 @@ impl LakeCatalog for DeltaCatalog {
 
     async fn create_schema(&self, schema: &str, if_not_exists: bool) -> Result<()> {
         let dir = self.schema_dir(names::NameKind::Schema, schema)?;
-        if dir.is_dir() {
+        if folder_exists(&self.root, &dir).await {
             if if_not_exists {
                 return Ok(());
             }
             return Err(CatalogError::SchemaExists { catalog: self.name.clone(), schema: schema.to_string() });
         }
-        std::fs::create_dir(&dir).map_err(self.io_error(format!("creating schema `{schema}`")))?;
+        let created = match &self.root {
+            Root::Local(_) => {
+                std::fs::create_dir(paths::local_path(&dir).unwrap_or_default()).map_err(|e| e.to_string())
+            }
+            Root::Remote { store, .. } => {
+                let marker = storage::object_path(&dir).map(|path| path.join(SCHEMA_MARKER)).unwrap_or_default();
+                store.put(&marker, Vec::new().into()).await.map(drop).map_err(|e| format!("{dir}: {e}"))
+            }
+        };
+        created.map_err(self.io_error(format!("creating schema `{schema}`")))?;
         self.refresh().await
     }
 
     async fn drop_schema(&self, schema: &str, if_exists: bool) -> Result<()> {
         let dir = self.schema_dir(names::NameKind::ExistingSchema, schema)?;
-        if !dir.is_dir() {
+        if !folder_exists(&self.root, &dir).await {
             if if_exists {
                 return Ok(());
             }
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: schema.to_string() });
         }
-        let tables = subfolders(&dir).map_err(self.io_error("listing tables"))?;
-        if tables.iter().any(|(_, dir)| is_delta_table(dir)) {
-            return Err(CatalogError::SchemaNotEmpty { catalog: self.name.clone(), schema: schema.to_string() });
+        for table in subfolders(&self.root, &dir).await.map_err(self.io_error("listing tables"))? {
+            if is_delta_table(&self.root, &self.root.location(&[schema, &table])).await {
+                return Err(CatalogError::SchemaNotEmpty { catalog: self.name.clone(), schema: schema.to_string() });
+            }
         }
-        std::fs::remove_dir_all(&dir).map_err(self.io_error(format!("dropping schema `{schema}`")))?;
+        self.root.delete_folder(&dir).await.map_err(self.io_error(format!("dropping schema `{schema}`")))?;
         self.refresh().await
     }
 
@@ -262,10 +364,10 @@ impl LakeCatalog for DeltaCatalog {
         if_not_exists: bool,
     ) -> Result<bool> {
         let dir = self.table_dir(name)?;
-        if !self.root.join(&name.schema).is_dir() {
+        if !folder_exists(&self.root, &self.root.location(&[&name.schema])).await {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
-        if is_delta_table(&dir) {
+        if is_delta_table(&self.root, &dir).await {
             if if_not_exists {
                 return Ok(false);
             }
@@ -278,11 +380,10 @@ impl LakeCatalog for DeltaCatalog {
         let partition_columns = partition_columns(name, schema, partitioning)?;
         let columns = delta_schema(schema)
             .map_err(|e| self.error(format!("converting the schema of `{name}`"))(DeltaTableError::from(e)))?;
-        let existed = dir.exists();
-        let url = ensure_table_uri(dir.display().to_string()).map_err(self.error(format!("locating `{name}`")))?;
+        let existed = folder_exists(&self.root, &dir).await;
         let created = async {
-            DeltaTable::try_from_url(url)
-                .await?
+            table_builder(&self.root, &dir)?
+                .build()?
                 .create()
                 .with_table_name(name.table.clone())
                 .with_columns(columns.fields().cloned())
@@ -293,7 +394,7 @@ impl LakeCatalog for DeltaCatalog {
         .await;
         if let Err(e) = created {
             // A failed CREATE leaves no table: remove the folder if this statement made it.
-            if !existed && let Err(cleanup) = std::fs::remove_dir_all(&dir) {
+            if !existed && let Err(cleanup) = self.root.delete_folder(&dir).await {
                 tracing::warn!(table = %name, "could not remove the folder of the failed CREATE TABLE: {cleanup}");
             }
             return Err(self.error(format!("creating table `{name}`"))(e));
@@ -304,13 +405,13 @@ impl LakeCatalog for DeltaCatalog {
 
     async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<()> {
         let dir = self.table_dir(name)?;
-        if !is_delta_table(&dir) {
+        if !is_delta_table(&self.root, &dir).await {
             if if_exists {
                 return Ok(());
             }
             return Err(CatalogError::TableNotFound(name.clone()));
         }
-        std::fs::remove_dir_all(&dir).map_err(self.io_error(format!("dropping table `{name}`")))?;
+        self.root.delete_folder(&dir).await.map_err(self.io_error(format!("dropping table `{name}`")))?;
         self.refresh().await
     }
 
@@ -352,7 +453,7 @@ impl CatalogProvider for DeltaCatalog {
         Some(Arc::new(DeltaSchema {
             catalog: self.name.clone(),
             schema: name.to_string(),
-            dir: self.root.join(name),
+            root: self.root.clone(),
             tables,
         }))
     }
@@ -363,7 +464,7 @@ impl CatalogProvider for DeltaCatalog {
 struct DeltaSchema {
     catalog: String,
     schema: String,
-    dir: PathBuf,
+    root: Root,
     tables: BTreeSet<String>,
 }
 
@@ -386,16 +487,16 @@ impl SchemaProvider for DeltaSchema {
         let base = request.base();
         let table_name = TableName::new(&self.catalog, &self.schema, base);
         table_name.check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        let dir = self.dir.join(base);
-        if !is_delta_table(&dir) {
+        let dir = self.root.location(&[&self.schema, base]);
+        if !is_delta_table(&self.root, &dir).await {
             return Ok(None);
         }
         let table = match request {
-            TableRequest::Current(_) => load(&dir, None).await.map_err(external)?,
+            TableRequest::Current(_) => load(&self.root, &dir, None).await.map_err(external)?,
             TableRequest::AsOf(_, version) => {
                 // A version past the latest is an error at once (delta-rs would look for it
                 // version by version).
-                let latest = load(&dir, None).await.map_err(external)?.version().unwrap_or_default();
+                let latest = load(&self.root, &dir, None).await.map_err(external)?.version().unwrap_or_default();
                 let no_version = |why: String| {
                     DataFusionError::Plan(format!("table `{table_name}` has no version {version}: {why}"))
                 };
@@ -403,10 +504,10 @@ impl SchemaProvider for DeltaSchema {
                 if version > latest {
                     return Err(no_version(format!("the latest is {latest}")));
                 }
-                load(&dir, Some(version)).await.map_err(|e| no_version(e.to_string()))?
+                load(&self.root, &dir, Some(version)).await.map_err(|e| no_version(e.to_string()))?
             }
             TableRequest::Metadata(_, MetadataTable::History) => {
-                let table = load(&dir, None).await.map_err(external)?;
+                let table = load(&self.root, &dir, None).await.map_err(external)?;
                 return Ok(Some(history_table(&table).await?));
             }
             TableRequest::Metadata(_, other) => {
