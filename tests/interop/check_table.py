@@ -4,6 +4,7 @@ what Sluice itself returned.
 usage: check_table.py iceberg HOME NAMESPACE TABLE EXPECTED_JSON
        check_table.py iceberg-s3 ENDPOINT CATALOG_DB CATALOG WAREHOUSE NAMESPACE TABLE EXPECTED_JSON
        check_table.py delta TABLE_DIR EXPECTED_JSON
+       check_table.py delta-s3 ENDPOINT TABLE_URL EXPECTED_JSON
 
 EXPECTED_JSON holds {"columns": [...], "rows": [[str|null, ...], ...]}: Sluice's own SELECT, each
 value rendered as Arrow displays it, and optionally "filters": [{"column", "value", "count"}]: row
@@ -15,7 +16,8 @@ that exercises its partition pruning, i.e. the partition values in the metadata)
   iceberg-s3: the same for a catalog whose warehouse is in an S3-compatible server at ENDPOINT
            (pyiceberg through pyarrow's S3 file system, DuckDB through httpfs), credentials from
            AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set;
-  delta:   delta-rs (the `deltalake` package) and DuckDB's delta_scan.
+  delta:   delta-rs (the `deltalake` package) and DuckDB's delta_scan;
+  delta-s3: the same for a table in an S3-compatible server at ENDPOINT.
 Each also checks that the latest commit carries Sluice's run id. Exits non-zero, printing the
 first differences, when a reader disagrees.
 """
@@ -128,11 +130,7 @@ def check_iceberg(db, name, warehouse, namespace, table, columns, rows, filters,
         ).fetchone()
     if endpoint:
         con = duckdb_with("avro", "iceberg", "httpfs")
-        host = endpoint.split("://", 1)[1]
-        con.execute(
-            f"CREATE SECRET s3 (TYPE s3, KEY_ID '{key}', SECRET '{secret}', REGION 'us-east-1', "
-            f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL {str(endpoint.startswith('https')).lower()})"
-        )
+        s3_secret(con, endpoint)
     else:
         con = duckdb_with("avro", "iceberg")
     ok &= check_duckdb(con, f"iceberg_scan('{metadata}')", columns, rows, filters)
@@ -148,11 +146,30 @@ def check_duckdb(con, source, columns, rows, filters):
     return ok
 
 
-def check_delta(table_dir, columns, rows, filters):
+def s3_secret(con, endpoint):
+    """Points DuckDB's httpfs at the S3-compatible server at `endpoint`."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID", "test"), os.environ.get("AWS_SECRET_ACCESS_KEY", "test")
+    host = endpoint.split("://", 1)[1]
+    con.execute(
+        f"CREATE SECRET s3 (TYPE s3, KEY_ID '{key}', SECRET '{secret}', REGION 'us-east-1', "
+        f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL {str(endpoint.startswith('https')).lower()})"
+    )
+
+
+def check_delta(table_dir, columns, rows, filters, endpoint=None):
     from deltalake import DeltaTable
 
     ok = True
-    delta_table = DeltaTable(table_dir)
+    options = None
+    if endpoint:
+        options = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+    delta_table = DeltaTable(table_dir, storage_options=options)
     arrow = delta_table.to_pyarrow_table(columns=columns)
     ok &= compare("delta-rs", columns, [[r[c] for c in columns] for r in arrow.to_pylist()], rows)
     latest = delta_table.history(1)[0]
@@ -167,7 +184,11 @@ def check_delta(table_dir, columns, rows, filters):
         count = dataset.to_table(filter=ds.field(f["column"]) == f["value"]).num_rows
         ok &= check_count("delta-rs", f"{f['column']} = {f['value']}", count, f["count"])
 
-    con = duckdb_with("delta")
+    if endpoint:
+        con = duckdb_with("delta", "httpfs")
+        s3_secret(con, endpoint)
+    else:
+        con = duckdb_with("delta")
     ok &= check_duckdb(con, f"delta_scan('{table_dir}')", columns, rows, filters)
     return ok
 
@@ -187,8 +208,10 @@ def main():
         ok = check_iceberg(db, name, warehouse, namespace, table, columns, rows, filters, endpoint)
     elif mode == "delta":
         ok = check_delta(args[0], columns, rows, filters)
+    elif mode == "delta-s3":
+        ok = check_delta(args[1], columns, rows, filters, args[0])
     else:
-        sys.exit(f"unknown mode {mode!r}: expected iceberg, iceberg-s3 or delta")
+        sys.exit(f"unknown mode {mode!r}: expected iceberg, iceberg-s3, delta or delta-s3")
     sys.exit(0 if ok else 1)
 
 

@@ -149,9 +149,9 @@ async fn an_iceberg_warehouse_on_s3_takes_the_whole_table_lifecycle() {
     assert!(left.contains("| 3 "), "{left}");
 }
 
-/// An engine with the Iceberg SQL catalog `s3lake`, its warehouse `s3://<bucket>/warehouse` on
-/// `server`: everything given in code, as an embedding program would (no variable of this
-/// process is touched).
+/// An engine with the Iceberg SQL catalog `s3lake` (its warehouse `s3://<bucket>/warehouse`) and
+/// the Delta catalog `s3delta` (its root `s3://<bucket>/delta`) on `server`: everything given in
+/// code, as an embedding program would (no variable of this process is touched).
 async fn s3_engine(home: &Path, server: &S3Server, bucket: &str) -> sluice::Engine {
     let credentials = sluice::storage::Credentials { key_id: KEY_ID.into(), secret: SECRET.into(), token: None };
     let storage = sluice::storage::StoreSettings {
@@ -162,18 +162,52 @@ async fn s3_engine(home: &Path, server: &S3Server, bucket: &str) -> sluice::Engi
         credentials: Some(credentials),
         ..Default::default()
     };
-    let config = sluice::catalog::IcebergSqlConfig {
+    let iceberg = sluice::catalog::IcebergSqlConfig {
         uri: format!("sqlite:{}", home.join("s3lake.db").display()),
         warehouse: format!("s3://{bucket}/warehouse"),
-        storage,
+        storage: storage.clone(),
     };
+    let delta = sluice::catalog::DeltaConfig { root: format!("s3://{bucket}/delta"), storage };
     sluice::Engine::builder()
         .home(home)
-        .catalog("s3lake", sluice::catalog::CatalogConfig::IcebergSql(config))
+        .catalog("s3lake", sluice::catalog::CatalogConfig::IcebergSql(iceberg))
+        .catalog("s3delta", sluice::catalog::CatalogConfig::Delta(delta))
         .shards(3)
         .build()
         .await
         .unwrap()
+}
+
+/// delta-rs and DuckDB (httpfs) read, value by value, a plain and a partitioned Delta table
+/// Sluice wrote into the bucket, after appends and a partition overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delta_rs_and_duckdb_read_the_delta_tables_sluice_wrote_to_s3() {
+    use crate::interop::{TYPED_COLUMNS, readers_agree, typed_rows};
+    let server = S3Server::start(&["dinterop"]).await;
+    let home = tempfile::tempdir().unwrap();
+    let engine = s3_engine(home.path(), &server, "dinterop").await;
+    engine
+        .sql(&format!(
+            "CREATE SCHEMA s3delta.interop;
+             CREATE TABLE s3delta.interop.events ({TYPED_COLUMNS});
+             CREATE TABLE s3delta.interop.partitioned ({TYPED_COLUMNS}) PARTITIONED BY (flag);
+             INSERT INTO s3delta.interop.events {rows};
+             INSERT INTO s3delta.interop.events {rows};
+             INSERT INTO s3delta.interop.partitioned {rows};
+             CREATE PIPELINE fix WITH (mode = 'overwrite_partitions') AS INSERT INTO s3delta.interop.partitioned {fix};
+             RUN PIPELINE fix;",
+            rows = typed_rows(5_000),
+            fix = typed_rows(500).replace("value % 2 = 0", "true"),
+        ))
+        .await
+        .unwrap();
+    for table in ["events", "partitioned"] {
+        let name = format!("s3delta.interop.{table}");
+        let rows = crate::support::value(&engine, &format!("SELECT count(*) FROM {name}")).await.parse().unwrap();
+        let url = format!("s3://dinterop/delta/interop/{table}");
+        let args: Vec<&std::ffi::OsStr> = vec!["delta-s3".as_ref(), server.endpoint.as_ref(), url.as_ref()];
+        readers_agree(&engine, &name, &args, rows).await;
+    }
 }
 
 /// pyiceberg (pyarrow's S3 file system) and DuckDB (httpfs) read, value by value, a plain and a
