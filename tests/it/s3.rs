@@ -61,6 +61,19 @@ impl S3Server {
         ]
     }
 
+    /// How to reach this server from code (an embedding program's way: no variable touched).
+    pub fn settings(&self) -> sluice::storage::StoreSettings {
+        let credentials = sluice::storage::Credentials { key_id: KEY_ID.into(), secret: SECRET.into(), token: None };
+        sluice::storage::StoreSettings {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            allow_http: Some(true),
+            path_style: Some(true),
+            credentials: Some(credentials),
+            ..Default::default()
+        }
+    }
+
     /// A client of `bucket`, to look at what landed there.
     pub fn bucket(&self, bucket: &str) -> Arc<dyn ObjectStore> {
         let store = AmazonS3Builder::new()
@@ -153,15 +166,7 @@ async fn an_iceberg_warehouse_on_s3_takes_the_whole_table_lifecycle() {
 /// the Delta catalog `s3delta` (its root `s3://<bucket>/delta`) on `server`: everything given in
 /// code, as an embedding program would (no variable of this process is touched).
 async fn s3_engine(home: &Path, server: &S3Server, bucket: &str) -> sluice::Engine {
-    let credentials = sluice::storage::Credentials { key_id: KEY_ID.into(), secret: SECRET.into(), token: None };
-    let storage = sluice::storage::StoreSettings {
-        endpoint: Some(server.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        allow_http: Some(true),
-        path_style: Some(true),
-        credentials: Some(credentials),
-        ..Default::default()
-    };
+    let storage = server.settings();
     let iceberg = sluice::catalog::IcebergSqlConfig {
         uri: format!("sqlite:{}", home.join("s3lake.db").display()),
         warehouse: format!("s3://{bucket}/warehouse"),

@@ -1,10 +1,11 @@
-//! Runs every `sql/*.slt` file (sqllogictest) against a fresh engine home.
+//! Runs every `sql/*.slt` file (sqllogictest) against a fresh engine home: once with local catalogs, once with
+//! both catalogs in an S3-compatible server.
 
 use std::path::PathBuf;
 
 use datafusion::arrow::datatypes::DataType;
 use sluice::Engine;
-use sluice::catalog::{CatalogConfig, DeltaConfig};
+use sluice::catalog::{CatalogConfig, DeltaConfig, IcebergSqlConfig};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 
 struct SluiceDb {
@@ -99,23 +100,24 @@ fn slt_files() -> Vec<PathBuf> {
     files
 }
 
-/// Each file gets its own home (fixed at 2 shards so plans are stable) with the embedded Iceberg
-/// catalog `lake` and a Delta catalog `delta`; all files run, and every failure is reported
-/// before the test fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqllogictests() {
-    let files = slt_files();
-    assert!(files.len() >= 4, "expected the .slt suite under sql/, found {files:?}");
+/// Runs `files`, each with its own home (fixed at 2 shards so plans are stable) and catalogs
+/// `lake` (Iceberg) and `delta` made by `catalogs` for that home; every failure is reported before
+/// the test fails.
+async fn run_slt_files(
+    files: &[PathBuf],
+    catalogs: impl Fn(&std::path::Path, usize) -> (IcebergSqlConfig, DeltaConfig),
+) {
     let mut failures = Vec::new();
-    for file in &files {
+    for (i, file) in files.iter().enumerate() {
         let home = tempfile::tempdir().unwrap();
         let home_path = home.path().to_path_buf();
+        let (lake, delta) = catalogs(&home_path, i);
         let mut runner = Runner::new(move || {
-            let home = home_path.clone();
+            let (home, lake, delta) = (home_path.clone(), lake.clone(), delta.clone());
             async move {
-                let delta = DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() };
                 let engine = Engine::builder()
                     .home(home)
+                    .catalog("lake", CatalogConfig::IcebergSql(lake))
                     .catalog("delta", CatalogConfig::Delta(delta))
                     .shards(2)
                     .build()
@@ -135,4 +137,39 @@ async fn sqllogictests() {
         files.len(),
         failures.join("\n\n")
     );
+}
+
+/// The embedded default catalog `lake` of `home` and a Delta catalog `delta` in `home/delta`.
+fn local_catalogs(home: &std::path::Path, _: usize) -> (IcebergSqlConfig, DeltaConfig) {
+    let lake = IcebergSqlConfig {
+        uri: format!("sqlite:{}", home.join("catalog.db").display()),
+        warehouse: home.join("warehouse").display().to_string(),
+        storage: Default::default(),
+    };
+    (lake, DeltaConfig { root: home.join("delta").display().to_string(), ..Default::default() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqllogictests() {
+    let files = slt_files();
+    assert!(files.len() >= 4, "expected the .slt suite under sql/, found {files:?}");
+    run_slt_files(&files, local_catalogs).await;
+}
+
+/// The whole suite again with both catalogs in an S3-compatible server (moto's, on loopback):
+/// `lake`'s warehouse and `delta`'s root in a bucket, one prefix per file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqllogictests_on_s3() {
+    let server = crate::s3::S3Server::start(&["slt"]).await;
+    let files = slt_files();
+    let storage = server.settings();
+    run_slt_files(&files, |home, i| {
+        let lake = IcebergSqlConfig {
+            uri: format!("sqlite:{}", home.join("catalog.db").display()),
+            warehouse: format!("s3://slt/{i}/warehouse"),
+            storage: storage.clone(),
+        };
+        (lake, DeltaConfig { root: format!("s3://slt/{i}/delta"), storage: storage.clone() })
+    })
+    .await;
 }
