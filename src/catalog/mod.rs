@@ -172,9 +172,9 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Where it lives, for `SHOW CATALOGS` (never a credential).
     fn location(&self) -> &str;
-    /// The local folder all its tables live in (a SQL catalog's warehouse, a Delta root); `None`
-    /// when a server places them. Exports may not write into it.
-    fn local_root(&self) -> Option<&std::path::Path>;
+    /// The folder or bucket prefix all its tables live in (a SQL catalog's warehouse, a Delta
+    /// root); `None` when a server places them. Exports may not write into it.
+    fn root(&self) -> Option<&crate::storage::Root>;
     /// Re-reads the schema and table lists (what `SHOW TABLES` and `information_schema` show).
     async fn refresh(&self) -> Result<()>;
     /// `CREATE SCHEMA <catalog>.<schema>`.

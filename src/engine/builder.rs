@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::storage::{Root, StoreRegistry};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -148,7 +149,7 @@ impl EngineBuilder {
                 crate::pipeline::SHARDS_MAX
             )));
         }
-        let mut runtime = RuntimeEnvBuilder::new();
+        let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(StoreRegistry::default()));
         if let Some(limit) = self.memory_limit {
             // When the pool runs out, the error names the operators holding the most.
             let pool =
@@ -187,6 +188,14 @@ impl EngineBuilder {
                 CatalogConfig::Delta(delta) => DeltaCatalog::open(&name, delta).await?,
             };
             catalogs.insert(name, catalog);
+        }
+        // A catalog's bucket is reached as the catalog reaches it (its file's settings).
+        for catalog in catalogs.values() {
+            if let Some(Root::Remote { url, store }) = catalog.root()
+                && let Some(bucket) = crate::storage::store_root(url)
+            {
+                state.runtime_env().register_object_store(&bucket, store.clone());
+            }
         }
         // `SELECT * FROM 'file.parquet'` (or .csv, .json) reads a file, as in DuckDB; our
         // catalogs stay outside the wrapper that does it (see `CatalogList`).

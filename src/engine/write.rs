@@ -257,14 +257,24 @@ impl Engine {
 
     /// Refuses a `COPY` into the home folder (the ledger, the catalog database) or into a
     /// catalog's warehouse or root (tables' data and metadata), or a folder holding either;
-    /// symbolic links are followed first. URLs other than `file://` go to their object store.
+    /// symbolic links are followed first. An object store URL is refused inside (or above) a
+    /// catalog's bucket prefix.
     pub(super) fn check_export_target(&self, target: &str) -> Result<()> {
         let refused = |reason: String| Error::ExportRefused { target: target.to_string(), reason };
+        if crate::storage::is_remote(target) {
+            for (name, catalog) in &self.catalogs {
+                if let Some(root) = catalog.root().filter(|root| root.overlaps(target)) {
+                    let reason = format!("it would write into the tables of catalog `{name}` at {}", root.display());
+                    return Err(refused(reason));
+                }
+            }
+            return Ok(());
+        }
         let Some(path) = paths::local_path(target) else { return Ok(()) };
         let path = paths::resolve(&path).ok_or_else(|| refused("the path climbs above `/`".into()))?;
         let mut protected = vec![("the Sluice home".to_string(), self.home.clone())];
         for (name, catalog) in &self.catalogs {
-            if let Some(root) = catalog.local_root() {
+            if let Some(root) = catalog.root().and_then(crate::storage::Root::local) {
                 protected.push((format!("the tables of catalog `{name}`"), root.to_path_buf()));
             }
         }

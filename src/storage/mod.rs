@@ -228,6 +228,13 @@ impl Root {
         }
     }
 
+    /// Whether `location` (a URL in an object store) is the root, lies inside it, or holds it.
+    pub fn overlaps(&self, location: &str) -> bool {
+        let Root::Remote { url, .. } = self else { return false };
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        same(url, location) || crate::paths::is_inside(url, location) || crate::paths::is_inside(location, url)
+    }
+
     /// Whether `location` is the folder of `parts` under the root (once normalised).
     pub fn is_location_of(&self, location: &str, parts: &[&str]) -> bool {
         let normal = |location: &str| -> Option<std::path::PathBuf> {
@@ -281,6 +288,33 @@ fn storage_prefix_ok(url: &str) -> bool {
     let mut segments = rest.split('/');
     let bucket = segments.next().unwrap_or_default();
     is_remote(url) && !bucket.is_empty() && bucket != "." && bucket != ".." && segments.all(|s| s != "." && s != "..")
+}
+
+/// DataFusion's object stores: its own (local files, stores registered for the catalogs'
+/// buckets), and for any other `s3://`, `gs://`, `az://` or `abfss://` URL a store configured
+/// from the environment, made on first use (`SELECT * FROM 's3://bucket/file.parquet'`,
+/// `COPY ... TO 's3://bucket/out/'`).
+#[derive(Debug, Default)]
+pub struct StoreRegistry {
+    stores: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for StoreRegistry {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.stores.register_store(url, store)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.stores.get_store(url) {
+            return Ok(store);
+        }
+        let root = store_root(url.as_str())
+            .ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("`{url}`: no bucket")))?;
+        let store = object_store(root.as_str(), &StoreSettings::default())
+            .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
+        self.stores.register_store(&root, store.clone());
+        Ok(store)
+    }
 }
 
 #[cfg(test)]

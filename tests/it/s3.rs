@@ -149,6 +149,18 @@ async fn an_iceberg_warehouse_on_s3_takes_the_whole_table_lifecycle() {
     assert!(data >= 4 && metadata >= 3, "{objects:#?}");
     assert!(!home.path().join("warehouse/sales").exists(), "nothing of the S3 warehouse is local");
 
+    // Exports to the bucket and reads of its files, outside the warehouse; into it is refused.
+    let exported = stdout(&sluice(
+        home.path(),
+        &server,
+        "COPY (SELECT id, amount FROM s3lake.sales.orders) TO 's3://lake/exports/orders.parquet';
+         SELECT count(*) AS n, sum(amount) AS total FROM 's3://lake/exports/orders.parquet';",
+    ));
+    assert!(exported.contains("| 1000 | 1001000.0 |"), "{exported}");
+    let refused = sluice(home.path(), &server, "COPY (SELECT 1 AS x) TO 's3://lake/warehouse/sales/x.parquet'");
+    let refused = String::from_utf8_lossy(&refused.stderr);
+    assert!(refused.contains("would write into the tables of catalog `s3lake` at s3://lake/warehouse"), "{refused}");
+
     // Time travel reads an earlier snapshot from the bucket.
     let snapshots =
         stdout(&sluice(home.path(), &server, "SELECT count(*) AS n FROM s3lake.sales.\"orders$snapshots\""));

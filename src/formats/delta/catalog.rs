@@ -6,7 +6,6 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::{Arc, Once};
 
 use async_trait::async_trait;
@@ -297,8 +296,8 @@ impl LakeCatalog for DeltaCatalog {
         &self.location
     }
 
-    fn local_root(&self) -> Option<&Path> {
-        self.root.local()
+    fn root(&self) -> Option<&Root> {
+        Some(&self.root)
     }
 
     async fn refresh(&self) -> Result<()> {

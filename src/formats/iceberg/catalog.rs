@@ -399,8 +399,8 @@ impl LakeCatalog for IcebergCatalog {
         &self.location
     }
 
-    fn local_root(&self) -> Option<&std::path::Path> {
-        self.warehouse.as_ref().and_then(Root::local)
+    fn root(&self) -> Option<&Root> {
+        self.warehouse.as_ref()
     }
 
     async fn refresh(&self) -> Result<()> {
