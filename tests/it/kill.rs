@@ -71,13 +71,7 @@ async fn killed_at_random_moments_every_row_lands_exactly_once() {
     println!("{killed} of {RUNS} runs killed");
 
     // Recover (leases of dead processes are 30 s: age them as time would), then retry.
-    let ledger = home.path().join("ledger.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", ledger.display())).await.unwrap();
-    sqlx::query("UPDATE runs SET lease_until_ms = 0 WHERE status IN ('staging', 'committing')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    crate::support::expire_leases(home.path()).await;
     assert!(sluice(home.path(), &["recover"]).wait().unwrap().success());
 
     let engine = engine(home.path(), 3).await;
@@ -86,21 +80,7 @@ async fn killed_at_random_moments_every_row_lands_exactly_once() {
         runs.iter().all(|r| matches!(r.status, RunStatus::Succeeded | RunStatus::Failed)),
         "recovery settled every run"
     );
-    for batch in 0..RUNS {
-        let of_batch: Vec<_> =
-            runs.iter().filter(|r| r.statement.contains(&format!("SELECT {batch} AS batch"))).collect();
-        if of_batch.iter().any(|r| r.status == RunStatus::Succeeded) {
-            continue;
-        }
-        match of_batch.first() {
-            Some(failed) => {
-                engine.retry_run(&failed.run_id).await.unwrap();
-            }
-            None => {
-                engine.sql(&statement(batch)).await.unwrap(); // killed before it reached the ledger
-            }
-        }
-    }
+    crate::support::land_missing_batches(&engine, RUNS, statement).await;
 
     let per_batch =
         rows(&engine, "SELECT batch, count(*), count(DISTINCT id) FROM lake.k.t GROUP BY batch ORDER BY batch").await;

@@ -96,6 +96,13 @@ impl Drop for S3Server {
     }
 }
 
+/// Declares catalog `name` in `home` with the file `text`.
+fn catalog_file(home: &Path, name: &str, text: &str) {
+    let catalogs = home.join("catalogs");
+    std::fs::create_dir_all(&catalogs).unwrap();
+    std::fs::write(catalogs.join(format!("{name}.toml")), text).unwrap();
+}
+
 /// `sluice --home <home> -c <sql>` with the server's variables.
 fn sluice(home: &Path, server: &S3Server, sql: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -122,13 +129,11 @@ async fn keys(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
 async fn an_iceberg_warehouse_on_s3_takes_the_whole_table_lifecycle() {
     let server = S3Server::start(&["lake"]).await;
     let home = tempfile::tempdir().unwrap();
-    let catalogs = home.path().join("catalogs");
-    std::fs::create_dir_all(&catalogs).unwrap();
-    std::fs::write(
-        catalogs.join("s3lake.toml"),
+    catalog_file(
+        home.path(),
+        "s3lake",
         "type = \"iceberg-sql\"\nuri = \"sqlite:s3lake.db\"\nwarehouse = \"s3://lake/warehouse\"\n",
-    )
-    .unwrap();
+    );
     let out = sluice(
         home.path(),
         &server,
@@ -277,21 +282,19 @@ async fn pyiceberg_and_duckdb_read_the_tables_sluice_wrote_to_s3() {
 async fn a_missing_bucket_or_a_wrong_endpoint_fails_fast_and_clearly() {
     let server = S3Server::start(&["present"]).await;
     let home = tempfile::tempdir().unwrap();
-    let catalogs = home.path().join("catalogs");
-    std::fs::create_dir_all(&catalogs).unwrap();
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(
-        catalogs.join("gone.toml"),
+    catalog_file(
+        home.path(),
+        "gone",
         "type = \"iceberg-sql\"\nuri = \"sqlite:gone.db\"\nwarehouse = \"s3://absent/warehouse\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        catalogs.join("off.toml"),
-        format!(
+    );
+    catalog_file(
+        home.path(),
+        "off",
+        &format!(
             "type = \"iceberg-sql\"\nuri = \"sqlite:off.db\"\nwarehouse = \"s3://present/warehouse\"\n[storage]\nendpoint = \"http://127.0.0.1:{closed}\"\n"
         ),
-    )
-    .unwrap();
+    );
     for (catalog, cause) in [("gone", "NoSuchBucket"), ("off", "error sending request")] {
         let started = Instant::now();
         let out =
@@ -319,14 +322,12 @@ async fn killed_writers_on_s3_land_every_row_once_and_leave_no_object_behind() {
     println!("SLUICE_KILL_SEED={seed}");
     let server = S3Server::start(&["killed"]).await;
     let home = tempfile::tempdir().unwrap();
-    let catalogs = home.path().join("catalogs");
-    std::fs::create_dir_all(&catalogs).unwrap();
     // The same catalog database as `s3_engine` below opens (a relative path would be the file's).
     let file = format!(
         "type = \"iceberg-sql\"\nuri = \"sqlite:{}\"\nwarehouse = \"s3://killed/warehouse\"\n",
         home.path().join("s3lake.db").display()
     );
-    std::fs::write(catalogs.join("s3lake.toml"), file).unwrap();
+    catalog_file(home.path(), "s3lake", &file);
     stdout(&sluice(home.path(), &server, "CREATE SCHEMA s3lake.k; CREATE TABLE s3lake.k.t (batch BIGINT, id BIGINT)"));
     let insert =
         |batch: u64| format!("INSERT INTO s3lake.k.t SELECT {batch} AS batch, value FROM generate_series(1, 20000)");
@@ -349,13 +350,7 @@ async fn killed_writers_on_s3_land_every_row_once_and_leave_no_object_behind() {
     println!("{killed} of {RUNS} runs killed");
 
     // Leases of dead processes are 30 s: age them as time would, then recover and retry.
-    let ledger = home.path().join("ledger.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", ledger.display())).await.unwrap();
-    sqlx::query("UPDATE runs SET lease_until_ms = 0 WHERE status IN ('staging', 'committing')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    crate::support::expire_leases(home.path()).await;
     let recovered = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["--home", &home.path().display().to_string(), "recover"])
         .envs(server.env())
@@ -363,18 +358,7 @@ async fn killed_writers_on_s3_land_every_row_once_and_leave_no_object_behind() {
         .unwrap();
     stdout(&recovered);
     let engine = s3_engine(home.path(), &server, "killed").await;
-    let runs = engine.ledger().runs(None).await.unwrap();
-    for batch in 0..RUNS {
-        let of_batch: Vec<_> =
-            runs.iter().filter(|r| r.statement.contains(&format!("SELECT {batch} AS batch"))).collect();
-        if of_batch.iter().any(|r| r.status == sluice::ledger::RunStatus::Succeeded) {
-            continue;
-        }
-        match of_batch.first() {
-            Some(failed) => drop(engine.retry_run(&failed.run_id).await.unwrap()),
-            None => drop(engine.sql(&insert(batch)).await.unwrap()),
-        }
-    }
+    crate::support::land_missing_batches(&engine, RUNS, insert).await;
     let per_batch = crate::support::rows(
         &engine,
         "SELECT batch, count(*), count(DISTINCT id) FROM s3lake.k.t GROUP BY batch ORDER BY batch",
@@ -400,9 +384,7 @@ async fn killed_writers_on_s3_land_every_row_once_and_leave_no_object_behind() {
 async fn a_delta_root_on_s3_takes_the_whole_table_lifecycle() {
     let server = S3Server::start(&["deltas"]).await;
     let home = tempfile::tempdir().unwrap();
-    let catalogs = home.path().join("catalogs");
-    std::fs::create_dir_all(&catalogs).unwrap();
-    std::fs::write(catalogs.join("s3delta.toml"), "type = \"delta\"\nroot = \"s3://deltas/root\"\n").unwrap();
+    catalog_file(home.path(), "s3delta", "type = \"delta\"\nroot = \"s3://deltas/root\"\n");
     let out = sluice(
         home.path(),
         &server,
@@ -451,9 +433,7 @@ async fn a_delta_root_on_s3_takes_the_whole_table_lifecycle() {
 async fn two_writers_to_one_delta_table_on_s3_both_land_once() {
     let server = S3Server::start(&["shared"]).await;
     let home = tempfile::tempdir().unwrap();
-    let catalogs = home.path().join("catalogs");
-    std::fs::create_dir_all(&catalogs).unwrap();
-    std::fs::write(catalogs.join("s3delta.toml"), "type = \"delta\"\nroot = \"s3://shared/root\"\n").unwrap();
+    catalog_file(home.path(), "s3delta", "type = \"delta\"\nroot = \"s3://shared/root\"\n");
     stdout(&sluice(
         home.path(),
         &server,

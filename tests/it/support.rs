@@ -158,3 +158,33 @@ impl Stall {
         self.release.send(()).unwrap();
     }
 }
+
+/// Ages the leases of every open run in the ledger of `home` as 30 s would (their processes were
+/// killed), so that recovery settles them now.
+pub async fn expire_leases(home: &Path) {
+    let ledger = home.join("ledger.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", ledger.display())).await.unwrap();
+    sqlx::query("UPDATE runs SET lease_until_ms = 0 WHERE status IN ('staging', 'committing')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// After killed writers and recovery: each of `batches` (a statement `SELECT <batch> AS batch
+/// ...`, `statement(batch)`) that has no succeeded run is retried under its failed run's id, or
+/// run again if it never reached the ledger.
+pub async fn land_missing_batches(engine: &Engine, batches: u64, statement: impl Fn(u64) -> String) {
+    let runs = engine.ledger().runs(None).await.unwrap();
+    for batch in 0..batches {
+        let of_batch: Vec<_> =
+            runs.iter().filter(|r| r.statement.contains(&format!("SELECT {batch} AS batch"))).collect();
+        if of_batch.iter().any(|r| r.status == sluice::ledger::RunStatus::Succeeded) {
+            continue;
+        }
+        match of_batch.first() {
+            Some(failed) => drop(engine.retry_run(&failed.run_id).await.unwrap()),
+            None => drop(engine.sql(&statement(batch)).await.unwrap()),
+        }
+    }
+}
