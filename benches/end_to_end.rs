@@ -8,7 +8,10 @@
 //!   (e) loading CSV: the `filter` rows as a CSV file (written by DataFusion) loaded into Iceberg
 //!       with DataFusion's CSV reader (the baseline), then with `bad_rows = 'quarantine'` (read
 //!       line by line by `LineScanExec`) from the same file and from a copy with one bad line in
-//!       a thousand (quarantined).
+//!       a thousand (quarantined);
+//!   (f) the `filter` job into an Iceberg warehouse in an S3-compatible server on loopback (moto's,
+//!       from `SLUICE_BENCH_PYTHON`, default `benches/.venv/bin/python`; skipped without it)
+//!       against the same job into the local warehouse.
 //!
 //! Two jobs: `filter` (a projection and filter, ≈4.34 M rows at SF1, unpartitioned target) and
 //! `orders` (a GROUP BY over every line, 1.5 M rows at SF1, into a table partitioned by the month
@@ -155,6 +158,74 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     csv_loads(&engine, exports.path(), repeat).await?;
+    s3_warehouse(&lineitem, repeat).await?;
+    Ok(())
+}
+
+/// (f): see the module docs.
+async fn s3_warehouse(lineitem: &std::path::Path, repeat: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python =
+        std::env::var_os("SLUICE_BENCH_PYTHON").map_or_else(|| root.join("benches/.venv/bin/python"), PathBuf::from);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let Ok(mut server) = std::process::Command::new(&python)
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("\n(f) skipped: no moto server from {}", python.display());
+        return Ok(());
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // moto takes any credentials; a bucket is created with a plain PUT.
+    let mut create = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    std::io::Write::write_all(
+        &mut create,
+        b"PUT /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )?;
+    std::io::Read::read_to_end(&mut create, &mut Vec::new())?;
+    let home = tempfile::tempdir()?;
+    let credentials = sluice::storage::Credentials { key_id: "bench".into(), secret: "bench".into(), token: None };
+    let storage = sluice::storage::StoreSettings {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        allow_http: Some(true),
+        path_style: Some(true),
+        credentials: Some(credentials),
+        ..Default::default()
+    };
+    let s3 = sluice::catalog::IcebergSqlConfig {
+        uri: format!("sqlite:{}", home.path().join("s3.db").display()),
+        warehouse: "s3://bench/warehouse".into(),
+        storage,
+    };
+    let engine = Engine::builder().home(home.path()).catalog("s3", CatalogConfig::IcebergSql(s3)).build().await?;
+    engine
+        .sql(&format!(
+            "SET datafusion.execution.parquet.compression = 'zstd(1)';
+             CREATE EXTERNAL TABLE lineitem STORED AS PARQUET LOCATION '{}';
+             CREATE SCHEMA lake.tpch; CREATE SCHEMA s3.tpch;
+             CREATE TABLE lake.tpch.filter AS {FILTER} LIMIT 0;
+             CREATE TABLE s3.tpch.filter AS {FILTER} LIMIT 0;",
+            lineitem.display()
+        ))
+        .await?;
+    println!("\nthe `filter` job into an Iceberg warehouse on a loopback S3 server (moto):");
+    let local = time(repeat, &engine, |_| format!("INSERT INTO lake.tpch.filter {FILTER}")).await;
+    line("(f) local warehouse (baseline)", local, None);
+    let remote = time(repeat, &engine, |_| format!("INSERT INTO s3.tpch.filter {FILTER}")).await;
+    let label = "s3://bench/warehouse on moto";
+    println!(
+        "  {label:<42} {:>8.3} s   {:>5.2}x the baseline",
+        remote.as_secs_f64(),
+        remote.as_secs_f64() / local.as_secs_f64()
+    );
+    server.kill()?;
     Ok(())
 }
 
