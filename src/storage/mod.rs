@@ -64,7 +64,7 @@ impl std::fmt::Debug for Credentials {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Not a URL of a supported store.
-    #[error("`{location}`: not a location Sluice can write to (a local folder, s3://, gs://, az:// or abfss://)")]
+    #[error("`{location}`: not a location Sluice can reach (a local folder, s3://, gs://, az:// or abfss://)")]
     Unsupported {
         /// The location given.
         location: String,

@@ -94,7 +94,7 @@ async fn a_broken_catalog_file_is_named_with_its_bad_key() {
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
     assert!(
         error.contains(
-            "`ftp://host/wh`: not a location Sluice can write to (a local folder, s3://, gs://, az:// or abfss://)"
+            "`ftp://host/wh`: not a location Sluice can reach (a local folder, s3://, gs://, az:// or abfss://)"
         ),
         "{error}"
     );
@@ -107,7 +107,7 @@ async fn a_broken_catalog_file_is_named_with_its_bad_key() {
     assert!(error.contains("unknown field `endpont`"), "{error}");
     std::fs::write(&file, "type = \"delta\"\nroot = \"hdfs://host/delta\"\n").unwrap();
     let error = Engine::builder().home(home.path()).build().await.unwrap_err().to_string();
-    assert!(error.contains("`hdfs://host/delta`: not a location Sluice can write to"), "{error}");
+    assert!(error.contains("`hdfs://host/delta`: not a location Sluice can reach"), "{error}");
     std::fs::remove_file(&file).unwrap();
     std::fs::write(
         catalogs.join("Bad-Name.toml"),
