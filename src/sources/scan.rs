@@ -421,34 +421,48 @@ impl FileLines {
 }
 
 impl Scan {
-    /// The rows of `lines` of `file`: decoded together; if that fails, one at a time. Also the
-    /// bad lines (numbered in their range).
+    /// The rows of `lines` of `file`, and its bad lines (numbered in their range): decoded
+    /// together; a part that fails is halved until its bad lines stand alone, so a batch with a
+    /// few bad lines costs a few decodes of its good parts, not one per line.
     fn read(&self, file: &str, lines: &Lines) -> DFResult<(RecordBatch, Vec<BadLine>)> {
-        let expected = lines.lines.len();
-        if let Ok(batch) = self.decode(&lines.text, expected)
-            && batch.num_rows() == expected
-        {
-            self.bad.read_well(expected);
-            return Ok((batch, Vec::new()));
-        }
         let (mut good, mut bad) = (Vec::new(), Vec::new());
-        for (number, range) in &lines.lines {
-            let text = &lines.text[range.start..range.end + 1];
-            match self.decode(text, 1) {
-                Ok(batch) if batch.num_rows() == 1 => good.push(batch),
-                result => {
-                    let line = &lines.text[range.clone()];
-                    bad.push(BadLine {
-                        file: file.to_string(),
-                        line: *number,
-                        raw: String::from_utf8_lossy(line).into_owned(),
-                        error: self.diagnose(line, result.err()),
-                    });
-                }
-            }
-        }
-        self.bad.read_well(good.len());
+        self.read_part(file, lines, 0..lines.lines.len(), &mut good, &mut bad);
+        self.bad.read_well(good.iter().map(RecordBatch::num_rows).sum());
         Ok((concat_batches(&self.file_schema, &good)?, bad))
+    }
+
+    /// [`Scan::read`] of the lines `part` of `lines`.
+    fn read_part(
+        &self,
+        file: &str,
+        lines: &Lines,
+        part: Range<usize>,
+        good: &mut Vec<RecordBatch>,
+        bad: &mut Vec<BadLine>,
+    ) {
+        let (first, last) = (&lines.lines[part.start], &lines.lines[part.end - 1]);
+        // Whole lines, each with its `\n`.
+        let text = &lines.text[first.1.start..last.1.end + 1];
+        let result = self.decode(text, part.len());
+        if let Ok(batch) = &result
+            && batch.num_rows() == part.len()
+        {
+            good.push(batch.clone());
+            return;
+        }
+        if part.len() > 1 {
+            let middle = part.start + part.len() / 2;
+            self.read_part(file, lines, part.start..middle, good, bad);
+            self.read_part(file, lines, middle..part.end, good, bad);
+            return;
+        }
+        let line = &lines.text[first.1.clone()];
+        bad.push(BadLine {
+            file: file.to_string(),
+            line: first.0,
+            raw: String::from_utf8_lossy(line).into_owned(),
+            error: self.diagnose(line, result.err()),
+        });
     }
 
     /// `text` (whole lines) decoded to the file's columns; fewer or more rows than `rows` when
