@@ -331,7 +331,7 @@ impl FileLines {
         loop {
             let rest = &self.buffer[self.start..];
             let at = self.offset + self.start as u64;
-            if let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            if let Some(end) = memchr::memchr(b'\n', rest) {
                 let line = self.start..self.start + end;
                 self.start += end + 1;
                 return Ok(Some((line, at)));
@@ -428,7 +428,11 @@ impl Scan {
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         self.read_part(file, lines, 0..lines.lines.len(), &mut good, &mut bad);
         self.bad.read_well(good.iter().map(RecordBatch::num_rows).sum());
-        Ok((concat_batches(&self.file_schema, &good)?, bad))
+        let batch = match good.len() {
+            1 => good.pop().expect("one batch"),
+            _ => concat_batches(&self.file_schema, &good)?,
+        };
+        Ok((batch, bad))
     }
 
     /// [`Scan::read`] of the lines `part` of `lines`.
