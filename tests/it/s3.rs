@@ -3,7 +3,7 @@
 //! `s3://bucket/prefix`, configured by the standard AWS variables alone (or in code): the table
 //! lifecycle, independent readers, clear errors, and writers killed and recovered.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -29,8 +29,18 @@ pub struct S3Server {
 impl S3Server {
     /// Starts the server and creates `buckets`.
     pub async fn start(buckets: &[&str]) -> Self {
+        Self::start_checking(buckets, None).await
+    }
+
+    /// Starts the server and creates `buckets`; with `checked`, every request after those
+    /// `checked` unsigned ones must be signed with a key the server knows (it knows none).
+    pub async fn start_checking(buckets: &[&str], checked: Option<usize>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(python())
+        let mut command = Command::new(python());
+        if let Some(free) = checked {
+            command.env("INITIAL_NO_AUTH_ACTION_COUNT", free.to_string());
+        }
+        let child = command
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -39,7 +49,7 @@ impl S3Server {
         let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
         let client = reqwest::Client::new();
         let started = Instant::now();
-        while client.get(&server.endpoint).send().await.is_err() {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(30), "moto's server did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -308,6 +318,27 @@ async fn a_missing_bucket_or_a_wrong_endpoint_fails_fast_and_clearly() {
         assert!(!stderr.contains(SECRET), "{stderr}");
     }
     assert!(keys(server.bucket("present").as_ref(), "").await.is_empty(), "nothing was written");
+}
+
+/// Credentials the server does not know are refused at once, by the server's own reason, with
+/// the key id at most in the error (never the secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_credentials_fail_fast_naming_the_cause_not_the_secret() {
+    let server = S3Server::start_checking(&["guarded"], Some(1)).await;
+    let home = tempfile::tempdir().unwrap();
+    catalog_file(
+        home.path(),
+        "guarded",
+        "type = \"iceberg-sql\"\nuri = \"sqlite:g.db\"\nwarehouse = \"s3://guarded/wh\"\n",
+    );
+    let started = Instant::now();
+    let out = sluice(home.path(), &server, "CREATE SCHEMA guarded.s; CREATE TABLE guarded.s.t (id BIGINT)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(stderr.contains("catalog `guarded`") && stderr.contains("s3://guarded/wh/s/t"), "{stderr}");
+    assert!(stderr.contains("InvalidAccessKeyId"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
 }
 
 /// `sluice` processes writing into the S3 warehouse, SIGKILLed at moments from a seeded clock
