@@ -225,7 +225,21 @@ impl Engine {
             if let Some(output) = self.export(copy, source).await? {
                 return Ok(output);
             }
+            if super::write::is_object_store_file(copy) {
+                return Box::pin(self.export_to_object_store(copy.clone(), partition_by, source)).await;
+            }
         }
+        self.execute_datafusion_plan(statement, partition_by, source).await
+    }
+
+    /// A DataFusion statement (not one of Sluice's exports), run by DataFusion unless it writes
+    /// into a catalog.
+    pub(super) async fn execute_datafusion_plan(
+        &self,
+        statement: DFStatement,
+        partition_by: &[PartitionField],
+        source: &str,
+    ) -> Result<Output> {
         let state = self.ctx.state();
         let text = match &statement {
             DFStatement::Statement(sql) => Self::statement_text(sql),

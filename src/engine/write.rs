@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use super::{Engine, Output};
 use datafusion::logical_expr::DdlStatement;
+use datafusion::object_store::ObjectStoreExt;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use datafusion::sql::parser::Statement as DFStatement;
 
@@ -20,6 +21,14 @@ use crate::paths;
 use crate::planner;
 use crate::system::explain_batch;
 use crate::table::{TableName, WriteMode};
+
+/// Whether `copy` writes one file into an object store (`s3://bucket/dir/out.csv`).
+pub(super) fn is_object_store_file(copy: &CopyToStatement) -> bool {
+    crate::storage::is_remote(&copy.target)
+        && !copy.target.ends_with('/')
+        && copy.partitioned_by.is_empty()
+        && std::path::Path::new(&copy.target).extension().is_some()
+}
 
 /// What did not fit, if `error` is a run that failed on a row that did not fit its table.
 fn unfit_row(error: &Error) -> Option<String> {
@@ -253,6 +262,45 @@ impl Engine {
             check: None,
         };
         Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
+    }
+
+    /// `COPY ... TO 's3://bucket/dir/out.parquet'` (one file in an object store): DataFusion writes
+    /// a hidden object beside the target (`dir/.out.<uuid>.parquet`), which is copied onto the
+    /// target only once complete and then deleted; on failure it is deleted and the old object
+    /// stays, as a local export's rename-into-place promises.
+    pub(super) async fn export_to_object_store(
+        &self,
+        copy: CopyToStatement,
+        partition_by: &[crate::table::PartitionField],
+        source: &str,
+    ) -> Result<Output> {
+        let not_a_file = || Error::Plan(format!("COPY TO `{}`: not a file in an object store", copy.target));
+        let root = crate::storage::store_root(&copy.target).ok_or_else(not_a_file)?;
+        let target = crate::storage::object_path(&copy.target).ok_or_else(not_a_file)?;
+        let name = target.filename().ok_or_else(not_a_file)?.to_string();
+        let (stem, extension) = name.rsplit_once('.').ok_or_else(not_a_file)?;
+        let folder = target.as_ref().strip_suffix(&name).unwrap_or_default().trim_end_matches('/');
+        let hidden = format!("{folder}/.{stem}.{}.{extension}", uuid::Uuid::now_v7());
+        let hidden = datafusion::object_store::path::Path::from(hidden.trim_start_matches('/'));
+        let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(root.as_str())?;
+        let store = self.ctx.runtime_env().object_store(&store_url)?;
+        let mut temporary = copy.clone();
+        temporary.target = format!("{}/{hidden}", root.as_str().trim_end_matches('/'));
+        let written = self.execute_datafusion_plan(DFStatement::CopyTo(temporary), partition_by, source).await;
+        let placed = match written {
+            Ok(output) => store
+                .copy(&hidden, &target)
+                .await
+                .map(|()| output)
+                .map_err(|e| Error::Plan(format!("COPY TO `{}`: {e}", copy.target))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = store.delete(&hidden).await
+            && !matches!(e, datafusion::object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(target = %copy.target, "the export's hidden object {hidden} was left: {e}");
+        }
+        placed
     }
 
     /// Refuses a `COPY` into the home folder (the ledger, the catalog database) or into a

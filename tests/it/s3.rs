@@ -172,6 +172,21 @@ async fn an_iceberg_warehouse_on_s3_takes_the_whole_table_lifecycle() {
          SELECT count(*) AS n, sum(amount) AS total FROM 's3://lake/exports/orders.parquet';",
     ));
     assert!(exported.contains("| 1000 | 1001000.0 |"), "{exported}");
+    // A failing export leaves the old object as it was (DataFusion's own COPY would have
+    // replaced it with what it had written): the export goes to a hidden object first.
+    let failed = sluice(
+        home.path(),
+        &server,
+        "COPY (SELECT id, 10 / (id - 999) AS amount FROM s3lake.sales.orders) TO 's3://lake/exports/orders.parquet'",
+    );
+    assert!(!failed.status.success(), "the export fails");
+    let kept = stdout(&sluice(home.path(), &server, "SELECT count(*) AS n FROM 's3://lake/exports/orders.parquet'"));
+    assert!(kept.contains("| 1000 |"), "{kept}");
+    assert_eq!(
+        keys(server.bucket("lake").as_ref(), "exports").await,
+        ["exports/orders.parquet"],
+        "no hidden object left"
+    );
     let refused = sluice(home.path(), &server, "COPY (SELECT 1 AS x) TO 's3://lake/warehouse/sales/x.parquet'");
     let refused = String::from_utf8_lossy(&refused.stderr);
     assert!(refused.contains("would write into the tables of catalog `s3lake` at s3://lake/warehouse"), "{refused}");
