@@ -260,6 +260,10 @@ impl PartitionReader {
     }
 }
 
+/// The longest line read, so that a file without line breaks (binary, damaged) is not buffered
+/// whole.
+const LINE_MAX: usize = 64 << 20;
+
 /// The lines of a file (or of a byte range of it: those that start in the range) as its bytes
 /// arrive.
 pub(super) struct FileLines {
@@ -272,6 +276,8 @@ pub(super) struct FileLines {
     offset: u64,
     /// Where the next line starts in `buffer`.
     start: usize,
+    /// How many bytes from `start` are known to hold no line break.
+    searched: usize,
     /// Lines that start at or past this offset belong to the next range.
     end: Option<u64>,
     /// Whether the range starts the file (its first line may be the header).
@@ -313,6 +319,7 @@ impl FileLines {
             buffer: Vec::new(),
             offset: from,
             start: 0,
+            searched: 0,
             end,
             whole: start == 0,
             first_line: None,
@@ -331,10 +338,20 @@ impl FileLines {
         loop {
             let rest = &self.buffer[self.start..];
             let at = self.offset + self.start as u64;
-            if let Some(end) = memchr::memchr(b'\n', rest) {
+            // Bytes already searched for a line break are not searched again.
+            if let Some(end) = memchr::memchr(b'\n', &rest[self.searched..]).map(|end| end + self.searched) {
                 let line = self.start..self.start + end;
                 self.start += end + 1;
+                self.searched = 0;
                 return Ok(Some((line, at)));
+            }
+            self.searched = rest.len();
+            if rest.len() > LINE_MAX {
+                return exec_err!(
+                    "{}: the line at byte {at} is longer than {} MiB: not a file of lines (bad_rows reads one record per line)",
+                    self.name,
+                    LINE_MAX >> 20
+                );
             }
             if self.eof {
                 if rest.is_empty() {

@@ -334,3 +334,29 @@ async fn the_report_of_a_checked_write_adds_its_counts() {
     assert_eq!(counts, ["6", "2", "2", "2"].map(String::from));
     assert_eq!(column("expectations"), "big: 4 passed, 2 failed (DROP ROW); small: 4 passed, 2 failed (QUARANTINE)");
 }
+
+/// A file whose "line" runs on past 64 MiB (binary, damaged) is not buffered whole: the run
+/// fails naming the file and where the line starts, and nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_line_without_end_fails_the_run_instead_of_filling_memory() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("damaged.csv");
+    let mut text = b"id,v\n1,a\n".to_vec();
+    text.resize(text.len() + (65 << 20), b'x');
+    text.extend_from_slice(b"\n2,b\n");
+    std::fs::write(&file, text).unwrap();
+    let engine = engine(home.path(), 2).await;
+    engine
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE src (id INT, v VARCHAR) STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true');
+             CREATE SCHEMA lake.long; CREATE TABLE lake.long.t (id INT, v VARCHAR);",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    let err = engine.sql("INSERT INTO lake.long.t WITH (bad_rows = 'quarantine') SELECT * FROM src").await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("damaged.csv: the line at byte 9 is longer than 64 MiB"), "{message}");
+    assert_eq!(value(&engine, "SELECT count(*) FROM lake.long.t").await, "0");
+    assert_eq!(data_files(home.path(), "long"), 0);
+}

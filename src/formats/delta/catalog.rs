@@ -419,7 +419,7 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     /// Columns added by a `metaData` action in the run's own commit. Widening a type needs
-    /// Delta's `typeWidening` table feature, which this version does not write.
+    /// Delta's `typeWidening` table feature, which delta-rs 0.32 neither reads nor writes.
     async fn writer_evolving(
         &self,
         name: &TableName,
