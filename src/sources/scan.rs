@@ -339,7 +339,8 @@ impl FileLines {
             let rest = &self.buffer[self.start..];
             let at = self.offset + self.start as u64;
             // Bytes already searched for a line break are not searched again.
-            if let Some(end) = memchr::memchr(b'\n', &rest[self.searched..]).map(|end| end + self.searched) {
+            let searched = self.searched.min(rest.len());
+            if let Some(end) = memchr::memchr(b'\n', &rest[searched..]).map(|end| end + searched) {
                 let line = self.start..self.start + end;
                 self.start += end + 1;
                 self.searched = 0;
@@ -359,6 +360,7 @@ impl FileLines {
                 }
                 let line = self.start..self.buffer.len();
                 self.start = self.buffer.len();
+                self.searched = 0;
                 return Ok(Some((line, at)));
             }
             match self.bytes.next().await.transpose()? {
@@ -382,6 +384,7 @@ impl FileLines {
             if self.end.is_some_and(|end| at >= end) {
                 self.eof = true;
                 self.start = self.buffer.len();
+                self.searched = 0;
                 break;
             }
             self.first_line.get_or_insert(at);
