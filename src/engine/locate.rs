@@ -4,7 +4,10 @@
 //! partition (so in file order), checks each batch as the shards did ([`conform`]), and names
 //! the first row that fails as the run did (the same column and value): its line for CSV and
 //! newline-delimited JSON, else its row number. At most [`ROWS_CHECKED_ALONE`] rows are checked
-//! one by one (those of batches with an unfit row).
+//! one by one (those of batches with an unfit row), and the whole search gets [`BUDGET`].
+
+/// How long the search may take before the error is reported without the place (a huge file).
+pub(super) const BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most rows checked one at a time, in batches that do not fit, before giving up.
 const ROWS_CHECKED_ALONE: usize = 100_000;

@@ -93,9 +93,11 @@ impl Engine {
             },
             (None, None) => return Err(error),
         };
-        match self.locate_unfit_row(&input, &target, &unfit).await {
-            Some(location) => Err(Error::InInput { source: Box::new(error), location }),
-            None => Err(error),
+        // A failed write must not take as long again to report: the search has a time budget.
+        let located = tokio::time::timeout(super::locate::BUDGET, self.locate_unfit_row(&input, &target, &unfit));
+        match located.await {
+            Ok(Some(location)) => Err(Error::InInput { source: Box::new(error), location }),
+            Ok(None) | Err(_) => Err(error),
         }
     }
 
