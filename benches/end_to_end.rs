@@ -23,7 +23,8 @@
 //! it), generated once into `target/tpch/sf<SF>/` and never committed.
 //!
 //! `cargo bench --bench end_to_end`; `SLUICE_TPCH_SF` (default 1), `SLUICE_BENCH_REPEAT` (5),
-//! `SLUICE_TPCHGEN` (the generator; default `benches/.venv/bin/tpchgen-cli`).
+//! `SLUICE_TPCHGEN` (the generator; default `benches/.venv/bin/tpchgen-cli`),
+//! `SLUICE_BENCH_SECTIONS` (the sections to run, default `abcdef`; (a) to (d) run together).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -113,6 +114,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let rows = |sql: &str| format!("SELECT count(*) FROM ({sql})");
     println!("TPC-H SF{sf}, {repeat} repetitions (median), {cores} cores, zstd(1) Parquet everywhere");
+    let sections: String = env_or("SLUICE_BENCH_SECTIONS", "abcdef".to_string());
+    let tables = if sections.contains(['a', 'b', 'c', 'd']) { 2 } else { 0 };
 
     for (job, query, floor_partitioning, iceberg_partitioning, delta_partitioning) in [
         ("filter", FILTER, "", "", ""),
@@ -123,7 +126,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             " PARTITIONED BY (month(l_shipdate))",
             " PARTITIONED BY (ship_month)",
         ),
-    ] {
+    ]
+    .into_iter()
+    .take(tables)
+    {
         let count = engine.sql(&rows(query)).await?;
         let count = datafusion::arrow::util::display::array_value_to_string(count[0].column(0), 0).unwrap();
         println!("\njob `{job}`: {count} rows");
@@ -157,8 +163,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    csv_loads(&engine, exports.path(), repeat).await?;
-    s3_warehouse(&lineitem, repeat).await?;
+    if sections.contains('e') {
+        csv_loads(&engine, exports.path(), repeat).await?;
+    }
+    if sections.contains('f') {
+        s3_warehouse(&lineitem, repeat).await?;
+    }
     Ok(())
 }
 
