@@ -15,7 +15,9 @@
 //! `commit-response-lost` (the catalog took the commit, the answer is lost), `after-commit`
 //! (committed, the ledger not yet told: a crash there), `commit-stall` (inside a commit attempt,
 //! just before the catalog call: on Iceberg SQL catalogs with the attempt's manifests and
-//! metadata written; `pause` stalls it, `return(abort)` kills the process there).
+//! metadata written; `pause` stalls it, `return(abort)` kills the process there),
+//! `export-upload` (an export's whole file sent to its object store, the upload not yet
+//! completed; scoped by the object's URL).
 
 /// Fails with the failpoint's full name when `<point>/<scope>` is configured to fire now; with
 /// `return(abort)` the process dies on the spot instead, as in a crash.

@@ -10,12 +10,17 @@
 //!  dir/out.csv                 ◄── rename                         (commit)
 //! ```
 //!
+//! An export into an object store (`s3://bucket/dir/out.csv`) stages and merges the same way in
+//! the home's `exports/` folder, then uploads the merged file (one put, or a multipart upload
+//! completed only at its end): a reader sees the old object or the whole new one, and a failed
+//! upload is aborted, leaving the old object.
+//!
 //! CSV and JSONL parts are concatenated byte for byte (CSV parts have no header; the merged file
 //! gets one). Parquet parts' row groups are copied without decoding them. A query that ends
 //! sorted (`ORDER BY`) is written by one shard, so the file keeps its order.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -23,6 +28,9 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::buffered::BufWriter as ObjectWriter;
+use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::column::writer::ColumnCloseResult;
@@ -31,6 +39,7 @@ use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 
 use super::{Coordinator, CoordinatorError, RunContext, ShardResult, StagedFile};
 use crate::runtime::{BoxError, ShardError};
@@ -75,9 +84,25 @@ impl ExportFormat {
 /// Writes a query's result as one file, from N shards, atomically.
 #[derive(Debug)]
 pub struct FileMerge {
+    /// The file exported into, or (for an object) the file staged in its place.
     path: PathBuf,
+    /// The object the merged file is uploaded to, if the export goes to an object store.
+    object: Option<Object>,
     format: ExportFormat,
     schema: OnceLock<SchemaRef>,
+}
+
+/// An object exported into.
+struct Object {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 const NAME: &str = "file-merge";
@@ -85,7 +110,21 @@ const NAME: &str = "file-merge";
 impl FileMerge {
     /// Exports into `path` (absolute) as `format`; an existing file there is replaced.
     pub fn new(path: PathBuf, format: ExportFormat) -> Self {
-        Self { path, format, schema: OnceLock::new() }
+        Self { path, object: None, format, schema: OnceLock::new() }
+    }
+
+    /// Exports into the object `url` (at `path` in `store`) as `format`, staging and merging in
+    /// the local folder `staging`; an existing object there is replaced.
+    pub fn to_object(
+        url: &str,
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+        staging: &Path,
+        format: ExportFormat,
+    ) -> Self {
+        let name = path.filename().unwrap_or("export").to_string();
+        let object = Object { url: url.to_string(), store, path };
+        Self { path: staging.join(name), object: Some(object), format, schema: OnceLock::new() }
     }
 
     fn file_name(&self) -> String {
@@ -196,13 +235,23 @@ impl Coordinator for FileMerge {
         // Merging reads and writes whole files: off the async workers, so that the run's
         // heartbeat keeps renewing its lease however long it takes.
         let (format, schema) = (self.format, self.schema.get().expect("prepare_shards saw the schema").clone());
-        let (merged, target) = (self.merged_path(run), self.path.clone());
+        let (merged, target, local) = (self.merged_path(run), self.path.clone(), self.object.is_none());
+        let staged = merged.clone();
         tokio::task::spawn_blocking(move || {
             merge(format, &schema, &parts, &merged)?;
-            std::fs::rename(&merged, &target).map_err(|e| error(&target, e))
+            match local {
+                true => std::fs::rename(&merged, &target).map_err(|e| error(&target, e)),
+                false => Ok(()),
+            }
         })
         .await
         .map_err(|e| CoordinatorError::new(NAME, e))??;
+        if let Some(object) = &self.object {
+            upload(&staged, object).await.map_err(|e| CoordinatorError::new(NAME, format!("{}: {e}", object.url)))?;
+            if let Err(e) = std::fs::remove_file(&staged) {
+                tracing::warn!(run_id = %run.run_id(), "the export is in place, but {} was left: {e}", staged.display());
+            }
+        }
         // The export is in place: leftover parts are only litter now, not a reason to fail it.
         let parts_dir = self.parts_dir(run).display().to_string();
         let cleaned = match run.delete_staged(&parts_dir, remove_file).await {
@@ -225,6 +274,33 @@ impl Coordinator for FileMerge {
             _ => Ok(()),
         }
     }
+}
+
+/// Uploads the file `from` into `to`, in parts as it is read; aborted on failure (the object
+/// before it stays).
+async fn upload(from: &Path, to: &Object) -> Result<(), BoxError> {
+    const CHUNK: usize = 8 << 20;
+    let mut file = File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut writer = ObjectWriter::with_capacity(to.store.clone(), to.path.clone(), CHUNK);
+    let written: Result<(), BoxError> = async {
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let read = tokio::task::block_in_place(|| (&mut file).take(CHUNK as u64).read_to_end(&mut chunk))?;
+            if read == 0 {
+                break;
+            }
+            writer.put(chunk.into()).await?;
+        }
+        crate::failpoint::check("export-upload", &to.url)?;
+        Ok(writer.shutdown().await?)
+    }
+    .await;
+    if written.is_err()
+        && let Err(e) = writer.abort().await
+    {
+        tracing::warn!(url = %to.url, "aborting the failed upload failed too: {e}");
+    }
+    written
 }
 
 /// Deletes a file; one that is not there is not an error.

@@ -2,7 +2,7 @@
 //! statement, and runs a process that is gone left open.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use super::{Engine, Output};
 use crate::catalog::CatalogError;
-use crate::coordinator::{CommitTarget, Coordinator, ExportFormat, FileMerge, Resolution, RunOrigin, RunReport};
+use crate::coordinator::{CommitTarget, Coordinator, ExportFormat, Resolution, RunOrigin, RunReport};
 use crate::error::{Error, Result};
 use crate::ledger::{RunRecord, RunStatus};
 use crate::parser::{self, CreatePipeline, PipelineBody, Statement};
@@ -327,13 +327,20 @@ impl Engine {
         self.require_ledger()?;
         let mut settled = Vec::new();
         for record in self.ledger.abandoned_runs().await? {
-            // An export's target is the file's absolute path; a table's is `catalog.schema.table`.
-            let table = (!Path::new(&record.target).is_absolute()).then(|| TableName::parse(&record.target)).flatten();
+            // An export's target is the file's absolute path or the object's URL; a table's is
+            // `catalog.schema.table`.
+            let export = Path::new(&record.target).is_absolute() || crate::storage::is_remote(&record.target);
+            let table = (!export).then(|| TableName::parse(&record.target)).flatten();
             let coordinator: Arc<dyn Coordinator> = match table {
                 None => {
-                    let path = PathBuf::from(&record.target);
-                    let format = ExportFormat::of_path(&path).unwrap_or(ExportFormat::Csv);
-                    Arc::new(FileMerge::new(path, format))
+                    let format = ExportFormat::of_path(Path::new(&record.target)).unwrap_or(ExportFormat::Csv);
+                    match self.file_merge(&record.target, format) {
+                        Ok((_, merge)) => Arc::new(merge),
+                        Err(e) => {
+                            tracing::warn!(run_id = %record.run_id, "cannot recover: {e}");
+                            continue;
+                        }
+                    }
                 }
                 Some(table) => {
                     let Some(catalog) = self.catalog_of(&table.catalog) else {

@@ -229,17 +229,18 @@ impl Engine {
         }
     }
 
-    /// `COPY (SELECT ...) TO 'file.csv'` (or `.jsonl`, `.json`, `.parquet`, or `STORED AS`): the
-    /// shards write part files that the file-merge coordinator merges into the one file.
-    /// `None` leaves the statement to DataFusion: a folder, partitioned output, format options,
-    /// or a URL.
+    /// `COPY (SELECT ...) TO 'file.csv'` (or `.jsonl`, `.json`, `.parquet`, or `STORED AS`; also
+    /// `'s3://bucket/dir/file.csv'`): the shards write part files that the file-merge
+    /// coordinator merges into the one file. `None` leaves the statement to DataFusion: a folder,
+    /// partitioned output, format options, or a URL of another kind.
     pub(super) async fn export(&self, copy: &CopyToStatement, statement: &str) -> Result<Option<Output>> {
         let path = PathBuf::from(&copy.target);
         let format = match &copy.stored_as {
             Some(name) => ExportFormat::parse(name),
             None => ExportFormat::of_path(&path),
         };
-        let is_file = path.extension().is_some() && !copy.target.contains("://") && !copy.target.ends_with('/');
+        let reachable = !copy.target.contains("://") || crate::storage::is_remote(&copy.target);
+        let is_file = path.extension().is_some() && reachable && !copy.target.ends_with('/');
         let (Some(format), true, true, true) =
             (format, is_file, copy.partitioned_by.is_empty(), copy.options.is_empty())
         else {
@@ -249,13 +250,12 @@ impl Engine {
             CopyToSource::Query(query) => self.plan_sql_statement(SqlStatement::Query(query.clone())).await?,
             CopyToSource::Relation(name) => self.ctx.table(name.to_string().as_str()).await?.into_unoptimized_plan(),
         };
-        let path = std::path::absolute(&path).map_err(|source| Error::Io { path: copy.target.clone(), source })?;
+        let (target, merge) = self.file_merge(&copy.target, format)?;
         let state = self.ctx.state();
         let input = state.create_physical_plan(&plan).await?;
-        let merge = Arc::new(FileMerge::new(path.clone(), format));
         let job = RunJob {
-            target: path.display().to_string(),
-            coordinator: self.layered(merge),
+            target,
+            coordinator: self.layered(Arc::new(merge)),
             input,
             shards: self.shards,
             base: None,
@@ -266,7 +266,25 @@ impl Engine {
         Ok(Some(Output::run(self.runner.run(job, state.task_ctx()).await?)))
     }
 
-    /// `COPY ... TO 's3://bucket/dir/out.parquet'` (one file in an object store): DataFusion writes
+    /// The export run's target (the file's absolute path, or the object's URL) and its
+    /// coordinator. An object's parts are staged in the home's `exports/` folder.
+    pub(super) fn file_merge(&self, target: &str, format: ExportFormat) -> Result<(String, FileMerge)> {
+        if crate::storage::is_remote(target) {
+            let not_a_file = || Error::Plan(format!("COPY TO `{target}`: not a file in an object store"));
+            let root = crate::storage::store_root(target).ok_or_else(not_a_file)?;
+            let object =
+                crate::storage::object_path(target).filter(|p| p.filename().is_some()).ok_or_else(not_a_file)?;
+            let url = datafusion::execution::object_store::ObjectStoreUrl::parse(root.as_str())?;
+            let store = self.ctx.runtime_env().object_store(&url)?;
+            let staging = self.home.join("exports");
+            return Ok((target.to_string(), FileMerge::to_object(target, store, object, &staging, format)));
+        }
+        let path = std::path::absolute(target).map_err(|source| Error::Io { path: target.to_string(), source })?;
+        Ok((path.display().to_string(), FileMerge::new(path, format)))
+    }
+
+    /// `COPY ... TO 's3://bucket/dir/out.parquet' OPTIONS (...)` (one file in an object store, in a
+    /// form only DataFusion's COPY writes): DataFusion writes
     /// a hidden object beside the target (`dir/.out.<uuid>.parquet`), which is copied onto the
     /// target only once complete and then deleted; on failure it is deleted and the old object
     /// stays, as a local export's rename-into-place promises.
