@@ -266,6 +266,34 @@ impl Root {
     }
 }
 
+/// Checks that `store` honours conditional puts (`If-None-Match: *`), which safe concurrent
+/// commits need (a Delta log version is taken by creating its object): creates a probe object
+/// at `probe` twice, the second of which must be refused, then deletes it. A store that accepts
+/// both (or cannot be asked) would let two commits overwrite each other: an error says so.
+pub async fn check_conditional_put(store: &dyn ObjectStore, probe: &Path) -> Result<(), String> {
+    use datafusion::object_store::{ObjectStoreExt, PutMode, PutOptions};
+    let create = || async {
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        store.put_opts(probe, bytes::Bytes::from_static(b"probe").into(), options).await
+    };
+    let unsafe_store = |why: String| {
+        format!(
+            "the store does not enforce conditional writes (If-None-Match), so two commits could overwrite \
+             each other; refused ({why}). Use a store that supports them (AWS S3, MinIO, R2, ...)"
+        )
+    };
+    create().await.map_err(|e| unsafe_store(format!("a first create of {probe}: {e}")))?;
+    let second = create().await;
+    if let Err(e) = store.delete(probe).await {
+        tracing::warn!("deleting the probe object {probe}: {e}");
+    }
+    match second {
+        Err(datafusion::object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Ok(_) => Err(unsafe_store(format!("a second create of {probe} replaced the first"))),
+        Err(e) => Err(unsafe_store(format!("a second create of {probe}: {e}"))),
+    }
+}
+
 /// Deletes every object in the folder `path` of `store`: `t/...`, never `t2/...`.
 pub async fn delete_objects_under(store: &dyn ObjectStore, path: &Path) -> Result<(), datafusion::object_store::Error> {
     use futures::StreamExt;

@@ -507,6 +507,32 @@ async fn a_delta_root_on_s3_takes_the_whole_table_lifecycle() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{refused:?}");
     stdout(&sluice(home.path(), &server, "DROP SCHEMA s3delta.empty"));
     assert!(keys(store.as_ref(), "root/empty/").await.is_empty());
+
+    // A store that does not enforce conditional puts (here: the client told not to send them)
+    // could lose a commit: creating or writing a table is refused, saying why; reads still work.
+    let unsafe_store = |sql: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--home", &home.path().display().to_string(), "-c", sql])
+            .envs(server.env())
+            .env("AWS_CONDITIONAL_PUT", "disabled")
+            .output()
+            .unwrap()
+    };
+    for sql in ["CREATE TABLE s3delta.web.hits3 (id BIGINT)", "INSERT INTO s3delta.web.hits2 VALUES (3)"] {
+        let refused = unsafe_store(sql);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{sql}");
+        assert!(
+            stderr.contains("catalog `s3delta` at s3://deltas/root")
+                && stderr.contains("does not enforce conditional writes (If-None-Match)"),
+            "{stderr}"
+        );
+    }
+    let read = unsafe_store("SELECT sum(id) AS s FROM s3delta.web.hits2");
+    assert!(stdout(&read).contains("| 3 "));
+    let mut objects = keys(store.as_ref(), "root/").await;
+    objects.retain(|k| !k.starts_with("root/web/hits2/"));
+    assert_eq!(objects, ["root/web/.sluice-schema"], "nothing else written");
 }
 
 /// Two `sluice` processes append to one Delta table on S3 at once, many times: each commit takes

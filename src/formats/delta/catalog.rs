@@ -99,6 +99,8 @@ pub struct DeltaCatalog {
     root: Root,
     location: String,
     listing: Listing,
+    /// Whether the root's object store enforces conditional puts, once asked (the first write).
+    safe_commits: tokio::sync::OnceCell<std::result::Result<(), String>>,
 }
 
 /// Whether `location` (under `root`) holds a Delta table: a `_delta_log`.
@@ -214,10 +216,34 @@ impl DeltaCatalog {
                 Root::Local(paths::normalize(&root).ok_or_else(|| open_error("the root climbs above `/`".into()))?)
             }
         };
-        let catalog =
-            Arc::new(Self { name: name.to_string(), location: root.display(), root, listing: Listing::default() });
+        let catalog = Arc::new(Self {
+            name: name.to_string(),
+            location: root.display(),
+            root,
+            listing: Listing::default(),
+            safe_commits: Default::default(),
+        });
         catalog.refresh().await?;
         Ok(catalog)
+    }
+
+    /// Refuses to commit into an object store that does not enforce conditional puts (asked
+    /// once per process, with a probe object under the root); a local root is safe.
+    async fn check_safe_commits(&self) -> Result<()> {
+        let Root::Remote { url, store } = &self.root else { return Ok(()) };
+        let checked = self
+            .safe_commits
+            .get_or_init(|| async {
+                let root = storage::object_path(url).unwrap_or_default();
+                let probe = root.join(format!(".sluice-probe-{}", uuid::Uuid::now_v7()).as_str());
+                storage::check_conditional_put(store.as_ref(), &probe).await
+            })
+            .await;
+        checked.clone().map_err(|message| CatalogError::Open {
+            catalog: self.name.clone(),
+            location: self.location.clone(),
+            message,
+        })
     }
 
     fn error(&self, context: impl Into<String>) -> impl FnOnce(DeltaTableError) -> CatalogError + '_ {
@@ -262,6 +288,7 @@ impl DeltaCatalog {
     /// A writer for one run into table `name` as it is now (what [`LakeCatalog::writer`] hands
     /// out, typed).
     pub async fn table_writer(&self, name: &TableName) -> Result<DeltaTableWriter> {
+        self.check_safe_commits().await?;
         let table = self.load_table(name).await?;
         DeltaTableWriter::new(table).map_err(self.error(format!("preparing a write into `{name}`")))
     }
@@ -363,6 +390,7 @@ impl LakeCatalog for DeltaCatalog {
         if_not_exists: bool,
     ) -> Result<bool> {
         let dir = self.table_dir(name)?;
+        self.check_safe_commits().await?;
         if !folder_exists(&self.root, &self.root.location(&[&name.schema])).await {
             return Err(CatalogError::SchemaNotFound { catalog: self.name.clone(), schema: name.schema.clone() });
         }
