@@ -370,6 +370,21 @@ async fn a_missing_bucket_or_a_wrong_endpoint_fails_fast_and_clearly() {
         assert!(!stderr.contains(SECRET), "{stderr}");
     }
     assert!(keys(server.bucket("present").as_ref(), "").await.is_empty(), "nothing was written");
+
+    // A Delta root in a missing bucket costs only its own catalog: the others work, and a
+    // statement on one of its tables fails saying why.
+    catalog_file(home.path(), "dgone", "type = \"delta\"\nroot = \"s3://absent/root\"\n");
+    let others = sluice(home.path(), &server, "CREATE SCHEMA lake.s; CREATE TABLE lake.s.t AS SELECT 1 AS x");
+    stdout(&others);
+    let warned = String::from_utf8_lossy(&others.stderr);
+    assert!(warned.contains("catalog `dgone`") && warned.contains("NoSuchBucket"), "{warned}");
+    let out = sluice(home.path(), &server, "SELECT * FROM dgone.s.t");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("dgone.s.t") && stderr.contains("s3://absent/root") && stderr.contains("NoSuchBucket"),
+        "{stderr}"
+    );
 }
 
 /// Credentials the server does not know are refused at once, by the server's own reason, with

@@ -101,6 +101,8 @@ pub struct DeltaCatalog {
     listing: Listing,
     /// Whether the root's object store enforces conditional puts, once asked (the first write).
     safe_commits: tokio::sync::OnceCell<std::result::Result<(), String>>,
+    /// Why the root's bucket could not be listed at the last refresh, if it could not.
+    unreachable: std::sync::RwLock<Option<String>>,
 }
 
 /// Whether `location` (under `root`) holds a Delta table: a `_delta_log`.
@@ -222,9 +224,32 @@ impl DeltaCatalog {
             root,
             listing: Listing::default(),
             safe_commits: Default::default(),
+            unreachable: Default::default(),
         });
-        catalog.refresh().await?;
+        match catalog.refresh().await {
+            // An unreachable bucket costs this catalog, not the session: statements on its
+            // tables fail saying why (see `DeltaSchema::table`), until a refresh lists it.
+            Err(e) if catalog.root.local().is_none() => tracing::warn!("{e}"),
+            other => other?,
+        }
         Ok(catalog)
+    }
+
+    /// The schemas (folders or prefixes under the root) and the Delta tables in each.
+    async fn list(&self) -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let mut listing = BTreeMap::new();
+        let root = self.root.location(&[]);
+        for schema in subfolders(&self.root, &root).await.map_err(self.io_error("listing schemas"))? {
+            let dir = self.root.location(&[&schema]);
+            let mut tables = BTreeSet::new();
+            for table in subfolders(&self.root, &dir).await.map_err(self.io_error("listing tables"))? {
+                if is_delta_table(&self.root, &self.root.location(&[&schema, &table])).await {
+                    tables.insert(table);
+                }
+            }
+            listing.insert(schema, tables);
+        }
+        Ok(listing)
     }
 
     /// Refuses to commit into an object store that does not enforce conditional puts (asked
@@ -328,19 +353,9 @@ impl LakeCatalog for DeltaCatalog {
     }
 
     async fn refresh(&self) -> Result<()> {
-        let mut listing = BTreeMap::new();
-        let root = self.root.location(&[]);
-        for schema in subfolders(&self.root, &root).await.map_err(self.io_error("listing schemas"))? {
-            let dir = self.root.location(&[&schema]);
-            let mut tables = BTreeSet::new();
-            for table in subfolders(&self.root, &dir).await.map_err(self.io_error("listing tables"))? {
-                if is_delta_table(&self.root, &self.root.location(&[&schema, &table])).await {
-                    tables.insert(table);
-                }
-            }
-            listing.insert(schema, tables);
-        }
-        self.listing.replace(listing);
+        let listed = self.list().await;
+        *self.unreachable.write().expect("catalog listing lock") = listed.as_ref().err().map(ToString::to_string);
+        self.listing.replace(listed?);
         Ok(())
     }
 
@@ -476,12 +491,18 @@ impl CatalogProvider for DeltaCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        let tables = self.listing.tables(name)?;
+        let unreachable = self.unreachable.read().expect("catalog listing lock").clone();
+        let tables = match (self.listing.tables(name), &unreachable) {
+            (Some(tables), _) => tables,
+            (None, Some(_)) => BTreeSet::new(),
+            (None, None) => return None,
+        };
         Some(Arc::new(DeltaSchema {
             catalog: self.name.clone(),
             schema: name.to_string(),
             root: self.root.clone(),
             tables,
+            unreachable,
         }))
     }
 }
@@ -493,6 +514,9 @@ struct DeltaSchema {
     schema: String,
     root: Root,
     tables: BTreeSet<String>,
+    /// Why the catalog's bucket could not be listed, if it could not: a table not found is
+    /// then that error.
+    unreachable: Option<String>,
 }
 
 fn external(e: DeltaTableError) -> DataFusionError {
@@ -516,7 +540,10 @@ impl SchemaProvider for DeltaSchema {
         table_name.check().map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let dir = self.root.location(&[&self.schema, base]);
         if !is_delta_table(&self.root, &dir).await {
-            return Ok(None);
+            return match &self.unreachable {
+                Some(why) => Err(DataFusionError::Plan(format!("`{table_name}`: {why}"))),
+                None => Ok(None),
+            };
         }
         let table = match request {
             TableRequest::Current(_) => load(&self.root, &dir, None).await.map_err(external)?,
