@@ -34,6 +34,9 @@ pub enum Error {
     /// Building a result batch failed.
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A Ballista cluster's error.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A file or folder could not be used.
     #[error("{path}: {source}")]
     Io {

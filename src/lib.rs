@@ -21,6 +21,7 @@
 //! |---|---|
 //! | [`table`], [`clock`], [`paths`], [`suggest`] | shared words (table names, partitioning, write modes, run identity), injected time, location checks, "did you mean" |
 //! | [`storage`] | where tables live: local folders and object stores (S3, GCS, Azure), their roots |
+//! | [`cluster`] | DataFusion Ballista clusters: their addresses, members and processes (feature `cluster`) |
 //! | [`ledger`] | the SQLite store of pipelines, runs, shard tasks, staged files, events |
 //! | [`events`] | run events, to subscribers and the ledger |
 //! | [`parser`], [`pipeline`] | SQL with Sluice's extensions; pipeline definitions and options |
@@ -73,6 +74,7 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod coordinator;
 pub mod engine;
 pub mod error;

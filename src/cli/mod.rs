@@ -8,8 +8,10 @@
 //! - `commands.rs`: the backslash commands;
 //! - `repl.rs`: the interactive prompt, history and completion;
 //! - `format.rs`: printing results;
-//! - `progress.rs`: the progress of running statements on stderr.
+//! - `progress.rs`: the progress of running statements on stderr;
+//! - `cluster.rs`: `sluice cluster scheduler|executor`.
 
+mod cluster;
 mod commands;
 mod format;
 mod progress;
@@ -54,6 +56,10 @@ pub struct Args {
     /// Output format of query results.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Run writes on this DataFusion Ballista cluster: its scheduler, `df://host:port`
+    /// (default: the home's config.toml, else this process).
+    #[arg(long, env = "SLUICE_CLUSTER", value_name = "URL")]
+    pub cluster: Option<String>,
     /// Default number of shards for writes (default: available cores).
     #[arg(long)]
     pub shards: Option<usize>,
@@ -87,6 +93,9 @@ pub enum Command {
     Recover,
     /// Check the run ledger and every table of every catalog, and say what is wrong.
     Doctor,
+    /// Run a process of a DataFusion Ballista cluster (runs go to it with --cluster).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Errors of the command line.
@@ -156,7 +165,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// coloured only when stderr is a terminal.
 pub fn init_tracing(args: &Args) {
     let default = match args.command {
-        Some(Command::Serve(_)) => "info,buoyant_kernel=off",
+        Some(Command::Serve(_) | Command::Cluster(_)) => "info,buoyant_kernel=off",
         _ => "warn,buoyant_kernel=off",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -177,12 +186,16 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);
     }
+    if let Some(cluster) = &args.cluster {
+        builder = builder.cluster(cluster);
+    }
     if let Some(limit) = args.memory_limit {
         builder = builder.memory_limit(limit);
     }
     let mut printer = Printer::new(args.format, None);
     let (output, problems) = match &args.command {
         None => return run_sql(builder, &args, printer).await,
+        Some(Command::Cluster(command)) => return cluster::run(command).await,
         Some(Command::Serve(serve_args)) => return serve::serve(builder.build().await?, serve_args).await,
         Some(Command::Recover) => {
             let engine = builder.recover_on_start(false).build().await?;

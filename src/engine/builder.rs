@@ -38,6 +38,7 @@ pub struct EngineBuilder {
     catalog_dirs: Vec<PathBuf>,
     catalogs: Vec<(String, CatalogConfig)>,
     clock: Option<ClockRef>,
+    cluster: Option<String>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -48,6 +49,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("memory_limit", &self.memory_limit)
             .field("run_lease", &self.run_lease)
             .field("catalogs", &self.catalogs)
+            .field("cluster", &self.cluster)
             .field("wraps_coordinator", &self.layer.is_some())
             .finish()
     }
@@ -125,6 +127,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Runs execute on the Ballista cluster whose scheduler is at `url` (`df://host:port`; `""`
+    /// or `"local"`: this process), over the home's `config.toml`. A session changes it with
+    /// `SET sluice.cluster = '...'`.
+    pub fn cluster(mut self, url: impl Into<String>) -> Self {
+        self.cluster = Some(url.into());
+        self
+    }
+
     /// Adds a catalog under `name`; it wins over a catalog file of the same name.
     pub fn catalog(mut self, name: impl Into<String>, config: CatalogConfig) -> Self {
         self.catalogs.push((name.into(), config));
@@ -156,7 +166,16 @@ impl EngineBuilder {
                 TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
             runtime = runtime.with_memory_pool(Arc::new(pool));
         }
-        let mut config = SessionConfig::new().with_information_schema(true).with_target_partitions(shards);
+        let cluster = match self.cluster {
+            Some(cluster) => cluster,
+            None => super::cluster::HomeConfig::read(&home)?.cluster.unwrap_or_default(),
+        };
+        super::cluster::parse_setting(&cluster)?;
+        let settings = super::cluster::SluiceOptions { cluster };
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(shards)
+            .with_option_extension(settings);
         // Planning errors then carry the position of what they are about (DataFusion's `Diagnostic`).
         config.options_mut().sql_parser.collect_spans = true;
         let state = SessionStateBuilder::new()

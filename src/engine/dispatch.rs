@@ -82,6 +82,7 @@ impl Engine {
                 Ok(if report.steps.is_empty() { Output::run(report) } else { Self::steps_output(report) })
             }
             Statement::ShowCatalogs => Ok(Output::rows(self.catalogs_batch())),
+            Statement::ShowCluster => self.show_cluster().await,
             Statement::ShowPipelines => {
                 Ok(Output::rows(pipelines_batch(&self.ledger.pipelines().await?, self.clock.now_ms())))
             }

@@ -9,6 +9,7 @@
 //! - `write.rs`: writes (`INSERT`, `CREATE TABLE ... AS`, `COPY`) as runs;
 //! - `runs.rs`: pipelines, `RETRY RUN` and recovery;
 //! - `steps.rs`: pipelines with steps: the graph, its runs (parallel steps, retries, cancel);
+//! - `cluster.rs`: where runs execute (this process or a Ballista cluster), `SHOW CLUSTER`;
 //! - `doctor.rs`: `sluice doctor`.
 //!
 //! # Sharing, runtime, cancel
@@ -24,6 +25,7 @@
 //! finishes its commit. A run is never left half-committed.
 
 mod builder;
+mod cluster;
 mod ddl;
 mod describe;
 mod diagnose;

@@ -121,6 +121,8 @@ pub enum Statement {
     },
     /// Extension: `SHOW CATALOGS`
     ShowCatalogs,
+    /// Extension: `SHOW CLUSTER`: where runs execute (a Ballista scheduler and its executors).
+    ShowCluster,
     /// Extension: `RETRY RUN '<run id>'`
     RetryRun {
         /// The run to run again under its id.
@@ -229,6 +231,7 @@ impl fmt::Display for Statement {
                 }
             }
             Statement::ShowCatalogs => write!(f, "SHOW CATALOGS"),
+            Statement::ShowCluster => write!(f, "SHOW CLUSTER"),
             Statement::RetryRun { run_id } => write!(f, "RETRY RUN '{run_id}'"),
             Statement::ShowPipelines => write!(f, "SHOW PIPELINES"),
             Statement::DescribePipeline { name } => write!(f, "DESCRIBE PIPELINE {name}"),
@@ -449,6 +452,10 @@ impl<'a> SluiceParser<'a> {
         if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "CATALOGS") {
             self.skip(2);
             return Ok(Statement::ShowCatalogs);
+        }
+        if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "CLUSTER") {
+            self.skip(2);
+            return Ok(Statement::ShowCluster);
         }
         if is_keyword(&t0, Keyword::SHOW) && is_word(&t1, "RUNS") {
             self.skip(2);
@@ -795,6 +802,7 @@ mod tests {
             "RETRY RUN '01a2-run'",
             "SHOW PIPELINES",
             "SHOW CATALOGS",
+            "SHOW CLUSTER",
             "CREATE TABLE lake.s.t (id BIGINT, ts TIMESTAMP) PARTITIONED BY (day(ts), bucket(16, id), id)",
             "CREATE TABLE lake.s.t PARTITIONED BY (truncate(4, name)) AS SELECT 'abcdef' AS name",
             "DESCRIBE PIPELINE p",

@@ -11,8 +11,8 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{Field, Schema};
 
 pub use results::{
-    Finding, catalogs_batch, explain_batch, explain_text, findings_batch, properties_batch, run_report_batch,
-    settled_batch,
+    Finding, catalogs_batch, cluster_batch, explain_batch, explain_text, findings_batch, properties_batch,
+    run_report_batch, settled_batch,
 };
 pub use tables::{SYSTEM_SCHEMA, SystemSchema, pipelines_batch, runs_batch, steps_batch};
 

@@ -45,6 +45,24 @@ pub fn catalogs_batch(catalogs: &[(String, &str, String)]) -> RecordBatch {
         .build()
 }
 
+/// `SHOW CLUSTER`: the scheduler and its executors (or this process alone, when runs execute
+/// locally): role, id, address, task slots, last heartbeat, version.
+pub fn cluster_batch(members: &[crate::cluster::Member]) -> RecordBatch {
+    let heartbeats = members.iter().map(|m| m.last_seen_ms.and_then(|ms| i64::try_from(ms).ok()));
+    ResultBatch::default()
+        .column("role", false, StringArray::from_iter_values(members.iter().map(|m| m.role)))
+        .column("id", false, StringArray::from_iter_values(members.iter().map(|m| m.id.as_str())))
+        .column("address", false, StringArray::from_iter_values(members.iter().map(|m| m.address.as_str())))
+        .column("slots", true, UInt64Array::from_iter(members.iter().map(|m| m.slots)))
+        .column(
+            "last_heartbeat",
+            true,
+            datafusion::arrow::array::TimestampMillisecondArray::from_iter(heartbeats).with_timezone("UTC"),
+        )
+        .column("version", true, StringArray::from_iter(members.iter().map(|m| m.version.as_deref())))
+        .build()
+}
+
 /// Property / value rows (`DESCRIBE PIPELINE`).
 pub fn properties_batch(properties: &[(&str, String)]) -> RecordBatch {
     ResultBatch::default()

@@ -4,6 +4,7 @@ mod atomic;
 mod cancel;
 mod catalogs;
 mod cli;
+mod cluster;
 mod concurrency;
 mod coordinators;
 mod delta;

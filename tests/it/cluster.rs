@@ -1,0 +1,137 @@
+//! Runs on a DataFusion Ballista cluster: a real scheduler and executors, started as
+//! `sluice cluster ...` child processes on loopback ports.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scheduler and its executors, stopped when dropped.
+pub struct Cluster {
+    scheduler: Child,
+    executors: Vec<Child>,
+    /// `df://127.0.0.1:<port>`.
+    pub url: String,
+    /// Each executor's Flight address, `127.0.0.1:<port>`, as it registers.
+    pub executor_addresses: Vec<String>,
+}
+
+/// A loopback port nobody listens on now (and the one after it, for an executor's gRPC).
+fn free_ports() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_for(port: u16, what: &str) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Cluster {
+    /// Starts a scheduler and `executors` executors of `slots` task slots each, and waits until
+    /// every executor has registered.
+    pub fn start(executors: usize, slots: usize) -> Self {
+        let sluice = env!("CARGO_BIN_EXE_sluice");
+        let port = free_ports();
+        let scheduler = Command::new(sluice)
+            .args(["cluster", "scheduler", "--bind", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(port, "the scheduler");
+        let mut cluster =
+            Cluster { scheduler, executors: vec![], url: format!("df://127.0.0.1:{port}"), executor_addresses: vec![] };
+        for _ in 0..executors {
+            let flight = free_ports();
+            let child = Command::new(sluice)
+                .args(["cluster", "executor", "--scheduler", &cluster.url, "--slots", &slots.to_string()])
+                .args(["--bind", &format!("127.0.0.1:{flight}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            cluster.executors.push(child);
+            wait_for(flight, "an executor");
+            cluster.executor_addresses.push(format!("127.0.0.1:{flight}"));
+        }
+        let started = Instant::now();
+        while Self::registered(&cluster.url) < executors {
+            assert!(started.elapsed() < Duration::from_secs(30), "the executors did not register");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn registered(url: &str) -> usize {
+        let home = tempfile::tempdir().unwrap();
+        let out = sluice(home.path(), &["--cluster", url, "--format", "csv", "-c", "SHOW CLUSTER"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("executor,")).count()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sluice(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--home", &home.display().to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `sluice cluster scheduler` and two `sluice cluster executor`s make a cluster that `SHOW
+/// CLUSTER` lists, chosen by `--cluster`, the home's `config.toml` or `SET sluice.cluster`.
+#[test]
+fn show_cluster_lists_the_scheduler_and_its_executors() {
+    let cluster = Cluster::start(2, 3);
+    let home = tempfile::tempdir().unwrap();
+    let listed = stdout(&sluice(home.path(), &["--cluster", &cluster.url, "--format", "csv", "-c", "SHOW CLUSTER"]));
+    let rows: Vec<Vec<&str>> = listed.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert_eq!(rows[0][0], "scheduler");
+    assert_eq!(rows[0][2], cluster.url.trim_start_matches("df://"));
+    let mut executors: Vec<(&str, &str)> = rows[1..].iter().map(|r| (r[2], r[3])).collect();
+    executors.sort();
+    let mut expected: Vec<(&str, &str)> = cluster.executor_addresses.iter().map(|a| (a.as_str(), "3")).collect();
+    expected.sort();
+    assert_eq!(executors, expected, "{listed}");
+
+    // Local by default; SET and the home's config.toml choose the cluster too.
+    let local = stdout(&sluice(home.path(), &["--format", "csv", "-c", "SHOW CLUSTER"]));
+    assert!(local.lines().nth(1).unwrap().starts_with("local,local,this process,"), "{local}");
+    let set = format!("SET sluice.cluster = '{}'; SHOW CLUSTER", cluster.url);
+    assert_eq!(stdout(&sluice(home.path(), &["--format", "csv", "-c", &set])).lines().count(), 4);
+    std::fs::write(home.path().join("config.toml"), format!("cluster = \"{}\"\n", cluster.url)).unwrap();
+    assert_eq!(stdout(&sluice(home.path(), &["--format", "csv", "-c", "SHOW CLUSTER"])).lines().count(), 4);
+
+    // A bad address or a scheduler that does not answer: clear errors, quickly.
+    let bad = sluice(home.path(), &["-c", "SET sluice.cluster = 'http://x:1'; SHOW CLUSTER"]);
+    let bad = String::from_utf8_lossy(&bad.stderr);
+    assert!(bad.contains("`http://x:1` is not a cluster address: the scheme is `http`, not `df`"), "{bad}");
+    let closed = free_ports();
+    let started = Instant::now();
+    let gone = sluice(home.path(), &["--cluster", &format!("df://127.0.0.1:{closed}"), "-c", "SHOW CLUSTER"]);
+    let gone = String::from_utf8_lossy(&gone.stderr);
+    assert!(gone.contains(&format!("the cluster's scheduler at df://127.0.0.1:{closed} did not answer")), "{gone}");
+    assert!(gone.contains("Connection refused") && started.elapsed() < Duration::from_secs(10), "{gone}");
+}
