@@ -65,7 +65,7 @@ pub struct IcebergRestConfig {
 }
 
 /// `type = "delta"`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaConfig {
     /// The folder (or `file://` URL) holding one sub-folder per schema, or an object store prefix
@@ -77,7 +77,7 @@ pub struct DeltaConfig {
 }
 
 /// `type = "iceberg-sql"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergSqlConfig {
     /// Database URI: `sqlite:PATH` (created if missing) or `postgres://user@host:port/database`.

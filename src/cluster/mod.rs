@@ -12,9 +12,25 @@
 
 #[cfg(feature = "cluster")]
 mod process;
+#[cfg(feature = "cluster")]
+pub mod write;
 
 #[cfg(feature = "cluster")]
 pub use process::{ExecutorOptions, SchedulerOptions, run_executor, run_scheduler};
+
+datafusion::common::extensions_options! {
+    /// Sluice's session settings: `SET sluice.<name> = ...` (known to the cluster's processes
+    /// too, which receive a session's settings with its jobs).
+    pub struct SluiceOptions {
+        /// The cluster runs execute on: `df://host:port` (a Ballista scheduler); empty or
+        /// `local` for this process.
+        pub cluster: String, default = String::new()
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for SluiceOptions {
+    const PREFIX: &'static str = "sluice";
+}
 
 /// The port a Ballista scheduler listens on unless told otherwise.
 pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;

@@ -15,6 +15,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionConfig;
 
+use super::write::{SluiceLogicalCodec, SluicePhysicalCodec, SluiceQueryPlanner};
 use super::{ClusterError, ClusterUrl};
 use crate::storage::StoreRegistry;
 
@@ -48,6 +49,12 @@ pub struct ExecutorOptions {
     pub work_dir: Option<PathBuf>,
 }
 
+/// A session's configuration as Ballista makes it, knowing Sluice's settings.
+fn session_config() -> SessionConfig {
+    use ballista_core::extension::SessionConfigExt;
+    SessionConfig::new_with_ballista().with_option_extension(super::SluiceOptions::default())
+}
+
 /// A runtime whose object stores are Sluice's.
 fn runtime() -> datafusion::error::Result<Arc<RuntimeEnv>> {
     RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(StoreRegistry::default())).build_arc()
@@ -63,9 +70,20 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<(), ClusterError
         external_host: options.external_host.unwrap_or_else(|| options.bind.ip().to_string()),
         ..Default::default()
     }
+    .with_override_config_producer(Arc::new(session_config))
     .with_override_session_builder(Arc::new(|config: SessionConfig| {
-        Ok(SessionStateBuilder::new().with_default_features().with_config(config).with_runtime_env(runtime()?).build())
+        Ok(SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_runtime_env(runtime()?)
+            .with_query_planner(Arc::new(SluiceQueryPlanner))
+            .build())
     }));
+    let config = SchedulerConfig {
+        override_logical_codec: Some(Arc::new(SluiceLogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(SluicePhysicalCodec::default())),
+        ..config
+    };
     let cluster = BallistaCluster::new_from_config(&config).await.map_err(error)?;
     start_server(cluster, options.bind, Arc::new(config)).await.map_err(error)
 }
@@ -91,6 +109,9 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         work_dir: options.work_dir.map(|dir| dir.display().to_string()),
         executor_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
         override_runtime_producer: Some(Arc::new(|_: &SessionConfig| runtime())),
+        override_config_producer: Some(Arc::new(session_config)),
+        override_logical_codec: Some(Arc::new(SluiceLogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(SluicePhysicalCodec::default())),
         ..Default::default()
     };
     start_executor_process(Arc::new(config))

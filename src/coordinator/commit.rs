@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use tokio::sync::Semaphore;
@@ -17,6 +18,7 @@ use crate::runtime::{self, CommitError, Fence, ShardError, ShardSink, StagedFile
 use crate::table::{TableName, WriteMode};
 
 /// A table being written, whatever its format: what a catalog hands the engine.
+#[async_trait]
 pub trait CommitTarget: TableWriter {
     /// The coordinator of one run into `table`: rows split into shards by `partition_key`
     /// (expressions over the input; empty: round-robin), committed as `mode` says.
@@ -26,8 +28,35 @@ pub trait CommitTarget: TableWriter {
         partition_key: Vec<Arc<dyn PhysicalExpr>>,
         mode: WriteMode,
     ) -> Arc<dyn Coordinator>;
+
+    /// The coordinator of one run into `table` whose shards are written elsewhere (by the
+    /// executors of a cluster, [`CommitTarget::write_elsewhere`]): its input's rows are the
+    /// files they wrote ([`written_files_schema`]), committed here as `mode` says.
+    fn coordinator_of_written(self: Arc<Self>, table: TableName, mode: WriteMode) -> Arc<dyn Coordinator>;
+
+    /// Writes shard `shard` of `run` from `input` in this process for a commit made in another
+    /// (the Sluice process that opened the run): its files as rows of [`written_files_schema`].
+    async fn write_elsewhere(
+        self: Arc<Self>,
+        run: &RunContext,
+        table: &TableName,
+        shard: usize,
+        input: SendableRecordBatchStream,
+    ) -> Result<RecordBatch, ShardError>;
 }
 
+/// The rows a shard written elsewhere hands back, one per file: its location, rows, bytes and
+/// the format's description of it ([`TableFormat::encode_file`]).
+pub fn written_files_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("location", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("description", DataType::Utf8, false),
+    ]))
+}
+
+#[async_trait]
 impl<W: TableFormat> CommitTarget for W {
     fn coordinator(
         self: Arc<Self>,
@@ -36,6 +65,39 @@ impl<W: TableFormat> CommitTarget for W {
         mode: WriteMode,
     ) -> Arc<dyn Coordinator> {
         Arc::new(TableCommit::new(table, self, partition_key, mode))
+    }
+
+    fn coordinator_of_written(self: Arc<Self>, table: TableName, mode: WriteMode) -> Arc<dyn Coordinator> {
+        let mut commit = TableCommit::new(table, self, vec![], mode);
+        commit.written_elsewhere = true;
+        Arc::new(commit)
+    }
+
+    async fn write_elsewhere(
+        self: Arc<Self>,
+        run: &RunContext,
+        table: &TableName,
+        shard: usize,
+        input: SendableRecordBatchStream,
+    ) -> Result<RecordBatch, ShardError> {
+        let files = ShardSink::new(run, table, self.clone()).write_shard(shard, input).await?;
+        let described: Vec<(StagedFile, String)> = files
+            .iter()
+            .map(|file| Ok((self.describe(file), self.encode_file(file)?)))
+            .collect::<Result<_, crate::runtime::BoxError>>()
+            .map_err(|source| ShardError::Write { shard, path: self.location().to_string(), source })?;
+        let column =
+            |f: fn(&(StagedFile, String)) -> u64| Arc::new(UInt64Array::from_iter_values(described.iter().map(f)));
+        RecordBatch::try_new(
+            written_files_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(described.iter().map(|(f, _)| f.location.as_str()))),
+                column(|(f, _)| f.rows),
+                column(|(f, _)| f.bytes),
+                Arc::new(StringArray::from_iter_values(described.iter().map(|(_, d)| d.as_str()))),
+            ],
+        )
+        .map_err(|e| ShardError::Write { shard, path: self.location().to_string(), source: e.into() })
     }
 }
 
@@ -51,6 +113,8 @@ pub struct TableCommit<W: TableFormat> {
     writers: Arc<Semaphore>,
     /// What the shards staged, as the format describes it, for the commit.
     staged: Mutex<Vec<W::File>>,
+    /// The shards are written elsewhere: the input's rows are their files.
+    written_elsewhere: bool,
 }
 
 impl<W: TableFormat> TableCommit<W> {
@@ -60,7 +124,8 @@ impl<W: TableFormat> TableCommit<W> {
     pub fn new(table: TableName, writer: Arc<W>, partition_key: Vec<Arc<dyn PhysicalExpr>>, mode: WriteMode) -> Self {
         let name = format!("{}-commit", writer.format());
         let writers = Arc::new(Semaphore::new(runtime::default_shards()));
-        Self { name, table, writer, partition_key, mode, writers, staged: Mutex::new(Vec::new()) }
+        let staged = Mutex::new(Vec::new());
+        Self { name, table, writer, partition_key, mode, writers, staged, written_elsewhere: false }
     }
 
     fn error(&self, source: impl Into<crate::runtime::BoxError>) -> CoordinatorError {
@@ -69,6 +134,39 @@ impl<W: TableFormat> TableCommit<W> {
 
     fn staged(&self) -> std::sync::MutexGuard<'_, Vec<W::File>> {
         self.staged.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the files shards wrote elsewhere, as rows of [`written_files_schema`]: each is
+    /// recorded in the ledger as the run's, then kept for the commit.
+    async fn take_written(
+        &self,
+        run: &RunContext,
+        shard: usize,
+        mut input: SendableRecordBatchStream,
+    ) -> Result<Vec<StagedFile>, ShardError> {
+        use futures::StreamExt;
+        let mut described = Vec::new();
+        while let Some(batch) = input.next().await {
+            let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
+            let strings = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
+            let Some(descriptions) = strings(3) else {
+                let source = "the shards written elsewhere did not hand back their files".into();
+                return Err(ShardError::Write { shard, path: self.writer.location().to_string(), source });
+            };
+            for text in descriptions.iter().flatten() {
+                let file = self.writer.decode_file(text).map_err(|source| ShardError::Write {
+                    shard,
+                    path: self.writer.location().to_string(),
+                    source,
+                })?;
+                described.push(file);
+            }
+        }
+        let staged: Vec<StagedFile> = described.iter().map(|file| self.writer.describe(file)).collect();
+        let locations: Vec<String> = staged.iter().map(|file| file.location.clone()).collect();
+        run.stage_files(shard, &locations).await.map_err(|source| ShardError::Ledger { shard, source })?;
+        self.staged().extend(described);
+        Ok(staged)
     }
 
     /// Settles a commit whose answer was lost: landed (its snapshot / version), or certainly not
@@ -107,6 +205,9 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         input: Arc<dyn ExecutionPlan>,
         shards: usize,
     ) -> Result<Arc<dyn ExecutionPlan>, CoordinatorError> {
+        if self.written_elsewhere {
+            return Ok(input);
+        }
         check_fits(&input.schema(), self.writer.schema()).map_err(|e| self.error(e))?;
         planner::shard_plan(input, shards, self.partition_key.clone()).map_err(|e| self.error(e))
     }
@@ -117,6 +218,9 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         shard: usize,
         input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
+        if self.written_elsewhere {
+            return self.take_written(run, shard, input).await;
+        }
         let files = ShardSink::new(run, &self.table, self.writer.clone())
             .with_writers(self.writers.clone())
             .write_shard(shard, input)

@@ -171,7 +171,7 @@ impl EngineBuilder {
             None => super::cluster::HomeConfig::read(&home)?.cluster.unwrap_or_default(),
         };
         super::cluster::parse_setting(&cluster)?;
-        let settings = super::cluster::SluiceOptions { cluster };
+        let settings = crate::cluster::SluiceOptions { cluster };
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(shards)
@@ -200,6 +200,7 @@ impl EngineBuilder {
             })
         });
         let mut catalogs = BTreeMap::new();
+        let catalog_configs = configs.clone();
         for (name, config) in configs {
             let catalog: Arc<dyn LakeCatalog> = match &config {
                 CatalogConfig::IcebergSql(sql) => IcebergCatalog::open_sql(&name, sql).await?,
@@ -247,6 +248,7 @@ impl EngineBuilder {
         let engine = Engine {
             ctx,
             catalogs,
+            catalog_configs,
             catalog_files,
             runner,
             layer: self.layer,

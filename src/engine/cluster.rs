@@ -2,25 +2,9 @@
 //! `EngineBuilder::cluster` (`sluice --cluster`), the home's `config.toml` (`cluster = "..."`),
 //! or `SET sluice.cluster = 'df://host:port'` in a session (`''` or `'local'`: this process).
 
-use datafusion::common::config::ConfigExtension;
-use datafusion::common::extensions_options;
-
 use super::{Engine, Output};
-use crate::cluster::{ClusterUrl, Member};
+use crate::cluster::{ClusterUrl, Member, SluiceOptions};
 use crate::error::{Error, Result};
-
-extensions_options! {
-    /// Sluice's session settings: `SET sluice.<name> = ...`.
-    pub struct SluiceOptions {
-        /// The cluster runs execute on: `df://host:port` (a Ballista scheduler); empty or
-        /// `local` for this process.
-        pub cluster: String, default = String::new()
-    }
-}
-
-impl ConfigExtension for SluiceOptions {
-    const PREFIX: &'static str = "sluice";
-}
 
 /// The settings in the home's `config.toml`.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -80,5 +64,94 @@ impl Engine {
             }
         };
         Ok(Output::rows(crate::system::cluster_batch(&members)))
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl Engine {
+    /// The run of a write whose shards run on `cluster`'s executors: the input, planned and
+    /// run there with a shard-write node on top, hands back the files the executors wrote,
+    /// which the run commits here. The run id is chosen now: it names the files.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn plan_cluster_write(
+        &self,
+        cluster: &ClusterUrl,
+        table: crate::table::TableName,
+        writer: std::sync::Arc<dyn crate::coordinator::CommitTarget>,
+        input: datafusion::logical_expr::LogicalPlan,
+        mode: crate::table::WriteMode,
+        shards: usize,
+        mut origin: crate::coordinator::RunOrigin,
+    ) -> Result<(crate::coordinator::RunJob, String, std::sync::Arc<datafusion::execution::TaskContext>)> {
+        use std::sync::Arc;
+
+        use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+        use datafusion::execution::SessionStateBuilder;
+
+        use crate::catalog::CatalogConfig;
+        use crate::cluster::write::{ShardWriteNode, SluiceLogicalCodec, SluicePhysicalCodec, SpecCatalog, WriteSpec};
+
+        if Self::bad_rows().is_some() || !self.expectations_for(&table).await?.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "expectations or bad_rows in a write into `{table}` on cluster {cluster} (run it here: SET sluice.cluster = 'local')"
+            )));
+        }
+        let config = match self.catalog_configs.get(&table.catalog) {
+            Some(CatalogConfig::IcebergSql(config)) => SpecCatalog::IcebergSql(config.clone()),
+            Some(CatalogConfig::Delta(config)) => SpecCatalog::Delta(config.clone()),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "writing into `{table}` on cluster {cluster}: executors reach Iceberg SQL and Delta catalogs, not catalog `{}` ({})",
+                    table.catalog,
+                    self.catalog_of(&table.catalog).map(|c| c.kind()).unwrap_or("unknown")
+                )));
+            }
+        };
+        let run_id = match &origin.retry_of {
+            Some((run_id, _)) => run_id.clone(),
+            None => origin.run_id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone(),
+        };
+        // The write asks for its input hashed into `shards` partitions, which makes it a stage
+        // of `shards` tasks spread over the executors (Ballista plans no round-robin shuffle): a
+        // partitioned table's rows on its partition columns, so that each partition is written
+        // by as few shards as can be; others on every column.
+        let keys: Vec<String> = match writer.partitioning() {
+            [] => input.schema().fields().iter().map(|f| f.name().clone()).collect(),
+            fields => fields.iter().map(|f| f.column.clone()).collect(),
+        };
+        let spec = WriteSpec {
+            catalog: table.catalog.clone(),
+            config,
+            table: table.to_string(),
+            run_id,
+            pipeline: origin.pipeline.clone(),
+            keys,
+        };
+        let plan = ShardWriteNode::new(input, &spec)?.into_plan();
+        let config = self
+            .ctx
+            .copied_config()
+            .with_target_partitions(shards)
+            .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
+            .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()));
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
+            .build()
+            .upgrade_for_ballista(cluster.endpoint())?;
+        let input = state.create_physical_plan(&plan).await?;
+        let summary = format!("{} into {table} ({} table) on cluster {cluster}", mode.as_str(), writer.format());
+        let base = writer.base();
+        let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode));
+        let job = crate::coordinator::RunJob {
+            target: table.to_string(),
+            coordinator,
+            input,
+            shards: 1,
+            base,
+            origin,
+            cancel: Self::cancel_token(),
+            check: None,
+        };
+        Ok((job, summary, state.task_ctx()))
     }
 }

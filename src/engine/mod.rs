@@ -141,6 +141,9 @@ impl PipelineRun {
 pub struct Engine {
     ctx: SessionContext,
     catalogs: BTreeMap<String, Arc<dyn LakeCatalog>>,
+    /// How each catalog was reached (what a cluster's executors reach it by).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    catalog_configs: BTreeMap<String, crate::catalog::CatalogConfig>,
     /// The file each catalog declared in a catalog file came from.
     catalog_files: BTreeMap<String, PathBuf>,
     ledger: Ledger,

@@ -43,6 +43,9 @@ fn unfit_row(error: &Error) -> Option<String> {
     }
 }
 
+/// A write's run, what it writes where, its expectations' tally, and the context to run it in.
+type PlannedWrite = (RunJob, String, Option<Arc<super::expect::Tally>>, Arc<datafusion::execution::TaskContext>);
+
 /// An `INSERT [OVERWRITE] INTO <catalog table>`: the table, the rows, and how they change it.
 #[derive(Debug)]
 pub(super) struct Insert {
@@ -104,11 +107,11 @@ impl Engine {
     /// [`Engine::write`] up to its result.
     async fn write_planned(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<RunReport> {
         let table = insert.table.clone();
-        let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
+        let (job, _, tally, task_ctx) = self.plan_write(insert, shards, origin).await?;
         let (target, pipeline) = (job.target.clone(), job.origin.pipeline.clone());
         let result = match &tally {
             Some(tally) if tally.quarantines() => self.write_with_quarantine(&table, job, tally).await,
-            _ => self.runner.run(job, self.ctx.state().task_ctx()).await.map_err(Into::into),
+            _ => self.runner.run(job, task_ctx).await.map_err(Into::into),
         };
         let Some(tally) = tally else { return result };
         // What the expectations found is kept for the run, committed or not.
@@ -130,11 +133,11 @@ impl Engine {
     /// quarantined rows, the quarantine table's, to be published in the same swap.
     pub(super) async fn write_held(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<Vec<HeldRun>> {
         let table = insert.table.clone();
-        let (job, _, tally) = self.plan_write(insert, shards, origin).await?;
+        let (job, _, tally, task_ctx) = self.plan_write(insert, shards, origin).await?;
         let pipeline = job.origin.pipeline.clone();
         let held = match &tally {
             Some(tally) if tally.quarantines() => self.hold_with_quarantine(&table, job, tally).await,
-            _ => self.runner.hold(job, self.ctx.state().task_ctx()).await.map(|run| vec![run]).map_err(Into::into),
+            _ => self.runner.hold(job, task_ctx).await.map(|run| vec![run]).map_err(Into::into),
         };
         let Some(tally) = tally else { return held };
         // The counts are final once the shards have staged, whether the group publishes or not.
@@ -148,20 +151,22 @@ impl Engine {
         held
     }
 
-    /// The run a write makes, a line saying what it writes where, and the tally of its
-    /// expectations (the statement's), if it has any.
-    async fn plan_write(
-        &self,
-        insert: Insert,
-        shards: usize,
-        origin: RunOrigin,
-    ) -> Result<(RunJob, String, Option<Arc<super::expect::Tally>>)> {
+    /// The run a write makes, a line saying what it writes where, the tally of its
+    /// expectations (the statement's), if it has any, and the context to run it in (a
+    /// cluster's, when it runs on one).
+    async fn plan_write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<PlannedWrite> {
         let Insert { table, input, mode, writer } = insert;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
         let writer = match writer {
             Some(writer) => writer,
             None => catalog.writer(&table).await?,
         };
+        #[cfg(feature = "cluster")]
+        if let Some(url) = self.cluster()? {
+            let (job, summary, task_ctx) =
+                self.plan_cluster_write(&url, table, writer, input, mode, shards, origin).await?;
+            return Ok((job, summary, None, task_ctx));
+        }
         let state = self.ctx.state();
         let mut input = state.create_physical_plan(&input).await?;
         // A pipeline's `bad_rows`: its CSV / JSON scans read line by line, bad lines kept out.
@@ -189,12 +194,12 @@ impl Engine {
         let coordinator = self.layered(writer.coordinator(table, partition_key, mode));
         let check = tally.clone().map(|t| t as Arc<dyn crate::coordinator::StagedCheck>);
         let job = RunJob { target, coordinator, input, shards, base, origin, cancel: Self::cancel_token(), check };
-        Ok((job, summary, tally))
+        Ok((job, summary, tally, state.task_ctx()))
     }
 
     /// `EXPLAIN` of a write: the target, the mode and the sharded physical plan, without running it.
     pub(super) async fn explain_write(&self, insert: Insert, shards: usize) -> Result<Output> {
-        let (job, summary, _) = self.plan_write(insert, shards, RunOrigin::default()).await?;
+        let (job, summary, _, _) = self.plan_write(insert, shards, RunOrigin::default()).await?;
         let RunJob { target, coordinator, input, shards, .. } = job;
         let plan = coordinator.prepare_shards(input, shards).map_err(|source| RunError::Prepare { target, source })?;
         Ok(explain_output(&summary, plan.as_ref()))

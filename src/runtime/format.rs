@@ -168,6 +168,11 @@ pub trait TableFormat: TableWriter + 'static {
     ) -> Result<Box<dyn FileWriter<Self::File>>, BoxError>;
     /// Where a finished file is and what it holds.
     fn describe(&self, file: &Self::File) -> StagedFile;
+    /// A finished file's description as text, so that a shard written in another process (an
+    /// executor of a cluster) can hand its files to the commit made here.
+    fn encode_file(&self, file: &Self::File) -> Result<String, BoxError>;
+    /// The description [`TableFormat::encode_file`] wrote.
+    fn decode_file(&self, text: &str) -> Result<Self::File, BoxError>;
     /// Publishes all `files` in one snapshot / version tagged with the run; returns its id. A
     /// file the commit writes itself (manifests, metadata) is recorded with the run's staged
     /// files before it is written (files a library writes inside its own transaction cannot

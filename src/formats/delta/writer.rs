@@ -456,6 +456,15 @@ impl TableFormat for DeltaTableWriter {
         StagedFile { location: format!("{}/{}", self.root, add.path), rows, bytes: add.size.max(0) as u64 }
     }
 
+    /// The `add` action as the log writes it.
+    fn encode_file(&self, add: &Add) -> Result<String, BoxError> {
+        Ok(serde_json::to_string(add)?)
+    }
+
+    fn decode_file(&self, text: &str) -> Result<Add, BoxError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
     async fn commit(&self, adds: Vec<Add>, run: &RunContext, mode: WriteMode) -> Result<i64, CommitError> {
         let now = run.clock().now_ms();
         let adds: Vec<Add> = adds.into_iter().map(|add| Add { modification_time: now, ..add }).collect();

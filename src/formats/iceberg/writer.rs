@@ -410,6 +410,21 @@ impl TableFormat for IcebergTableWriter {
         }
     }
 
+    /// Iceberg's own JSON form of a data file (its manifest entry's fields).
+    fn encode_file(&self, file: &DataFile) -> Result<String, BoxError> {
+        let metadata = self.base.metadata();
+        let partition_type = metadata.default_partition_spec().partition_type(metadata.current_schema())?;
+        Ok(iceberg::spec::serialize_data_file_to_json(file.clone(), &partition_type, metadata.format_version())?)
+    }
+
+    fn decode_file(&self, text: &str) -> Result<DataFile, BoxError> {
+        let metadata = self.base.metadata();
+        let spec = metadata.default_partition_spec();
+        let partition_type = spec.partition_type(metadata.current_schema())?;
+        let schema = metadata.current_schema();
+        Ok(iceberg::spec::deserialize_data_file_from_json(text, spec.spec_id(), &partition_type, schema)?)
+    }
+
     /// Retries (bounded, jittered exponential backoff) when a concurrent writer won the race.
     /// Before every attempt the table's history is checked for the run, so an attempt whose
     /// response was lost is never applied twice, and the table's properties for a fence.

@@ -1,0 +1,427 @@
+//! The distributed write: a run's shards written by a cluster's executors, its commit made by
+//! the Sluice process that opened it.
+//!
+//! ```text
+//!  Sluice process                       scheduler                     executors
+//!  ShardWriteNode(input, spec) ──plan──► ShardWriteExec(input) ──task──► write shard i into the
+//!  (logical, our codec)                  (physical, our codec)          table's data location,
+//!                                                                       one row per file back
+//!  commit: the rows' files, in one snapshot / version ◄──────────── (location, rows, bytes, description)
+//! ```
+//!
+//! The spec ([`WriteSpec`]) names the run, the table and how to reach its catalog (a shared
+//! warehouse: a bucket, or a folder every process sees); an executor opens the catalog, writes
+//! its shard through the table's own writer (the same files a local run writes, named
+//! `<run id>-<shard>-<n>.parquet`) and hands back each file's description
+//! ([`crate::runtime::TableFormat::encode_file`]). The Sluice process records every file in the
+//! ledger as it arrives and commits once, exactly as a local run does.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::{DFSchema, DFSchemaRef, TableReference};
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::context::{QueryPlanner, SessionState};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    AggregateUDF, Expr, Extension, LogicalPlan, ScalarUDF, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+    WindowUDF,
+};
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{Distribution, EquivalenceProperties};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PhysicalExpr, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{DeltaConfig, IcebergSqlConfig, LakeCatalog};
+use crate::coordinator::{CommitTarget, written_files_schema};
+use crate::runtime::RunContext;
+use crate::table::{RunIdentity, TableName};
+
+/// What marks our nodes in a serialized plan.
+const MARK: &[u8] = b"sluice-shard-write:";
+
+/// How an executor reaches the table's catalog: the Sluice process's own configuration of it
+/// (never a secret: credentials come from each process's environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SpecCatalog {
+    /// An Iceberg SQL catalog.
+    IcebergSql(IcebergSqlConfig),
+    /// A folder of Delta tables.
+    Delta(DeltaConfig),
+}
+
+/// One run's write, as every executor needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteSpec {
+    /// The catalog's name.
+    pub catalog: String,
+    /// How to reach it.
+    pub config: SpecCatalog,
+    /// The table, `catalog.schema.table`.
+    pub table: String,
+    /// The run (its id names the files).
+    pub run_id: String,
+    /// The run's pipeline, if any.
+    pub pipeline: Option<String>,
+    /// The columns the input is hashed on into shards.
+    pub keys: Vec<String>,
+}
+
+impl WriteSpec {
+    fn to_json(&self) -> DFResult<String> {
+        serde_json::to_string(self).map_err(|e| DataFusionError::External(e.into()))
+    }
+
+    fn from_json(text: &[u8]) -> DFResult<Self> {
+        serde_json::from_slice(text).map_err(|e| DataFusionError::External(e.into()))
+    }
+
+    /// Writes shard `shard` of the run from `input`, in this process (an executor).
+    async fn write_shard(&self, shard: usize, input: SendableRecordBatchStream) -> DFResult<RecordBatch> {
+        let error = |e: crate::error::Error| DataFusionError::External(e.into());
+        let table = TableName::parse(&self.table)
+            .ok_or_else(|| DataFusionError::Plan(format!("`{}` is not a table name", self.table)))?;
+        let catalog: Arc<dyn LakeCatalog> = match &self.config {
+            SpecCatalog::IcebergSql(config) => crate::formats::iceberg::IcebergCatalog::open_sql(&self.catalog, config)
+                .await
+                .map_err(|e| error(e.into()))?,
+            SpecCatalog::Delta(config) => {
+                crate::formats::delta::DeltaCatalog::open(&self.catalog, config).await.map_err(|e| error(e.into()))?
+            }
+        };
+        let writer: Arc<dyn CommitTarget> = catalog.writer(&table).await.map_err(|e| error(e.into()))?;
+        let identity = RunIdentity {
+            run_id: self.run_id.clone(),
+            pipeline: self.pipeline.clone(),
+            sequence: 0,
+            base: writer.base(),
+            attempt: 1,
+        };
+        // The files are recorded by the Sluice process as they come back; this ledger only
+        // serves the shard loop.
+        let ledger = crate::ledger::Ledger::in_memory(crate::clock::system()).await.map_err(|e| error(e.into()))?;
+        let run = RunContext::new(identity, table.to_string(), 1, ledger);
+        writer.write_elsewhere(&run, &table, shard, input).await.map_err(|e| DataFusionError::External(e.into()))
+    }
+}
+
+use datafusion::arrow::array::RecordBatch;
+
+/// The logical write node: `input`'s rows into the spec's table, a shard per partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardWriteNode {
+    input: LogicalPlan,
+    /// The [`WriteSpec`] as JSON (how it travels).
+    spec: String,
+    schema: DFSchemaRef,
+}
+
+impl ShardWriteNode {
+    /// Writes `input` as `spec` says.
+    pub fn new(input: LogicalPlan, spec: &WriteSpec) -> DFResult<Self> {
+        Self::from_json(input, spec.to_json()?)
+    }
+
+    fn from_json(input: LogicalPlan, spec: String) -> DFResult<Self> {
+        let schema = Arc::new(DFSchema::try_from(written_files_schema().as_ref().clone())?);
+        Ok(Self { input, spec, schema })
+    }
+
+    /// As a logical plan.
+    pub fn into_plan(self) -> LogicalPlan {
+        LogicalPlan::Extension(Extension { node: Arc::new(self) })
+    }
+}
+
+impl PartialOrd for ShardWriteNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.spec.partial_cmp(&other.spec)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for ShardWriteNode {
+    fn name(&self) -> &str {
+        "SluiceShardWrite"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SluiceShardWrite: {}", self.spec)
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> DFResult<Self> {
+        let input = inputs.pop().ok_or_else(|| DataFusionError::Internal("SluiceShardWrite has one input".into()))?;
+        Self::from_json(input, self.spec.clone())
+    }
+}
+
+/// The physical write node: each partition of `input` is a shard, written where the task runs.
+#[derive(Debug)]
+pub struct ShardWriteExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: WriteSpec,
+    /// The spec's keys over the input.
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShardWriteExec {
+    fn new(input: Arc<dyn ExecutionPlan>, spec: WriteSpec) -> DFResult<Self> {
+        let schema = input.schema();
+        let keys = spec.keys.iter().map(|key| col(key, &schema)).collect::<DFResult<_>>()?;
+        let partitions = input.output_partitioning().partition_count();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(written_files_schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self { input, spec, keys, properties: Arc::new(properties) })
+    }
+}
+
+impl DisplayAs for ShardWriteExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SluiceShardWriteExec: run {} into {}", self.spec.run_id, self.spec.table)
+    }
+}
+
+impl ExecutionPlan for ShardWriteExec {
+    fn name(&self) -> &str {
+        "SluiceShardWriteExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    /// Hashed on the keys: the planner shuffles the input into that many shards.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::HashPartitioned(self.keys.clone())]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let input =
+            children.pop().ok_or_else(|| DataFusionError::Internal("SluiceShardWriteExec has one input".into()))?;
+        Ok(Arc::new(Self::new(input, self.spec.clone())?))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let spec = self.spec.clone();
+        let written = futures::stream::once(async move { spec.write_shard(partition, input).await });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(written_files_schema(), written)))
+    }
+}
+
+/// Plans [`ShardWriteNode`] as [`ShardWriteExec`] (the scheduler's planner).
+#[derive(Debug, Default)]
+pub struct ShardWritePlanner;
+
+#[async_trait]
+impl ExtensionPlanner for ShardWritePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _state: &SessionState,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(write) = node.as_any().downcast_ref::<ShardWriteNode>() else { return Ok(None) };
+        let spec = WriteSpec::from_json(write.spec.as_bytes())?;
+        Ok(Some(Arc::new(ShardWriteExec::new(physical_inputs[0].clone(), spec)?)))
+    }
+}
+
+/// DataFusion's planner with [`ShardWritePlanner`].
+#[derive(Debug, Default)]
+pub struct SluiceQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for SluiceQueryPlanner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, state: &SessionState) -> DFResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(ShardWritePlanner)])
+            .create_physical_plan(plan, state)
+            .await
+    }
+}
+
+/// Ballista's logical codec, plus [`ShardWriteNode`].
+#[derive(Debug, Default)]
+pub struct SluiceLogicalCodec {
+    inner: BallistaLogicalExtensionCodec,
+}
+
+impl LogicalExtensionCodec for SluiceLogicalCodec {
+    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> DFResult<Extension> {
+        match (buf.strip_prefix(MARK), inputs) {
+            (Some(spec), [input]) => {
+                let spec = String::from_utf8(spec.to_vec()).map_err(|e| DataFusionError::External(e.into()))?;
+                Ok(Extension { node: Arc::new(ShardWriteNode::from_json(input.clone(), spec)?) })
+            }
+            _ => self.inner.try_decode(buf, inputs, ctx),
+        }
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DFResult<()> {
+        match node.node.as_any().downcast_ref::<ShardWriteNode>() {
+            Some(write) => {
+                buf.extend_from_slice(MARK);
+                buf.extend_from_slice(write.spec.as_bytes());
+                Ok(())
+            }
+            None => self.inner.try_encode(node, buf),
+        }
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> DFResult<Arc<dyn TableProvider>> {
+        self.inner.try_decode_table_provider(buf, table_ref, schema, ctx)
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> DFResult<()> {
+        self.inner.try_encode_table_provider(table_ref, node, buf)
+    }
+
+    fn try_decode_file_format(&self, buf: &[u8], ctx: &TaskContext) -> DFResult<Arc<dyn FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(&self, buf: &mut Vec<u8>, node: Arc<dyn FileFormatFactory>) -> DFResult<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+/// Ballista's physical codec, plus [`ShardWriteExec`].
+#[derive(Debug, Default)]
+pub struct SluicePhysicalCodec {
+    inner: BallistaPhysicalExtensionCodec,
+}
+
+impl PhysicalExtensionCodec for SluicePhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        match (buf.strip_prefix(MARK), inputs) {
+            (Some(spec), [input]) => Ok(Arc::new(ShardWriteExec::new(input.clone(), WriteSpec::from_json(spec)?)?)),
+            _ => self.inner.try_decode(buf, inputs, ctx),
+        }
+    }
+
+    fn try_encode(&self, node: Arc<dyn ExecutionPlan>, buf: &mut Vec<u8>) -> DFResult<()> {
+        match node.as_any().downcast_ref::<ShardWriteExec>() {
+            Some(write) => {
+                buf.extend_from_slice(MARK);
+                buf.extend_from_slice(write.spec.to_json()?.as_bytes());
+                Ok(())
+            }
+            None => self.inner.try_encode(node, buf),
+        }
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_expr(&self, buf: &[u8], inputs: &[Arc<dyn PhysicalExpr>]) -> DFResult<Arc<dyn PhysicalExpr>> {
+        self.inner.try_decode_expr(buf, inputs)
+    }
+
+    fn try_encode_expr(&self, node: &Arc<dyn PhysicalExpr>, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_expr(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
