@@ -135,3 +135,49 @@ fn show_cluster_lists_the_scheduler_and_its_executors() {
     assert!(gone.contains(&format!("the cluster's scheduler at df://127.0.0.1:{closed} did not answer")), "{gone}");
     assert!(gone.contains("Connection refused") && started.elapsed() < Duration::from_secs(10), "{gone}");
 }
+
+/// An `INSERT` pipeline (an aggregate) and a partitioned `INSERT OVERWRITE` pipeline, run here
+/// and on a cluster of two executors sharing the home's warehouse, write the same rows, one
+/// snapshot per run; on the cluster the shards are the executors' tasks.
+#[test]
+fn pipelines_on_a_cluster_write_what_they_write_here() {
+    let cluster = Cluster::start(2, 2);
+    let home = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let data = files.path().join("orders.parquet");
+    let mut setup = format!(
+        "COPY (SELECT value AS id, value % 7 AS customer, DATE '2026-01-01' + CAST(value % 5 AS INT) AS day, \
+         value * 1.5 AS amount FROM generate_series(1, 20000)) TO '{data}';
+         CREATE EXTERNAL TABLE orders STORED AS PARQUET LOCATION '{data}';
+         CREATE SCHEMA lake.s;",
+        data = data.display()
+    );
+    for side in ["here", "there"] {
+        setup.push_str(&format!(
+            "CREATE TABLE lake.s.totals_{side} (customer BIGINT, n BIGINT, amount DOUBLE);
+             CREATE TABLE lake.s.daily_{side} (day DATE, id BIGINT, amount DOUBLE) PARTITIONED BY (day);
+             CREATE PIPELINE totals_{side} AS INSERT INTO lake.s.totals_{side}
+               SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer;
+             CREATE PIPELINE daily_{side} AS INSERT OVERWRITE lake.s.daily_{side}
+               SELECT day, id, amount FROM orders WHERE id % 3 = 0;"
+        ));
+    }
+    stdout(&sluice(home.path(), &["-c", &setup]));
+    let runs = |side: &str| format!("RUN PIPELINE totals_{side}; RUN PIPELINE daily_{side}; RUN PIPELINE daily_{side}");
+    stdout(&sluice(home.path(), &["-c", &runs("here")]));
+    stdout(&sluice(home.path(), &["--cluster", &cluster.url, "--shards", "4", "-c", &runs("there")]));
+
+    let csv = |sql: &str| stdout(&sluice(home.path(), &["--format", "csv", "-c", sql]));
+    for (table, order) in [("totals", "customer"), ("daily", "day, id")] {
+        let here = csv(&format!("SELECT * FROM lake.s.{table}_here ORDER BY {order}"));
+        let there = csv(&format!("SELECT * FROM lake.s.{table}_there ORDER BY {order}"));
+        assert!(here.lines().count() > 7, "{here}");
+        assert_eq!(here, there, "{table}: the cluster's rows differ from this process's");
+    }
+    let snapshots = csv("SELECT (SELECT count(*) FROM lake.s.\"totals_there$snapshots\") AS totals, \
+         (SELECT count(*) FROM lake.s.\"daily_there$snapshots\") AS daily, \
+         (SELECT count(*) FROM lake.s.\"daily_there$files\") AS files");
+    let counts: Vec<u64> = snapshots.lines().nth(1).unwrap().split(',').map(|n| n.parse().unwrap()).collect();
+    assert_eq!(counts[..2], [1, 2], "one snapshot per run: {snapshots}");
+    assert_eq!(counts[2], 5, "rows hashed on the partition column: one shard, one file per day: {snapshots}");
+}
