@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
@@ -68,6 +69,12 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<(), ClusterError
         bind_host: options.bind.ip().to_string(),
         bind_port: options.bind.port(),
         external_host: options.external_host.unwrap_or_else(|| options.bind.ip().to_string()),
+        // Executors ask for tasks (Ballista's push policy could leave a task launched to an
+        // executor that died meanwhile running for good); one silent for three heartbeats is
+        // lost, its tasks run again elsewhere.
+        scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        executor_timeout_seconds: 3 * HEARTBEAT_SECONDS,
+        expire_dead_executor_interval_seconds: HEARTBEAT_SECONDS,
         ..Default::default()
     }
     .with_override_config_producer(Arc::new(session_config))
@@ -106,6 +113,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         scheduler_host: options.scheduler.host().to_string(),
         scheduler_port: options.scheduler.port(),
         concurrent_tasks: options.slots.max(1),
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         work_dir: options.work_dir.map(|dir| dir.display().to_string()),
         executor_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
         override_runtime_producer: Some(Arc::new(|_: &SessionConfig| runtime())),

@@ -73,8 +73,12 @@ pub struct WriteSpec {
     pub config: SpecCatalog,
     /// The table, `catalog.schema.table`.
     pub table: String,
-    /// The run (its id names the files).
+    /// The run.
     pub run_id: String,
+    /// What the run's files are named after (`<files>-<shard>-<n>.parquet`): the run id and
+    /// a token of this attempt, so that a retried run's files never share a name with an
+    /// earlier attempt's.
+    pub files: String,
     /// The run's pipeline, if any.
     pub pipeline: Option<String>,
     /// The columns the input is hashed on into shards.
@@ -104,8 +108,9 @@ impl WriteSpec {
             }
         };
         let writer: Arc<dyn CommitTarget> = catalog.writer(&table).await.map_err(|e| error(e.into()))?;
+        // The shard loop names files after the run id it is given.
         let identity = RunIdentity {
-            run_id: self.run_id.clone(),
+            run_id: self.files.clone(),
             pipeline: self.pipeline.clone(),
             sequence: 0,
             base: writer.base(),

@@ -30,9 +30,17 @@ pub trait CommitTarget: TableWriter {
     ) -> Arc<dyn Coordinator>;
 
     /// The coordinator of one run into `table` whose shards are written elsewhere (by the
-    /// executors of a cluster, [`CommitTarget::write_elsewhere`]): its input's rows are the
-    /// files they wrote ([`written_files_schema`]), committed here as `mode` says.
-    fn coordinator_of_written(self: Arc<Self>, table: TableName, mode: WriteMode) -> Arc<dyn Coordinator>;
+    /// executors of a cluster, [`CommitTarget::write_elsewhere`]) into files named `<files>-...`:
+    /// its input's rows are the files they wrote ([`written_files_schema`]), committed here as
+    /// `mode` says. Before they start, the ledger holds an entry for every file so named
+    /// ([`crate::runtime::format::files_named_entry`]), so that a rollback or a recovery
+    /// deletes what they wrote even when they never said.
+    fn coordinator_of_written(
+        self: Arc<Self>,
+        table: TableName,
+        mode: WriteMode,
+        files: String,
+    ) -> Arc<dyn Coordinator>;
 
     /// Writes shard `shard` of `run` from `input` in this process for a commit made in another
     /// (the Sluice process that opened the run): its files as rows of [`written_files_schema`].
@@ -67,9 +75,14 @@ impl<W: TableFormat> CommitTarget for W {
         Arc::new(TableCommit::new(table, self, partition_key, mode))
     }
 
-    fn coordinator_of_written(self: Arc<Self>, table: TableName, mode: WriteMode) -> Arc<dyn Coordinator> {
+    fn coordinator_of_written(
+        self: Arc<Self>,
+        table: TableName,
+        mode: WriteMode,
+        files: String,
+    ) -> Arc<dyn Coordinator> {
         let mut commit = TableCommit::new(table, self, vec![], mode);
-        commit.written_elsewhere = true;
+        commit.written_elsewhere = Some(files);
         Arc::new(commit)
     }
 
@@ -113,8 +126,9 @@ pub struct TableCommit<W: TableFormat> {
     writers: Arc<Semaphore>,
     /// What the shards staged, as the format describes it, for the commit.
     staged: Mutex<Vec<W::File>>,
-    /// The shards are written elsewhere: the input's rows are their files.
-    written_elsewhere: bool,
+    /// The shards are written elsewhere, into files named `<this>-...`: the input's rows are
+    /// their files.
+    written_elsewhere: Option<String>,
 }
 
 impl<W: TableFormat> TableCommit<W> {
@@ -125,7 +139,7 @@ impl<W: TableFormat> TableCommit<W> {
         let name = format!("{}-commit", writer.format());
         let writers = Arc::new(Semaphore::new(runtime::default_shards()));
         let staged = Mutex::new(Vec::new());
-        Self { name, table, writer, partition_key, mode, writers, staged, written_elsewhere: false }
+        Self { name, table, writer, partition_key, mode, writers, staged, written_elsewhere: None }
     }
 
     fn error(&self, source: impl Into<crate::runtime::BoxError>) -> CoordinatorError {
@@ -205,11 +219,18 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         input: Arc<dyn ExecutionPlan>,
         shards: usize,
     ) -> Result<Arc<dyn ExecutionPlan>, CoordinatorError> {
-        if self.written_elsewhere {
+        if self.written_elsewhere.is_some() {
             return Ok(input);
         }
         check_fits(&input.schema(), self.writer.schema()).map_err(|e| self.error(e))?;
         planner::shard_plan(input, shards, self.partition_key.clone()).map_err(|e| self.error(e))
+    }
+
+    /// Shards written elsewhere: the entry for all their files, before any starts.
+    async fn on_start(&self, run: &RunContext) -> Result<(), CoordinatorError> {
+        let Some(files) = &self.written_elsewhere else { return Ok(()) };
+        let entry = crate::runtime::format::files_named_entry(self.writer.location(), files);
+        run.stage_files(0, &[entry]).await.map_err(|e| self.error(e))
     }
 
     async fn write_shard(
@@ -218,7 +239,7 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         shard: usize,
         input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
-        if self.written_elsewhere {
+        if self.written_elsewhere.is_some() {
             return self.take_written(run, shard, input).await;
         }
         let files = ShardSink::new(run, &self.table, self.writer.clone())

@@ -119,11 +119,13 @@ impl Engine {
             [] => input.schema().fields().iter().map(|f| f.name().clone()).collect(),
             fields => fields.iter().map(|f| f.column.clone()).collect(),
         };
+        let files = format!("{run_id}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let spec = WriteSpec {
             catalog: table.catalog.clone(),
             config,
             table: table.to_string(),
             run_id,
+            files: files.clone(),
             pipeline: origin.pipeline.clone(),
             keys,
         };
@@ -141,7 +143,7 @@ impl Engine {
         let input = state.create_physical_plan(&plan).await?;
         let summary = format!("{} into {table} ({} table) on cluster {cluster}", mode.as_str(), writer.format());
         let base = writer.base();
-        let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode));
+        let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode, files));
         let job = crate::coordinator::RunJob {
             target: table.to_string(),
             coordinator,

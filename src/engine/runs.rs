@@ -404,7 +404,7 @@ impl Engine {
 
     /// How the deleted files of runs into `target` are verified.
     async fn verifier(&self, target: &str) -> Verifier {
-        if Path::new(target).is_absolute() {
+        if Path::new(target).is_absolute() || crate::storage::is_remote(target) {
             return Verifier::Nothing;
         }
         let Some(table) = TableName::parse(target) else { return Verifier::Later };

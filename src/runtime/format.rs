@@ -27,6 +27,20 @@ use crate::table::{PartitionField, RunIdentity, WriteMode};
 /// thousand distinct values) stay dictionary-encoded.
 pub const DICTIONARY_PAGE_BYTES: usize = 32 * 1024;
 
+/// The ledger's entry standing for every file whose name starts with `files` (`<run id>-...`)
+/// anywhere in the table at `location`: `<location>/<files>-*`. Staged before shards written
+/// elsewhere (a cluster's executors) start, whose files the ledger learns only once they
+/// finish, so that a rollback or a recovery deletes whatever of theirs is there
+/// ([`TableWriter::delete_file`] takes it).
+pub fn files_named_entry(location: &str, files: &str) -> String {
+    format!("{}/{files}-*", location.trim_end_matches('/'))
+}
+
+/// The name prefix (`<files>-`) `location` stands for, if it is a [`files_named_entry`].
+pub fn files_named(location: &str) -> Option<&str> {
+    location.strip_suffix('*').and_then(|l| l.rsplit('/').next()).filter(|prefix| prefix.len() > 1)
+}
+
 /// A staged file as every layer sees it: where it is and what it holds. The format's own
 /// description (an Iceberg data file, a Delta `add`) stays with the format's commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +120,7 @@ pub trait TableWriter: Send + Sync + std::fmt::Debug {
     /// The table's partition fields (empty when unpartitioned); shards are split by them.
     fn partitioning(&self) -> &[PartitionField];
     /// Deletes a staged file and checks that it is gone; a file that is not there is not an
-    /// error.
+    /// error. A [`files_named_entry`] deletes every data file of the table named so.
     async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
     /// The snapshot / version that `run` committed, if the table's history has one.
     async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError>;

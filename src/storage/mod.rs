@@ -294,6 +294,47 @@ pub async fn check_conditional_put(store: &dyn ObjectStore, probe: &Path) -> Res
     }
 }
 
+/// Deletes every file in the folder `folder` (a path or `file://` URL; with `store`, a URL in
+/// its bucket), at any depth, whose name starts with `prefix`; returns how many it deleted.
+pub async fn delete_files_named(folder: &str, prefix: &str, store: Option<&dyn ObjectStore>) -> Result<usize, String> {
+    use datafusion::object_store::ObjectStoreExt;
+    use futures::TryStreamExt;
+    let named = |name: &str| name.starts_with(prefix);
+    let Some(store) = store else {
+        let root = crate::paths::local_path(folder).ok_or_else(|| format!("{folder}: not a local folder"))?;
+        let mut deleted = 0;
+        let mut folders = vec![root];
+        while let Some(dir) = folders.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("{}: {e}", dir.display())),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+                let kind = entry.file_type().map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                if kind.is_dir() {
+                    folders.push(entry.path());
+                } else if kind.is_file() && named(&entry.file_name().to_string_lossy()) {
+                    std::fs::remove_file(entry.path()).map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                    deleted += 1;
+                }
+            }
+        }
+        return Ok(deleted);
+    };
+    let folder_path = object_path(folder).ok_or_else(|| format!("{folder}: not an object path"))?;
+    let listed: Vec<_> = store.list(Some(&folder_path)).try_collect().await.map_err(|e| format!("{folder}: {e}"))?;
+    let mut deleted = 0;
+    for object in listed.iter().filter(|o| o.location.filename().is_some_and(named)) {
+        match store.delete(&object.location).await {
+            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(format!("{}: {e}", object.location)),
+        }
+    }
+    Ok(deleted)
+}
+
 /// Deletes every object in the folder `path` of `store`: `t/...`, never `t2/...`.
 pub async fn delete_objects_under(store: &dyn ObjectStore, path: &Path) -> Result<(), datafusion::object_store::Error> {
     use futures::StreamExt;

@@ -240,6 +240,7 @@ impl IcebergCatalog {
         let table = self.load_table(name).await?;
         self.confined(&format!("the location of `{name}`"), table.metadata().location())?;
         IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &table)
+            .map(|writer| writer.with_warehouse(self.warehouse.clone()))
             .map_err(self.error(format!("preparing a write into `{name}`")))
     }
 
@@ -533,6 +534,7 @@ impl LakeCatalog for IcebergCatalog {
         let evolved = evolve(&table, columns, widened).map_err(error)?;
         let writer = IcebergTableWriter::new(self.inner.clone(), self.pointer.clone(), &evolved)
             .map_err(self.error(format!("preparing a write into `{name}`")))?
+            .with_warehouse(self.warehouse.clone())
             .evolving();
         Ok(Arc::new(writer))
     }

@@ -80,6 +80,8 @@ pub struct IcebergTableWriter {
     splitter: Option<Arc<Splitter>>,
     /// `base` carries a schema change of this run: its commit is one attempt from `base`.
     evolving: bool,
+    /// The catalog's warehouse, when it has one (where files can be listed).
+    warehouse: Option<crate::storage::Root>,
 }
 
 impl std::fmt::Debug for IcebergTableWriter {
@@ -157,6 +159,12 @@ impl Splitter {
 }
 
 impl IcebergTableWriter {
+    /// The same writer, knowing the catalog's warehouse (see [`IcebergTableWriter::delete_file`]).
+    pub fn with_warehouse(mut self, warehouse: Option<crate::storage::Root>) -> Self {
+        self.warehouse = warehouse;
+        self
+    }
+
     /// A writer into the current schema of `table`, committing through `pointer` (SQL catalogs)
     /// or `catalog` (REST: appends only, overwrites are refused).
     pub fn new(
@@ -203,6 +211,7 @@ impl IcebergTableWriter {
             partitioning,
             splitter,
             evolving: false,
+            warehouse: None,
         })
     }
 
@@ -317,6 +326,21 @@ impl TableWriter for IcebergTableWriter {
     }
 
     async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
+        if let Some(prefix) = crate::runtime::format::files_named(location) {
+            let table = self.base.metadata().location();
+            let store = match &self.warehouse {
+                Some(crate::storage::Root::Remote { store, .. }) => Some(store.as_ref()),
+                Some(crate::storage::Root::Local(_)) => None,
+                None => {
+                    return Err(format!(
+                        "{location}: the files of a table its catalog's server places cannot be listed"
+                    )
+                    .into());
+                }
+            };
+            crate::storage::delete_files_named(table, prefix, store).await?;
+            return Ok(());
+        }
         self.file_io.delete(location).await?;
         // Verified: a file that is back (a write that outlived its run) fails the rollback,
         // which recovery then tries again.
