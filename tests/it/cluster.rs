@@ -245,7 +245,10 @@ async fn an_executor_killed_during_a_run_loses_nothing_and_leaves_nothing() {
     std::thread::sleep(Duration::from_millis(500 + seed % 2500));
     cluster.kill_executor((seed % 2) as usize);
     let out = run.wait_with_output().unwrap();
-    println!("the run: {}", if out.status.success() { "succeeded" } else { "failed" });
+    match out.status.success() {
+        true => println!("the run succeeded"),
+        false => println!("the run failed: {}", String::from_utf8_lossy(&out.stderr)),
+    }
     let counts =
         stdout(&sluice(home.path(), &["--format", "csv", "-c", "SELECT count(*), count(DISTINCT id) FROM lake.k.t"]));
     let expected = if out.status.success() { format!("{ROWS},{ROWS}") } else { "0,0".to_string() };
