@@ -21,7 +21,6 @@
 //! |---|---|
 //! | [`table`], [`clock`], [`paths`], [`suggest`] | shared words (table names, partitioning, write modes, run identity), injected time, location checks, "did you mean" |
 //! | [`storage`] | where tables live: local folders and object stores (S3, GCS, Azure), their roots |
-//! | [`cluster`] | DataFusion Ballista clusters: their addresses, members and processes (feature `cluster`) |
 //! | [`ledger`] | the SQLite store of pipelines, runs, shard tasks, staged files, events |
 //! | [`events`] | run events, to subscribers and the ledger |
 //! | [`parser`], [`pipeline`] | SQL with Sluice's extensions; pipeline definitions and options |
@@ -31,6 +30,7 @@
 //! | [`coordinator`] | the [`coordinator::Coordinator`] trait, the runner, the table commit, composites, exports |
 //! | [`catalog`] | the catalog trait, catalog files, name checks, the session's catalog list |
 //! | [`formats`] | Iceberg and Delta: each format's catalog, writer and commit |
+//! | [`cluster`] | DataFusion Ballista: cluster addresses and members, the `sluice cluster` processes, the shard-write node (feature `cluster`) |
 //! | [`functions`] | table functions (`generate_series`, `range`) |
 //! | [`system`] | `sluice.*` system tables and every result batch |
 //! | [`engine`] | the [`Engine`]: builder, statement dispatch, DDL, writes, runs and recovery |

@@ -96,6 +96,7 @@ impl Engine {
                 "expectations or bad_rows in a write into `{table}` on cluster {cluster} (run it here: SET sluice.cluster = 'local')"
             )));
         }
+        refuse_scans_executors_cannot_read(&input, cluster)?;
         let config = match self.catalog_configs.get(&table.catalog) {
             Some(CatalogConfig::IcebergSql(config)) => SpecCatalog::IcebergSql(config.clone()),
             Some(CatalogConfig::Delta(config)) => SpecCatalog::Delta(config.clone()),
@@ -155,5 +156,36 @@ impl Engine {
             check: None,
         };
         Ok((job, summary, state.task_ctx()))
+    }
+}
+
+/// Refuses, before the run opens, a write whose input reads a table the executors cannot:
+/// only file tables (Parquet, CSV, JSON: DataFusion's listing tables) travel with a plan.
+#[cfg(feature = "cluster")]
+fn refuse_scans_executors_cannot_read(
+    input: &datafusion::logical_expr::LogicalPlan,
+    cluster: &ClusterUrl,
+) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::datasource::listing::ListingTable;
+    use datafusion::logical_expr::LogicalPlan;
+
+    let mut refused = None;
+    input.apply_with_subqueries(|plan| {
+        if let LogicalPlan::TableScan(scan) = plan {
+            let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+            if provider.as_any().downcast_ref::<ListingTable>().is_none() {
+                refused = Some(scan.table_name.to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match refused {
+        None => Ok(()),
+        Some(table) => Err(Error::Unsupported(format!(
+            "reading `{table}` on cluster {cluster}: its executors read file tables (Parquet, CSV, JSON) and VALUES, \
+             not yet Iceberg or Delta tables, system tables or table functions (run it here: SET sluice.cluster = 'local')"
+        ))),
     }
 }
