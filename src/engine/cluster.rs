@@ -36,8 +36,12 @@ pub(super) fn parse_setting(setting: &str) -> Result<Option<ClusterUrl>> {
 }
 
 impl Engine {
-    /// The cluster runs execute on now (`None`: this process).
+    /// The cluster runs execute on now (`None`: this process): the running pipeline's
+    /// `cluster` option, else the session's `sluice.cluster`.
     pub fn cluster(&self) -> Result<Option<ClusterUrl>> {
+        if let Some(cluster) = Self::pipeline_cluster() {
+            return parse_setting(&cluster);
+        }
         let state = self.ctx.state();
         let options = state.config_options().extensions.get::<SluiceOptions>();
         parse_setting(options.map(|o| o.cluster.as_str()).unwrap_or_default())

@@ -302,6 +302,7 @@ impl Engine {
             PipelineBody::Steps(steps) => return self.create_steps_pipeline(create, steps, statement).await,
         };
         let options = PipelineOptions::parse(&create.name, &create.options)?;
+        super::cluster::parse_setting(options.cluster.as_deref().unwrap_or_default())?;
         for option in ["max_parallel_steps", "on_failure", "atomic"] {
             if create.options.iter().any(|(key, _)| key == option) {
                 return Err(Error::Unsupported(format!(

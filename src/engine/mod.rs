@@ -86,6 +86,8 @@ struct StatementScope {
     /// What a bad line of a CSV / JSON file the statement reads does (`bad_rows = ...` of the
     /// running pipeline).
     bad_rows: Option<crate::pipeline::BadRows>,
+    /// Where the running pipeline's writes execute (`cluster = ...`), over the session's.
+    cluster: Option<String>,
 }
 
 impl StatementScope {
@@ -354,14 +356,17 @@ impl Engine {
         SCOPE.scope(StatementScope { expectations, ..StatementScope::current() }, future).await
     }
 
-    /// Runs `future` (a pipeline's run) with its quarantine table, if it names one, and what
-    /// bad input lines do.
-    pub(super) async fn quarantining<T>(
+    /// Runs `future` (a pipeline's run) with its quarantine table, if it names one, what bad
+    /// input lines do, and where its writes execute.
+    pub(super) async fn under_pipeline<T>(
         table: Option<String>,
-        bad_rows: Option<crate::pipeline::BadRows>,
+        options: &crate::pipeline::PipelineOptions,
         future: impl std::future::Future<Output = T>,
     ) -> T {
-        SCOPE.scope(StatementScope { quarantine_table: table, bad_rows, ..StatementScope::current() }, future).await
+        let (bad_rows, cluster) = (options.bad_rows, options.cluster.clone());
+        SCOPE
+            .scope(StatementScope { quarantine_table: table, bad_rows, cluster, ..StatementScope::current() }, future)
+            .await
     }
 
     /// Runs `future` (the write of quarantined rows) with no expectations and no bad-row
@@ -369,6 +374,11 @@ impl Engine {
     pub(super) async fn unchecked<T>(future: impl std::future::Future<Output = T>) -> T {
         let scope = StatementScope { expectations: Vec::new(), bad_rows: None, ..StatementScope::current() };
         SCOPE.scope(scope, future).await
+    }
+
+    /// Where the running pipeline's writes execute, if it says.
+    pub(super) fn pipeline_cluster() -> Option<String> {
+        StatementScope::current().cluster
     }
 
     /// What a bad line of an input file does in the running pipeline, if it says.

@@ -24,10 +24,10 @@ impl Engine {
     pub async fn run_pipeline(&self, name: &str) -> Result<RunReport> {
         let (create, options) = self.pipeline_or_error(name).await?;
         let quarantine_table = crate::pipeline::quarantine_table(name, &create.options)?;
-        let bad_rows = options.bad_rows;
+        let scope = options.clone();
         // Boxed before it is wrapped: the run's future is large, and debug builds copy it.
         let run = Box::pin(self.run_pipeline_as_defined(name, create, options));
-        Self::quarantining(quarantine_table, bad_rows, run).await
+        Self::under_pipeline(quarantine_table, &scope, run).await
     }
 
     async fn run_pipeline_as_defined(
@@ -53,9 +53,9 @@ impl Engine {
     pub(super) async fn explain_pipeline(&self, name: &str) -> Result<Output> {
         let (create, options) = self.pipeline_or_error(name).await?;
         let quarantine_table = crate::pipeline::quarantine_table(name, &create.options)?;
-        let options_bad_rows = options.bad_rows;
+        let scope = options.clone();
         let explain = Box::pin(self.explain_pipeline_as_defined(name, create, options));
-        Self::quarantining(quarantine_table, options_bad_rows, explain).await
+        Self::under_pipeline(quarantine_table, &scope, explain).await
     }
 
     async fn explain_pipeline_as_defined(
@@ -134,7 +134,7 @@ impl Engine {
             let insert = self.insert_under(&format!("INSERT INTO `{table}`"), body, &parsed).await?;
             self.write(insert, self.shards, origin).await
         };
-        Self::quarantining(quarantine_table, parsed.bad_rows, Box::pin(write)).await
+        Self::under_pipeline(quarantine_table, &parsed, Box::pin(write)).await
     }
 
     /// The insert of a write with `schema_evolution`: the query's columns map to the table's
@@ -304,18 +304,18 @@ impl Engine {
         let not_insert = || cannot("it was not an INSERT (run a CREATE TABLE AS again instead)".into());
         let insert = self.insert_target(plan)?.ok_or_else(not_insert)?;
         // A pipeline's current options decide, as they would for a new run.
-        let (insert, shards, quarantine_table, bad_rows) = match &record.pipeline {
+        let (insert, shards, quarantine_table, options) = match &record.pipeline {
             Some(name) => match self.pipeline_definition(name).await? {
                 Some((create, options)) => {
                     let (insert, shards) = with_options(&options, run_id, insert, record.shards)?;
-                    (insert, shards, crate::pipeline::quarantine_table(name, &create.options)?, options.bad_rows)
+                    (insert, shards, crate::pipeline::quarantine_table(name, &create.options)?, options)
                 }
-                None => (insert, record.shards, None, None),
+                None => (insert, record.shards, None, PipelineOptions::default()),
             },
-            None => (insert, record.shards, None, None),
+            None => (insert, record.shards, None, PipelineOptions::default()),
         };
         let write = Self::expecting(expectations, self.write(insert, shards, origin));
-        Self::quarantining(quarantine_table, bad_rows, Box::pin(write)).await
+        Self::under_pipeline(quarantine_table, &options, Box::pin(write)).await
     }
 
     /// Settles every run left `staging` or `committing` by a process that is gone: committed

@@ -64,6 +64,7 @@ impl Engine {
         statement: &Statement,
     ) -> Result<Output> {
         let options = PipelineOptions::parse(&create.name, &create.options)?;
+        super::cluster::parse_setting(options.cluster.as_deref().unwrap_or_default())?;
         if options.mode.is_some() {
             return Err(PipelineError::BadValue {
                 pipeline: create.name.clone(),
@@ -199,7 +200,7 @@ impl Engine {
                 }
             })
         };
-        let result = match self.schedule(name, &run_id, dag, options, &cancel, before).await {
+        let result = match self.schedule(name, &run_id, dag, options.clone(), &cancel, before).await {
             Ok((states, held)) if options.atomic => self.publish_steps(name, &run_id, dag, states, held).await,
             other => other.map(|(states, _)| states),
         };
@@ -333,7 +334,8 @@ impl Engine {
                     let hold = options.atomic.then(|| pending.clone());
                     let retry_of = earlier(step).and_then(|b| b.step_run_id.clone());
                     let span = tracing::info_span!("step", %run_id, %pipeline, step = %step.name);
-                    let run = self.run_step(pipeline, run_id, step, options, token, hold, retry_of).instrument(span);
+                    let run =
+                        self.run_step(pipeline, run_id, step, options.clone(), token, hold, retry_of).instrument(span);
                     running.push(async move { (i, run.await) });
                 }
             }
@@ -402,10 +404,16 @@ impl Engine {
                 error: None,
             };
             self.events.emit(started).await;
-            // The step's own scope: its cancel, and the pipeline's quarantine table and bad rows.
-            let StatementScope { quarantine_table, bad_rows, .. } = StatementScope::current();
-            let scope =
-                StatementScope { cancel: cancel.clone(), quarantine_table, bad_rows, ..StatementScope::default() };
+            // The step's own scope: its cancel, and the pipeline's quarantine table, bad rows and
+            // cluster.
+            let StatementScope { quarantine_table, bad_rows, cluster, .. } = StatementScope::current();
+            let scope = StatementScope {
+                cancel: cancel.clone(),
+                quarantine_table,
+                bad_rows,
+                cluster,
+                ..StatementScope::default()
+            };
             let label = format!("{pipeline}/{}", step.name);
             let execute = self.execute_step(&label, step, shards, retry_of.clone(), hold.clone());
             let result = SCOPE.scope(scope, Box::pin(execute)).await;

@@ -25,7 +25,7 @@ pub enum PipelineError {
     },
     /// An option this version does not know.
     #[error(
-        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution, quarantine_table, bad_rows; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
+        "pipeline `{pipeline}`: unknown option `{option}` (known: shards, mode, retries, retry_backoff, catchup, max_catchup_runs, schema_evolution, quarantine_table, bad_rows, cluster; with steps also max_parallel_steps, on_failure, atomic; per step: shards, retries, retry_backoff)"
     )]
     UnknownOption {
         /// The pipeline.
@@ -92,7 +92,7 @@ pub enum OnFailure {
 }
 
 /// Options from `CREATE PIPELINE ... WITH (...)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineOptions {
     /// Fixed shard count; `None` means the engine's default.
     pub shards: Option<usize>,
@@ -122,6 +122,9 @@ pub struct PipelineOptions {
     /// `bad_rows = 'fail' | 'quarantine'`: what an unparseable line of a CSV or JSON file the
     /// pipeline reads does; `None`: DataFusion's reader, which fails on it.
     pub bad_rows: Option<BadRows>,
+    /// `cluster = 'df://host:port'` (or `'local'`): where the pipeline's runs execute, over the
+    /// session's `sluice.cluster`; checked when the pipeline is created and when it runs.
+    pub cluster: Option<String>,
 }
 
 /// What an unparseable line of an input file does (`bad_rows = ...`).
@@ -170,6 +173,7 @@ impl Default for PipelineOptions {
             add_columns: false,
             widen_types: false,
             bad_rows: None,
+            cluster: None,
         }
     }
 }
@@ -295,6 +299,7 @@ impl PipelineOptions {
                 "quarantine_table" => {
                     quarantine_table(pipeline, options)?;
                 }
+                "cluster" => parsed.cluster = Some(value.to_string()),
                 "schema_evolution" => {
                     for part in value.to_lowercase().split(',').map(str::trim) {
                         match part {

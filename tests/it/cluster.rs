@@ -201,6 +201,34 @@ fn pipelines_on_a_cluster_write_what_they_write_here() {
     assert_eq!(counts[..2], [1, 2], "one snapshot per run: {snapshots}");
     assert_eq!(counts[2], 5, "rows hashed on the partition column: one shard, one file per day: {snapshots}");
 
+    // A pipeline's `cluster` option sends its runs there from a session that names none.
+    let url = &cluster.url;
+    stdout(&sluice(
+        home.path(),
+        &[
+            "-c",
+            &format!(
+                "CREATE TABLE lake.s.totals_option (customer BIGINT, n BIGINT, amount DOUBLE);
+                 CREATE PIPELINE totals_option WITH (cluster = '{url}') AS INSERT INTO lake.s.totals_option
+                   SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer;
+                 RUN PIPELINE totals_option;"
+            ),
+        ],
+    ));
+    assert_eq!(
+        csv("SELECT * FROM lake.s.totals_option ORDER BY customer"),
+        csv("SELECT * FROM lake.s.totals_here ORDER BY customer")
+    );
+    // A cluster run's files carry its attempt's token: <run id (5 parts)>-<token>-<shard>-<n>.
+    let names = csv("SELECT file_path FROM lake.s.\"totals_option$files\"");
+    assert!(names.lines().skip(1).all(|p| p.rsplit('/').next().unwrap().split('-').count() == 8), "{names}");
+    let bad = sluice(
+        home.path(),
+        &["-c", "CREATE PIPELINE bad WITH (cluster = 'http://x') AS INSERT INTO lake.s.totals_option SELECT 1, 1, 1.0"],
+    );
+    let bad = String::from_utf8_lossy(&bad.stderr);
+    assert!(bad.contains("`http://x` is not a cluster address"), "{bad}");
+
     // What executors cannot read yet is refused before the run opens, naming it.
     for source in ["lake.s.totals_here", "generate_series(1, 3)"] {
         let sql = format!("INSERT INTO lake.s.totals_there SELECT 1, 1, 1.0 FROM {source}");
