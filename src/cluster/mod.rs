@@ -32,6 +32,17 @@ impl datafusion::common::config::ConfigExtension for SluiceOptions {
     const PREFIX: &'static str = "sluice";
 }
 
+/// This process's address as a cluster's executor (`host:port`, as it registered), once it is
+/// one.
+#[cfg(feature = "cluster")]
+static EXECUTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Where this process runs shards: its executor address, or `local`.
+#[cfg(feature = "cluster")]
+fn this_executor() -> &'static str {
+    EXECUTOR.get().map_or("local", String::as_str)
+}
+
 /// The port a Ballista scheduler listens on unless told otherwise.
 pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
 

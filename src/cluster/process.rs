@@ -105,6 +105,8 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
             message: format!("no gRPC port after {flight}: give --grpc-port"),
         })?,
     };
+    let host = options.external_host.clone().unwrap_or_else(|| options.bind.ip().to_string());
+    let _ = super::EXECUTOR.set(format!("{host}:{flight}"));
     let config = ExecutorProcessConfig {
         bind_host: options.bind.ip().to_string(),
         external_host: options.external_host,

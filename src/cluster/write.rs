@@ -120,7 +120,8 @@ impl WriteSpec {
         // serves the shard loop.
         let ledger = crate::ledger::Ledger::in_memory(crate::clock::system()).await.map_err(|e| error(e.into()))?;
         let run = RunContext::new(identity, table.to_string(), 1, ledger);
-        writer.write_elsewhere(&run, &table, shard, input).await.map_err(|e| DataFusionError::External(e.into()))
+        let written = writer.write_elsewhere(&run, &table, shard, super::this_executor(), input).await;
+        written.map_err(|e| DataFusionError::External(e.into()))
     }
 }
 

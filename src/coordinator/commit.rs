@@ -8,8 +8,14 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PhysicalExpr, PlanProperties,
+};
 use tokio::sync::Semaphore;
 
 use super::{Coordinator, CoordinatorError, HeldCommit, RunContext, ShardResult};
@@ -42,25 +48,30 @@ pub trait CommitTarget: TableWriter {
         files: String,
     ) -> Arc<dyn Coordinator>;
 
-    /// Writes shard `shard` of `run` from `input` in this process for a commit made in another
-    /// (the Sluice process that opened the run): its files as rows of [`written_files_schema`].
+    /// Writes shard `shard` of `run` from `input` in this process (`executor`, as the cluster
+    /// knows it) for a commit made in another (the Sluice process that opened the run): its
+    /// files as rows of [`written_files_schema`].
     async fn write_elsewhere(
         self: Arc<Self>,
         run: &RunContext,
         table: &TableName,
         shard: usize,
+        executor: &str,
         input: SendableRecordBatchStream,
     ) -> Result<RecordBatch, ShardError>;
 }
 
-/// The rows a shard written elsewhere hands back, one per file: its location, rows, bytes and
-/// the format's description of it ([`TableFormat::encode_file`]).
+/// The rows a shard written elsewhere hands back: its number and where it ran, then one row per
+/// file (location, rows, bytes and the format's description of it,
+/// [`TableFormat::encode_file`]); a shard that wrote no file, one row with no location.
 pub fn written_files_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("location", DataType::Utf8, false),
+        Field::new("shard", DataType::UInt64, false),
+        Field::new("executor", DataType::Utf8, false),
+        Field::new("location", DataType::Utf8, true),
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
-        Field::new("description", DataType::Utf8, false),
+        Field::new("description", DataType::Utf8, true),
     ]))
 }
 
@@ -91,26 +102,38 @@ impl<W: TableFormat> CommitTarget for W {
         run: &RunContext,
         table: &TableName,
         shard: usize,
+        executor: &str,
         input: SendableRecordBatchStream,
     ) -> Result<RecordBatch, ShardError> {
         let files = ShardSink::new(run, table, self.clone()).write_shard(shard, input).await?;
-        let described: Vec<(StagedFile, String)> = files
-            .iter()
-            .map(|file| Ok((self.describe(file), self.encode_file(file)?)))
-            .collect::<Result<_, crate::runtime::BoxError>>()
-            .map_err(|source| ShardError::Write { shard, path: self.location().to_string(), source })?;
-        let column =
-            |f: fn(&(StagedFile, String)) -> u64| Arc::new(UInt64Array::from_iter_values(described.iter().map(f)));
+        let error =
+            |source: crate::runtime::BoxError| ShardError::Write { shard, path: self.location().to_string(), source };
+        let mut described: Vec<(Option<String>, u64, u64, Option<String>)> = Vec::new();
+        for file in &files {
+            let staged = self.describe(file);
+            described.push((
+                Some(staged.location),
+                staged.rows,
+                staged.bytes,
+                Some(self.encode_file(file).map_err(error)?),
+            ));
+        }
+        if described.is_empty() {
+            described.push((None, 0, 0, None));
+        }
+        let n = described.len();
         RecordBatch::try_new(
             written_files_schema(),
             vec![
-                Arc::new(StringArray::from_iter_values(described.iter().map(|(f, _)| f.location.as_str()))),
-                column(|(f, _)| f.rows),
-                column(|(f, _)| f.bytes),
-                Arc::new(StringArray::from_iter_values(described.iter().map(|(_, d)| d.as_str()))),
+                Arc::new(UInt64Array::from(vec![shard as u64; n])),
+                Arc::new(StringArray::from(vec![executor; n])),
+                Arc::new(StringArray::from_iter(described.iter().map(|d| d.0.as_deref()))),
+                Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.1))),
+                Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.2))),
+                Arc::new(StringArray::from_iter(described.iter().map(|d| d.3.as_deref()))),
             ],
         )
-        .map_err(|e| ShardError::Write { shard, path: self.location().to_string(), source: e.into() })
+        .map_err(|e| error(e.into()))
     }
 }
 
@@ -150,8 +173,8 @@ impl<W: TableFormat> TableCommit<W> {
         self.staged.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the files shards wrote elsewhere, as rows of [`written_files_schema`]: each is
-    /// recorded in the ledger as the run's, then kept for the commit.
+    /// Takes the files shard `shard` wrote elsewhere, as rows of [`written_files_schema`]: where
+    /// it ran is recorded, and each file in the ledger as the run's, then kept for the commit.
     async fn take_written(
         &self,
         run: &RunContext,
@@ -159,21 +182,23 @@ impl<W: TableFormat> TableCommit<W> {
         mut input: SendableRecordBatchStream,
     ) -> Result<Vec<StagedFile>, ShardError> {
         use futures::StreamExt;
+        let failed = |source: crate::runtime::BoxError| ShardError::Write {
+            shard,
+            path: self.writer.location().to_string(),
+            source,
+        };
         let mut described = Vec::new();
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
             let strings = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
-            let Some(descriptions) = strings(3) else {
-                let source = "the shards written elsewhere did not hand back their files".into();
-                return Err(ShardError::Write { shard, path: self.writer.location().to_string(), source });
+            let (Some(executors), Some(descriptions)) = (strings(1), strings(5)) else {
+                return Err(failed("the shards written elsewhere did not hand back their files".into()));
             };
+            if let Some(executor) = executors.iter().flatten().next() {
+                run.shard_ran_on(shard, executor).await.map_err(|source| ShardError::Ledger { shard, source })?;
+            }
             for text in descriptions.iter().flatten() {
-                let file = self.writer.decode_file(text).map_err(|source| ShardError::Write {
-                    shard,
-                    path: self.writer.location().to_string(),
-                    source,
-                })?;
-                described.push(file);
+                described.push(self.writer.decode_file(text).map_err(failed)?);
             }
         }
         let staged: Vec<StagedFile> = described.iter().map(|file| self.writer.describe(file)).collect();
@@ -220,7 +245,7 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         shards: usize,
     ) -> Result<Arc<dyn ExecutionPlan>, CoordinatorError> {
         if self.written_elsewhere.is_some() {
-            return Ok(input);
+            return Ok(Arc::new(ShardsOfWritten::new(input, shards)));
         }
         check_fits(&input.schema(), self.writer.schema()).map_err(|e| self.error(e))?;
         planner::shard_plan(input, shards, self.partition_key.clone()).map_err(|e| self.error(e))
@@ -291,6 +316,92 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
 
     async fn fence(&self, run: &RunContext) -> Result<Fence, CoordinatorError> {
         self.writer.fence(run.identity()).await.map_err(|e| CoordinatorError::commit(&self.name, e))
+    }
+}
+
+/// The files shards wrote elsewhere, by shard: partition `i` is shard `i`'s rows of the input
+/// (one partition of [`written_files_schema`] rows, read once, by whichever shard asks first),
+/// so that the run records each shard as its own.
+struct ShardsOfWritten {
+    input: Arc<dyn ExecutionPlan>,
+    collected: Arc<tokio::sync::OnceCell<Result<Vec<RecordBatch>, String>>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShardsOfWritten {
+    fn new(input: Arc<dyn ExecutionPlan>, shards: usize) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(written_files_schema()),
+            Partitioning::UnknownPartitioning(shards),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self { input, collected: Arc::default(), properties: Arc::new(properties) }
+    }
+}
+
+impl std::fmt::Debug for ShardsOfWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardsOfWritten").field("shards", &self.properties.partitioning.partition_count()).finish()
+    }
+}
+
+impl DisplayAs for ShardsOfWritten {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ShardsOfWritten: {} shard(s)", self.properties.partitioning.partition_count())
+    }
+}
+
+impl ExecutionPlan for ShardsOfWritten {
+    fn name(&self) -> &str {
+        "ShardsOfWritten"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let shards = self.properties.partitioning.partition_count();
+        let input = children.pop().ok_or_else(|| DataFusionError::Internal("ShardsOfWritten has one input".into()))?;
+        Ok(Arc::new(Self::new(input, shards)))
+    }
+
+    fn execute(
+        &self,
+        shard: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let (input, collected) = (self.input.clone(), self.collected.clone());
+        let rows = futures::stream::once(async move {
+            let all = collected
+                .get_or_init(|| async move {
+                    let stream = input.execute(0, context).map_err(|e| e.to_string())?;
+                    datafusion::physical_plan::common::collect(stream).await.map_err(|e| e.to_string())
+                })
+                .await;
+            let all = all.as_ref().map_err(|e| DataFusionError::Execution(e.clone()))?;
+            let mut of_shard = Vec::with_capacity(all.len());
+            for batch in all {
+                let shards = batch.column(0);
+                let mask =
+                    datafusion::arrow::compute::kernels::cmp::eq(shards, &UInt64Array::new_scalar(shard as u64))?;
+                of_shard.push(datafusion::arrow::compute::filter_record_batch(batch, &mask)?);
+            }
+            Ok(datafusion::arrow::compute::concat_batches(&written_files_schema(), &of_shard)?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(written_files_schema(), rows)))
     }
 }
 

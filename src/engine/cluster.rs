@@ -153,7 +153,7 @@ impl Engine {
             target: table.to_string(),
             coordinator,
             input,
-            shards: 1,
+            shards,
             base,
             origin,
             cancel: Self::cancel_token(),

@@ -142,6 +142,7 @@ CREATE TABLE IF NOT EXISTS shard_tasks (
     files          INTEGER NOT NULL DEFAULT 0,
     bytes          INTEGER NOT NULL DEFAULT 0,
     error          TEXT,
+    executor       TEXT NOT NULL DEFAULT 'local',
     PRIMARY KEY (run_id, shard)
 );
 CREATE TABLE IF NOT EXISTS staged_files (
@@ -299,6 +300,12 @@ impl Ledger {
         if !columns.iter().any(|c| c.get::<String, _>("name") == "cancel_requested") {
             let add = sqlx::query("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0");
             self.execute("adding the cancel_requested column to runs", add).await?;
+        }
+        let columns =
+            self.fetch_all("reading the shard_tasks table", sqlx::query("PRAGMA table_info(shard_tasks)")).await?;
+        if !columns.iter().any(|c| c.get::<String, _>("name") == "executor") {
+            let add = sqlx::query("ALTER TABLE shard_tasks ADD COLUMN executor TEXT NOT NULL DEFAULT 'local'");
+            self.execute("adding the executor column to shard_tasks", add).await?;
         }
         let columns =
             self.fetch_all("reading the pipelines table", sqlx::query("PRAGMA table_info(pipelines)")).await?;

@@ -174,6 +174,8 @@ pub struct ShardTaskRecord {
     pub totals: ShardTotals,
     /// Why it failed.
     pub error: Option<String>,
+    /// Where it ran: `local` (this process), or a cluster executor's `host:port`.
+    pub executor: String,
 }
 
 impl std::iter::Sum for ShardTotals {

@@ -268,7 +268,21 @@ impl Ledger {
                     bytes: r.get::<i64, _>("bytes") as u64,
                 },
                 error: r.get("error"),
+                executor: r.get("executor"),
             })
             .collect())
+    }
+
+    /// Records which executor of a cluster ran a shard (`host:port`, as it registered).
+    pub async fn shard_ran_on(&self, run_id: &str, shard: usize, executor: &str) -> Result<()> {
+        self.execute(
+            "recording a shard's executor",
+            sqlx::query("UPDATE shard_tasks SET executor = ? WHERE run_id = ? AND shard = ?")
+                .bind(executor)
+                .bind(run_id)
+                .bind(shard as i64),
+        )
+        .await?;
+        Ok(())
     }
 }

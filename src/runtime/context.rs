@@ -65,6 +65,11 @@ impl RunContext {
         self.ledger.clock()
     }
 
+    /// Records that shard `shard` ran on a cluster's executor `executor` (`host:port`).
+    pub async fn shard_ran_on(&self, shard: usize, executor: &str) -> Result<(), LedgerError> {
+        self.ledger.shard_ran_on(self.run_id(), shard, executor).await
+    }
+
     /// Records files `shard` is about to create, before they exist (DESIGN §4 step 2): whatever
     /// happens next, rollback and recovery know to delete them. One ledger transaction (and one
     /// sync to disk) for all of them. A commit records the metadata files it writes the same way.

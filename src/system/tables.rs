@@ -138,6 +138,7 @@ fn shard_tasks_batch(tasks: &[ShardTaskRecord]) -> RecordBatch {
     ResultBatch::default()
         .column("run_id", false, StringArray::from_iter_values(tasks.iter().map(|t| t.run_id.as_str())))
         .column("shard", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.shard as u64)))
+        .column("executor", false, StringArray::from_iter_values(tasks.iter().map(|t| t.executor.as_str())))
         .column("status", false, StringArray::from_iter_values(tasks.iter().map(|t| t.status.as_str())))
         .column("rows", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.rows)))
         .column("files", false, UInt64Array::from_iter_values(tasks.iter().map(|t| t.totals.files)))

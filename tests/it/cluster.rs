@@ -201,6 +201,19 @@ fn pipelines_on_a_cluster_write_what_they_write_here() {
     assert_eq!(counts[..2], [1, 2], "one snapshot per run: {snapshots}");
     assert_eq!(counts[2], 5, "rows hashed on the partition column: one shard, one file per day: {snapshots}");
 
+    // The ledger says which executor wrote each shard (`local` here).
+    let executors = |side: &str| -> std::collections::BTreeSet<String> {
+        let sql = format!(
+            "SELECT DISTINCT t.executor FROM sluice.shard_tasks t JOIN sluice.runs r ON t.run_id = r.run_id \
+             WHERE r.pipeline IN ('totals_{side}', 'daily_{side}')"
+        );
+        csv(&sql).lines().skip(1).map(str::to_string).collect()
+    };
+    assert_eq!(executors("here"), ["local".to_string()].into());
+    let mut expected = cluster.executor_addresses.clone();
+    expected.sort();
+    assert_eq!(executors("there").into_iter().collect::<Vec<_>>(), expected, "both executors wrote shards");
+
     // A pipeline's `cluster` option sends its runs there from a session that names none.
     let url = &cluster.url;
     stdout(&sluice(
