@@ -54,7 +54,8 @@ use crate::table::{RunIdentity, TableName};
 const MARK: &[u8] = b"sluice-shard-write:";
 
 /// How an executor reaches the table's catalog: the Sluice process's own configuration of it
-/// (never a secret: credentials come from each process's environment).
+/// (storage credentials come from each process's environment; a PostgreSQL catalog's URI is
+/// sent as configured, and never printed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SpecCatalog {
@@ -176,8 +177,13 @@ impl UserDefinedLogicalNodeCore for ShardWriteNode {
         vec![]
     }
 
+    /// The run and the table only: the spec holds the catalog's address (a database URI may
+    /// carry a password), which is never printed.
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SluiceShardWrite: {}", self.spec)
+        match WriteSpec::from_json(self.spec.as_bytes()) {
+            Ok(spec) => write!(f, "SluiceShardWrite: run {} into {}", spec.run_id, spec.table),
+            Err(_) => write!(f, "SluiceShardWrite"),
+        }
     }
 
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> DFResult<Self> {
