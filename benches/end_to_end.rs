@@ -11,7 +11,10 @@
 //!       a thousand (quarantined);
 //!   (f) the `filter` job into an Iceberg warehouse in an S3-compatible server on loopback (moto's,
 //!       from `SLUICE_BENCH_PYTHON`, default `benches/.venv/bin/python`; skipped without it)
-//!       against the same job into the local warehouse.
+//!       against the same job into the local warehouse;
+//!   (g) the `orders` job run here against the same job on a loopback Ballista cluster of one
+//!       scheduler and two executors (`sluice cluster ...`, this build's binary) sharing the
+//!       home's warehouse: the overhead of distributing a run on one machine.
 //!
 //! Two jobs: `filter` (a projection and filter, ≈4.34 M rows at SF1, unpartitioned target) and
 //! `orders` (a GROUP BY over every line, 1.5 M rows at SF1, into a table partitioned by the month
@@ -24,7 +27,7 @@
 //!
 //! `cargo bench --bench end_to_end`; `SLUICE_TPCH_SF` (default 1), `SLUICE_BENCH_REPEAT` (5),
 //! `SLUICE_TPCHGEN` (the generator; default `benches/.venv/bin/tpchgen-cli`),
-//! `SLUICE_BENCH_SECTIONS` (the sections to run, default `abcdef`; (a) to (d) run together).
+//! `SLUICE_BENCH_SECTIONS` (the sections to run, default `abcdefg`; (a) to (d) run together).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -114,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let rows = |sql: &str| format!("SELECT count(*) FROM ({sql})");
     println!("TPC-H SF{sf}, {repeat} repetitions (median), {cores} cores, zstd(1) Parquet everywhere");
-    let sections: String = env_or("SLUICE_BENCH_SECTIONS", "abcdef".to_string());
+    let sections: String = env_or("SLUICE_BENCH_SECTIONS", "abcdefg".to_string());
     let tables = if sections.contains(['a', 'b', 'c', 'd']) { 2 } else { 0 };
 
     for (job, query, floor_partitioning, iceberg_partitioning, delta_partitioning) in [
@@ -168,6 +171,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if sections.contains('f') {
         s3_warehouse(&lineitem, repeat).await?;
+    }
+    if sections.contains('g') {
+        on_a_cluster(&lineitem, repeat, cores).await?;
     }
     Ok(())
 }
@@ -236,6 +242,62 @@ async fn s3_warehouse(lineitem: &std::path::Path, repeat: usize) -> Result<(), B
         remote.as_secs_f64() / local.as_secs_f64()
     );
     server.kill()?;
+    Ok(())
+}
+
+/// (g): see the module docs.
+async fn on_a_cluster(
+    lineitem: &std::path::Path,
+    repeat: usize,
+    cores: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+    let scheduler = port(0)?;
+    let spawn = |args: &[String]| {
+        std::process::Command::new(sluice)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+    let mut processes =
+        vec![spawn(&["cluster".into(), "scheduler".into(), "--bind".into(), format!("127.0.0.1:{scheduler}")])?];
+    let url = format!("df://127.0.0.1:{scheduler}");
+    for _ in 0..2 {
+        let flight = port(0)?;
+        let slots = cores.div_ceil(2).to_string();
+        let args =
+            ["cluster", "executor", "--scheduler", &url, "--slots", &slots, "--bind", &format!("127.0.0.1:{flight}")];
+        processes.push(spawn(&args.map(String::from))?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let home = tempfile::tempdir()?;
+    let engine = Engine::builder().home(home.path()).shards(cores).build().await?;
+    engine
+        .sql(&format!(
+            "SET datafusion.execution.parquet.compression = 'zstd(1)';
+             CREATE EXTERNAL TABLE lineitem STORED AS PARQUET LOCATION '{}';
+             CREATE SCHEMA lake.tpch;
+             CREATE TABLE lake.tpch.here PARTITIONED BY (month(l_shipdate)) AS {ORDERS} LIMIT 0;
+             CREATE TABLE lake.tpch.there PARTITIONED BY (month(l_shipdate)) AS {ORDERS} LIMIT 0;",
+            lineitem.display()
+        ))
+        .await?;
+    println!("\nthe `orders` job here and on a loopback Ballista cluster (1 scheduler, 2 executors):");
+    let here = time(repeat, &engine, |_| format!("INSERT OVERWRITE lake.tpch.here {ORDERS}")).await;
+    line("(g) this process (baseline)", here, None);
+    engine.sql(&format!("SET sluice.cluster = '{url}'")).await?;
+    let there = time(repeat, &engine, |_| format!("INSERT OVERWRITE lake.tpch.there {ORDERS}")).await;
+    println!(
+        "  {:<42} {:>8.3} s   {:>5.2}x the baseline",
+        format!("{url}, 2 executors"),
+        there.as_secs_f64(),
+        there.as_secs_f64() / here.as_secs_f64()
+    );
+    for mut process in processes {
+        process.kill()?;
+    }
     Ok(())
 }
 
