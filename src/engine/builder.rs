@@ -166,11 +166,24 @@ impl EngineBuilder {
                 TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
             runtime = runtime.with_memory_pool(Arc::new(pool));
         }
+        // A cluster named here must be usable; a damaged config.toml costs its own setting only
+        // (runs stay in this process, with an error in the log), not the whole session.
         let cluster = match self.cluster {
-            Some(cluster) => cluster,
-            None => super::cluster::HomeConfig::read(&home)?.cluster.unwrap_or_default(),
+            Some(cluster) => {
+                super::cluster::parse_setting(&cluster)?;
+                cluster
+            }
+            None => {
+                let configured = super::cluster::HomeConfig::read(&home).and_then(|config| {
+                    let cluster = config.cluster.unwrap_or_default();
+                    super::cluster::parse_setting(&cluster).map(|_| cluster)
+                });
+                configured.unwrap_or_else(|e| {
+                    tracing::error!("{e}; runs execute in this process");
+                    String::new()
+                })
+            }
         };
-        super::cluster::parse_setting(&cluster)?;
         let settings = crate::cluster::SluiceOptions { cluster };
         let mut config = SessionConfig::new()
             .with_information_schema(true)

@@ -36,9 +36,12 @@ pub fn files_named_entry(location: &str, files: &str) -> String {
     format!("{}/{files}-*", location.trim_end_matches('/'))
 }
 
-/// The name prefix (`<files>-`) `location` stands for, if it is a [`files_named_entry`].
+/// The name prefix (`<files>-`) `location` stands for, if it is a [`files_named_entry`]: one
+/// that starts with a run id (a UUID), so that no entry can stand for a table's other files.
 pub fn files_named(location: &str) -> Option<&str> {
-    location.strip_suffix('*').and_then(|l| l.rsplit('/').next()).filter(|prefix| prefix.len() > 1)
+    let prefix = location.strip_suffix('*').and_then(|l| l.rsplit('/').next())?;
+    let run_id = prefix.get(..36)?;
+    (prefix.len() > 37 && uuid::Uuid::try_parse(run_id).is_ok()).then_some(prefix)
 }
 
 /// A staged file as every layer sees it: where it is and what it holds. The format's own
@@ -255,4 +258,21 @@ pub fn split_rows(batch: &RecordBatch, keys: &[ArrayRef]) -> Result<Vec<(usize, 
         return Ok(vec![(*first, batch.clone())]);
     }
     groups.into_iter().map(|(first, rows)| Ok((first, take_record_batch(batch, &UInt32Array::from(rows))?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_run_s_own_files_are_named_by_an_entry() {
+        let entry = super::files_named_entry("s3://b/t", "01a2417d-71ba-7678-9d20-9829fc9050e2-5c4f1f19");
+        assert_eq!(super::files_named(&entry), Some("01a2417d-71ba-7678-9d20-9829fc9050e2-5c4f1f19-"));
+        for not_a_run in [
+            "s3://b/t/x-*",
+            "s3://b/t/*",
+            "s3://b/t/part-00000.csv",
+            "s3://b/t/not-a-uuid-at-all-not-a-uuid-at-all-x-*",
+        ] {
+            assert_eq!(super::files_named(not_a_run), None, "{not_a_run}");
+        }
+    }
 }
