@@ -16,6 +16,7 @@
 //! (committed, the ledger not yet told: a crash there), `commit-stall` (inside a commit attempt,
 //! just before the catalog call: on Iceberg SQL catalogs with the attempt's manifests and
 //! metadata written; `pause` stalls it, `return(abort)` kills the process there),
+//! `shard-written` (a cluster's executor wrote a shard's files, not yet handed back),
 //! `export-upload` (an export's whole file sent to its object store, the upload not yet
 //! completed; scoped by the object's URL).
 

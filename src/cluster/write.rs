@@ -12,7 +12,7 @@
 //! The spec ([`WriteSpec`]) names the run, the table and how to reach its catalog (a shared
 //! warehouse: a bucket, or a folder every process sees); an executor opens the catalog, writes
 //! its shard through the table's own writer (the same files a local run writes, named
-//! `<run id>-<shard>-<n>.parquet`) and hands back each file's description
+//! `<run id>-<token>-<attempt>-<shard>-<n>.parquet`) and hands back each file's description
 //! ([`crate::runtime::TableFormat::encode_file`]). The Sluice process records every file in the
 //! ledger as it arrives and commits once, exactly as a local run does.
 
@@ -76,7 +76,7 @@ pub struct WriteSpec {
     pub table: String,
     /// The run.
     pub run_id: String,
-    /// What the run's files are named after (`<files>-<shard>-<n>.parquet`): the run id and
+    /// What the run's files are named after (`<files>-<attempt>-<shard>-<n>.parquet`): the run id and
     /// a token of this attempt, so that a retried run's files never share a name with an
     /// earlier attempt's.
     pub files: String,
@@ -95,8 +95,14 @@ impl WriteSpec {
         serde_json::from_slice(text).map_err(|e| DataFusionError::External(e.into()))
     }
 
-    /// Writes shard `shard` of the run from `input`, in this process (an executor).
-    async fn write_shard(&self, shard: usize, input: SendableRecordBatchStream) -> DFResult<RecordBatch> {
+    /// Writes shard `shard` of the run from `input`, in this process (an executor), into files
+    /// named `<files>-<attempt>-<shard>-<n>.parquet`.
+    async fn write_shard(
+        &self,
+        shard: usize,
+        attempt: &str,
+        input: SendableRecordBatchStream,
+    ) -> DFResult<RecordBatch> {
         let error = |e: crate::error::Error| DataFusionError::External(e.into());
         let table = TableName::parse(&self.table)
             .ok_or_else(|| DataFusionError::Plan(format!("`{}` is not a table name", self.table)))?;
@@ -111,7 +117,7 @@ impl WriteSpec {
         let writer: Arc<dyn CommitTarget> = catalog.writer(&table).await.map_err(|e| error(e.into()))?;
         // The shard loop names files after the run id it is given.
         let identity = RunIdentity {
-            run_id: self.files.clone(),
+            run_id: format!("{}-{attempt}", self.files),
             pipeline: self.pipeline.clone(),
             sequence: 0,
             base: writer.base(),
@@ -121,8 +127,10 @@ impl WriteSpec {
         // serves the shard loop.
         let ledger = crate::ledger::Ledger::in_memory(crate::clock::system()).await.map_err(|e| error(e.into()))?;
         let run = RunContext::new(identity, table.to_string(), 1, ledger);
-        let written = writer.write_elsewhere(&run, &table, shard, super::this_executor(), input).await;
-        written.map_err(|e| DataFusionError::External(e.into()))
+        let written = writer.write_elsewhere(&run, &table, shard, (super::this_executor(), attempt), input).await;
+        let written = written.map_err(|e| DataFusionError::External(e.into()))?;
+        crate::failpoint::check("shard-written", &self.table).map_err(DataFusionError::Execution)?;
+        Ok(written)
     }
 }
 
@@ -255,10 +263,25 @@ impl ExecutionPlan for ShardWriteExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        let attempt = attempt_of(context.task_id().as_deref());
         let input = self.input.execute(partition, context)?;
         let spec = self.spec.clone();
-        let written = futures::stream::once(async move { spec.write_shard(partition, input).await });
+        let written = futures::stream::once(async move { spec.write_shard(partition, &attempt, input).await });
         Ok(Box::pin(RecordBatchStreamAdapter::new(written_files_schema(), written)))
+    }
+}
+
+/// The attempt of a task, as its files are named: `t<task id>` from the task's identity as a
+/// Ballista executor gives it (`TID <task id> <job>/<stage>.<stage attempt>/<partition>.<task
+/// attempt>`; the scheduler numbers every task it launches in a job anew, where a task run again
+/// after its executor was lost may keep its attempt numbers), so that a task run again never
+/// writes over (or beside, under the same name) an earlier attempt's files; a random token where
+/// the identity says nothing.
+fn attempt_of(task: Option<&str>) -> String {
+    let id = task.and_then(|task| task.strip_prefix("TID ")?.split(' ').next()?.parse::<u64>().ok());
+    match id {
+        Some(id) => format!("t{id}"),
+        None => format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     }
 }
 
@@ -435,5 +458,21 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
 
     fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DFResult<()> {
         self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempt_of;
+
+    #[test]
+    fn a_task_attempt_names_its_files() {
+        assert_eq!(attempt_of(Some("TID 7 Xy12ab/3.1/4.2")), "t7");
+        assert_eq!(attempt_of(Some("TID 0 Xy12ab/1.0/0.0")), "t0");
+        for unknown in [None, Some("task 7"), Some("TID x7 Xy12ab/3.1/4.2")] {
+            let token = attempt_of(unknown);
+            assert!(token.starts_with('r') && token.len() == 9, "{token}");
+            assert_ne!(token, attempt_of(unknown), "a random token each time");
+        }
     }
 }

@@ -3,10 +3,11 @@
 //! (Delta); `on_error` deletes them. Generic over the format, so each format's file descriptions
 //! reach its own commit as they are; [`CommitTarget`] hides the format from the engine.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -49,25 +50,27 @@ pub trait CommitTarget: TableWriter {
     ) -> Arc<dyn Coordinator>;
 
     /// Writes shard `shard` of `run` from `input` in this process (`executor`, as the cluster
-    /// knows it) for a commit made in another (the Sluice process that opened the run): its
-    /// files as rows of [`written_files_schema`].
+    /// knows it; the task's `attempt`, which the run's files are named after) for a commit made
+    /// in another (the Sluice process that opened the run): its files as rows of
+    /// [`written_files_schema`].
     async fn write_elsewhere(
         self: Arc<Self>,
         run: &RunContext,
         table: &TableName,
         shard: usize,
-        executor: &str,
+        (executor, attempt): (&str, &str),
         input: SendableRecordBatchStream,
     ) -> Result<RecordBatch, ShardError>;
 }
 
-/// The rows a shard written elsewhere hands back: its number and where it ran, then one row per
-/// file (location, rows, bytes and the format's description of it,
+/// The rows a shard written elsewhere hands back: its number, where it ran and the attempt that
+/// wrote it, then one row per file (location, rows, bytes and the format's description of it,
 /// [`TableFormat::encode_file`]); a shard that wrote no file, one row with no location.
 pub fn written_files_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("shard", DataType::UInt64, false),
         Field::new("executor", DataType::Utf8, false),
+        Field::new("attempt", DataType::Utf8, false),
         Field::new("location", DataType::Utf8, true),
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
@@ -102,7 +105,7 @@ impl<W: TableFormat> CommitTarget for W {
         run: &RunContext,
         table: &TableName,
         shard: usize,
-        executor: &str,
+        (executor, attempt): (&str, &str),
         input: SendableRecordBatchStream,
     ) -> Result<RecordBatch, ShardError> {
         let files = ShardSink::new(run, table, self.clone()).write_shard(shard, input).await?;
@@ -127,6 +130,7 @@ impl<W: TableFormat> CommitTarget for W {
             vec![
                 Arc::new(UInt64Array::from(vec![shard as u64; n])),
                 Arc::new(StringArray::from(vec![executor; n])),
+                Arc::new(StringArray::from(vec![attempt; n])),
                 Arc::new(StringArray::from_iter(described.iter().map(|d| d.0.as_deref()))),
                 Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.1))),
                 Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.2))),
@@ -175,6 +179,9 @@ impl<W: TableFormat> TableCommit<W> {
 
     /// Takes the files shard `shard` wrote elsewhere, as rows of [`written_files_schema`]: where
     /// it ran is recorded, and each file in the ledger as the run's, then kept for the commit.
+    /// Only one attempt's files are taken, each once, whatever the cluster handed back (a task
+    /// run again after an executor was lost has been seen reported twice): the first attempt
+    /// reported wins, and [`TableCommit::delete_losers`] deletes the others' files.
     async fn take_written(
         &self,
         run: &RunContext,
@@ -187,18 +194,25 @@ impl<W: TableFormat> TableCommit<W> {
             path: self.writer.location().to_string(),
             source,
         };
-        let mut described = Vec::new();
+        let (mut described, mut winner, mut taken) = (Vec::new(), None::<String>, HashSet::new());
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
             let strings = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
-            let (Some(executors), Some(descriptions)) = (strings(1), strings(5)) else {
+            let (Some(executors), Some(attempts), Some(descriptions)) = (strings(1), strings(2), strings(6)) else {
                 return Err(failed("the shards written elsewhere did not hand back their files".into()));
             };
-            if let Some(executor) = executors.iter().flatten().next() {
-                run.shard_ran_on(shard, executor).await.map_err(|source| ShardError::Ledger { shard, source })?;
-            }
-            for text in descriptions.iter().flatten() {
-                described.push(self.writer.decode_file(text).map_err(failed)?);
+            for row in 0..batch.num_rows() {
+                let attempt = attempts.value(row);
+                if winner.is_none() {
+                    winner = Some(attempt.to_string());
+                    let ran_on = run.shard_ran_on(shard, executors.value(row)).await;
+                    ran_on.map_err(|source| ShardError::Ledger { shard, source })?;
+                } else if winner.as_deref() != Some(attempt) {
+                    continue;
+                }
+                if descriptions.is_valid(row) && taken.insert(descriptions.value(row).to_string()) {
+                    described.push(self.writer.decode_file(descriptions.value(row)).map_err(failed)?);
+                }
             }
         }
         let staged: Vec<StagedFile> = described.iter().map(|file| self.writer.describe(file)).collect();
@@ -206,6 +220,26 @@ impl<W: TableFormat> TableCommit<W> {
         run.stage_files(shard, &locations).await.map_err(|source| ShardError::Ledger { shard, source })?;
         self.staged().extend(described);
         Ok(staged)
+    }
+
+    /// Shards written elsewhere: deletes their files that the commit will not take, which task
+    /// attempts that failed or lost to a retry wrote (files are named after the attempt), so
+    /// that only the winning attempts' files stay. Done before the commit: a run stopped after
+    /// it leaves nothing it did not commit. A failure fails the run (rolled back, everything of
+    /// it deleted) rather than leave a file nobody knows of.
+    async fn delete_losers(&self) -> Result<(), CoordinatorError> {
+        let Some(files) = &self.written_elsewhere else { return Ok(()) };
+        let prefix = format!("{files}-");
+        let keep: HashSet<String> = self
+            .staged()
+            .iter()
+            .filter_map(|file| self.writer.describe(file).location.rsplit('/').next().map(str::to_string))
+            .collect();
+        let deleted = self.writer.delete_files_named(&prefix, &keep).await.map_err(|e| self.error(e))?;
+        if deleted > 0 {
+            tracing::info!(table = %self.table, deleted, "deleted the files of task attempts that did not win");
+        }
+        Ok(())
     }
 
     /// Settles a commit whose answer was lost: landed (its snapshot / version), or certainly not
@@ -281,6 +315,7 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
     /// still have taken it (the answer was lost): the run is fenced off, which first looks for it
     /// in the table's history, so that it has either landed or never can.
     async fn on_finish(&self, run: &RunContext, _shards: &[ShardResult]) -> Result<Option<i64>, CoordinatorError> {
+        self.delete_losers().await?;
         let files = std::mem::take(&mut *self.staged());
         if files.is_empty() && self.mode != WriteMode::Overwrite {
             return Ok(None);
@@ -295,6 +330,7 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
     /// As `on_finish`, up to the catalog's pointer swap, which the caller makes with other
     /// tables'.
     async fn on_hold(&self, run: &RunContext, _shards: &[ShardResult]) -> Result<Option<HeldCommit>, CoordinatorError> {
+        self.delete_losers().await?;
         let files = std::mem::take(&mut *self.staged());
         if files.is_empty() && self.mode != WriteMode::Overwrite {
             return Ok(None);

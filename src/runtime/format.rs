@@ -3,7 +3,7 @@
 //! (the typed part: how rows map to partitions, how a file is written and described, how the
 //! run is committed). Each format owns its partition and file types; nothing here names a format.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +124,17 @@ pub trait TableWriter: Send + Sync + std::fmt::Debug {
     fn partitioning(&self) -> &[PartitionField];
     /// Deletes a staged file and checks that it is gone; a file that is not there is not an
     /// error. A [`files_named_entry`] deletes every data file of the table named so.
-    async fn delete_file(&self, location: &str) -> Result<(), BoxError>;
+    async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
+        match files_named(location) {
+            Some(prefix) => self.delete_files_named(prefix, &HashSet::new()).await.map(|_| ()),
+            None => self.delete_one_file(location).await,
+        }
+    }
+    /// Deletes one staged file (not an entry) and checks that it is gone.
+    async fn delete_one_file(&self, location: &str) -> Result<(), BoxError>;
+    /// Deletes every data file of the table whose name starts with `prefix` (the files of a run
+    /// written elsewhere, [`files_named`]) and is not in `keep` (file names); returns how many.
+    async fn delete_files_named(&self, prefix: &str, keep: &HashSet<String>) -> Result<usize, BoxError>;
     /// The snapshot / version that `run` committed, if the table's history has one.
     async fn find_run(&self, run: &RunIdentity) -> Result<Option<i64>, CommitError>;
     /// Makes a late commit of `run` impossible (recovery of a run whose process was committing

@@ -10,6 +10,7 @@
 //! Requests are retried a bounded number of times with short timeouts, so that a wrong endpoint,
 //! a missing bucket or bad credentials fail in seconds, not minutes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -295,11 +296,17 @@ pub async fn check_conditional_put(store: &dyn ObjectStore, probe: &Path) -> Res
 }
 
 /// Deletes every file in the folder `folder` (a path or `file://` URL; with `store`, a URL in
-/// its bucket), at any depth, whose name starts with `prefix`; returns how many it deleted.
-pub async fn delete_files_named(folder: &str, prefix: &str, store: Option<&dyn ObjectStore>) -> Result<usize, String> {
+/// its bucket), at any depth, whose name starts with `prefix` and is not in `keep`; returns how
+/// many it deleted.
+pub async fn delete_files_named(
+    folder: &str,
+    prefix: &str,
+    keep: &HashSet<String>,
+    store: Option<&dyn ObjectStore>,
+) -> Result<usize, String> {
     use datafusion::object_store::ObjectStoreExt;
     use futures::TryStreamExt;
-    let named = |name: &str| name.starts_with(prefix);
+    let named = |name: &str| name.starts_with(prefix) && !keep.contains(name);
     let Some(store) = store else {
         let root = crate::paths::local_path(folder).ok_or_else(|| format!("{folder}: not a local folder"))?;
         let mut deleted = 0;

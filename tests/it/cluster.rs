@@ -38,6 +38,11 @@ impl Cluster {
     /// Starts a scheduler and `executors` executors of `slots` task slots each, and waits until
     /// every executor has registered.
     pub fn start(executors: usize, slots: usize) -> Self {
+        Self::start_with(executors, slots, &[])
+    }
+
+    /// As [`Cluster::start`], executor `i` of each `(i, failpoints)` with `FAILPOINTS` set.
+    pub fn start_with(executors: usize, slots: usize, failpoints: &[(usize, &str)]) -> Self {
         let sluice = env!("CARGO_BIN_EXE_sluice");
         let port = free_ports();
         let scheduler = Command::new(sluice)
@@ -49,11 +54,13 @@ impl Cluster {
         wait_for(port, "the scheduler");
         let mut cluster =
             Cluster { scheduler, executors: vec![], url: format!("df://127.0.0.1:{port}"), executor_addresses: vec![] };
-        for _ in 0..executors {
+        for i in 0..executors {
             let flight = free_ports();
+            let failing = failpoints.iter().filter(|(executor, _)| *executor == i);
             let child = Command::new(sluice)
                 .args(["cluster", "executor", "--scheduler", &cluster.url, "--slots", &slots.to_string()])
                 .args(["--bind", &format!("127.0.0.1:{flight}")])
+                .envs(failing.map(|(_, failpoints)| ("FAILPOINTS", *failpoints)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -88,6 +95,11 @@ impl Cluster {
     pub fn kill_executor(&mut self, i: usize) {
         self.executors[i].kill().unwrap();
         self.executors[i].wait().unwrap();
+    }
+
+    /// Whether executor `i` has ended.
+    pub fn exited(&mut self, i: usize) -> bool {
+        self.executors[i].try_wait().unwrap().is_some()
     }
 
     fn registered(url: &str) -> usize {
@@ -234,7 +246,7 @@ fn pipelines_on_a_cluster_write_what_they_write_here() {
     );
     // A cluster run's files carry its attempt's token: <run id (5 parts)>-<token>-<shard>-<n>.
     let names = csv("SELECT file_path FROM lake.s.\"totals_option$files\"");
-    assert!(names.lines().skip(1).all(|p| p.rsplit('/').next().unwrap().split('-').count() == 8), "{names}");
+    assert!(names.lines().skip(1).all(|p| p.rsplit('/').next().unwrap().split('-').count() == 9), "{names}");
     let bad = sluice(
         home.path(),
         &["-c", "CREATE PIPELINE bad WITH (cluster = 'http://x') AS INSERT INTO lake.s.totals_option SELECT 1, 1, 1.0"],
@@ -317,10 +329,45 @@ async fn an_executor_killed_during_a_run_loses_nothing_and_leaves_nothing() {
         stdout(&sluice(home.path(), &["--format", "csv", "-c", "SELECT count(*), count(DISTINCT id) FROM lake.k.t"]));
     let expected = if out.status.success() { format!("{ROWS},{ROWS}") } else { "0,0".to_string() };
     assert_eq!(counts.lines().nth(1).unwrap(), expected, "{} (seed {seed})", String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        // The lost tasks' attempts wrote files the commit did not take: the run deleted them.
+        let (stored, referenced) = files_of(home.path());
+        assert_eq!(stored, referenced, "files of attempts that lost (seed {seed})");
+    }
     crate::support::expire_leases(home.path()).await;
     stdout(&sluice(home.path(), &["recover"]));
     let (stored, referenced) = files_of(home.path());
     assert_eq!(stored, referenced, "orphan or missing data files (seed {seed})");
+}
+
+/// An executor that dies right after writing a shard's files, before handing them back: the
+/// scheduler runs its tasks again on the other executor, under new file names (the attempt's),
+/// and the run commits the winning attempts' files only; the dead attempts' files are deleted
+/// before the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_run_again_commits_the_winning_attempt_only() {
+    const ROWS: u64 = 200_000;
+    let mut cluster = Cluster::start_with(2, 2, &[(1, "shard-written/lake.k.t=return(abort)")]);
+    let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    big_source(home.path(), dir.path(), ROWS);
+    let out = sluice(
+        home.path(),
+        &["--cluster", &cluster.url, "--shards", "4", "-c", "INSERT INTO lake.k.t SELECT id, v FROM big"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let csv = |sql: &str| stdout(&sluice(home.path(), &["--format", "csv", "-c", sql]));
+    let ran = csv("SELECT executor, count(*) FROM sluice.shard_tasks WHERE executor <> 'local' GROUP BY executor");
+    assert!(out.status.success(), "{stderr}\n{ran}");
+    assert!(cluster.exited(1), "executor 1 wrote a shard and died");
+    assert_eq!(ran.lines().skip(1).collect::<Vec<_>>(), [format!("{},4", cluster.executor_addresses[0])]);
+    let counts = csv("SELECT count(*), count(DISTINCT id) FROM lake.k.t");
+    assert_eq!(counts.lines().nth(1).unwrap(), format!("{ROWS},{ROWS}"));
+    let (stored, referenced) = files_of(home.path());
+    assert_eq!(stored, referenced, "files of attempts that lost");
+    let attempts: std::collections::BTreeSet<&str> =
+        stored.iter().map(|file| file.rsplit('/').next().unwrap().split('-').nth(6).unwrap()).collect();
+    // One attempt per shard, named after the task that ran it.
+    assert!(attempts.len() == 4 && attempts.iter().all(|a| a.starts_with('t')), "{attempts:?}");
 }
 
 /// The Sluice process killed while the executors write its run's shards: the ledger held an

@@ -329,22 +329,23 @@ impl TableWriter for DeltaTableWriter {
         &self.partitioning
     }
 
-    async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
-        if let Some(prefix) = crate::runtime::format::files_named(location) {
-            self.relative(location)?;
-            let listed: Vec<_> = self.store.list(None).try_collect().await?;
-            let named = listed
-                .iter()
-                .filter(|o| !o.location.as_ref().starts_with("_delta_log/"))
-                .filter(|o| o.location.filename().is_some_and(|name| name.starts_with(prefix)));
-            for object in named {
-                match self.store.delete(&object.location).await {
-                    Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+    async fn delete_files_named(&self, prefix: &str, keep: &HashSet<String>) -> Result<usize, BoxError> {
+        let listed: Vec<_> = self.store.list(None).try_collect().await?;
+        let named = listed
+            .iter()
+            .filter(|o| !o.location.as_ref().starts_with("_delta_log/"))
+            .filter(|o| o.location.filename().is_some_and(|name| name.starts_with(prefix) && !keep.contains(name)));
+        let mut deleted = 0;
+        for object in named {
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(e.into()),
             }
-            return Ok(());
         }
+        Ok(deleted)
+    }
+
+    async fn delete_one_file(&self, location: &str) -> Result<(), BoxError> {
         let path = object_path(self.relative(location)?)?;
         match self.store.delete(&path).await {
             Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}

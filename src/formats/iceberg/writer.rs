@@ -10,7 +10,7 @@
 //! are deterministic per (run, shard, n), so where iceberg-rust's transaction rebases an append
 //! on its own (REST catalogs, v1 tables), Iceberg's duplicate-file check rejects a replay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -325,22 +325,21 @@ impl TableWriter for IcebergTableWriter {
         &self.partitioning
     }
 
-    async fn delete_file(&self, location: &str) -> Result<(), BoxError> {
-        if let Some(prefix) = crate::runtime::format::files_named(location) {
-            let table = self.base.metadata().location();
-            let store = match &self.warehouse {
-                Some(crate::storage::Root::Remote { store, .. }) => Some(store.as_ref()),
-                Some(crate::storage::Root::Local(_)) => None,
-                None => {
-                    return Err(format!(
-                        "{location}: the files of a table its catalog's server places cannot be listed"
-                    )
-                    .into());
-                }
-            };
-            crate::storage::delete_files_named(table, prefix, store).await?;
-            return Ok(());
-        }
+    async fn delete_files_named(&self, prefix: &str, keep: &HashSet<String>) -> Result<usize, BoxError> {
+        let table = self.base.metadata().location();
+        let store = match &self.warehouse {
+            Some(crate::storage::Root::Remote { store, .. }) => Some(store.as_ref()),
+            Some(crate::storage::Root::Local(_)) => None,
+            None => {
+                return Err(
+                    format!("{table}: the files of a table its catalog's server places cannot be listed").into()
+                );
+            }
+        };
+        Ok(crate::storage::delete_files_named(table, prefix, keep, store).await?)
+    }
+
+    async fn delete_one_file(&self, location: &str) -> Result<(), BoxError> {
         self.file_io.delete(location).await?;
         // Verified: a file that is back (a write that outlived its run) fails the rollback,
         // which recovery then tries again.
