@@ -211,6 +211,14 @@ pub trait LakeCatalog: CatalogProvider + fmt::Debug {
             self.kind()
         )))
     }
+    /// The data files of `schema`.`table` (as a query names it: the table, or `t@<id>` as of a
+    /// snapshot / version) as plain Parquet files, which a process with no catalog can read
+    /// (what a cluster's executors scan); `None` for what is not a table of data files (`t$...`).
+    /// The default refuses.
+    async fn snapshot_files(&self, schema: &str, table: &str) -> Result<Option<crate::formats::files::SnapshotFiles>> {
+        let _ = (schema, table);
+        Ok(None)
+    }
     /// Whether the catalog can publish several tables' commits in one transaction
     /// ([`LakeCatalog::publish_together`]); if not, why (what an `atomic` pipeline's refusal says).
     fn can_publish_together(&self) -> std::result::Result<(), &'static str>;

@@ -47,11 +47,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{DeltaConfig, IcebergSqlConfig, LakeCatalog};
 use crate::coordinator::{CommitTarget, written_files_schema};
+use crate::formats::files::SnapshotFilesTable;
 use crate::runtime::RunContext;
 use crate::table::{RunIdentity, TableName};
 
 /// What marks our nodes in a serialized plan.
 const MARK: &[u8] = b"sluice-shard-write:";
+/// What marks a scan of a snapshot's files ([`SnapshotFilesTable`]) in a serialized plan.
+const FILES: &[u8] = b"sluice-snapshot-files:";
 
 /// How an executor reaches the table's catalog: the Sluice process's own configuration of it
 /// (storage credentials come from each process's environment; a PostgreSQL catalog's URI is
@@ -353,7 +356,13 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> DFResult<Arc<dyn TableProvider>> {
-        self.inner.try_decode_table_provider(buf, table_ref, schema, ctx)
+        match buf.strip_prefix(FILES) {
+            Some(files) => {
+                let files = serde_json::from_slice(files).map_err(|e| DataFusionError::External(e.into()))?;
+                Ok(Arc::new(SnapshotFilesTable::new(schema, files)?))
+            }
+            None => self.inner.try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
     }
 
     fn try_encode_table_provider(
@@ -362,7 +371,13 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DFResult<()> {
-        self.inner.try_encode_table_provider(table_ref, node, buf)
+        match node.as_any().downcast_ref::<SnapshotFilesTable>() {
+            Some(table) => {
+                buf.extend_from_slice(FILES);
+                serde_json::to_writer(buf, table.files()).map_err(|e| DataFusionError::External(e.into()))
+            }
+            None => self.inner.try_encode_table_provider(table_ref, node, buf),
+        }
     }
 
     fn try_decode_file_format(&self, buf: &[u8], ctx: &TaskContext) -> DFResult<Arc<dyn FileFormatFactory>> {

@@ -100,7 +100,7 @@ impl Engine {
                 "expectations or bad_rows in a write into `{table}` on cluster {cluster} (run it here: SET sluice.cluster = 'local')"
             )));
         }
-        refuse_scans_executors_cannot_read(&input, cluster)?;
+        let input = self.scans_for_executors(input, cluster).await?;
         let config = match self.catalog_configs.get(&table.catalog) {
             Some(CatalogConfig::IcebergSql(config)) => SpecCatalog::IcebergSql(config.clone()),
             Some(CatalogConfig::Delta(config)) => SpecCatalog::Delta(config.clone()),
@@ -163,33 +163,80 @@ impl Engine {
     }
 }
 
-/// Refuses, before the run opens, a write whose input reads a table the executors cannot:
-/// only file tables (Parquet, CSV, JSON: DataFusion's listing tables) travel with a plan.
 #[cfg(feature = "cluster")]
-fn refuse_scans_executors_cannot_read(
-    input: &datafusion::logical_expr::LogicalPlan,
-    cluster: &ClusterUrl,
-) -> Result<()> {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    use datafusion::datasource::listing::ListingTable;
-    use datafusion::logical_expr::LogicalPlan;
+impl Engine {
+    /// `input` with every scan of an Iceberg or Delta table replaced by a Parquet scan of the
+    /// files of the snapshot it reads ([`crate::formats::files::SnapshotFilesTable`]): the
+    /// executors read them with no catalog. File tables (Parquet, CSV, JSON: DataFusion's listing
+    /// tables) travel as they are; anything else (system tables, table functions, a table an
+    /// atomic pipeline's earlier step has not published yet) is refused before the run opens,
+    /// naming the table.
+    async fn scans_for_executors(
+        &self,
+        input: datafusion::logical_expr::LogicalPlan,
+        cluster: &ClusterUrl,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use std::collections::HashMap;
+        use std::sync::Arc;
 
-    let mut refused = None;
-    input.apply_with_subqueries(|plan| {
-        if let LogicalPlan::TableScan(scan) = plan {
-            let provider = datafusion::datasource::source_as_provider(&scan.source)?;
-            if provider.as_any().downcast_ref::<ListingTable>().is_none() {
-                refused = Some(scan.table_name.to_string());
-                return Ok(TreeNodeRecursion::Stop);
+        use datafusion::common::TableReference;
+        use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+        use datafusion::datasource::listing::ListingTable;
+        use datafusion::logical_expr::LogicalPlan;
+
+        use crate::formats::files::SnapshotFilesTable;
+
+        let mut scanned: Vec<TableReference> = Vec::new();
+        input.apply_with_subqueries(|plan| {
+            if let LogicalPlan::TableScan(scan) = plan {
+                let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+                if provider.as_any().downcast_ref::<ListingTable>().is_none() && !scanned.contains(&scan.table_name) {
+                    scanned.push(scan.table_name.clone());
+                }
             }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let state = self.ctx.state();
+        let defaults = &state.config_options().catalog;
+        let mut files = HashMap::new();
+        for reference in scanned {
+            let refused = |why: &str| {
+                Error::Unsupported(format!(
+                    "reading `{reference}` on cluster {cluster}: {why} (run it here: SET sluice.cluster = 'local')"
+                ))
+            };
+            let catalog = reference.catalog().unwrap_or(&defaults.default_catalog);
+            let schema = reference.schema().unwrap_or(&defaults.default_schema);
+            let table = reference.table();
+            let pending = crate::catalog::pending_table(&crate::table::TableName::new(catalog, schema, table));
+            if pending.is_some() {
+                return Err(refused(
+                    "an earlier step of this run writes it, and its executors read published tables only",
+                ));
+            }
+            let listed = match self.catalog_of(catalog) {
+                Some(lake) => lake.snapshot_files(schema, table).await?,
+                None => None,
+            };
+            let Some(listed) = listed else {
+                return Err(refused(
+                    "its executors read Iceberg and Delta tables, file tables (Parquet, CSV, JSON) and VALUES, \
+                     not system tables or table functions",
+                ));
+            };
+            files.insert(reference, listed);
         }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    match refused {
-        None => Ok(()),
-        Some(table) => Err(Error::Unsupported(format!(
-            "reading `{table}` on cluster {cluster}: its executors read file tables (Parquet, CSV, JSON) and VALUES, \
-             not yet Iceberg or Delta tables, system tables or table functions (run it here: SET sluice.cluster = 'local')"
-        ))),
+        if files.is_empty() {
+            return Ok(input);
+        }
+        let rewritten = input.transform_up_with_subqueries(|plan| match plan {
+            LogicalPlan::TableScan(mut scan) if files.contains_key(&scan.table_name) => {
+                let table = SnapshotFilesTable::new(scan.source.schema(), files[&scan.table_name].clone())?;
+                scan.source = datafusion::datasource::provider_as_source(Arc::new(table));
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            plan => Ok(Transformed::no(plan)),
+        })?;
+        Ok(rewritten.data)
     }
 }

@@ -9,4 +9,5 @@
 //! [`crate::runtime::TableFormat`] (stage files, commit them, find and fence a run).
 
 pub mod delta;
+pub mod files;
 pub mod iceberg;

@@ -31,6 +31,7 @@ use crate::catalog::{
     check_partitioning, check_schema_name, names,
 };
 use crate::coordinator::CommitTarget;
+use crate::formats::files::{DataFile, SnapshotFiles};
 use crate::paths;
 use crate::storage::{self, Root};
 use crate::system::ResultBatch;
@@ -332,6 +333,62 @@ impl DeltaCatalog {
 impl LakeCatalog for DeltaCatalog {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `add`s of the version with their partition values; a table whose files carry
+    /// deletion vectors or whose columns are mapped to other names in the files is refused.
+    async fn snapshot_files(&self, schema: &str, table: &str) -> Result<Option<SnapshotFiles>> {
+        use futures::TryStreamExt;
+        let request = TableRequest::parse(table);
+        let version = match request {
+            TableRequest::Current(_) => None,
+            TableRequest::AsOf(_, version) => Some(version),
+            TableRequest::Metadata(..) => return Ok(None),
+        };
+        let name = TableName::new(&self.name, schema, request.base());
+        let dir = self.table_dir(&name)?;
+        if !is_delta_table(&self.root, &dir).await {
+            return Err(CatalogError::TableNotFound(name));
+        }
+        let version = version
+            .map(|v| u64::try_from(v).map_err(|_| CatalogError::Unsupported(format!("`{name}` has no version {v}"))))
+            .transpose()?;
+        let context = format!("listing the data files of `{name}`");
+        let loaded = load(&self.root, &dir, version).await.map_err(self.error(context.clone()))?;
+        let snapshot = loaded.snapshot().map_err(self.error(context.clone()))?;
+        let mapped = snapshot.metadata().configuration().get("delta.columnMapping.mode");
+        if mapped.is_some_and(|mode| mode != "none") {
+            return Err(CatalogError::Unsupported(format!(
+                "`{name}` maps its columns to other names in its files, which a cluster's executors cannot read yet"
+            )));
+        }
+        let partition_columns = snapshot.metadata().partition_columns().to_vec();
+        let log_store = loaded.log_store();
+        let views: Vec<_> = snapshot
+            .snapshot()
+            .file_views(log_store.as_ref(), None)
+            .try_collect()
+            .await
+            .map_err(self.error(context))?;
+        let mut files = Vec::with_capacity(views.len());
+        for view in views {
+            let action = view.remove_action(false);
+            if action.deletion_vector.is_some() {
+                return Err(CatalogError::Unsupported(format!(
+                    "`{name}`: {} has a deletion vector, which a cluster's executors cannot apply yet",
+                    action.path
+                )));
+            }
+            let path = datafusion::object_store::path::Path::parse(&action.path)
+                .unwrap_or_else(|_| datafusion::object_store::path::Path::from(action.path.as_str()));
+            let values = action.partition_values.unwrap_or_default();
+            files.push(DataFile {
+                url: log_store.to_uri(&path),
+                size: action.size.unwrap_or_default().max(0) as u64,
+                partition: partition_columns.iter().map(|c| values.get(c).cloned().flatten()).collect(),
+            });
+        }
+        Ok(Some(SnapshotFiles { table: format!("{}.{schema}.{table}", self.name), partition_columns, files }))
     }
 
     fn can_publish_together(&self) -> std::result::Result<(), &'static str> {

@@ -25,10 +25,11 @@ use super::schema::IcebergSchema;
 use super::storage::ObjectStorageFactory;
 use super::writer::IcebergTableWriter;
 use crate::catalog::{
-    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, check_columns, check_partitioning,
-    check_schema_name, names,
+    CatalogError, IcebergRestConfig, IcebergSqlConfig, LakeCatalog, Listing, Result, TableRequest, check_columns,
+    check_partitioning, check_schema_name, names,
 };
 use crate::coordinator::{CommitError, CommitTarget, HeldCommit};
+use crate::formats::files::{DataFile, SnapshotFiles};
 use crate::paths;
 use crate::storage::{self, Root};
 use crate::table::{PartitionField, TableName, Transform};
@@ -374,6 +375,44 @@ fn iceberg_type(data_type: &DataType) -> DataType {
 impl LakeCatalog for IcebergCatalog {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The files of the snapshot, as iceberg-rust's scan plans them; a snapshot with delete
+    /// files (rows deleted by position or value) is refused: a plain Parquet scan would read
+    /// the deleted rows.
+    async fn snapshot_files(&self, schema: &str, table: &str) -> Result<Option<SnapshotFiles>> {
+        use futures::TryStreamExt;
+        let request = TableRequest::parse(table);
+        let snapshot = match request {
+            TableRequest::Current(_) => None,
+            TableRequest::AsOf(_, id) => Some(id),
+            TableRequest::Metadata(..) => return Ok(None),
+        };
+        let name = TableName::new(&self.name, schema, request.base());
+        let loaded = self.load_table(&name).await?;
+        let scan = match snapshot {
+            Some(id) => loaded.scan().snapshot_id(id),
+            None => loaded.scan(),
+        };
+        let planned = async { scan.select_all().build()?.plan_files().await?.try_collect::<Vec<_>>().await };
+        let tasks = planned.await.map_err(self.error(format!("listing the data files of `{name}`")))?;
+        let mut files = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if let Some(deletes) = task.deletes.first() {
+                return Err(CatalogError::Unsupported(format!(
+                    "`{name}` has delete files ({}), which a cluster's executors cannot apply yet",
+                    deletes.file_path
+                )));
+            }
+            if task.data_file_format != iceberg::spec::DataFileFormat::Parquet {
+                return Err(CatalogError::Unsupported(format!(
+                    "`{name}`: {} is not a Parquet file, which a cluster's executors cannot read yet",
+                    task.data_file_path
+                )));
+            }
+            files.push(DataFile { url: task.data_file_path, size: task.file_size_in_bytes, partition: vec![] });
+        }
+        Ok(Some(SnapshotFiles { table: format!("{}.{schema}.{table}", self.name), partition_columns: vec![], files }))
     }
 
     fn can_publish_together(&self) -> std::result::Result<(), &'static str> {
