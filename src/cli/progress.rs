@@ -1,6 +1,7 @@
 //! The progress of a running statement, on stderr: on a terminal a live display (indicatif) of
 //! each run's shards done, rows and bytes written and time; elsewhere one line per step
-//! transition of a pipeline with steps; with `--quiet`, nothing. The display is cleared before
+//! transition of a pipeline with steps; either way one line per shard a cluster's executor
+//! wrote, naming it; with `--quiet`, nothing. The display is cleared before
 //! the statement's result is printed.
 
 use std::collections::HashMap;
@@ -69,13 +70,16 @@ struct Display {
     mode: Mode,
     bars: MultiProgress,
     runs: HashMap<String, (ProgressBar, u64, u64)>,
+    /// Each open run's pipeline, or its target.
+    names: HashMap<String, String>,
     steps: HashMap<(String, String), Instant>,
 }
 
 impl Display {
     fn new(mode: Mode) -> Self {
         let target = if mode == Mode::Live { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Self { mode, bars: MultiProgress::with_draw_target(target), runs: HashMap::new(), steps: HashMap::new() }
+        let bars = MultiProgress::with_draw_target(target);
+        Self { mode, bars, runs: HashMap::new(), names: HashMap::new(), steps: HashMap::new() }
     }
 
     fn line(&self, text: String) {
@@ -108,16 +112,30 @@ impl Display {
                 };
                 self.line(text);
             }
-            RunEvent::Opened { run_id, pipeline, target, shards } if self.mode == Mode::Live => {
-                let bar = self.bars.add(ProgressBar::new(*shards as u64));
-                let style = ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} shards, {msg} ({elapsed})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar());
-                bar.set_style(style);
-                bar.set_prefix(pipeline.clone().unwrap_or_else(|| target.clone()));
-                bar.enable_steady_tick(std::time::Duration::from_millis(200));
-                self.runs.insert(run_id.clone(), (bar, 0, 0));
+            RunEvent::Opened { run_id, pipeline, target, shards } => {
+                let name = pipeline.clone().unwrap_or_else(|| target.clone());
+                if self.mode == Mode::Live {
+                    let bar = self.bars.add(ProgressBar::new(*shards as u64));
+                    let style =
+                        ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} shards, {msg} ({elapsed})")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar());
+                    bar.set_style(style);
+                    bar.set_prefix(name.clone());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                    self.runs.insert(run_id.clone(), (bar, 0, 0));
+                }
+                self.names.insert(run_id.clone(), name);
             }
-            RunEvent::ShardFinished { run_id, rows, bytes, .. } => {
+            RunEvent::ShardFinished { run_id, shard, rows, bytes, elapsed_ms, executor, error, .. } => {
+                // A cluster's shard says where it ran.
+                if executor != sluice::ledger::LOCAL_EXECUTOR {
+                    let name = self.names.get(run_id).unwrap_or(run_id);
+                    let took = *elapsed_ms as f64 / 1000.0;
+                    self.line(match error {
+                        None => format!("{name}: shard {shard} written on {executor}: {rows} row(s) in {took:.2}s"),
+                        Some(error) => format!("{name}: shard {shard} failed on {executor}: {error}"),
+                    });
+                }
                 if let Some((bar, total_rows, total_bytes)) = self.runs.get_mut(run_id) {
                     (*total_rows, *total_bytes) = (*total_rows + rows, *total_bytes + bytes);
                     bar.set_message(format!("{total_rows} rows, {}", indicatif::HumanBytes(*total_bytes)));
@@ -125,6 +143,7 @@ impl Display {
                 }
             }
             RunEvent::Closed { run_id, .. } => {
+                self.names.remove(run_id);
                 if let Some((bar, ..)) = self.runs.remove(run_id) {
                     bar.finish_and_clear();
                 }

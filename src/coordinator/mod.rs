@@ -262,6 +262,8 @@ pub struct RunReport {
     pub snapshot_id: Option<i64>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// The cluster executors that ran its shards (`host:port`; empty: this process).
+    pub executors: Vec<String>,
     /// For a run of a pipeline with steps: every step, as `sluice.steps` has it.
     pub steps: Vec<crate::ledger::StepRecord>,
     /// For a write with expectations: rows in, dropped, and each constraint's counts.

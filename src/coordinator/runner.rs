@@ -720,6 +720,7 @@ impl Runner {
             files: totals.files,
             bytes: totals.bytes,
             elapsed_ms: elapsed.as_millis() as u64,
+            executor: run.executor_of(shard),
             error: error.clone(),
         };
         self.events.emit(finished).await;
@@ -781,6 +782,7 @@ fn report(opened: &Opened, totals: ShardTotals, snapshot_id: Option<i64>) -> Run
         bytes: totals.bytes,
         snapshot_id,
         elapsed: opened.started.elapsed(),
+        executors: opened.run.executors(),
         steps: Vec::new(),
         quality: None,
     }

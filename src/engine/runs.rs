@@ -442,6 +442,7 @@ fn report_of(record: &RunRecord, elapsed: Duration) -> RunReport {
         bytes: record.bytes,
         snapshot_id: record.snapshot_id,
         elapsed,
+        executors: Vec::new(),
         steps: Vec::new(),
         quality: None,
     }

@@ -261,6 +261,7 @@ impl Engine {
             bytes: steps.iter().map(|s| s.bytes).sum(),
             snapshot_id: None,
             elapsed: started.elapsed(),
+            executors: Vec::new(),
             steps,
             quality: None,
         })

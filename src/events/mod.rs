@@ -46,6 +46,8 @@ pub enum RunEvent {
         bytes: u64,
         /// How long it ran.
         elapsed_ms: u64,
+        /// Where it ran: a cluster executor's `host:port`, or `local` (this process).
+        executor: String,
         /// Why it failed.
         error: Option<String>,
     },

@@ -35,6 +35,9 @@ pub use records::{NewRun, PipelineRecord, RunRecord, RunStatus, ShardTaskRecord,
 pub use schedules::ScheduledRunRecord;
 pub use steps::{PipelineRunRecord, StepRecord, StepTotals};
 
+/// What `shard_tasks.executor` says of a shard that ran in the process that opened its run.
+pub const LOCAL_EXECUTOR: &str = "local";
+
 /// A statement with its arguments bound.
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 

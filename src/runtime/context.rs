@@ -1,7 +1,8 @@
 //! [`RunContext`]: the run a shard, a writer or a coordinator's hook works for.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::execution::memory_pool::{MemoryPool, UnboundedMemoryPool};
 
@@ -18,6 +19,8 @@ pub struct RunContext {
     shards: usize,
     ledger: Ledger,
     memory_pool: Arc<dyn MemoryPool>,
+    /// The cluster executor that ran each shard which ran on one.
+    executors: Arc<Mutex<BTreeMap<usize, String>>>,
 }
 
 impl RunContext {
@@ -25,7 +28,7 @@ impl RunContext {
     /// files in `ledger`. The runner makes one per run; tests of a coordinator make their own.
     pub fn new(identity: RunIdentity, target: impl Into<String>, shards: usize, ledger: Ledger) -> Self {
         let memory_pool = Arc::new(UnboundedMemoryPool::default());
-        Self { identity, target: target.into(), shards, ledger, memory_pool }
+        Self { identity, target: target.into(), shards, ledger, memory_pool, executors: Arc::default() }
     }
 
     /// The same context, with rows a shard holds accounted in `pool` (the runner passes the
@@ -67,7 +70,26 @@ impl RunContext {
 
     /// Records that shard `shard` ran on a cluster's executor `executor` (`host:port`).
     pub async fn shard_ran_on(&self, shard: usize, executor: &str) -> Result<(), LedgerError> {
-        self.ledger.shard_ran_on(self.run_id(), shard, executor).await
+        self.ledger.shard_ran_on(self.run_id(), shard, executor).await?;
+        self.ran_on().insert(shard, executor.to_string());
+        Ok(())
+    }
+
+    /// The executor that ran shard `shard`: its `host:port`, or `local` (this process).
+    pub fn executor_of(&self, shard: usize) -> String {
+        self.ran_on().get(&shard).cloned().unwrap_or_else(|| crate::ledger::LOCAL_EXECUTOR.to_string())
+    }
+
+    /// The cluster executors that ran the run's shards, each once (none for a local run).
+    pub fn executors(&self) -> Vec<String> {
+        let mut executors: Vec<String> = self.ran_on().values().cloned().collect();
+        executors.sort();
+        executors.dedup();
+        executors
+    }
+
+    fn ran_on(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, String>> {
+        self.executors.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records files `shard` is about to create, before they exist (DESIGN §4 step 2): whatever

@@ -7,8 +7,8 @@ use super::ResultBatch;
 use crate::coordinator::{Resolution, RunReport};
 use crate::ledger::RunRecord;
 
-/// A run report as a one-row batch: the result of `RUN PIPELINE`, `INSERT` and `COPY`; a write
-/// with expectations (or bad input lines) adds rows_in, rows_written, rows_dropped,
+/// A run report as a one-row batch: the result of `RUN PIPELINE`, `INSERT` and `COPY`; a run on
+/// a cluster adds the executors that ran its shards; a write with expectations (or bad input lines) adds rows_in, rows_written, rows_dropped,
 /// rows_quarantined (rows in = written + dropped + quarantined) and each constraint's counts.
 pub fn run_report_batch(report: &RunReport) -> RecordBatch {
     let batch = ResultBatch::default()
@@ -21,6 +21,10 @@ pub fn run_report_batch(report: &RunReport) -> RecordBatch {
         .column("bytes", false, UInt64Array::from(vec![report.bytes]))
         .column("snapshot_id", true, Int64Array::from(vec![report.snapshot_id]))
         .column("elapsed_ms", false, UInt64Array::from(vec![report.elapsed.as_millis() as u64]));
+    let batch = match report.executors.as_slice() {
+        [] => batch,
+        executors => batch.column("executors", false, StringArray::from(vec![executors.join(", ")])),
+    };
     let Some(quality) = &report.quality else { return batch.build() };
     let constraints: Vec<String> = quality
         .constraints

@@ -197,7 +197,16 @@ fn pipelines_on_a_cluster_write_what_they_write_here() {
     stdout(&sluice(home.path(), &["-c", &setup]));
     let runs = |side: &str| format!("RUN PIPELINE totals_{side}; RUN PIPELINE daily_{side}; RUN PIPELINE daily_{side}");
     stdout(&sluice(home.path(), &["-c", &runs("here")]));
-    stdout(&sluice(home.path(), &["--cluster", &cluster.url, "--shards", "4", "-c", &runs("there")]));
+    let there =
+        sluice(home.path(), &["--cluster", &cluster.url, "--shards", "4", "--format", "csv", "-c", &runs("there")]);
+    let report = stdout(&there);
+    // The report names the executors that ran the shards; a progress line names each shard's.
+    let header: Vec<&str> = report.lines().next().unwrap().split(',').collect();
+    let executors = header.iter().position(|c| *c == "executors").expect("an executors column");
+    let named = report.lines().nth(1).unwrap().split(',').nth(executors).unwrap().to_string();
+    assert!(cluster.executor_addresses.iter().any(|a| named.contains(a)), "{report}");
+    let progress = String::from_utf8_lossy(&there.stderr);
+    assert!(progress.contains("totals_there: shard 0 written on 127.0.0.1:"), "{progress}");
 
     let csv = |sql: &str| stdout(&sluice(home.path(), &["--format", "csv", "-c", sql]));
     for (table, order) in [("totals", "customer"), ("daily", "day, id")] {
@@ -225,6 +234,10 @@ fn pipelines_on_a_cluster_write_what_they_write_here() {
     let mut expected = cluster.executor_addresses.clone();
     expected.sort();
     assert_eq!(executors("there").into_iter().collect::<Vec<_>>(), expected, "both executors wrote shards");
+    // So do the runs' events.
+    let events = csv("SELECT detail FROM sluice.events WHERE kind = 'shard_finished'");
+    assert!(events.contains(&format!("executor\"\":\"\"{}", expected[0])), "{events}");
+    assert!(events.contains("executor\"\":\"\"local"), "{events}");
 
     // A pipeline's `cluster` option sends its runs there from a session that names none.
     let url = &cluster.url;
