@@ -172,27 +172,53 @@ struct Specification {
     task_slots: u64,
 }
 
+/// A scheduler's REST API; a scheduler that does not answer is an error within 5 seconds.
+#[cfg(feature = "cluster")]
+struct Rest<'a> {
+    url: &'a ClusterUrl,
+    client: reqwest::Client,
+}
+
+#[cfg(feature = "cluster")]
+impl<'a> Rest<'a> {
+    fn new(url: &'a ClusterUrl) -> Result<Self, ClusterError> {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build();
+        Ok(Self { url, client: client.map_err(|e| Self::unreachable_at(url, e.to_string()))? })
+    }
+
+    fn unreachable_at(url: &ClusterUrl, message: String) -> ClusterError {
+        ClusterError::Unreachable { url: url.to_string(), message }
+    }
+
+    /// `GET /api/<path>`, its JSON answer.
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClusterError> {
+        let unreachable = |message| Self::unreachable_at(self.url, message);
+        let request = self.client.get(format!("{}/api/{path}", self.url.endpoint()));
+        let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let response = response.error_for_status().map_err(|e| unreachable(e.to_string()))?;
+        let body = response.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| unreachable(format!("not a Ballista scheduler's answer: {e}")))
+    }
+
+    /// `PATCH /api/<path>` (a job's cancellation); a conflict (the job ended already) is fine.
+    async fn patch(&self, path: &str) -> Result<(), ClusterError> {
+        let unreachable = |message| Self::unreachable_at(self.url, message);
+        let request = self.client.patch(format!("{}/api/{path}", self.url.endpoint()));
+        let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        match response.status() {
+            reqwest::StatusCode::CONFLICT => Ok(()),
+            _ => response.error_for_status().map(|_| ()).map_err(|e| unreachable(e.to_string())),
+        }
+    }
+}
+
 /// The scheduler and its executors, from the scheduler's REST API; an unreachable scheduler
 /// is an error within 5 seconds.
 #[cfg(feature = "cluster")]
 pub async fn describe(url: &ClusterUrl) -> Result<Vec<Member>, ClusterError> {
-    let unreachable = |message: String| ClusterError::Unreachable { url: url.to_string(), message };
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
-    let get = |path: &'static str| {
-        let request = client.get(format!("{}/api/{path}", url.endpoint()));
-        async move {
-            let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
-            let response = response.error_for_status().map_err(|e| unreachable(e.to_string()))?;
-            response.bytes().await.map_err(|e| unreachable(e.to_string()))
-        }
-    };
-    let state: SchedulerState = serde_json::from_slice(&get("state").await?)
-        .map_err(|e| unreachable(format!("not a Ballista scheduler's answer: {e}")))?;
-    let mut executors: Vec<Executor> = serde_json::from_slice(&get("executors").await?)
-        .map_err(|e| unreachable(format!("not a Ballista scheduler's answer: {e}")))?;
+    let rest = Rest::new(url)?;
+    let state: SchedulerState = rest.get("state").await?;
+    let mut executors: Vec<Executor> = rest.get("executors").await?;
     executors.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
     let scheduler = Member {
         role: "scheduler",
@@ -212,6 +238,49 @@ pub async fn describe(url: &ClusterUrl) -> Result<Vec<Member>, ClusterError> {
             version: None,
         }))
         .collect())
+}
+
+/// A job, as the scheduler lists it.
+#[cfg(feature = "cluster")]
+#[derive(serde::Deserialize)]
+struct Job {
+    job_id: String,
+    job_name: String,
+    /// `Queued`, `Running`, `Completed` or `Failed`.
+    status: String,
+}
+
+/// How long [`stop_jobs_named`] waits for cancelled jobs to end.
+#[cfg(feature = "cluster")]
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Cancels the jobs named `name` (a run's write, named after its files) that are queued or
+/// running on the cluster, and waits until none of them runs any more (30 s at most); returns
+/// how many it cancelled. A run whose Sluice process stopped leaves its job running: rollback
+/// and recovery stop it before they delete what it wrote.
+#[cfg(feature = "cluster")]
+pub async fn stop_jobs_named(url: &ClusterUrl, name: &str) -> Result<usize, ClusterError> {
+    let rest = Rest::new(url)?;
+    let started = std::time::Instant::now();
+    let mut cancelled = std::collections::BTreeSet::new();
+    loop {
+        let jobs: Vec<Job> = rest.get("jobs").await?;
+        let live: Vec<&Job> =
+            jobs.iter().filter(|j| j.job_name == name && matches!(j.status.as_str(), "Queued" | "Running")).collect();
+        if live.is_empty() {
+            return Ok(cancelled.len());
+        }
+        if started.elapsed() > STOP_WAIT {
+            let ids: Vec<&str> = live.iter().map(|j| j.job_id.as_str()).collect();
+            return Err(Rest::unreachable_at(url, format!("job(s) {} did not stop within 30 s", ids.join(", "))));
+        }
+        for job in live {
+            if cancelled.insert(job.job_id.clone()) {
+                rest.patch(&format!("job/{}", job.job_id)).await?;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// An error with its causes (reqwest's own message omits them: "error sending request").

@@ -321,6 +321,26 @@ impl QueryPlanner for SluiceQueryPlanner {
     }
 }
 
+/// A run's write job on a cluster, named after the run's files (`ballista.job.name`).
+#[derive(Debug)]
+pub struct BallistaJob {
+    /// The cluster.
+    pub cluster: super::ClusterUrl,
+    /// The job's name.
+    pub name: String,
+}
+
+#[async_trait]
+impl crate::coordinator::RemoteJob for BallistaJob {
+    async fn stop(&self) -> Result<(), crate::runtime::BoxError> {
+        let stopped = super::stop_jobs_named(&self.cluster, &self.name).await?;
+        if stopped > 0 {
+            tracing::info!(cluster = %self.cluster, job = %self.name, "stopped the run's job");
+        }
+        Ok(())
+    }
+}
+
 /// Ballista's logical codec, plus [`ShardWriteNode`].
 #[derive(Debug, Default)]
 pub struct SluiceLogicalCodec {

@@ -47,6 +47,7 @@ pub trait CommitTarget: TableWriter {
         table: TableName,
         mode: WriteMode,
         files: String,
+        job: Arc<dyn RemoteJob>,
     ) -> Arc<dyn Coordinator>;
 
     /// Writes shard `shard` of `run` from `input` in this process (`executor`, as the cluster
@@ -61,6 +62,15 @@ pub trait CommitTarget: TableWriter {
         (executor, attempt): (&str, &str),
         input: SendableRecordBatchStream,
     ) -> Result<RecordBatch, ShardError>;
+}
+
+/// The job that writes a run's shards elsewhere (a cluster's), as the run's rollback sees it.
+#[async_trait]
+pub trait RemoteJob: Send + Sync + std::fmt::Debug {
+    /// Stops the job if it still runs, and waits until it has, so that a rollback deletes files
+    /// no task is still writing. A file written even later is deleted by recovery's second
+    /// deletion of a failed run's files.
+    async fn stop(&self) -> Result<(), crate::runtime::BoxError>;
 }
 
 /// The rows a shard written elsewhere hands back: its number, where it ran and the attempt that
@@ -94,9 +104,10 @@ impl<W: TableFormat> CommitTarget for W {
         table: TableName,
         mode: WriteMode,
         files: String,
+        job: Arc<dyn RemoteJob>,
     ) -> Arc<dyn Coordinator> {
         let mut commit = TableCommit::new(table, self, vec![], mode);
-        commit.written_elsewhere = Some(files);
+        commit.written_elsewhere = Some((files, job));
         Arc::new(commit)
     }
 
@@ -153,9 +164,9 @@ pub struct TableCommit<W: TableFormat> {
     writers: Arc<Semaphore>,
     /// What the shards staged, as the format describes it, for the commit.
     staged: Mutex<Vec<W::File>>,
-    /// The shards are written elsewhere, into files named `<this>-...`: the input's rows are
-    /// their files.
-    written_elsewhere: Option<String>,
+    /// The shards are written elsewhere, by this job, into files named `<this>-...`: the
+    /// input's rows are their files.
+    written_elsewhere: Option<(String, Arc<dyn RemoteJob>)>,
 }
 
 impl<W: TableFormat> TableCommit<W> {
@@ -228,7 +239,7 @@ impl<W: TableFormat> TableCommit<W> {
     /// it leaves nothing it did not commit. A failure fails the run (rolled back, everything of
     /// it deleted) rather than leave a file nobody knows of.
     async fn delete_losers(&self) -> Result<(), CoordinatorError> {
-        let Some(files) = &self.written_elsewhere else { return Ok(()) };
+        let Some((files, _)) = &self.written_elsewhere else { return Ok(()) };
         let prefix = format!("{files}-");
         let keep: HashSet<String> = self
             .staged()
@@ -287,7 +298,7 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
 
     /// Shards written elsewhere: the entry for all their files, before any starts.
     async fn on_start(&self, run: &RunContext) -> Result<(), CoordinatorError> {
-        let Some(files) = &self.written_elsewhere else { return Ok(()) };
+        let Some((files, _)) = &self.written_elsewhere else { return Ok(()) };
         let entry = crate::runtime::format::files_named_entry(self.writer.location(), files);
         run.stage_files(0, &[entry]).await.map_err(|e| self.error(e))
     }
@@ -339,7 +350,13 @@ impl<W: TableFormat> Coordinator for TableCommit<W> {
         held.map(Some).map_err(|e| CoordinatorError::commit(&self.name, e))
     }
 
+    /// Shards written elsewhere: their job is stopped first.
     async fn on_error(&self, run: &RunContext, _error: &str) -> Result<(), CoordinatorError> {
+        if let Some((_, job)) = &self.written_elsewhere
+            && let Err(e) = job.stop().await
+        {
+            tracing::warn!(run_id = %run.run_id(), "the run's job on the cluster could not be stopped: {e}");
+        }
         self.staged().clear();
         let root = self.writer.location();
         let delete = |location: String| async move { self.writer.delete_file(&location).await };

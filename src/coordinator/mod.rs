@@ -37,7 +37,7 @@ mod composite;
 mod file_merge;
 mod runner;
 
-pub use commit::{CommitTarget, TableCommit, written_files_schema};
+pub use commit::{CommitTarget, RemoteJob, TableCommit, written_files_schema};
 pub use composite::Composite;
 pub use file_merge::{ExportFormat, FileMerge};
 pub use runner::{CANCEL_POLL, HeldRun, RunError, Runner, StagedRun};

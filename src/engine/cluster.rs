@@ -93,7 +93,9 @@ impl Engine {
         use datafusion::execution::SessionStateBuilder;
 
         use crate::catalog::CatalogConfig;
-        use crate::cluster::write::{ShardWriteNode, SluiceLogicalCodec, SluicePhysicalCodec, SpecCatalog, WriteSpec};
+        use crate::cluster::write::{
+            BallistaJob, ShardWriteNode, SluiceLogicalCodec, SluicePhysicalCodec, SpecCatalog, WriteSpec,
+        };
 
         if Self::bad_rows().is_some() || !self.expectations_for(&table).await?.is_empty() {
             return Err(Error::Unsupported(format!(
@@ -139,6 +141,7 @@ impl Engine {
             .ctx
             .copied_config()
             .with_target_partitions(shards)
+            .with_ballista_job_name(&files)
             .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
             .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()));
         let state = SessionStateBuilder::new_from_existing(self.ctx.state())
@@ -148,7 +151,8 @@ impl Engine {
         let input = state.create_physical_plan(&plan).await?;
         let summary = format!("{} into {table} ({} table) on cluster {cluster}", mode.as_str(), writer.format());
         let base = writer.base();
-        let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode, files));
+        let job = Arc::new(BallistaJob { cluster: cluster.clone(), name: files.clone() });
+        let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode, files, job));
         let job = crate::coordinator::RunJob {
             target: table.to_string(),
             coordinator,

@@ -356,6 +356,8 @@ impl Engine {
                     }
                 }
             };
+            #[cfg(feature = "cluster")]
+            self.stop_cluster_jobs(&record.run_id).await?;
             let resolution = self.runner.resolve(coordinator.as_ref(), &record).await?;
             settled.push((record, resolution));
         }
@@ -369,6 +371,25 @@ impl Engine {
         }
         self.verify_deletions().await?;
         Ok(settled)
+    }
+
+    /// Stops the cluster jobs still writing shards of run `run_id` (a run whose files were
+    /// written elsewhere, [`crate::runtime::format::files_named`]) on the cluster runs execute on
+    /// now, before recovery deletes their files; a cluster that does not answer only costs a
+    /// warning (what a job writes later, the second deletion of the run's files removes).
+    #[cfg(feature = "cluster")]
+    async fn stop_cluster_jobs(&self, run_id: &str) -> Result<()> {
+        let Some(cluster) = self.cluster()? else { return Ok(()) };
+        for entry in self.ledger.staged_files(run_id).await? {
+            let Some(prefix) = crate::runtime::format::files_named(&entry) else { continue };
+            let name = prefix.trim_end_matches('-');
+            match crate::cluster::stop_jobs_named(&cluster, name).await {
+                Ok(0) => {}
+                Ok(stopped) => tracing::info!(%run_id, %cluster, stopped, "stopped the run's job before recovering it"),
+                Err(e) => tracing::warn!(%run_id, "the run's job could not be stopped: {e}"),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes once more the files that failed runs' rollbacks deleted (confined to each

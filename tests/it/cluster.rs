@@ -77,18 +77,12 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until the scheduler has no job queued or running.
-    pub async fn wait_idle(&self) {
+    /// How many of the scheduler's jobs are queued or running.
+    pub async fn live_jobs(&self) -> usize {
         let jobs = format!("{}/api/jobs", self.url.replace("df://", "http://"));
-        let started = Instant::now();
-        loop {
-            let listed = reqwest::get(&jobs).await.unwrap().text().await.unwrap();
-            if !listed.contains("\"Running\"") && !listed.contains("\"Queued\"") {
-                return;
-            }
-            assert!(started.elapsed() < Duration::from_secs(120), "the cluster's jobs did not end: {listed}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let listed = reqwest::get(&jobs).await.unwrap().text().await.unwrap();
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        listed.iter().filter(|job| job["status"] == "Running" || job["status"] == "Queued").count()
     }
 
     /// Kills executor `i` (SIGKILL), as a machine lost.
@@ -436,6 +430,31 @@ async fn a_task_run_again_commits_the_winning_attempt_only() {
     assert!(attempts.len() == 4 && attempts.iter().all(|a| a.starts_with('t')), "{attempts:?}");
 }
 
+/// A cluster run cancelled (Ctrl-C, an embedding program's cancel): its rollback stops the job
+/// on the cluster before deleting what it wrote, and the table stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_cluster_run_stops_its_job() {
+    let cluster = Cluster::start(2, 2);
+    let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    big_source(home.path(), dir.path(), 2_000_000);
+    let engine = std::sync::Arc::new(
+        sluice::Engine::builder().home(home.path()).cluster(cluster.url.clone()).shards(4).build().await.unwrap(),
+    );
+    engine.sql("CREATE PIPELINE fill AS INSERT INTO lake.k.t SELECT id, v FROM big").await.unwrap();
+    let mut run = engine.start_pipeline("fill");
+    while !matches!(run.events.recv().await.unwrap(), sluice::events::RunEvent::Opened { .. }) {}
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cluster.live_jobs().await, 1, "the run's job is running");
+    run.cancel();
+    let ended = run.finish().await;
+    assert!(ended.as_ref().is_err_and(|e| e.to_string().contains("cancelled")), "{ended:?}");
+    assert_eq!(cluster.live_jobs().await, 0, "the rollback stopped the job");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.recover().await.unwrap();
+    let (stored, referenced) = files_of(home.path());
+    assert!(stored.is_empty() && referenced.is_empty(), "{stored:?} {referenced:?}");
+}
+
 /// The Sluice process killed while the executors write its run's shards: the ledger held an
 /// entry for every file so named before they started, so recovery deletes what they wrote,
 /// and a retry lands every row once.
@@ -458,10 +477,12 @@ async fn a_process_killed_during_a_cluster_run_leaves_nothing_after_recovery() {
     let killed = run.try_wait().unwrap().is_none();
     run.kill().unwrap();
     run.wait().unwrap();
-    // The executors finish the job they were given (a job outlives the process that submitted
-    // it: see the closing note of issue 18), then recovery settles the run.
-    cluster.wait_idle().await;
+    // Recovery, on the same cluster, stops the job the dead process left running before it
+    // deletes the run's files; the next recovery deletes them again (what a task still wrote).
     crate::support::expire_leases(home.path()).await;
+    stdout(&sluice(home.path(), &["--cluster", &cluster.url, "recover"]));
+    assert_eq!(cluster.live_jobs().await, 0, "the dead process's job was stopped");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stdout(&sluice(home.path(), &["recover"]));
     let (stored, referenced) = files_of(home.path());
     assert_eq!(stored, referenced, "orphan or missing data files (seed {seed}, killed: {killed})");
