@@ -14,7 +14,9 @@
 //!       against the same job into the local warehouse;
 //!   (g) the `orders` job run here against the same job on a loopback Ballista cluster of one
 //!       scheduler and two executors (`sluice cluster ...`, this build's binary) sharing the
-//!       home's warehouse: the overhead of distributing a run on one machine.
+//!       home's warehouse: the overhead of distributing a run on one machine; then a rollup of
+//!       the `orders` table (an Iceberg source, which the executors read as the snapshot's
+//!       Parquet files) here and there.
 //!
 //! Two jobs: `filter` (a projection and filter, ≈4.34 M rows at SF1, unpartitioned target) and
 //! `orders` (a GROUP BY over every line, 1.5 M rows at SF1, into a table partitioned by the month
@@ -294,6 +296,20 @@ async fn on_a_cluster(
         format!("{url}, 2 executors"),
         there.as_secs_f64(),
         there.as_secs_f64() / here.as_secs_f64()
+    );
+    // The rollup reads the table the job wrote here (an Iceberg source).
+    let rollup = "SELECT ship_month, count(*) AS orders, sum(lines) AS lines, sum(revenue) AS revenue \
+                  FROM lake.tpch.here GROUP BY ship_month";
+    engine.sql(&format!("SET sluice.cluster = 'local'; CREATE TABLE lake.tpch.rollup AS {rollup} LIMIT 0")).await?;
+    let rollup_here = time(repeat, &engine, |_| format!("INSERT OVERWRITE lake.tpch.rollup {rollup}")).await;
+    line("(g) rollup of the Iceberg table, here", rollup_here, None);
+    engine.sql(&format!("SET sluice.cluster = '{url}'")).await?;
+    let rollup_there = time(repeat, &engine, |_| format!("INSERT OVERWRITE lake.tpch.rollup {rollup}")).await;
+    println!(
+        "  {:<42} {:>8.3} s   {:>5.2}x the baseline",
+        "rollup on the cluster",
+        rollup_there.as_secs_f64(),
+        rollup_there.as_secs_f64() / rollup_here.as_secs_f64()
     );
     for mut process in processes {
         process.kill()?;
