@@ -2,7 +2,8 @@
 //! processes.
 //!
 //! - [`ClusterUrl`]: a scheduler's address as users write it (`df://host:50050`);
-//!   [`describe`] asks the scheduler who is in the cluster (`SHOW CLUSTER`);
+//!   `describe` asks the scheduler who is in the cluster (`SHOW CLUSTER`), `stop_jobs_named`
+//!   stops a run's job (rollback, recovery), both through the scheduler's REST API;
 //! - `process.rs`: `sluice cluster scheduler` and `sluice cluster executor`, thin wrappers over
 //!   Ballista's own scheduler and executor libraries, set up with Sluice's object stores, so a
 //!   user starts a cluster with the tool they already have.

@@ -12,9 +12,13 @@
 //! The spec ([`WriteSpec`]) names the run, the table and how to reach its catalog (a shared
 //! warehouse: a bucket, or a folder every process sees); an executor opens the catalog, writes
 //! its shard through the table's own writer (the same files a local run writes, named
-//! `<run id>-<token>-<attempt>-<shard>-<n>.parquet`) and hands back each file's description
+//! `<run id>-<token>-t<task id>-<shard>-<n>.parquet`) and hands back each file's description
 //! ([`crate::runtime::TableFormat::encode_file`]). The Sluice process records every file in the
-//! ledger as it arrives and commits once, exactly as a local run does.
+//! ledger as it arrives, takes one attempt's files per shard, and commits once, exactly as a
+//! local run does.
+//!
+//! The codecs also carry scans of Iceberg and Delta tables, as the list of their snapshot's
+//! files ([`SnapshotFilesTable`]), which executors read with no catalog.
 
 use std::any::Any;
 use std::fmt;

@@ -322,6 +322,21 @@ fn lake_tables_are_read_on_a_cluster() {
     }
     let ran = csv("SELECT count(DISTINCT executor) FROM sluice.shard_tasks WHERE executor <> 'local'");
     assert_eq!(ran.lines().nth(1), Some("2"), "both executors ran shards");
+
+    // A column renamed (by pyiceberg) since files were written: executors read columns by name,
+    // so the run is refused, naming both names.
+    let rename = format!(
+        "from pyiceberg.catalog.sql import SqlCatalog\n\
+         c = SqlCatalog('lake', uri='sqlite:///{home}/catalog.db', warehouse='file://{home}/warehouse')\n\
+         with c.load_table('s.src').update_schema() as u: u.rename_column('amount', 'price')\n",
+        home = home.path().display()
+    );
+    let renamed = Command::new(crate::support::python()).args(["-c", &rename]).output().unwrap();
+    assert!(renamed.status.success(), "{}", String::from_utf8_lossy(&renamed.stderr));
+    let insert = "INSERT INTO lake.s.iceberg SELECT day, count(*), sum(price) FROM lake.s.src GROUP BY day";
+    let refused = sluice(home.path(), &["--cluster", &cluster.url, "-c", insert]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("renamed column `amount` to `price`"), "{stderr}");
 }
 
 /// A source of `rows` rows (`id`, `v`) in a Parquet file under `dir`, declared in `home`.

@@ -390,6 +390,21 @@ impl LakeCatalog for IcebergCatalog {
         };
         let name = TableName::new(&self.name, schema, request.base());
         let loaded = self.load_table(&name).await?;
+        // Executors read columns by name: a column renamed since a file was written would read
+        // as NULL there.
+        let mut schemas: Vec<_> = loaded.metadata().schemas_iter().collect();
+        schemas.sort_by_key(|s| s.schema_id());
+        let mut names: HashMap<i32, &str> = HashMap::new();
+        for (id, column) in schemas.iter().flat_map(|s| s.field_id_to_name_map()) {
+            if let Some(before) = names.insert(*id, column)
+                && before != column
+            {
+                return Err(CatalogError::Unsupported(format!(
+                    "`{name}` renamed column `{before}` to `{column}`: a cluster's executors read columns by \
+                     name, and cannot read its older files yet"
+                )));
+            }
+        }
         let scan = match snapshot {
             Some(id) => loaded.scan().snapshot_id(id),
             None => loaded.scan(),
