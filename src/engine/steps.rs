@@ -486,7 +486,7 @@ impl Engine {
                 let Some(pending) = hold else {
                     let plan = self.plan_sql_statement(sql.clone()).await?;
                     let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
-                    return Ok(StepDone::Committed(self.write(insert, shards, origin).await?));
+                    return Ok(StepDone::Committed(Box::new(self.write(insert, shards, origin).await?)));
                 };
                 let plan = reading_pending(pending, self.plan_sql_statement(sql.clone())).await?;
                 let insert = self.insert_target(plan)?.ok_or_else(not_catalog)?;
@@ -499,12 +499,12 @@ impl Engine {
             return Err(Error::Unsupported(message));
         }
         if let Statement::RunPipeline { name } = statement {
-            return Ok(StepDone::Committed(self.run_pipeline(name).await?));
+            return Ok(StepDone::Committed(Box::new(self.run_pipeline(name).await?)));
         }
         // CREATE TABLE ... AS and COPY: a failed one leaves nothing to retry under its id.
         let output = self.execute_statement(statement, &statement.to_string()).await?;
         let report = output.run.ok_or_else(|| Error::Unsupported(format!("step `{}` wrote nothing", step.name)))?;
-        Ok(StepDone::Committed(report))
+        Ok(StepDone::Committed(Box::new(report)))
     }
 
     /// The end of an atomic run: when every step is held, their commits are published in one
@@ -673,7 +673,7 @@ fn committed(report: &RunReport) -> StepTotals {
 
 /// How a step's statement ended: committed, or (atomic runs) held for the publish.
 enum StepDone {
-    Committed(RunReport),
+    Committed(Box<RunReport>),
     /// The step's own held run, then its quarantine's, if any.
     Held(Vec<HeldRun>),
 }
