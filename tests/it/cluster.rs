@@ -323,6 +323,14 @@ fn lake_tables_are_read_on_a_cluster() {
     let ran = csv("SELECT count(DISTINCT executor) FROM sluice.shard_tasks WHERE executor <> 'local'");
     assert_eq!(ran.lines().nth(1), Some("2"), "both executors ran shards");
 
+    // A partitioned Delta table written on the cluster: one version, every row once.
+    let copy = "CREATE TABLE delta.s.copy (day DATE, id BIGINT, amount DOUBLE) PARTITIONED BY (day);
+                INSERT INTO delta.s.copy SELECT * FROM lake.s.src";
+    stdout(&sluice(home.path(), &["--cluster", &cluster.url, "--shards", "3", "-c", copy]));
+    assert_eq!(csv("SELECT * FROM delta.s.copy ORDER BY id, day"), csv("SELECT * FROM lake.s.src ORDER BY id, day"));
+    let history = csv("SELECT count(*) FROM delta.s.\"copy$history\"");
+    assert_eq!(history.lines().nth(1), Some("2"), "created, then one version: {history}");
+
     // A column renamed (by pyiceberg) since files were written: executors read columns by name,
     // so the run is refused, naming both names.
     let rename = format!(
