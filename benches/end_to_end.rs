@@ -86,6 +86,15 @@ async fn time(repeat: usize, engine: &Engine, sql: impl Fn(usize) -> String) -> 
     median(samples)
 }
 
+/// A measurement against a baseline measured in the same run.
+fn versus(label: &str, took: Duration, baseline: Duration) {
+    println!(
+        "  {label:<42} {:>8.3} s   {:>5.2}x the baseline",
+        took.as_secs_f64(),
+        took.as_secs_f64() / baseline.as_secs_f64()
+    );
+}
+
 fn line(label: &str, took: Duration, floor: Option<Duration>) {
     match floor {
         None => println!("  {label:<42} {:>8.3} s", took.as_secs_f64()),
@@ -237,12 +246,7 @@ async fn s3_warehouse(lineitem: &std::path::Path, repeat: usize) -> Result<(), B
     let local = time(repeat, &engine, |_| format!("INSERT INTO lake.tpch.filter {FILTER}")).await;
     line("(f) local warehouse (baseline)", local, None);
     let remote = time(repeat, &engine, |_| format!("INSERT INTO s3.tpch.filter {FILTER}")).await;
-    let label = "s3://bench/warehouse on moto";
-    println!(
-        "  {label:<42} {:>8.3} s   {:>5.2}x the baseline",
-        remote.as_secs_f64(),
-        remote.as_secs_f64() / local.as_secs_f64()
-    );
+    versus("s3://bench/warehouse on moto", remote, local);
     server.kill()?;
     Ok(())
 }
@@ -291,12 +295,7 @@ async fn on_a_cluster(
     line("(g) this process (baseline)", here, None);
     engine.sql(&format!("SET sluice.cluster = '{url}'")).await?;
     let there = time(repeat, &engine, |_| format!("INSERT OVERWRITE lake.tpch.there {ORDERS}")).await;
-    println!(
-        "  {:<42} {:>8.3} s   {:>5.2}x the baseline",
-        format!("{url}, 2 executors"),
-        there.as_secs_f64(),
-        there.as_secs_f64() / here.as_secs_f64()
-    );
+    versus(&format!("{url}, 2 executors"), there, here);
     // The rollup reads the table the job wrote here (an Iceberg source).
     let rollup = "SELECT ship_month, count(*) AS orders, sum(lines) AS lines, sum(revenue) AS revenue \
                   FROM lake.tpch.here GROUP BY ship_month";
@@ -305,12 +304,7 @@ async fn on_a_cluster(
     line("(g) rollup of the Iceberg table, here", rollup_here, None);
     engine.sql(&format!("SET sluice.cluster = '{url}'")).await?;
     let rollup_there = time(repeat, &engine, |_| format!("INSERT OVERWRITE lake.tpch.rollup {rollup}")).await;
-    println!(
-        "  {:<42} {:>8.3} s   {:>5.2}x the baseline",
-        "rollup on the cluster",
-        rollup_there.as_secs_f64(),
-        rollup_there.as_secs_f64() / rollup_here.as_secs_f64()
-    );
+    versus("rollup on the cluster", rollup_there, rollup_here);
     for mut process in processes {
         process.kill()?;
     }
@@ -364,11 +358,7 @@ async fn csv_loads(
     for (label, took) in
         [("bad_rows = 'quarantine', clean file", clean_lines), ("... one bad line in 1,000", dirty_lines)]
     {
-        println!(
-            "  {label:<42} {:>8.3} s   {:>5.2}x the baseline",
-            took.as_secs_f64(),
-            took.as_secs_f64() / baseline.as_secs_f64()
-        );
+        versus(label, took, baseline);
     }
     Ok(())
 }

@@ -319,6 +319,16 @@ impl MetadataTable {
 }
 
 impl<'a> TableRequest<'a> {
+    /// The snapshot / version of the table's data asked for: `Some(None)` the latest,
+    /// `Some(Some(id))` as of `id`; `None` for a table about the table (`t$...`).
+    pub(crate) fn data_as_of(&self) -> Option<Option<i64>> {
+        match self {
+            TableRequest::Current(_) => Some(None),
+            TableRequest::AsOf(_, id) => Some(Some(*id)),
+            TableRequest::Metadata(..) => None,
+        }
+    }
+
     pub(crate) fn parse(name: &'a str) -> Self {
         for table in MetadataTable::ALL {
             if let Some(base) = name.strip_suffix(table.name()).and_then(|n| n.strip_suffix('$')) {

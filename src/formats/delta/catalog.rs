@@ -340,11 +340,7 @@ impl LakeCatalog for DeltaCatalog {
     async fn snapshot_files(&self, schema: &str, table: &str) -> Result<Option<SnapshotFiles>> {
         use futures::TryStreamExt;
         let request = TableRequest::parse(table);
-        let version = match request {
-            TableRequest::Current(_) => None,
-            TableRequest::AsOf(_, version) => Some(version),
-            TableRequest::Metadata(..) => return Ok(None),
-        };
+        let Some(version) = request.data_as_of() else { return Ok(None) };
         let name = TableName::new(&self.name, schema, request.base());
         let dir = self.table_dir(&name)?;
         if !is_delta_table(&self.root, &dir).await {

@@ -383,11 +383,7 @@ impl LakeCatalog for IcebergCatalog {
     async fn snapshot_files(&self, schema: &str, table: &str) -> Result<Option<SnapshotFiles>> {
         use futures::TryStreamExt;
         let request = TableRequest::parse(table);
-        let snapshot = match request {
-            TableRequest::Current(_) => None,
-            TableRequest::AsOf(_, id) => Some(id),
-            TableRequest::Metadata(..) => return Ok(None),
-        };
+        let Some(snapshot) = request.data_as_of() else { return Ok(None) };
         let name = TableName::new(&self.name, schema, request.base());
         let loaded = self.load_table(&name).await?;
         // Executors read columns by name: a column renamed since a file was written would read
