@@ -31,6 +31,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::{DFSchema, DFSchemaRef, TableReference};
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
@@ -51,7 +52,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{DeltaConfig, IcebergSqlConfig, LakeCatalog};
 use crate::coordinator::{CommitTarget, written_files_schema};
+use crate::engine::expect::{Tally, TallyCounts};
 use crate::formats::files::SnapshotFilesTable;
+use crate::parser::Expectation;
 use crate::runtime::RunContext;
 use crate::table::{RunIdentity, TableName};
 
@@ -91,6 +94,9 @@ pub struct WriteSpec {
     pub pipeline: Option<String>,
     /// The columns the input is hashed on into shards.
     pub keys: Vec<String>,
+    /// The write's expectations (`WARN`, `DROP ROW`, `FAIL`), which each task counts its rows
+    /// against; the counts travel back with its files.
+    pub expectations: Vec<Expectation>,
 }
 
 impl WriteSpec {
@@ -109,6 +115,7 @@ impl WriteSpec {
         shard: usize,
         attempt: &str,
         input: SendableRecordBatchStream,
+        tally: Option<Arc<Tally>>,
     ) -> DFResult<RecordBatch> {
         let error = |e: crate::error::Error| DataFusionError::External(e.into());
         let table = TableName::parse(&self.table)
@@ -137,11 +144,18 @@ impl WriteSpec {
         let written = writer.write_elsewhere(&run, &table, shard, (super::this_executor(), attempt), input).await;
         let written = written.map_err(|e| DataFusionError::External(e.into()))?;
         crate::failpoint::check("shard-written", &self.table).map_err(DataFusionError::Execution)?;
-        Ok(written)
+        let Some(tally) = tally else { return Ok(written) };
+        // The shard's counts, on its first row.
+        let counts = serde_json::to_string(&tally.counts()).map_err(|e| DataFusionError::External(e.into()))?;
+        let rows = written.num_rows();
+        let counts = StringArray::from_iter((0..rows).map(|row| (row == 0).then_some(counts.as_str())));
+        let mut columns = written.columns().to_vec();
+        *columns.last_mut().expect("the counts column") = Arc::new(counts);
+        Ok(RecordBatch::try_new(written.schema(), columns)?)
     }
 }
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, StringArray};
 
 /// The logical write node: `input`'s rows into the spec's table, a shard per partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -269,11 +283,26 @@ impl ExecutionPlan for ShardWriteExec {
         Ok(Arc::new(Self::new(input, self.spec.clone())?))
     }
 
+    /// Writes shard `partition`; with expectations, its rows are counted (and those `DROP ROW`
+    /// rejects dropped) on the way, as in a local run.
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
         let attempt = attempt_of(context.task_id().as_deref());
-        let input = self.input.execute(partition, context)?;
+        let (input, tally) = match self.spec.expectations.as_slice() {
+            [] => (self.input.clone(), None),
+            expectations => {
+                let state = SessionStateBuilder::new()
+                    .with_config(context.session_config().clone())
+                    .with_runtime_env(context.runtime_env())
+                    .with_default_features()
+                    .build();
+                let applied = crate::engine::expect::apply(&state, self.input.clone(), expectations, None);
+                let (input, tally) = applied.map_err(|e| DataFusionError::External(e.into()))?;
+                (input, Some(tally))
+            }
+        };
+        let input = input.execute(partition, context)?;
         let spec = self.spec.clone();
-        let written = futures::stream::once(async move { spec.write_shard(partition, &attempt, input).await });
+        let written = futures::stream::once(async move { spec.write_shard(partition, &attempt, input, tally).await });
         Ok(Box::pin(RecordBatchStreamAdapter::new(written_files_schema(), written)))
     }
 }
@@ -327,11 +356,13 @@ impl QueryPlanner for SluiceQueryPlanner {
 
 /// A run's write job on a cluster, named after the run's files (`ballista.job.name`).
 #[derive(Debug)]
-pub struct BallistaJob {
+pub(crate) struct BallistaJob {
     /// The cluster.
-    pub cluster: super::ClusterUrl,
+    pub(crate) cluster: super::ClusterUrl,
     /// The job's name.
-    pub name: String,
+    pub(crate) name: String,
+    /// The tally of the write's expectations, which each shard's counts are added to.
+    pub(crate) tally: Option<Arc<Tally>>,
 }
 
 #[async_trait]
@@ -342,6 +373,14 @@ impl crate::coordinator::RemoteJob for BallistaJob {
             tracing::info!(cluster = %self.cluster, job = %self.name, "stopped the run's job");
         }
         Ok(())
+    }
+
+    fn counted(&self, shard: usize, counts: &str) -> Result<(), crate::runtime::BoxError> {
+        let Some(tally) = &self.tally else {
+            return Err(format!("shard {shard} counted expectations the write has not").into());
+        };
+        let counts: TallyCounts = serde_json::from_str(counts)?;
+        Ok(tally.add(&counts)?)
     }
 }
 

@@ -71,11 +71,15 @@ pub trait RemoteJob: Send + Sync + std::fmt::Debug {
     /// no task is still writing. A file written even later is deleted by recovery's second
     /// deletion of a failed run's files.
     async fn stop(&self) -> Result<(), crate::runtime::BoxError>;
+    /// Takes what a shard's task counted besides its files (its rows against the write's
+    /// expectations), once per shard, from the attempt whose files the run commits.
+    fn counted(&self, shard: usize, counts: &str) -> Result<(), crate::runtime::BoxError>;
 }
 
 /// The rows a shard written elsewhere hands back: its number, where it ran and the attempt that
 /// wrote it, then one row per file (location, rows, bytes and the format's description of it,
-/// [`TableFormat::encode_file`]); a shard that wrote no file, one row with no location.
+/// [`TableFormat::encode_file`]); a shard that wrote no file, one row with no location. The
+/// first row may carry what the task counted besides ([`RemoteJob::counted`]).
 pub fn written_files_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("shard", DataType::UInt64, false),
@@ -85,6 +89,7 @@ pub fn written_files_schema() -> SchemaRef {
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
         Field::new("description", DataType::Utf8, true),
+        Field::new("counts", DataType::Utf8, true),
     ]))
 }
 
@@ -146,6 +151,7 @@ impl<W: TableFormat> CommitTarget for W {
                 Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.1))),
                 Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.2))),
                 Arc::new(StringArray::from_iter(described.iter().map(|d| d.3.as_deref()))),
+                Arc::new(StringArray::new_null(n)),
             ],
         )
         .map_err(|e| error(e.into()))
@@ -209,7 +215,9 @@ impl<W: TableFormat> TableCommit<W> {
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
             let strings = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
-            let (Some(executors), Some(attempts), Some(descriptions)) = (strings(1), strings(2), strings(6)) else {
+            let (Some(executors), Some(attempts), Some(descriptions), Some(counts)) =
+                (strings(1), strings(2), strings(6), strings(7))
+            else {
                 return Err(failed("the shards written elsewhere did not hand back their files".into()));
             };
             for row in 0..batch.num_rows() {
@@ -218,6 +226,9 @@ impl<W: TableFormat> TableCommit<W> {
                     winner = Some(attempt.to_string());
                     let ran_on = run.shard_ran_on(shard, executors.value(row)).await;
                     ran_on.map_err(|source| ShardError::Ledger { shard, source })?;
+                    if let (Some((_, job)), true) = (&self.written_elsewhere, counts.is_valid(row)) {
+                        job.counted(shard, counts.value(row)).map_err(failed)?;
+                    }
                 } else if winner.as_deref() != Some(attempt) {
                     continue;
                 }

@@ -86,7 +86,7 @@ impl Engine {
         mode: crate::table::WriteMode,
         shards: usize,
         mut origin: crate::coordinator::RunOrigin,
-    ) -> Result<(crate::coordinator::RunJob, String, std::sync::Arc<datafusion::execution::TaskContext>)> {
+    ) -> Result<super::write::PlannedWrite> {
         use std::sync::Arc;
 
         use ballista_core::extension::{SessionConfigExt, SessionStateExt};
@@ -97,11 +97,30 @@ impl Engine {
             BallistaJob, ShardWriteNode, SluiceLogicalCodec, SluicePhysicalCodec, SpecCatalog, WriteSpec,
         };
 
-        if Self::bad_rows().is_some() || !self.expectations_for(&table).await?.is_empty() {
+        let here = "(run it here: SET sluice.cluster = 'local')";
+        if Self::bad_rows().is_some() {
             return Err(Error::Unsupported(format!(
-                "expectations or bad_rows in a write into `{table}` on cluster {cluster} (run it here: SET sluice.cluster = 'local')"
+                "bad_rows in a write into `{table}` on cluster {cluster}: its executors read files whole {here}"
             )));
         }
+        let expectations = self.expectations_for(&table).await?;
+        if let Some(quarantining) = expectations.iter().find(|e| e.action == crate::parser::Violation::Quarantine) {
+            return Err(Error::Unsupported(format!(
+                "expectation `{}` ON VIOLATION QUARANTINE in a write into `{table}` on cluster {cluster}: \
+                 its executors count, drop and fail rows, but do not quarantine them yet {here}",
+                quarantining.name
+            )));
+        }
+        // Planned here too, so that a condition that is not one fails before the run opens.
+        let tally = match expectations.is_empty() {
+            true => None,
+            false => Some(Arc::new(super::expect::plan_tally(
+                &self.ctx.state(),
+                input.schema().as_arrow(),
+                &expectations,
+                None,
+            )?)),
+        };
         let input = self.scans_for_executors(input, cluster).await?;
         let config = match self.catalog_configs.get(&table.catalog) {
             Some(CatalogConfig::IcebergSql(config)) => SpecCatalog::IcebergSql(config.clone()),
@@ -135,6 +154,7 @@ impl Engine {
             files: files.clone(),
             pipeline: origin.pipeline.clone(),
             keys,
+            expectations,
         };
         let plan = ShardWriteNode::new(input, &spec)?.into_plan();
         let config = self
@@ -151,7 +171,7 @@ impl Engine {
         let input = state.create_physical_plan(&plan).await?;
         let summary = format!("{} into {table} ({} table) on cluster {cluster}", mode.as_str(), writer.format());
         let base = writer.base();
-        let job = Arc::new(BallistaJob { cluster: cluster.clone(), name: files.clone() });
+        let job = Arc::new(BallistaJob { cluster: cluster.clone(), name: files.clone(), tally: tally.clone() });
         let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode, files, job));
         let job = crate::coordinator::RunJob {
             target: table.to_string(),
@@ -161,9 +181,9 @@ impl Engine {
             base,
             origin,
             cancel: Self::cancel_token(),
-            check: None,
+            check: tally.clone().map(|t| t as Arc<dyn crate::coordinator::StagedCheck>),
         };
-        Ok((job, summary, state.task_ctx()))
+        Ok((job, summary, tally, state.task_ctx()))
     }
 }
 

@@ -264,7 +264,7 @@ struct Constraint {
 
 /// The counts of a write's expectations, shared by every partition of its rows.
 #[derive(Debug)]
-pub(super) struct Tally {
+pub(crate) struct Tally {
     constraints: Vec<Constraint>,
     rows_in: AtomicU64,
     dropped: AtomicU64,
@@ -274,6 +274,15 @@ pub(super) struct Tally {
     quarantined_rows: AtomicU64,
     /// The bad lines of the write's input files (`bad_rows`), if it reads them line by line.
     bad_lines: Option<Arc<BadLines>>,
+}
+
+/// A [`Tally`]'s counts: rows in, rows dropped, and each expectation's passed and failed
+/// counts with its sample rows (in the expectations' order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TallyCounts {
+    rows_in: u64,
+    dropped: u64,
+    constraints: Vec<(u64, u64, Vec<String>)>,
 }
 
 /// The quarantine table's column naming the constraints a row broke.
@@ -320,6 +329,45 @@ impl Tally {
             rows_quarantined: self.quarantined_rows.load(Ordering::Relaxed) + lines_quarantined,
             constraints: lines.chain(constraints).collect(),
         }
+    }
+
+    /// The counts so far, as they travel from a cluster's executor (one shard's) to the
+    /// process that commits ([`Tally::add`]); quarantined rows do not travel.
+    pub(crate) fn counts(&self) -> TallyCounts {
+        TallyCounts {
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            constraints: self
+                .constraints
+                .iter()
+                .map(|c| {
+                    let samples = c.samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    (c.passed.load(Ordering::Relaxed), c.failed.load(Ordering::Relaxed), samples)
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds another tally's counts of the same expectations (a shard's, from the executor
+    /// that wrote it).
+    pub(crate) fn add(&self, counts: &TallyCounts) -> DFResult<()> {
+        if counts.constraints.len() != self.constraints.len() {
+            return exec_err!(
+                "a shard counted {} expectations, not {}",
+                counts.constraints.len(),
+                self.constraints.len()
+            );
+        }
+        self.rows_in.fetch_add(counts.rows_in, Ordering::Relaxed);
+        self.dropped.fetch_add(counts.dropped, Ordering::Relaxed);
+        for (constraint, (passed, failed, samples)) in self.constraints.iter().zip(&counts.constraints) {
+            constraint.passed.fetch_add(*passed, Ordering::Relaxed);
+            constraint.failed.fetch_add(*failed, Ordering::Relaxed);
+            let mut kept = constraint.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let room = SAMPLES_MAX.saturating_sub(kept.len());
+            kept.extend(samples.iter().take(room).cloned());
+        }
+        Ok(())
     }
 
     /// Whether rows are quarantined: by an expectation, or bad input lines.
@@ -456,20 +504,33 @@ fn format_row(batch: &RecordBatch, row: usize) -> String {
 /// Plans `expectations` over the rows of `input`: the plan that counts them (and drops the
 /// rows `DROP ROW` ones reject), and their tally, which also holds the bad lines of `input`'s
 /// files (`bad_lines`, if they are read line by line).
-pub(super) fn apply(
+pub(crate) fn apply(
     state: &SessionState,
     input: Arc<dyn ExecutionPlan>,
     expectations: &[Expectation],
     bad_lines: Option<Arc<BadLines>>,
 ) -> Result<(Arc<dyn ExecutionPlan>, Arc<Tally>)> {
-    let schema = DFSchema::try_from(input.schema().as_ref().clone())?;
+    let tally = Arc::new(plan_tally(state, &input.schema(), expectations, bad_lines)?);
+    let exec = ExpectationsExec { properties: input.properties().clone(), input, tally: tally.clone() };
+    Ok((Arc::new(exec), tally))
+}
+
+/// The tally of `expectations` over rows of `input` (each condition planned, and checked to be
+/// one).
+pub(super) fn plan_tally(
+    state: &SessionState,
+    input: &Schema,
+    expectations: &[Expectation],
+    bad_lines: Option<Arc<BadLines>>,
+) -> Result<Tally> {
+    let schema = DFSchema::try_from(input.clone())?;
     let mut constraints = Vec::new();
     for expectation in expectations {
         let logical = state
             .create_logical_expr(&expectation.condition, &schema)
             .map_err(|e| Error::Plan(format!("expectation `{}` ({}): {e}", expectation.name, expectation.condition)))?;
         let condition = state.create_physical_expr(logical, &schema)?;
-        let data_type = condition.data_type(input.schema().as_ref())?;
+        let data_type = condition.data_type(input)?;
         if data_type != DataType::Boolean {
             let message = format!(
                 "expectation `{}` ({}) is {data_type}, not a condition",
@@ -485,16 +546,14 @@ pub(super) fn apply(
             samples: Mutex::new(Vec::new()),
         });
     }
-    let tally = Arc::new(Tally {
+    Ok(Tally {
         constraints,
         rows_in: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         quarantined: Kept::new("quarantined rows"),
         quarantined_rows: AtomicU64::new(0),
         bad_lines,
-    });
-    let exec = ExpectationsExec { properties: input.properties().clone(), input, tally: tally.clone() };
-    Ok((Arc::new(exec), tally))
+    })
 }
 
 /// Counts a write's rows against its expectations, dropping those `DROP ROW` rejects.

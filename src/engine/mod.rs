@@ -31,7 +31,7 @@ mod describe;
 mod diagnose;
 mod dispatch;
 mod doctor;
-mod expect;
+pub(crate) mod expect;
 mod insert;
 mod locate;
 mod runs;

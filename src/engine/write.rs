@@ -44,7 +44,8 @@ fn unfit_row(error: &Error) -> Option<String> {
 }
 
 /// A write's run, what it writes where, its expectations' tally, and the context to run it in.
-type PlannedWrite = (RunJob, String, Option<Arc<super::expect::Tally>>, Arc<datafusion::execution::TaskContext>);
+pub(super) type PlannedWrite =
+    (RunJob, String, Option<Arc<super::expect::Tally>>, Arc<datafusion::execution::TaskContext>);
 
 /// An `INSERT [OVERWRITE] INTO <catalog table>`: the table, the rows, and how they change it.
 #[derive(Debug)]
@@ -163,9 +164,7 @@ impl Engine {
         };
         #[cfg(feature = "cluster")]
         if let Some(url) = self.cluster()? {
-            let (job, summary, task_ctx) =
-                self.plan_cluster_write(&url, table, writer, input, mode, shards, origin).await?;
-            return Ok((job, summary, None, task_ctx));
+            return self.plan_cluster_write(&url, table, writer, input, mode, shards, origin).await;
         }
         let state = self.ctx.state();
         let mut input = state.create_physical_plan(&input).await?;

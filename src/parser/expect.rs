@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 use super::{ParseError, SluiceParser, Statement, closing_paren, is_keyword, is_word};
 
 /// What a row that breaks an expectation does to the write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Violation {
     /// Counted only; the row is written (the default).
     Warn,
@@ -47,7 +47,7 @@ impl Violation {
 }
 
 /// `CONSTRAINT name EXPECT (condition) [ON VIOLATION action]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expectation {
     /// The constraint's name.
     pub name: String,

@@ -347,6 +347,70 @@ fn lake_tables_are_read_on_a_cluster() {
     assert!(!refused.status.success() && stderr.contains("renamed column `amount` to `price`"), "{stderr}");
 }
 
+/// A write's expectations on a cluster: each task counts its rows (and drops those `DROP ROW`
+/// rejects) on its executor, the counts travel back with its files, and the report,
+/// `sluice.expectations` and the table say what they say for the same write run here; a `FAIL`
+/// stops the run before its commit, naming the count and sample rows, and leaves no file.
+#[test]
+fn expectations_are_checked_on_the_executors() {
+    let cluster = Cluster::start(2, 2);
+    let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = dir.path().join("orders.parquet");
+    let setup = format!(
+        "COPY (SELECT value AS id, CASE WHEN value % 5 = 0 THEN -1.0 WHEN value = 7 THEN NULL ELSE value * 1.5 END \
+         AS amount FROM generate_series(1, 5000)) TO '{data}';
+         CREATE EXTERNAL TABLE orders STORED AS PARQUET LOCATION '{data}';
+         CREATE SCHEMA lake.q; CREATE TABLE lake.q.here (id BIGINT, amount DOUBLE);
+         CREATE TABLE lake.q.there (id BIGINT, amount DOUBLE);",
+        data = data.display()
+    );
+    stdout(&sluice(home.path(), &["-c", &setup]));
+    let insert = |table: &str| {
+        format!(
+            "INSERT INTO lake.q.{table} (CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION DROP ROW, \
+             CONSTRAINT even EXPECT (id % 2 = 0) ON VIOLATION WARN) SELECT id, amount FROM orders"
+        )
+    };
+    let report = |output: &Output| -> std::collections::BTreeMap<String, String> {
+        let text = stdout(output);
+        let mut lines = text.lines();
+        let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+        let values: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+        header.into_iter().zip(values).filter(|(column, _)| column.starts_with("rows")).collect()
+    };
+    let here = report(&sluice(home.path(), &["--format", "csv", "-c", &insert("here")]));
+    let there = report(&sluice(home.path(), &["--cluster", &cluster.url, "--format", "csv", "-c", &insert("there")]));
+    assert_eq!(here["rows_in"], "5000");
+    assert_eq!(here, there, "the cluster's counts differ from this process's");
+    let csv = |sql: &str| stdout(&sluice(home.path(), &["--format", "csv", "-c", sql]));
+    assert_eq!(csv("SELECT * FROM lake.q.here ORDER BY id"), csv("SELECT * FROM lake.q.there ORDER BY id"));
+    let counted = |table: &str| {
+        csv(&format!(
+            "SELECT \"constraint\", passed, failed FROM sluice.expectations \
+             WHERE \"table\" = 'lake.q.{table}' ORDER BY \"constraint\""
+        ))
+    };
+    assert_eq!(counted("here"), counted("there"));
+
+    // FAIL: the run is rolled back on the cluster as here, with the count and sample rows.
+    let fail = "INSERT INTO lake.q.there (CONSTRAINT below_4000 EXPECT (id < 4000) ON VIOLATION FAIL) \
+                SELECT id, amount FROM orders";
+    let failed = sluice(home.path(), &["--cluster", &cluster.url, "-c", fail]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains("1001 row(s) violate expectation `below_4000` (id < 4000), e.g. (id = "), "{stderr}");
+    assert_eq!(csv("SELECT count(*) FROM lake.q.there").lines().nth(1), Some("4000"));
+    let (stored, referenced) = files_of_table(home.path(), "q", "there");
+    assert_eq!(stored, referenced, "the failed run's files are gone");
+
+    // QUARANTINE is refused on a cluster, before the run opens.
+    let quarantine = "INSERT INTO lake.q.there (CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION QUARANTINE) \
+                      SELECT id, amount FROM orders";
+    let refused = sluice(home.path(), &["--cluster", &cluster.url, "-c", quarantine]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("do not quarantine them yet"), "{stderr}");
+}
+
 /// A source of `rows` rows (`id`, `v`) in a Parquet file under `dir`, declared in `home`.
 fn big_source(home: &Path, dir: &Path, rows: u64) {
     let data = dir.join("big.parquet");
@@ -366,11 +430,21 @@ fn big_source(home: &Path, dir: &Path, rows: u64) {
 
 /// The data files in the table's folder, and those its snapshot references.
 fn files_of(home: &Path) -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
-    let folder = home.join("warehouse/k/t/data");
+    files_of_table(home, "k", "t")
+}
+
+/// The data files in the folder of table `lake.<schema>.<table>`, and those its snapshot references.
+fn files_of_table(
+    home: &Path,
+    schema: &str,
+    table: &str,
+) -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
+    let folder = home.join(format!("warehouse/{schema}/{table}/data"));
     let stored = std::fs::read_dir(&folder)
         .map(|entries| entries.map(|e| e.unwrap().path().display().to_string()).collect())
         .unwrap_or_default();
-    let listed = stdout(&sluice(home, &["--format", "csv", "-c", "SELECT file_path FROM lake.k.\"t$files\""]));
+    let files = format!("SELECT file_path FROM lake.{schema}.\"{table}$files\"");
+    let listed = stdout(&sluice(home, &["--format", "csv", "-c", &files]));
     let referenced = listed.lines().skip(1).map(|l| l.trim_start_matches("file://").to_string()).collect();
     (stored, referenced)
 }
