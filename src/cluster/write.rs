@@ -145,17 +145,34 @@ impl WriteSpec {
         let written = written.map_err(|e| DataFusionError::External(e.into()))?;
         crate::failpoint::check("shard-written", &self.table).map_err(DataFusionError::Execution)?;
         let Some(tally) = tally else { return Ok(written) };
-        // The shard's counts, on its first row.
+        // The shard's counts and quarantined rows, on its first row.
         let counts = serde_json::to_string(&tally.counts()).map_err(|e| DataFusionError::External(e.into()))?;
+        let quarantined = tally.take_quarantined();
+        let quarantined = match quarantined.first() {
+            None => None,
+            Some(first) => {
+                let mut writer = StreamWriter::try_new(Vec::new(), &first.schema())?;
+                for batch in &quarantined {
+                    writer.write(batch)?;
+                }
+                Some(writer.into_inner()?)
+            }
+        };
         let rows = written.num_rows();
-        let counts = StringArray::from_iter((0..rows).map(|row| (row == 0).then_some(counts.as_str())));
+        let first = |row: usize| row == 0;
         let mut columns = written.columns().to_vec();
-        *columns.last_mut().expect("the counts column") = Arc::new(counts);
+        let n = columns.len();
+        columns[n - 2] = Arc::new(StringArray::from_iter((0..rows).map(|row| first(row).then_some(counts.as_str()))));
+        columns[n - 1] =
+            Arc::new(BinaryArray::from_iter((0..rows).map(|row| quarantined.as_deref().filter(|_| first(row)))));
         Ok(RecordBatch::try_new(written.schema(), columns)?)
     }
 }
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::array::{BinaryArray, RecordBatch, StringArray};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::execution::memory_pool::MemoryPool;
 
 /// The logical write node: `input`'s rows into the spec's table, a shard per partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -363,6 +380,8 @@ pub(crate) struct BallistaJob {
     pub(crate) name: String,
     /// The tally of the write's expectations, which each shard's counts are added to.
     pub(crate) tally: Option<Arc<Tally>>,
+    /// What rows the shards quarantined are kept in memory from.
+    pub(crate) pool: Arc<dyn MemoryPool>,
 }
 
 #[async_trait]
@@ -375,12 +394,16 @@ impl crate::coordinator::RemoteJob for BallistaJob {
         Ok(())
     }
 
-    fn counted(&self, shard: usize, counts: &str) -> Result<(), crate::runtime::BoxError> {
+    fn counted(&self, shard: usize, counts: &str, quarantined: Option<&[u8]>) -> Result<(), crate::runtime::BoxError> {
         let Some(tally) = &self.tally else {
             return Err(format!("shard {shard} counted expectations the write has not").into());
         };
         let counts: TallyCounts = serde_json::from_str(counts)?;
-        Ok(tally.add(&counts)?)
+        let batches = match quarantined {
+            None => Vec::new(),
+            Some(bytes) => StreamReader::try_new(std::io::Cursor::new(bytes), None)?.collect::<Result<Vec<_>, _>>()?,
+        };
+        Ok(tally.add(&counts, batches, &self.pool)?)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{Array, BinaryArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -72,14 +72,16 @@ pub trait RemoteJob: Send + Sync + std::fmt::Debug {
     /// deletion of a failed run's files.
     async fn stop(&self) -> Result<(), crate::runtime::BoxError>;
     /// Takes what a shard's task counted besides its files (its rows against the write's
-    /// expectations), once per shard, from the attempt whose files the run commits.
-    fn counted(&self, shard: usize, counts: &str) -> Result<(), crate::runtime::BoxError>;
+    /// expectations) and the rows it quarantined (an Arrow IPC stream), once per shard, from the
+    /// attempt whose files the run commits.
+    fn counted(&self, shard: usize, counts: &str, quarantined: Option<&[u8]>) -> Result<(), crate::runtime::BoxError>;
 }
 
 /// The rows a shard written elsewhere hands back: its number, where it ran and the attempt that
 /// wrote it, then one row per file (location, rows, bytes and the format's description of it,
 /// [`TableFormat::encode_file`]); a shard that wrote no file, one row with no location. The
-/// first row may carry what the task counted besides ([`RemoteJob::counted`]).
+/// first row may carry what the task counted besides, and the rows it quarantined
+/// ([`RemoteJob::counted`]).
 pub fn written_files_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("shard", DataType::UInt64, false),
@@ -90,6 +92,7 @@ pub fn written_files_schema() -> SchemaRef {
         Field::new("bytes", DataType::UInt64, false),
         Field::new("description", DataType::Utf8, true),
         Field::new("counts", DataType::Utf8, true),
+        Field::new("quarantined", DataType::Binary, true),
     ]))
 }
 
@@ -152,6 +155,7 @@ impl<W: TableFormat> CommitTarget for W {
                 Arc::new(UInt64Array::from_iter_values(described.iter().map(|d| d.2))),
                 Arc::new(StringArray::from_iter(described.iter().map(|d| d.3.as_deref()))),
                 Arc::new(StringArray::new_null(n)),
+                Arc::new(BinaryArray::new_null(n)),
             ],
         )
         .map_err(|e| error(e.into()))
@@ -227,7 +231,9 @@ impl<W: TableFormat> TableCommit<W> {
                     let ran_on = run.shard_ran_on(shard, executors.value(row)).await;
                     ran_on.map_err(|source| ShardError::Ledger { shard, source })?;
                     if let (Some((_, job)), true) = (&self.written_elsewhere, counts.is_valid(row)) {
-                        job.counted(shard, counts.value(row)).map_err(failed)?;
+                        let quarantined = batch.column(8).as_any().downcast_ref::<BinaryArray>();
+                        let quarantined = quarantined.filter(|q| q.is_valid(row)).map(|q| q.value(row));
+                        job.counted(shard, counts.value(row), quarantined).map_err(failed)?;
                     }
                 } else if winner.as_deref() != Some(attempt) {
                     continue;

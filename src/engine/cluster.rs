@@ -97,20 +97,13 @@ impl Engine {
             BallistaJob, ShardWriteNode, SluiceLogicalCodec, SluicePhysicalCodec, SpecCatalog, WriteSpec,
         };
 
-        let here = "(run it here: SET sluice.cluster = 'local')";
         if Self::bad_rows().is_some() {
             return Err(Error::Unsupported(format!(
-                "bad_rows in a write into `{table}` on cluster {cluster}: its executors read files whole {here}"
+                "bad_rows in a write into `{table}` on cluster {cluster}: its executors read files whole \
+                 (run it here: SET sluice.cluster = 'local')"
             )));
         }
         let expectations = self.expectations_for(&table).await?;
-        if let Some(quarantining) = expectations.iter().find(|e| e.action == crate::parser::Violation::Quarantine) {
-            return Err(Error::Unsupported(format!(
-                "expectation `{}` ON VIOLATION QUARANTINE in a write into `{table}` on cluster {cluster}: \
-                 its executors count, drop and fail rows, but do not quarantine them yet {here}",
-                quarantining.name
-            )));
-        }
         // Planned here too, so that a condition that is not one fails before the run opens.
         let tally = match expectations.is_empty() {
             true => None,
@@ -171,7 +164,8 @@ impl Engine {
         let input = state.create_physical_plan(&plan).await?;
         let summary = format!("{} into {table} ({} table) on cluster {cluster}", mode.as_str(), writer.format());
         let base = writer.base();
-        let job = Arc::new(BallistaJob { cluster: cluster.clone(), name: files.clone(), tally: tally.clone() });
+        let pool = self.ctx.runtime_env().memory_pool.clone();
+        let job = Arc::new(BallistaJob { cluster: cluster.clone(), name: files.clone(), tally: tally.clone(), pool });
         let coordinator = self.layered(writer.coordinator_of_written(table.clone(), mode, files, job));
         let job = crate::coordinator::RunJob {
             target: table.to_string(),

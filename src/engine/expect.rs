@@ -276,12 +276,13 @@ pub(crate) struct Tally {
     bad_lines: Option<Arc<BadLines>>,
 }
 
-/// A [`Tally`]'s counts: rows in, rows dropped, and each expectation's passed and failed
-/// counts with its sample rows (in the expectations' order).
+/// A [`Tally`]'s counts: rows in, dropped and quarantined, and each expectation's passed and
+/// failed counts with its sample rows (in the expectations' order).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TallyCounts {
     rows_in: u64,
     dropped: u64,
+    quarantined: u64,
     constraints: Vec<(u64, u64, Vec<String>)>,
 }
 
@@ -332,11 +333,12 @@ impl Tally {
     }
 
     /// The counts so far, as they travel from a cluster's executor (one shard's) to the
-    /// process that commits ([`Tally::add`]); quarantined rows do not travel.
+    /// process that commits ([`Tally::add`]); the quarantined rows travel beside them.
     pub(crate) fn counts(&self) -> TallyCounts {
         TallyCounts {
             rows_in: self.rows_in.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            quarantined: self.quarantined_rows.load(Ordering::Relaxed),
             constraints: self
                 .constraints
                 .iter()
@@ -348,9 +350,14 @@ impl Tally {
         }
     }
 
-    /// Adds another tally's counts of the same expectations (a shard's, from the executor
-    /// that wrote it).
-    pub(crate) fn add(&self, counts: &TallyCounts) -> DFResult<()> {
+    /// Adds another tally's counts of the same expectations and the rows it quarantined (a
+    /// shard's, from the executor that wrote it), those kept in memory from `pool`.
+    pub(crate) fn add(
+        &self,
+        counts: &TallyCounts,
+        quarantined: Vec<RecordBatch>,
+        pool: &Arc<dyn MemoryPool>,
+    ) -> DFResult<()> {
         if counts.constraints.len() != self.constraints.len() {
             return exec_err!(
                 "a shard counted {} expectations, not {}",
@@ -360,6 +367,11 @@ impl Tally {
         }
         self.rows_in.fetch_add(counts.rows_in, Ordering::Relaxed);
         self.dropped.fetch_add(counts.dropped, Ordering::Relaxed);
+        self.quarantined_rows.fetch_add(counts.quarantined, Ordering::Relaxed);
+        for batch in quarantined {
+            let bytes = batch.get_array_memory_size();
+            self.quarantined.keep(batch, bytes, pool)?;
+        }
         for (constraint, (passed, failed, samples)) in self.constraints.iter().zip(&counts.constraints) {
             constraint.passed.fetch_add(*passed, Ordering::Relaxed);
             constraint.failed.fetch_add(*failed, Ordering::Relaxed);
@@ -382,7 +394,7 @@ impl Tally {
     }
 
     /// The quarantined rows so far (taken: a second call has none).
-    pub(super) fn take_quarantined(&self) -> Vec<RecordBatch> {
+    pub(crate) fn take_quarantined(&self) -> Vec<RecordBatch> {
         self.quarantined.take()
     }
 

@@ -370,9 +370,15 @@ impl Engine {
     }
 
     /// Runs `future` (the write of quarantined rows) with no expectations and no bad-row
-    /// handling: what it writes was already judged.
+    /// handling: what it writes was already judged. It runs in this process, which holds the
+    /// rows (a cluster's executors handed them back).
     pub(super) async fn unchecked<T>(future: impl std::future::Future<Output = T>) -> T {
-        let scope = StatementScope { expectations: Vec::new(), bad_rows: None, ..StatementScope::current() };
+        let scope = StatementScope {
+            expectations: Vec::new(),
+            bad_rows: None,
+            cluster: Some("local".to_string()),
+            ..StatementScope::current()
+        };
         SCOPE.scope(scope, future).await
     }
 

@@ -350,7 +350,8 @@ fn lake_tables_are_read_on_a_cluster() {
 /// A write's expectations on a cluster: each task counts its rows (and drops those `DROP ROW`
 /// rejects) on its executor, the counts travel back with its files, and the report,
 /// `sluice.expectations` and the table say what they say for the same write run here; a `FAIL`
-/// stops the run before its commit, naming the count and sample rows, and leaves no file.
+/// stops the run before its commit, naming the count and sample rows, and leaves no file; rows a
+/// `QUARANTINE` takes out land in the quarantine table as here.
 #[test]
 fn expectations_are_checked_on_the_executors() {
     let cluster = Cluster::start(2, 2);
@@ -403,12 +404,32 @@ fn expectations_are_checked_on_the_executors() {
     let (stored, referenced) = files_of_table(home.path(), "q", "there");
     assert_eq!(stored, referenced, "the failed run's files are gone");
 
-    // QUARANTINE is refused on a cluster, before the run opens.
-    let quarantine = "INSERT INTO lake.q.there (CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION QUARANTINE) \
-                      SELECT id, amount FROM orders";
-    let refused = sluice(home.path(), &["--cluster", &cluster.url, "-c", quarantine]);
+    // QUARANTINE: the executors hand the rows back with their counts; this process writes them
+    // into the quarantine table, as for a write here.
+    let quarantine = |table: &str| {
+        format!(
+            "INSERT INTO lake.q.{table} (CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION QUARANTINE) \
+             SELECT id, amount FROM orders"
+        )
+    };
+    let here = report(&sluice(home.path(), &["--format", "csv", "-c", &quarantine("here")]));
+    let there =
+        report(&sluice(home.path(), &["--cluster", &cluster.url, "--format", "csv", "-c", &quarantine("there")]));
+    assert_eq!(here["rows_quarantined"], "1000");
+    assert_eq!(here, there, "the cluster's counts differ from this process's");
+    let kept = |table: &str| {
+        csv(&format!("SELECT id, amount, _sluice_constraints FROM lake.q.{table}__quarantine ORDER BY id"))
+    };
+    assert_eq!(kept("here"), kept("there"));
+    assert_eq!(csv("SELECT * FROM lake.q.here ORDER BY id"), csv("SELECT * FROM lake.q.there ORDER BY id"));
+
+    // bad_rows is refused on a cluster, before the run opens.
+    let bad_rows =
+        "CREATE PIPELINE tolerant WITH (bad_rows = 'quarantine') AS INSERT INTO lake.q.there SELECT id, amount FROM orders;
+                    RUN PIPELINE tolerant";
+    let refused = sluice(home.path(), &["--cluster", &cluster.url, "-c", bad_rows]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("do not quarantine them yet"), "{stderr}");
+    assert!(!refused.status.success() && stderr.contains("bad_rows in a write into `lake.q.there`"), "{stderr}");
 }
 
 /// A source of `rows` rows (`id`, `v`) in a Parquet file under `dir`, declared in `home`.
