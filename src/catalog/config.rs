@@ -51,7 +51,7 @@ pub enum CatalogConfig {
 
 /// `type = "iceberg-rest"`. Secrets are never written in the file: it names the environment
 /// variables that hold them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergRestConfig {
     /// The catalog's base URL, e.g. `https://catalog.example.com/api/catalog`.

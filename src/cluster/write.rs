@@ -50,7 +50,7 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{DeltaConfig, IcebergSqlConfig, LakeCatalog};
+use crate::catalog::{DeltaConfig, IcebergRestConfig, IcebergSqlConfig, LakeCatalog};
 use crate::coordinator::{CommitTarget, written_files_schema};
 use crate::engine::expect::{Tally, TallyCounts};
 use crate::formats::files::SnapshotFilesTable;
@@ -71,6 +71,8 @@ const FILES: &[u8] = b"sluice-snapshot-files:";
 pub enum SpecCatalog {
     /// An Iceberg SQL catalog.
     IcebergSql(IcebergSqlConfig),
+    /// An Iceberg REST catalog (its token or credential from each process's environment).
+    IcebergRest(IcebergRestConfig),
     /// A folder of Delta tables.
     Delta(DeltaConfig),
 }
@@ -124,6 +126,11 @@ impl WriteSpec {
             SpecCatalog::IcebergSql(config) => crate::formats::iceberg::IcebergCatalog::open_sql(&self.catalog, config)
                 .await
                 .map_err(|e| error(e.into()))?,
+            SpecCatalog::IcebergRest(config) => {
+                crate::formats::iceberg::IcebergCatalog::open_rest(&self.catalog, config)
+                    .await
+                    .map_err(|e| error(e.into()))?
+            }
             SpecCatalog::Delta(config) => {
                 crate::formats::delta::DeltaCatalog::open(&self.catalog, config).await.map_err(|e| error(e.into()))?
             }

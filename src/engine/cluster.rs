@@ -117,6 +117,7 @@ impl Engine {
         let input = self.scans_for_executors(input, cluster).await?;
         let config = match self.catalog_configs.get(&table.catalog) {
             Some(CatalogConfig::IcebergSql(config)) => SpecCatalog::IcebergSql(config.clone()),
+            Some(CatalogConfig::IcebergRest(config)) => SpecCatalog::IcebergRest(config.clone()),
             Some(CatalogConfig::Delta(config)) => SpecCatalog::Delta(config.clone()),
             _ => {
                 return Err(Error::Unsupported(format!(

@@ -41,8 +41,8 @@ impl Cluster {
         Self::start_with(executors, slots, &[])
     }
 
-    /// As [`Cluster::start`], executor `i` of each `(i, failpoints)` with `FAILPOINTS` set.
-    pub fn start_with(executors: usize, slots: usize, failpoints: &[(usize, &str)]) -> Self {
+    /// As [`Cluster::start`], executor `i` of each `(i, variable, value)` with the variable set.
+    pub fn start_with(executors: usize, slots: usize, env: &[(usize, &str, &str)]) -> Self {
         let sluice = env!("CARGO_BIN_EXE_sluice");
         let port = free_ports();
         let scheduler = Command::new(sluice)
@@ -56,11 +56,11 @@ impl Cluster {
             Cluster { scheduler, executors: vec![], url: format!("df://127.0.0.1:{port}"), executor_addresses: vec![] };
         for i in 0..executors {
             let flight = free_ports();
-            let failing = failpoints.iter().filter(|(executor, _)| *executor == i);
+            let variables = env.iter().filter(|(executor, ..)| *executor == i);
             let child = Command::new(sluice)
                 .args(["cluster", "executor", "--scheduler", &cluster.url, "--slots", &slots.to_string()])
                 .args(["--bind", &format!("127.0.0.1:{flight}")])
-                .envs(failing.map(|(_, failpoints)| ("FAILPOINTS", *failpoints)))
+                .envs(variables.map(|(_, variable, value)| (*variable, *value)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -432,6 +432,66 @@ fn expectations_are_checked_on_the_executors() {
     assert!(!refused.status.success() && stderr.contains("bad_rows in a write into `lake.q.there`"), "{stderr}");
 }
 
+/// A table of an Iceberg REST catalog written and read on a cluster: its executors open the
+/// catalog with the token from their own environment and write into the folder its server
+/// placed the table in; one snapshot per run; a failed run leaves no file there.
+#[test]
+fn a_rest_catalog_table_is_written_and_read_on_a_cluster() {
+    use crate::rest::{RestCatalog, TOKEN, TOKEN_VARIABLE};
+    let server_dir = tempfile::tempdir().unwrap();
+    let server = RestCatalog::start(server_dir.path());
+    let cluster = Cluster::start_with(2, 2, &[(0, TOKEN_VARIABLE, TOKEN), (1, TOKEN_VARIABLE, TOKEN)]);
+    let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::create_dir_all(home.path().join("catalogs")).unwrap();
+    let catalog = format!(
+        "type = \"iceberg-rest\"\nuri = \"http://127.0.0.1:{}\"\ntoken_env = \"{TOKEN_VARIABLE}\"\n",
+        server.port
+    );
+    std::fs::write(home.path().join("catalogs/rest.toml"), catalog).unwrap();
+    let run = |args: &[&str]| {
+        let home = home.path().display().to_string();
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--home", &home])
+            .args(args)
+            .env(TOKEN_VARIABLE, TOKEN)
+            .output()
+            .unwrap()
+    };
+    const ROWS: u64 = 100_000;
+    let data = dir.path().join("big.parquet");
+    let setup = format!(
+        "COPY (SELECT value AS id, value * 2 AS v FROM generate_series(1, {ROWS})) TO '{data}';
+         CREATE EXTERNAL TABLE big STORED AS PARQUET LOCATION '{data}';
+         CREATE SCHEMA rest.s; CREATE TABLE rest.s.t (id BIGINT, v BIGINT);
+         CREATE SCHEMA lake.k; CREATE TABLE lake.k.t (id BIGINT, v BIGINT);",
+        data = data.display()
+    );
+    stdout(&run(&["-c", &setup]));
+    let on_cluster = ["--cluster", cluster.url.as_str(), "--shards", "4", "-c"];
+    stdout(&run(&[&on_cluster[..], &["INSERT INTO rest.s.t SELECT id, v FROM big"]].concat()));
+    // Read back on the cluster too: the executors scan the REST table's snapshot files.
+    stdout(&run(&[&on_cluster[..], &["INSERT INTO lake.k.t SELECT id, v FROM rest.s.t"]].concat()));
+    let csv = |sql: &str| stdout(&run(&["--format", "csv", "-c", sql]));
+    for table in ["rest.s.t", "lake.k.t"] {
+        let counts = csv(&format!("SELECT count(*), count(DISTINCT id), sum(v) FROM {table}"));
+        assert_eq!(counts.lines().nth(1).unwrap(), format!("{ROWS},{ROWS},{}", ROWS * (ROWS + 1)), "{table}");
+    }
+    assert_eq!(csv("SELECT count(*) FROM rest.s.\"t$snapshots\"").lines().nth(1), Some("1"));
+
+    // A failed run's files are deleted from the folder the server placed the table in.
+    let fail = "INSERT INTO rest.s.t (CONSTRAINT negative EXPECT (id < 0) ON VIOLATION FAIL) SELECT id, v FROM big";
+    let failed = run(&[&on_cluster[..], &[fail]].concat());
+    assert!(!failed.status.success(), "{}", String::from_utf8_lossy(&failed.stdout));
+    let stored: std::collections::BTreeSet<String> = crate::support::files_under(&server_dir.path().join("warehouse"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .map(|f| f.display().to_string())
+        .collect();
+    let listed = csv("SELECT file_path FROM rest.s.\"t$files\"");
+    let referenced = listed.lines().skip(1).map(|l| l.trim_start_matches("file://").to_string()).collect();
+    assert_eq!(stored, referenced, "orphan files of the failed run");
+}
+
 /// A source of `rows` rows (`id`, `v`) in a Parquet file under `dir`, declared in `home`.
 fn big_source(home: &Path, dir: &Path, rows: u64) {
     let data = dir.join("big.parquet");
@@ -525,7 +585,7 @@ async fn an_executor_killed_during_a_run_loses_nothing_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_run_again_commits_the_winning_attempt_only() {
     const ROWS: u64 = 200_000;
-    let mut cluster = Cluster::start_with(2, 2, &[(1, "shard-written/lake.k.t=return(abort)")]);
+    let mut cluster = Cluster::start_with(2, 2, &[(1, "FAILPOINTS", "shard-written/lake.k.t=return(abort)")]);
     let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     big_source(home.path(), dir.path(), ROWS);
     let out = sluice(

@@ -10,17 +10,19 @@ use sluice::Engine;
 
 use crate::support::{python, rows};
 
-const TOKEN: &str = "s3cr3t-token-for-tests";
-const TOKEN_VARIABLE: &str = "SLUICE_TEST_REST_TOKEN";
+pub const TOKEN: &str = "s3cr3t-token-for-tests";
+pub const TOKEN_VARIABLE: &str = "SLUICE_TEST_REST_TOKEN";
 
 /// The REST server for one test, killed on drop.
-struct RestCatalog {
+pub struct RestCatalog {
     child: Child,
-    port: u16,
+    /// Where it listens, on loopback.
+    pub port: u16,
 }
 
 impl RestCatalog {
-    fn start(dir: &Path) -> Self {
+    /// Starts the server with its catalog database and warehouse in `dir`.
+    pub fn start(dir: &Path) -> Self {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/rest_catalog.py");
         std::fs::create_dir_all(dir.join("warehouse")).unwrap();
         let mut child = Command::new(python())

@@ -328,15 +328,16 @@ impl TableWriter for IcebergTableWriter {
     async fn delete_files_named(&self, prefix: &str, keep: &HashSet<String>) -> Result<usize, BoxError> {
         let table = self.base.metadata().location();
         let store = match &self.warehouse {
-            Some(crate::storage::Root::Remote { store, .. }) => Some(store.as_ref()),
+            Some(crate::storage::Root::Remote { store, .. }) => Some(store.clone()),
             Some(crate::storage::Root::Local(_)) => None,
-            None => {
-                return Err(
-                    format!("{table}: the files of a table its catalog's server places cannot be listed").into()
-                );
+            // A table its catalog's server placed (REST): listed where it is, through the
+            // environment's store; only its own folder is listed.
+            None if crate::storage::is_remote(table) => {
+                Some(crate::storage::object_store(table, &crate::storage::StoreSettings::default())?)
             }
+            None => None,
         };
-        Ok(crate::storage::delete_files_named(table, prefix, keep, store).await?)
+        Ok(crate::storage::delete_files_named(table, prefix, keep, store.as_deref()).await?)
     }
 
     async fn delete_one_file(&self, location: &str) -> Result<(), BoxError> {
