@@ -278,6 +278,7 @@ pub(crate) struct Tally {
 
 /// A [`Tally`]'s counts: rows in, dropped and quarantined, and each expectation's passed and
 /// failed counts with its sample rows (in the expectations' order).
+#[cfg(feature = "cluster")]
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TallyCounts {
     rows_in: u64,
@@ -334,6 +335,7 @@ impl Tally {
 
     /// The counts so far, as they travel from a cluster's executor (one shard's) to the
     /// process that commits ([`Tally::add`]); the quarantined rows travel beside them.
+    #[cfg(feature = "cluster")]
     pub(crate) fn counts(&self) -> TallyCounts {
         TallyCounts {
             rows_in: self.rows_in.load(Ordering::Relaxed),
@@ -352,6 +354,7 @@ impl Tally {
 
     /// Adds another tally's counts of the same expectations and the rows it quarantined (a
     /// shard's, from the executor that wrote it), those kept in memory from `pool`.
+    #[cfg(feature = "cluster")]
     pub(crate) fn add(
         &self,
         counts: &TallyCounts,
