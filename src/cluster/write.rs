@@ -21,6 +21,7 @@
 //! files ([`SnapshotFilesTable`]), which executors read with no catalog.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -110,6 +111,31 @@ impl WriteSpec {
         serde_json::from_slice(text).map_err(|e| DataFusionError::External(e.into()))
     }
 
+    /// The spec's catalog, opened once per executor process (its tables are loaded afresh for
+    /// each write): a task does not pay for connecting to a catalog database or listing a Delta
+    /// root.
+    async fn catalog(&self) -> crate::error::Result<Arc<dyn LakeCatalog>> {
+        static OPENED: std::sync::LazyLock<tokio::sync::Mutex<HashMap<String, Arc<dyn LakeCatalog>>>> =
+            std::sync::LazyLock::new(Default::default);
+        let key = serde_json::to_string(&(&self.catalog, &self.config))
+            .map_err(|e| crate::error::Error::Plan(e.to_string()))?;
+        let mut opened = OPENED.lock().await;
+        if let Some(catalog) = opened.get(&key) {
+            return Ok(catalog.clone());
+        }
+        let catalog: Arc<dyn LakeCatalog> = match &self.config {
+            SpecCatalog::IcebergSql(config) => {
+                crate::formats::iceberg::IcebergCatalog::open_sql(&self.catalog, config).await?
+            }
+            SpecCatalog::IcebergRest(config) => {
+                crate::formats::iceberg::IcebergCatalog::open_rest(&self.catalog, config).await?
+            }
+            SpecCatalog::Delta(config) => crate::formats::delta::DeltaCatalog::open(&self.catalog, config).await?,
+        };
+        opened.insert(key, catalog.clone());
+        Ok(catalog)
+    }
+
     /// Writes shard `shard` of the run from `input`, in this process (an executor), into files
     /// named `<files>-<attempt>-<shard>-<n>.parquet`.
     async fn write_shard(
@@ -122,19 +148,7 @@ impl WriteSpec {
         let error = |e: crate::error::Error| DataFusionError::External(e.into());
         let table = TableName::parse(&self.table)
             .ok_or_else(|| DataFusionError::Plan(format!("`{}` is not a table name", self.table)))?;
-        let catalog: Arc<dyn LakeCatalog> = match &self.config {
-            SpecCatalog::IcebergSql(config) => crate::formats::iceberg::IcebergCatalog::open_sql(&self.catalog, config)
-                .await
-                .map_err(|e| error(e.into()))?,
-            SpecCatalog::IcebergRest(config) => {
-                crate::formats::iceberg::IcebergCatalog::open_rest(&self.catalog, config)
-                    .await
-                    .map_err(|e| error(e.into()))?
-            }
-            SpecCatalog::Delta(config) => {
-                crate::formats::delta::DeltaCatalog::open(&self.catalog, config).await.map_err(|e| error(e.into()))?
-            }
-        };
+        let catalog = self.catalog().await.map_err(error)?;
         let writer: Arc<dyn CommitTarget> = catalog.writer(&table).await.map_err(|e| error(e.into()))?;
         // The shard loop names files after the run id it is given.
         let identity = RunIdentity {

@@ -218,7 +218,8 @@ impl<W: TableFormat> TableCommit<W> {
         let (mut described, mut winner, mut taken) = (Vec::new(), None::<String>, HashSet::new());
         while let Some(batch) = input.next().await {
             let batch = batch.map_err(|source| ShardError::Input { shard, source })?;
-            let strings = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
+            let strings =
+                |i: usize| batch.columns().get(i).and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
             let (Some(executors), Some(attempts), Some(descriptions), Some(counts)) =
                 (strings(1), strings(2), strings(6), strings(7))
             else {
@@ -231,7 +232,7 @@ impl<W: TableFormat> TableCommit<W> {
                     let ran_on = run.shard_ran_on(shard, executors.value(row)).await;
                     ran_on.map_err(|source| ShardError::Ledger { shard, source })?;
                     if let (Some((_, job)), true) = (&self.written_elsewhere, counts.is_valid(row)) {
-                        let quarantined = batch.column(8).as_any().downcast_ref::<BinaryArray>();
+                        let quarantined = batch.columns().get(8).and_then(|c| c.as_any().downcast_ref::<BinaryArray>());
                         let quarantined = quarantined.filter(|q| q.is_valid(row)).map(|q| q.value(row));
                         job.counted(shard, counts.value(row), quarantined).map_err(failed)?;
                     }
