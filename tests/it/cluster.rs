@@ -492,6 +492,56 @@ fn a_rest_catalog_table_is_written_and_read_on_a_cluster() {
     assert_eq!(stored, referenced, "orphan files of the failed run");
 }
 
+/// A warehouse in a bucket, shared by the Sluice process and the executors (every process has
+/// the standard AWS variables; the server is moto's): an Iceberg table written on the cluster
+/// into `s3://lake/warehouse`, then read there into a Delta table under `s3://deltas/root`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_in_a_bucket_is_shared_by_the_cluster() {
+    let server = crate::s3::S3Server::start(&["lake", "deltas"]).await;
+    let variables = server.env();
+    let env: Vec<(usize, &str, &str)> =
+        (0..2).flat_map(|i| variables.iter().map(move |(name, value)| (i, *name, value.as_str()))).collect();
+    let cluster = Cluster::start_with(2, 2, &env);
+    let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let catalogs = home.path().join("catalogs");
+    std::fs::create_dir_all(&catalogs).unwrap();
+    let iceberg = "type = \"iceberg-sql\"\nuri = \"sqlite:s3lake.db\"\nwarehouse = \"s3://lake/warehouse\"\n";
+    std::fs::write(catalogs.join("s3lake.toml"), iceberg).unwrap();
+    std::fs::write(catalogs.join("s3delta.toml"), "type = \"delta\"\nroot = \"s3://deltas/root\"\n").unwrap();
+    let run = |args: &[&str]| {
+        let home = home.path().display().to_string();
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--home", &home])
+            .args(args)
+            .envs(server.env())
+            .output()
+            .unwrap()
+    };
+    const ROWS: u64 = 50_000;
+    let data = dir.path().join("big.parquet");
+    let setup = format!(
+        "COPY (SELECT DATE '2026-01-01' + CAST(value % 3 AS INT) AS day, value AS id, value * 2 AS v \
+         FROM generate_series(1, {ROWS})) TO '{data}';
+         CREATE EXTERNAL TABLE big STORED AS PARQUET LOCATION '{data}';
+         CREATE SCHEMA s3lake.s; CREATE TABLE s3lake.s.t (day DATE, id BIGINT, v BIGINT) PARTITIONED BY (day);
+         CREATE SCHEMA s3delta.s; CREATE TABLE s3delta.s.copy (day DATE, id BIGINT, v BIGINT) PARTITIONED BY (day);",
+        data = data.display()
+    );
+    stdout(&run(&["-c", &setup]));
+    let on_cluster = ["--cluster", cluster.url.as_str(), "--shards", "4", "-c"];
+    let writes =
+        "INSERT INTO s3lake.s.t SELECT day, id, v FROM big; INSERT INTO s3delta.s.copy SELECT * FROM s3lake.s.t";
+    let report = stdout(&run(&[&on_cluster[..], &[writes]].concat()));
+    assert!(cluster.executor_addresses.iter().any(|a| report.contains(a)), "{report}");
+    let csv = |sql: &str| stdout(&run(&["--format", "csv", "-c", sql]));
+    for table in ["s3lake.s.t", "s3delta.s.copy"] {
+        let counts = csv(&format!("SELECT count(*), count(DISTINCT id), count(DISTINCT day), sum(v) FROM {table}"));
+        assert_eq!(counts.lines().nth(1).unwrap(), format!("{ROWS},{ROWS},3,{}", ROWS * (ROWS + 1)), "{table}");
+    }
+    let files = csv("SELECT file_path FROM s3lake.s.\"t$files\"");
+    assert!(files.lines().skip(1).all(|f| f.starts_with("s3://lake/warehouse/s/t/data/day=")), "{files}");
+}
+
 /// A source of `rows` rows (`id`, `v`) in a Parquet file under `dir`, declared in `home`.
 fn big_source(home: &Path, dir: &Path, rows: u64) {
     let data = dir.join("big.parquet");
