@@ -542,6 +542,55 @@ async fn a_warehouse_in_a_bucket_is_shared_by_the_cluster() {
     assert!(files.lines().skip(1).all(|f| f.starts_with("s3://lake/warehouse/s/t/data/day=")), "{files}");
 }
 
+/// What a cluster wrote (Iceberg partitioned four ways, Delta partitioned) reads the same, value
+/// by value, in pyiceberg and DuckDB, and in delta-rs and DuckDB: the executors' file
+/// descriptions (statistics, partition values) survive their trip to the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_readers_read_what_a_cluster_wrote() {
+    use crate::interop::{TYPED_COLUMNS, readers_agree, typed_rows};
+    let cluster = Cluster::start(2, 2);
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("delta-root");
+    let delta = sluice::catalog::DeltaConfig { root: root.display().to_string(), ..Default::default() };
+    let engine = sluice::Engine::builder()
+        .home(home.path())
+        .catalog("delta", sluice::catalog::CatalogConfig::Delta(delta))
+        .shards(3)
+        .build()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("typed.parquet");
+    engine
+        .sql(&format!(
+            "COPY ({rows}) TO '{data}'; CREATE EXTERNAL TABLE typed STORED AS PARQUET LOCATION '{data}';
+             CREATE SCHEMA lake.interop; CREATE TABLE lake.interop.partitioned ({TYPED_COLUMNS})
+               PARTITIONED BY (flag, day(at), bucket(4, id), truncate(3, name));
+             CREATE SCHEMA delta.interop; CREATE TABLE delta.interop.events ({TYPED_COLUMNS}) PARTITIONED BY (flag);
+             SET sluice.cluster = '{url}';
+             INSERT INTO lake.interop.partitioned SELECT * FROM typed;
+             INSERT INTO delta.interop.events SELECT * FROM typed;
+             SET sluice.cluster = 'local';",
+            rows = typed_rows(30_000),
+            data = data.display(),
+            url = cluster.url,
+        ))
+        .await
+        .unwrap();
+    let ran = crate::support::rows(
+        &engine,
+        "SELECT count(DISTINCT executor) FROM sluice.shard_tasks WHERE executor <> 'local'",
+    )
+    .await;
+    assert_eq!(ran, [["2"]], "the executors wrote both tables");
+    let home_dir = engine.home().as_os_str().to_owned();
+    let iceberg: Vec<&std::ffi::OsStr> =
+        vec!["iceberg".as_ref(), home_dir.as_os_str(), "interop".as_ref(), "partitioned".as_ref()];
+    readers_agree(&engine, "lake.interop.partitioned", &iceberg, 30_000).await;
+    let table_dir = root.join("interop/events");
+    readers_agree(&engine, "delta.interop.events", &["delta".as_ref(), table_dir.as_os_str()], 30_000).await;
+}
+
 /// A source of `rows` rows (`id`, `v`) in a Parquet file under `dir`, declared in `home`.
 fn big_source(home: &Path, dir: &Path, rows: u64) {
     let data = dir.join("big.parquet");
