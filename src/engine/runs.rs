@@ -379,7 +379,7 @@ impl Engine {
     /// warning (what a job writes later, the second deletion of the run's files removes).
     #[cfg(feature = "cluster")]
     async fn stop_cluster_jobs(&self, run_id: &str) -> Result<()> {
-        let Some(cluster) = self.cluster()? else { return Ok(()) };
+        let Ok(Some(cluster)) = self.cluster() else { return Ok(()) };
         for entry in self.ledger.staged_files(run_id).await? {
             let Some(prefix) = crate::runtime::format::files_named(&entry) else { continue };
             let name = prefix.trim_end_matches('-');
