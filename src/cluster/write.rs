@@ -27,13 +27,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::arrow::array::{BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::catalog::TableProvider;
 use datafusion::common::{DFSchema, DFSchemaRef, TableReference};
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{QueryPlanner, SessionState};
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     AggregateUDF, Expr, Extension, LogicalPlan, ScalarUDF, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
@@ -113,27 +117,46 @@ impl WriteSpec {
 
     /// The spec's catalog, opened once per executor process (its tables are loaded afresh for
     /// each write): a task does not pay for connecting to a catalog database or listing a Delta
-    /// root.
+    /// root. Each catalog opens on its own (one that hangs holds up only its tasks), and one
+    /// that failed to open is tried again by the next task.
     async fn catalog(&self) -> crate::error::Result<Arc<dyn LakeCatalog>> {
-        static OPENED: std::sync::LazyLock<tokio::sync::Mutex<HashMap<String, Arc<dyn LakeCatalog>>>> =
+        type Opening = Arc<tokio::sync::OnceCell<Arc<dyn LakeCatalog>>>;
+        static OPENED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Opening>>> =
             std::sync::LazyLock::new(Default::default);
         let key = serde_json::to_string(&(&self.catalog, &self.config))
             .map_err(|e| crate::error::Error::Plan(e.to_string()))?;
-        let mut opened = OPENED.lock().await;
-        if let Some(catalog) = opened.get(&key) {
-            return Ok(catalog.clone());
+        let opening = OPENED.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
+        let catalog = opening
+            .get_or_try_init::<crate::error::Error, _, _>(|| async {
+                let catalog: Arc<dyn LakeCatalog> = match &self.config {
+                    SpecCatalog::IcebergSql(config) => {
+                        crate::formats::iceberg::IcebergCatalog::open_sql(&self.catalog, config).await?
+                    }
+                    SpecCatalog::IcebergRest(config) => {
+                        crate::formats::iceberg::IcebergCatalog::open_rest(&self.catalog, config).await?
+                    }
+                    SpecCatalog::Delta(config) => {
+                        crate::formats::delta::DeltaCatalog::open(&self.catalog, config).await?
+                    }
+                };
+                Ok(catalog)
+            })
+            .await?;
+        Ok(catalog.clone())
+    }
+
+    /// Refuses a spec whose names could reach beyond its table: its files must be named after a
+    /// run id and a hex token (what the Sluice process makes), its table must be a table name.
+    fn checked_table(&self) -> DFResult<TableName> {
+        let refused = |what: &str| DataFusionError::Plan(format!("a shard write with {what}: refused"));
+        let (run_id, token) = self.files.split_at_checked(36).ok_or_else(|| refused("no run id"))?;
+        let token = token.strip_prefix('-').unwrap_or_default();
+        if uuid::Uuid::try_parse(run_id).is_err() || token.is_empty() || !token.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(refused(&format!("files named `{}`", self.files)));
         }
-        let catalog: Arc<dyn LakeCatalog> = match &self.config {
-            SpecCatalog::IcebergSql(config) => {
-                crate::formats::iceberg::IcebergCatalog::open_sql(&self.catalog, config).await?
-            }
-            SpecCatalog::IcebergRest(config) => {
-                crate::formats::iceberg::IcebergCatalog::open_rest(&self.catalog, config).await?
-            }
-            SpecCatalog::Delta(config) => crate::formats::delta::DeltaCatalog::open(&self.catalog, config).await?,
-        };
-        opened.insert(key, catalog.clone());
-        Ok(catalog)
+        let table = TableName::parse(&self.table).ok_or_else(|| refused(&format!("table `{}`", self.table)))?;
+        table.check().map_err(|e| refused(&e.to_string()))?;
+        Ok(table)
     }
 
     /// Writes shard `shard` of the run from `input`, in this process (an executor), into files
@@ -146,8 +169,7 @@ impl WriteSpec {
         tally: Option<Arc<Tally>>,
     ) -> DFResult<RecordBatch> {
         let error = |e: crate::error::Error| DataFusionError::External(e.into());
-        let table = TableName::parse(&self.table)
-            .ok_or_else(|| DataFusionError::Plan(format!("`{}` is not a table name", self.table)))?;
+        let table = self.checked_table()?;
         let catalog = self.catalog().await.map_err(error)?;
         let writer: Arc<dyn CommitTarget> = catalog.writer(&table).await.map_err(|e| error(e.into()))?;
         // The shard loop names files after the run id it is given.
@@ -189,11 +211,6 @@ impl WriteSpec {
         Ok(RecordBatch::try_new(written.schema(), columns)?)
     }
 }
-
-use datafusion::arrow::array::{BinaryArray, RecordBatch, StringArray};
-use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
-use datafusion::execution::memory_pool::MemoryPool;
 
 /// The logical write node: `input`'s rows into the spec's table, a shard per partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -428,6 +445,36 @@ impl crate::coordinator::RemoteJob for BallistaJob {
     }
 }
 
+/// The functions' codec methods, left to Ballista's codec (`self.inner`): the same in both of
+/// datafusion-proto's codec traits.
+macro_rules! functions_of_inner {
+    () => {
+        fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
+            self.inner.try_decode_udf(name, buf)
+        }
+
+        fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+            self.inner.try_encode_udf(node, buf)
+        }
+
+        fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
+            self.inner.try_decode_udaf(name, buf)
+        }
+
+        fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+            self.inner.try_encode_udaf(node, buf)
+        }
+
+        fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<WindowUDF>> {
+            self.inner.try_decode_udwf(name, buf)
+        }
+
+        fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DFResult<()> {
+            self.inner.try_encode_udwf(node, buf)
+        }
+    };
+}
+
 /// Ballista's logical codec, plus [`ShardWriteNode`].
 #[derive(Debug, Default)]
 pub struct SluiceLogicalCodec {
@@ -495,29 +542,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         self.inner.try_encode_file_format(buf, node)
     }
 
-    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
-        self.inner.try_decode_udf(name, buf)
-    }
-
-    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        self.inner.try_encode_udf(node, buf)
-    }
-
-    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
-        self.inner.try_decode_udaf(name, buf)
-    }
-
-    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        self.inner.try_encode_udaf(node, buf)
-    }
-
-    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<WindowUDF>> {
-        self.inner.try_decode_udwf(name, buf)
-    }
-
-    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        self.inner.try_encode_udwf(node, buf)
-    }
+    functions_of_inner!();
 }
 
 /// Ballista's physical codec, plus [`ShardWriteExec`].
@@ -550,13 +575,7 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         }
     }
 
-    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
-        self.inner.try_decode_udf(name, buf)
-    }
-
-    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        self.inner.try_encode_udf(node, buf)
-    }
+    functions_of_inner!();
 
     fn try_decode_expr(&self, buf: &[u8], inputs: &[Arc<dyn PhysicalExpr>]) -> DFResult<Arc<dyn PhysicalExpr>> {
         self.inner.try_decode_expr(buf, inputs)
@@ -565,27 +584,40 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
     fn try_encode_expr(&self, node: &Arc<dyn PhysicalExpr>, buf: &mut Vec<u8>) -> DFResult<()> {
         self.inner.try_encode_expr(node, buf)
     }
-
-    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<AggregateUDF>> {
-        self.inner.try_decode_udaf(name, buf)
-    }
-
-    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        self.inner.try_encode_udaf(node, buf)
-    }
-
-    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<WindowUDF>> {
-        self.inner.try_decode_udwf(name, buf)
-    }
-
-    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> DFResult<()> {
-        self.inner.try_encode_udwf(node, buf)
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::attempt_of;
+    use super::{SpecCatalog, WriteSpec, attempt_of};
+
+    #[test]
+    fn a_spec_whose_names_reach_beyond_its_table_is_refused() {
+        let spec = |files: &str, table: &str| WriteSpec {
+            catalog: "lake".into(),
+            config: SpecCatalog::Delta(Default::default()),
+            table: table.into(),
+            run_id: "r".into(),
+            files: files.into(),
+            pipeline: None,
+            keys: vec![],
+            expectations: vec![],
+        };
+        let run = "01a2417d-71ba-7678-9d20-9829fc9050e2";
+        assert!(spec(&format!("{run}-5c4f1f19"), "lake.s.t").checked_table().is_ok());
+        for files in [
+            format!("{run}-5c4f/../../x"),
+            format!("{run}-"),
+            "../../../../etc/x-5c4f1f19".to_string(),
+            format!("{run}5c4f1f19"),
+            String::new(),
+        ] {
+            let refused = spec(&files, "lake.s.t").checked_table().unwrap_err().to_string();
+            assert!(refused.contains("refused"), "{files}: {refused}");
+        }
+        for table in ["lake.s", "lake.s.../x", "lake.s..", "lake.s.t/../u"] {
+            assert!(spec(&format!("{run}-5c4f1f19"), table).checked_table().is_err(), "{table}");
+        }
+    }
 
     #[test]
     fn a_task_attempt_names_its_files() {

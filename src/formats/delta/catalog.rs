@@ -100,8 +100,10 @@ pub struct DeltaCatalog {
     root: Root,
     location: String,
     listing: Listing,
-    /// Whether the root's object store enforces conditional puts, once asked (the first write).
-    safe_commits: tokio::sync::OnceCell<std::result::Result<(), String>>,
+    /// Set once the root's object store has shown it enforces conditional puts (a failed or
+    /// refused probe is asked again at the next write: a long-lived process, an executor or
+    /// `sluice serve`, is not locked out by a passing network error).
+    safe_commits: tokio::sync::OnceCell<()>,
     /// Why the root's bucket could not be listed at the last refresh, if it could not.
     unreachable: std::sync::RwLock<Option<String>>,
 }
@@ -254,18 +256,18 @@ impl DeltaCatalog {
     }
 
     /// Refuses to commit into an object store that does not enforce conditional puts (asked
-    /// once per process, with a probe object under the root); a local root is safe.
+    /// with a probe object under the root until it once answers well); a local root is safe.
     async fn check_safe_commits(&self) -> Result<()> {
         let Root::Remote { url, store } = &self.root else { return Ok(()) };
         let checked = self
             .safe_commits
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 let root = storage::object_path(url).unwrap_or_default();
                 let probe = root.join(format!(".sluice-probe-{}", uuid::Uuid::now_v7()).as_str());
                 storage::check_conditional_put(store.as_ref(), &probe).await
             })
             .await;
-        checked.clone().map_err(|message| CatalogError::Open {
+        checked.map(|_| ()).map_err(|message| CatalogError::Open {
             catalog: self.name.clone(),
             location: self.location.clone(),
             message,
