@@ -36,9 +36,9 @@ pub enum ClusterCommand {
         /// Host name others reach it by (default: the bound address).
         #[arg(long)]
         external_host: Option<String>,
-        /// Tasks it runs at once (default: available cores).
-        #[arg(long)]
-        slots: Option<usize>,
+        /// Tasks it runs at once, 1 to 1024 (default: available cores).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        slots: Option<u16>,
         /// Folder for shuffle files (default: a temporary one).
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -57,7 +57,7 @@ pub async fn run(command: &ClusterCommand) -> Result<(), CliError> {
                 bind,
                 grpc_port,
                 external_host,
-                slots: slots.unwrap_or_else(sluice::runtime::default_shards),
+                slots: slots.map_or_else(sluice::runtime::default_shards, usize::from),
                 work_dir,
             };
             sluice::cluster::run_executor(options).await

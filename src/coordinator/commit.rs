@@ -245,6 +245,15 @@ impl<W: TableFormat> TableCommit<W> {
             }
         }
         let staged: Vec<StagedFile> = described.iter().map(|file| self.writer.describe(file)).collect();
+        // Only the run's own files, in the table: a commit (or a rollback) never takes (or
+        // deletes) another file, whatever an executor said.
+        let prefix = self.written_elsewhere.as_ref().map(|(files, _)| format!("{files}-")).unwrap_or_default();
+        if let Some(other) = staged.iter().find(|file| {
+            let name = file.location.rsplit('/').next().unwrap_or_default();
+            !name.starts_with(&prefix) || !crate::paths::is_inside(self.writer.location(), &file.location)
+        }) {
+            return Err(failed(format!("{} is not a file of this run in the table", other.location).into()));
+        }
         let locations: Vec<String> = staged.iter().map(|file| file.location.clone()).collect();
         run.stage_files(shard, &locations).await.map_err(|source| ShardError::Ledger { shard, source })?;
         self.staged().extend(described);

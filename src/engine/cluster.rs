@@ -121,7 +121,7 @@ impl Engine {
             Some(CatalogConfig::Delta(config)) => SpecCatalog::Delta(config.clone()),
             _ => {
                 return Err(Error::Unsupported(format!(
-                    "writing into `{table}` on cluster {cluster}: executors reach Iceberg SQL and Delta catalogs, not catalog `{}` ({})",
+                    "writing into `{table}` on cluster {cluster}: catalog `{}` ({}) has no configuration its executors can open",
                     table.catalog,
                     self.catalog_of(&table.catalog).map(|c| c.kind()).unwrap_or("unknown")
                 )));

@@ -158,14 +158,22 @@ impl Engine {
     async fn plan_write(&self, insert: Insert, shards: usize, origin: RunOrigin) -> Result<PlannedWrite> {
         let Insert { table, input, mode, writer } = insert;
         let catalog = self.catalog_of(&table.catalog).expect("write targets are catalog tables");
+        #[cfg(feature = "cluster")]
+        if let Some(url) = self.cluster()? {
+            // Executors open the table as it is: a write that changes its schema runs here.
+            if writer.is_some() {
+                return Err(Error::Unsupported(format!(
+                    "schema_evolution in a write into `{table}` on cluster {url}: its executors write with the \
+                     table's schema as it is (run it here: SET sluice.cluster = 'local')"
+                )));
+            }
+            let writer = catalog.writer(&table).await?;
+            return self.plan_cluster_write(&url, table, writer, input, mode, shards, origin).await;
+        }
         let writer = match writer {
             Some(writer) => writer,
             None => catalog.writer(&table).await?,
         };
-        #[cfg(feature = "cluster")]
-        if let Some(url) = self.cluster()? {
-            return self.plan_cluster_write(&url, table, writer, input, mode, shards, origin).await;
-        }
         let state = self.ctx.state();
         let mut input = state.create_physical_plan(&input).await?;
         // A pipeline's `bad_rows`: its CSV / JSON scans read line by line, bad lines kept out.

@@ -268,6 +268,12 @@ fn pipelines_on_a_cluster_write_what_they_write_here() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success() && stderr.contains("not system tables or table functions"), "{stderr}");
     }
+    // A write that changes the table's schema is refused: executors write with the schema as it is.
+    let evolve = "INSERT INTO lake.s.totals_there WITH (schema_evolution = 'add_columns') \
+                  SELECT customer, count(*) AS n, sum(amount) AS amount, 1 AS extra FROM orders GROUP BY customer";
+    let refused = sluice(home.path(), &["--cluster", &cluster.url, "-c", evolve]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("schema_evolution in a write into"), "{stderr}");
     assert_eq!(csv("SELECT count(*) FROM lake.s.\"totals_there$snapshots\"").lines().nth(1), Some("1"));
 }
 
@@ -772,4 +778,61 @@ async fn a_process_killed_during_a_cluster_run_leaves_nothing_after_recovery() {
     assert_eq!(counts.lines().nth(1).unwrap(), format!("{ROWS},{ROWS}"), "seed {seed}");
     let (stored, referenced) = files_of(home.path());
     assert_eq!(stored, referenced, "seed {seed}");
+}
+
+/// A job that is never running, for a commit driven by hand.
+#[derive(Debug)]
+struct NoJob;
+
+#[async_trait::async_trait]
+impl sluice::coordinator::RemoteJob for NoJob {
+    async fn stop(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+
+    fn counted(&self, _: usize, _: &str, _: Option<&[u8]>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+}
+
+/// The commit of a run written elsewhere takes only that run's own files: files another run
+/// wrote into the table, handed back by an executor as if they were this run's, are refused,
+/// and nothing of them is recorded for a rollback to delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_takes_only_its_runs_own_files_whatever_an_executor_says() {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use sluice::catalog::LakeCatalog;
+    use sluice::coordinator::RunContext;
+    use sluice::table::{RunIdentity, TableName, WriteMode};
+
+    let home = tempfile::tempdir().unwrap();
+    let engine = crate::support::engine(home.path(), 1).await;
+    engine.sql("CREATE SCHEMA lake.k; CREATE TABLE lake.k.t (id BIGINT)").await.unwrap();
+    let table = TableName::new("lake", "k", "t");
+    let writer = crate::support::lake(&engine).writer(&table).await.unwrap();
+    let ledger = sluice::ledger::Ledger::in_memory(sluice::clock::system()).await.unwrap();
+    let run = |run_id: &str| {
+        let identity = RunIdentity { run_id: run_id.into(), pipeline: None, sequence: 0, base: None, attempt: 1 };
+        RunContext::new(identity, "lake.k.t", 1, ledger.clone())
+    };
+    let stream = |batch: RecordBatch| -> datafusion::execution::SendableRecordBatchStream {
+        let schema = batch.schema();
+        Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter([Ok(batch)])))
+    };
+    // An executor writes a shard of one run ...
+    let rows = RecordBatch::try_from_iter([("id", std::sync::Arc::new(Int64Array::from(vec![1, 2, 3])) as _)]).unwrap();
+    let other = "01a2417d-71ba-7678-9d20-9829fc9050e2-5c4f1f19";
+    let written = writer
+        .clone()
+        .write_elsewhere(&run(&format!("{other}-t1")), &table, 0, ("127.0.0.1:1", "t1"), stream(rows))
+        .await
+        .unwrap();
+    // ... and its files are handed to the commit of another.
+    let ours = "01a2417d-71ba-7678-9d20-000000000001-0badc0de";
+    let commit =
+        writer.coordinator_of_written(table.clone(), WriteMode::Append, ours.into(), std::sync::Arc::new(NoJob));
+    let refused = commit.write_shard(&run(ours), 0, stream(written)).await.unwrap_err().to_string();
+    assert!(refused.contains("is not a file of this run in the table"), "{refused}");
+    assert!(ledger.staged_files(ours).await.unwrap().is_empty(), "nothing of it for a rollback to delete");
 }
